@@ -1,0 +1,72 @@
+// FlashMoE: the layer object and the forward call.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include <cuda_runtime_api.h>
+
+#include "flashmoe/config.hpp"
+#include "flashmoe/status.hpp"
+
+namespace flashmoe {
+
+// Knobs an engine rarely needs; the defaults suit production.
+struct LayerOptions {
+  // Upper bound on the persistent grid (0: as many blocks as fit on the device). Results are
+  // bitwise identical for every grid size.
+  int max_blocks = 0;
+  // A device-side wait longer than this ends the forward with DeviceTimeout.
+  std::uint32_t watchdog_ms = 2000;
+};
+
+// One MoE layer: validated config, borrowed weights, owned workspace. Move-only.
+// A Layer's forwards must be ordered (one stream, or synchronised streams): they share its
+// workspace. Distinct Layers may run concurrently.
+class Layer {
+ public:
+  Layer() noexcept;
+  ~Layer();
+  Layer(Layer&&) noexcept;
+  Layer& operator=(Layer&&) noexcept;
+  Layer(const Layer&) = delete;
+  Layer& operator=(const Layer&) = delete;
+
+  // Validates config and weights on the current CUDA device and allocates the workspace.
+  // On error `out` is left as it was.
+  [[nodiscard]] static Status create(const Config& config, const Weights& weights, Layer& out,
+                                     const LayerOptions& options = {});
+
+  [[nodiscard]] bool valid() const noexcept { return impl_ != nullptr; }
+  [[nodiscard]] const Config& config() const noexcept;
+  [[nodiscard]] const Weights& weights() const noexcept;
+  [[nodiscard]] const LayerOptions& options() const noexcept;
+  [[nodiscard]] std::size_t workspace_bytes() const noexcept;
+  [[nodiscard]] int device() const noexcept;
+
+  // Waits for `stream`, then reports (and clears) an error the kernel recorded in an earlier
+  // forward: DeviceTimeout, or InvalidArgument for a caller-supplied routing id out of range.
+  [[nodiscard]] Status device_status(cudaStream_t stream);
+
+  struct Impl;
+  [[nodiscard]] Impl* impl() noexcept { return impl_.get(); }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Bytes of device workspace a Layer with this config allocates (0 if the config is invalid).
+[[nodiscard]] std::size_t workspace_bytes(const Config& config) noexcept;
+
+// y[T, H] = MoE(x[T, H]) (+ beta * y). Enqueues exactly one kernel on `stream`; no host
+// synchronisation and no allocation, so it can be captured in a CUDA graph. x and y are device
+// pointers in the layer's dtype, 16-byte aligned. T = 0 returns Ok and does nothing. On any
+// error nothing is enqueued and y is untouched.
+[[nodiscard]] Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens,
+                             cudaStream_t stream, const ForwardOptions& options = {});
+
+// "0.1.0"
+[[nodiscard]] const char* version() noexcept;
+
+}  // namespace flashmoe

@@ -1,0 +1,157 @@
+// Expert tiles: gate/up (fused, activation in the epilogue) and down (routing weight in the
+// epilogue, then the fixed-order combine by whichever tile finishes a token slice last).
+#pragma once
+
+#include <cstdint>
+
+#include "numeric.cuh"
+#include "params.cuh"
+#include "sync.cuh"
+#include "tile_mma.cuh"
+
+namespace flashmoe::detail {
+
+struct MTile {
+  std::uint32_t expert, row0, rows;
+};
+
+template <typename T>
+__device__ MTile load_mtile(const KernelParams<T>& p, std::uint32_t slot) {
+  // Written by the tile-table build of this launch: read through L2, after the acquire.
+  return {__ldcg(reinterpret_cast<const unsigned*>(p.mtile_expert + slot)),
+          __ldcg(reinterpret_cast<const unsigned*>(p.mtile_row0 + slot)),
+          __ldcg(reinterpret_cast<const unsigned*>(p.mtile_rows + slot))};
+}
+
+template <class S, typename T>
+struct TileSmem {
+  const T* a_rows[S::BM];
+  const T* b_rows[S::NB];
+  std::int32_t pair[S::BM];
+  bool combine[S::BM];
+};
+
+// h[rows of m-tile, n0 : n0 + BN] = act(x W1^T) * (x W3^T) for the expert of the m-tile.
+template <class S, typename T>
+__device__ void gateup_tile(const KernelParams<T>& p, unsigned char* smem, std::uint32_t slot,
+                            int ntile) {
+  __shared__ TileSmem<S, T> ts;
+  const MTile mt = load_mtile(p, slot);
+  const int H = p.hidden, I = p.inter, n0 = ntile * S::BN;
+  for (int r = threadIdx.x; r < S::BM; r += kThreads) {
+    const T* row = nullptr;
+    if (r < static_cast<int>(mt.rows)) {
+      const int pair = __ldcg(p.sorted_pair + mt.row0 + r);
+      row = p.x + static_cast<std::int64_t>(pair / p.top_k) * H;
+    }
+    ts.a_rows[r] = row;
+  }
+  const T* w = p.w13 + static_cast<std::int64_t>(mt.expert) * 2 * I * H;
+  for (int j = threadIdx.x; j < S::NB; j += kThreads) {
+    const int n = n0 + (j < S::BN ? j : j - S::BN);
+    const int wrow = j < S::BN ? n : I + n;
+    ts.b_rows[j] = n < I ? w + static_cast<std::int64_t>(wrow) * H : nullptr;
+  }
+  __syncthreads();
+
+  typename TileMma<S, T>::Acc acc;
+  TileMma<S, T>::run(acc, smem, ts.a_rows, ts.b_rows, H, p.w13);
+
+  T* hbase = p.h + static_cast<std::int64_t>(mt.row0) * I;
+  TileMma<S, T>::for_each_pair([&](int row, int col, int f, int mi, int half) {
+    if (row < static_cast<int>(mt.rows) && n0 + col < I) {
+      const float g0 = acc[mi][f][2 * half], g1 = acc[mi][f][2 * half + 1];
+      const float u0 = acc[mi][f + S::NI][2 * half], u1 = acc[mi][f + S::NI][2 * half + 1];
+      *reinterpret_cast<std::uint32_t*>(hbase + static_cast<std::int64_t>(row) * I + n0 + col) =
+          pack2<T>(activate(g0, p.activation) * u0, activate(g1, p.activation) * u1);
+    }
+  });
+  __syncthreads();  // the whole tile is written before it is published
+  if (threadIdx.x == 0) {
+    const bool drop = p.fault == kFaultDropMTileSignal && slot == 0 && ntile == 0;
+    if (!drop) fetch_add_acq_rel(&p.mtile_done[slot], 1);
+  }
+}
+
+// ypart[pair, n0 : n0 + BN] = w_pair * (h W2^T); then, for every token whose K slices of this
+// column range are now all present, y = sum over k in order (+ beta * y).
+// Returns false when the launch is being abandoned.
+template <class S, typename T>
+__device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::uint32_t slot,
+                          int ntile, int gateup_ntiles) {
+  __shared__ TileSmem<S, T> ts;
+  __shared__ bool s_ready;
+  if (threadIdx.x == 0) {
+    s_ready = wait_at_least(p.ctl, &p.mtile_done[slot], static_cast<std::uint32_t>(gateup_ntiles),
+                            p.timeout_ns, kSiteMTileDone);
+  }
+  __syncthreads();
+  if (!s_ready) return false;
+
+  const MTile mt = load_mtile(p, slot);
+  const int H = p.hidden, I = p.inter, n0 = ntile * S::BN;
+  for (int r = threadIdx.x; r < S::BM; r += kThreads) {
+    const bool live = r < static_cast<int>(mt.rows);
+    ts.a_rows[r] = live ? p.h + static_cast<std::int64_t>(mt.row0 + r) * I : nullptr;
+    ts.pair[r] = live ? __ldcg(p.sorted_pair + mt.row0 + r) : -1;
+  }
+  const T* w = p.w2 + static_cast<std::int64_t>(mt.expert) * H * I;
+  for (int j = threadIdx.x; j < S::NB; j += kThreads) {
+    ts.b_rows[j] = n0 + j < H ? w + static_cast<std::int64_t>(n0 + j) * I : nullptr;
+  }
+  __syncthreads();
+
+  typename TileMma<S, T>::Acc acc;
+  TileMma<S, T>::run(acc, smem, ts.a_rows, ts.b_rows, I, p.w2);
+
+  TileMma<S, T>::for_each_pair([&](int row, int col, int f, int mi, int half) {
+    if (row < static_cast<int>(mt.rows) && n0 + col < H) {
+      const int pair = ts.pair[row];
+      const float wt = __ldcg(p.pair_weight + pair);
+      float2 v;
+      v.x = acc[mi][f][2 * half] * wt;
+      v.y = acc[mi][f][2 * half + 1] * wt;
+      *reinterpret_cast<float2*>(p.ypart + static_cast<std::int64_t>(pair) * H + n0 + col) = v;
+    }
+  });
+  __syncthreads();  // the tile's slices are written before any is counted
+
+  const std::int64_t stride = p.combine_stride;
+  for (int r = threadIdx.x; r < S::BM; r += kThreads) {
+    bool last = false;
+    if (r < static_cast<int>(mt.rows)) {
+      std::uint32_t* c = &p.combine_done[(ts.pair[r] / p.top_k) * stride + ntile];
+      last = fetch_add_acq_rel(c, 1) == static_cast<std::uint32_t>(p.top_k) - 1;
+      if (last) store_relaxed(c, 0);  // nobody else touches it again this launch
+    }
+    ts.combine[r] = last;
+  }
+  __syncthreads();
+
+  // Combine the finished token slices, columns in pairs. A token may appear twice in one tile
+  // (a duplicated caller-supplied id); its slice is then combined once, by the later row.
+  const int ncols = min(S::BN, H - n0);
+  for (int r = 0; r < static_cast<int>(mt.rows); ++r) {
+    if (!ts.combine[r]) continue;
+    const std::int64_t t = ts.pair[r] / p.top_k;
+    for (int c = threadIdx.x * 2; c < ncols; c += kThreads * 2) {
+      float2 sum = make_float2(0.0f, 0.0f);
+      for (int k = 0; k < p.top_k; ++k) {
+        const float2 v =
+            __ldcg(reinterpret_cast<const float2*>(p.ypart + (t * p.top_k + k) * H + n0 + c));
+        sum.x += v.x;
+        sum.y += v.y;
+      }
+      std::uint32_t* dst = reinterpret_cast<std::uint32_t*>(p.y + t * H + n0 + c);
+      if (p.beta != 0.0f) {
+        const T* old = reinterpret_cast<const T*>(dst);
+        sum.x = fmaf(p.beta, to_f32(old[0]), sum.x);
+        sum.y = fmaf(p.beta, to_f32(old[1]), sum.y);
+      }
+      *dst = pack2<T>(sum.x, sum.y);
+    }
+  }
+  return true;
+}
+
+}  // namespace flashmoe::detail

@@ -1,0 +1,146 @@
+// The persistent MoE kernel. Blocks take tickets from one queue counter; ticket order is a
+// topological order of the task graph:
+//   [0, R)               routing (router logits + top-k per token chunk, or caller routing);
+//                        the last one builds the tile table and publishes the ticket total
+//   [R, R + M*NG)        gate/up tiles, m-tile major
+//   [R + M*NG, total)    down tiles (each waits for its m-tile's NG gate/up tiles), with the
+//                        combine done by the last tile to finish a token slice.
+// A task waits only on tasks with smaller tickets, and a ticket is taken only by a running
+// block, so the kernel cannot deadlock whatever number of blocks is resident. Counters are
+// reset inside the kernel (by the last block to exit, or by their last user), so consecutive
+// launches need no host memset.
+#pragma once
+
+#include <cstdint>
+
+#include "expert_tiles.cuh"
+#include "params.cuh"
+#include "routing.cuh"
+#include "sync.cuh"
+#include "tile_mma.cuh"
+
+namespace flashmoe::detail {
+
+// Tile shapes of one kernel variant.
+template <int BM_, int BN_GATEUP, int BN_DOWN, int WARPS_M, int WARPS_N, int WARPS_K, int STAGES>
+struct KernelConfig {
+  static constexpr int BM = BM_;
+  using GateUp = TileShape<BM_, BN_GATEUP, true, WARPS_M, WARPS_N, WARPS_K, STAGES>;
+  using Down = TileShape<BM_, BN_DOWN, false, WARPS_M, WARPS_N, WARPS_K, STAGES>;
+  static constexpr int tile_smem = GateUp::SMEM_BYTES > Down::SMEM_BYTES ? GateUp::SMEM_BYTES
+                                                                         : Down::SMEM_BYTES;
+  static constexpr int SMEM_BYTES = tile_smem > static_cast<int>(sizeof(ScanSmem))
+                                        ? tile_smem
+                                        : static_cast<int>(sizeof(ScanSmem));
+  static_assert(BM_ >= kMinTileM && BN_DOWN >= kMinDownTileN, "workspace tables assume these");
+};
+
+// Few rows per expert (decode): thin tiles, warps split K.
+using DecodeConfig = KernelConfig<16, 32, 32, 1, 4, 2, 4>;
+// Many rows per expert (prefill).
+using PrefillConfig = KernelConfig<64, 64, 64, 2, 4, 1, 3>;
+
+template <class Cfg, typename T>
+__global__ void __launch_bounds__(kThreads) moe_kernel(const KernelParams<T> p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ std::uint32_t s_ticket, s_total;
+  __shared__ bool s_flag;
+  constexpr std::uint32_t kStop = 0xffffffffu;
+
+  const int chunks = (p.num_tokens + kRouterTokens - 1) / kRouterTokens;
+  const bool user_routing = p.user_ids != nullptr;
+  const int echunks = user_routing ? 1 : (p.experts + kRouterExperts - 1) / kRouterExperts;
+  const std::uint32_t routing_tickets = static_cast<std::uint32_t>(chunks * echunks);
+  const int ng = (p.inter + Cfg::GateUp::BN - 1) / Cfg::GateUp::BN;
+  const int nd = (p.hidden + Cfg::Down::BN - 1) / Cfg::Down::BN;
+  if (threadIdx.x == 0) s_total = 0;
+
+  for (;;) {
+    __syncthreads();  // everyone is done with the previous ticket's shared state
+    if (threadIdx.x == 0) {
+      // Thread 0 alone claims, and waits for the ticket total when the ticket is past routing;
+      // the block reads both only after the barrier.
+      std::uint32_t t = p.ctl.aborted() ? kStop : fetch_add_relaxed(p.ctl.word(kQueueHead), 1);
+      if (t != kStop && t >= routing_tickets && s_total == 0) {
+        if (wait_at_least(p.ctl, p.ctl.word(kTasksTotal), 1, p.timeout_ns, kSiteTasksTotal)) {
+          s_total = load_acquire(p.ctl.word(kTasksTotal));
+        } else {
+          t = kStop;  // abandoned
+        }
+      }
+      s_ticket = t;
+    }
+    __syncthreads();
+    const std::uint32_t ticket = s_ticket;
+    if (ticket == kStop) break;
+
+    if (ticket < routing_tickets) {
+      const int chunk = static_cast<int>(ticket) / echunks;
+      const int t0 = chunk * kRouterTokens;
+      if (!user_routing) {
+        router_logits(p, t0, (static_cast<int>(ticket) % echunks) * kRouterExperts);
+        __syncthreads();
+        if (threadIdx.x == 0) {
+          // The last of a chunk's expert slices selects that chunk's experts.
+          std::uint32_t* c = &p.router_done[chunk];
+          s_flag = fetch_add_acq_rel(c, 1) == static_cast<std::uint32_t>(echunks) - 1;
+          if (s_flag) store_relaxed(c, 0);
+        }
+        __syncthreads();
+        if (!s_flag) continue;
+      }
+      const int t = t0 + (threadIdx.x >> 5);
+      if (t < min(t0 + kRouterTokens, p.num_tokens)) {
+        if (user_routing) {
+          take_user_routing(p, t);
+        } else {
+          select_experts(p, t);
+        }
+      }
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        s_flag = fetch_add_acq_rel(p.ctl.word(kRoutingDone), 1) ==
+                 static_cast<std::uint32_t>(chunks) - 1;
+      }
+      __syncthreads();
+      if (s_flag && !p.ctl.aborted()) {
+        build_tile_table<T, Cfg::BM>(p, smem, routing_tickets, ng, nd);
+      }
+      continue;
+    }
+
+    if (ticket >= s_total) break;  // s_total is set: thread 0 waited for it above
+
+    const std::uint32_t mtiles = load_relaxed(p.ctl.word(kNumMTiles));
+    const std::uint32_t task = ticket - routing_tickets;
+    if (task < mtiles * ng) {
+      gateup_tile<typename Cfg::GateUp>(p, smem, task / ng, static_cast<int>(task % ng));
+    } else {
+      const std::uint32_t d = task - mtiles * ng;
+      if (!down_tile<typename Cfg::Down>(p, smem, d / nd, static_cast<int>(d % nd), ng)) break;
+    }
+  }
+
+  // Exit: the last block out resets the launch state for the next forward.
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    s_flag = fetch_add_acq_rel(p.ctl.word(kExitCount), 1) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!s_flag) return;
+  const bool aborted = load_acquire(p.ctl.word(kAbort)) != 0;
+  for (int e = threadIdx.x; e < p.experts; e += kThreads) p.expert_count[e] = 0;
+  if (aborted) {
+    // Counters whose last user never came: clear all of them (error path only).
+    for (int i = threadIdx.x; i < chunks; i += kThreads) p.router_done[i] = 0;
+    const std::int64_t n = static_cast<std::int64_t>(p.num_tokens) * p.combine_stride;
+    for (std::int64_t i = threadIdx.x; i < n; i += kThreads) p.combine_done[i] = 0;
+  }
+  if (threadIdx.x == 0) {
+    for (ControlWord w : {kQueueHead, kRoutingDone, kTasksTotal, kNumMTiles, kAbort, kExitCount}) {
+      store_relaxed(p.ctl.word(w), 0);
+    }
+  }
+}
+
+}  // namespace flashmoe::detail

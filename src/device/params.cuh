@@ -1,0 +1,58 @@
+// Everything one launch of the persistent kernel needs, passed by value.
+#pragma once
+
+#include <cstdint>
+
+#include "sync.cuh"
+#include "workspace.hpp"
+
+namespace flashmoe::detail {
+
+// Test-only faults (see testing.hpp).
+enum Fault : int { kFaultNone = 0, kFaultDropMTileSignal = 1 };
+
+template <typename T>
+struct KernelParams {
+  // Inputs and outputs.
+  const T* x;  // [T, H]
+  T* y;        // [T, H]
+  const T* router;                // [E, H]
+  const T* w13;                   // [E, 2I, H]
+  const T* w2;                    // [E, H, I]
+  const float* correction_bias;   // [E] or null
+  const std::int32_t* user_ids;   // [T, K] or null (then the router runs)
+  const float* user_weights;      // [T, K]
+  std::int32_t* out_ids;          // [T, K] or null
+  float* out_weights;             // [T, K] or null
+  float beta;
+
+  // Shape and routing.
+  int num_tokens, hidden, inter, experts, top_k;
+  int activation;  // flashmoe::Activation
+  int scoring;     // flashmoe::Scoring
+  bool renormalize;
+  float scaling;
+
+  // Workspace.
+  Control ctl;
+  std::uint32_t* expert_count;  // [E]
+  std::uint32_t* router_done;   // [router chunks]
+  float* logits;                // [T, E]
+  std::int32_t* pair_expert;    // [T*K]
+  float* pair_weight;           // [T*K]
+  std::uint32_t* pair_pos;      // [T*K] position among its expert's rows
+  std::int32_t* sorted_pair;    // [T*K] row (grouped by expert) -> pair index t*K+k
+  std::uint32_t* mtile_expert;  // [m-tiles]
+  std::uint32_t* mtile_row0;
+  std::uint32_t* mtile_rows;
+  std::uint32_t* mtile_done;    // gate/up tiles finished per m-tile
+  std::uint32_t* combine_done;  // [T, down n-tiles] down tiles finished per token slice
+  T* h;                         // [T*K, I] activations, rows grouped by expert
+  float* ypart;                 // [T*K, H] weighted expert outputs, by pair index
+  std::int64_t combine_stride;  // down n-tiles per token in combine_done
+
+  std::uint64_t timeout_ns;
+  int fault;
+};
+
+}  // namespace flashmoe::detail

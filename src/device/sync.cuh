@@ -1,0 +1,80 @@
+// Inter-block synchronisation of the persistent kernel: release/acquire counters and bounded
+// spin-waits. Every wait ends: when its condition holds, when the launch is being abandoned,
+// or when the watchdog fires (then the launch is abandoned with DeviceTimeout).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda/atomic>
+
+#include "flashmoe/status.hpp"
+#include "workspace.hpp"
+
+namespace flashmoe::detail {
+
+using DeviceAtomicU32 = cuda::atomic_ref<std::uint32_t, cuda::thread_scope_device>;
+
+__device__ __forceinline__ std::uint32_t load_acquire(std::uint32_t* p) {
+  return DeviceAtomicU32(*p).load(cuda::memory_order_acquire);
+}
+__device__ __forceinline__ std::uint32_t load_relaxed(std::uint32_t* p) {
+  return DeviceAtomicU32(*p).load(cuda::memory_order_relaxed);
+}
+__device__ __forceinline__ void store_release(std::uint32_t* p, std::uint32_t v) {
+  DeviceAtomicU32(*p).store(v, cuda::memory_order_release);
+}
+__device__ __forceinline__ void store_relaxed(std::uint32_t* p, std::uint32_t v) {
+  DeviceAtomicU32(*p).store(v, cuda::memory_order_relaxed);
+}
+// Returns the old value. acq_rel: publishes this block's writes (ordered before by a
+// __syncthreads) and sees everything published by earlier increments.
+__device__ __forceinline__ std::uint32_t fetch_add_acq_rel(std::uint32_t* p, std::uint32_t v) {
+  return DeviceAtomicU32(*p).fetch_add(v, cuda::memory_order_acq_rel);
+}
+__device__ __forceinline__ std::uint32_t fetch_add_relaxed(std::uint32_t* p, std::uint32_t v) {
+  return DeviceAtomicU32(*p).fetch_add(v, cuda::memory_order_relaxed);
+}
+
+__device__ __forceinline__ std::uint64_t global_timer_ns() {
+  std::uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+struct Control {
+  std::uint32_t* words;  // kControlWords lines of kControlStride
+  __device__ std::uint32_t* word(ControlWord w) const { return words + w * kControlStride; }
+
+  __device__ bool aborted() const { return load_relaxed(word(kAbort)) != 0; }
+
+  // Record the first error and make every block leave. Any thread may call it.
+  __device__ void fail(StatusCode code, ErrorSite site) const {
+    std::uint32_t none = 0;
+    if (DeviceAtomicU32(*word(kStickyError))
+            .compare_exchange_strong(none, static_cast<std::uint32_t>(code),
+                                     cuda::memory_order_relaxed)) {
+      store_relaxed(word(kErrorSite), site);
+    }
+    store_release(word(kAbort), 1);
+  }
+};
+
+// Spins (one thread) until *p >= target. False when the launch is abandoned instead.
+__device__ inline bool wait_at_least(const Control& ctl, std::uint32_t* p, std::uint32_t target,
+                                     std::uint64_t timeout_ns, ErrorSite site) {
+  if (load_acquire(p) >= target) return true;
+  const std::uint64_t start = global_timer_ns();
+  unsigned backoff = 32;
+  for (;;) {
+    __nanosleep(backoff);
+    if (backoff < 512) backoff *= 2;
+    if (load_acquire(p) >= target) return true;
+    if (ctl.aborted()) return false;
+    if (global_timer_ns() - start > timeout_ns) {
+      ctl.fail(StatusCode::DeviceTimeout, site);
+      return false;
+    }
+  }
+}
+
+}  // namespace flashmoe::detail

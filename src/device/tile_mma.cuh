@@ -1,0 +1,216 @@
+// Tensor-core tile executor: C[BM, NB] = A[BM, K] * B[NB, K]^T with both operands K-major,
+// rows gathered through per-row pointers (null rows read as zeros), cp.async multi-stage
+// pipeline, XOR-swizzled shared memory, ldmatrix + mma.sync m16n8k16 (sm_80 and newer),
+// fp32 accumulation. Warps may split K (WARPS_K > 1) so that tiles with few rows still keep
+// every warp busy; their partial sums are reduced through shared memory.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace flashmoe::detail {
+
+inline constexpr int kThreads = 256;  // every kernel variant runs 8 warps per block
+inline constexpr int kTileK = 64;     // 64 16-bit elements = one 128-byte smem row
+
+// B rows of a gated (gate/up) tile are [BN gate rows | BN up rows]; each warp owns matching
+// gate and up columns, so SiLU(g) * u is formed in registers.
+template <int BM_, int BN_, bool GATED_, int WARPS_M_, int WARPS_N_, int WARPS_K_, int STAGES_>
+struct TileShape {
+  static constexpr int BM = BM_, BN = BN_, WARPS_M = WARPS_M_, WARPS_N = WARPS_N_,
+                       WARPS_K = WARPS_K_, STAGES = STAGES_;
+  static constexpr bool GATED = GATED_;
+  static constexpr int NB = GATED ? 2 * BN : BN;  // B rows per tile
+  static constexpr int WM = BM / WARPS_M;          // rows per warp
+  static constexpr int MI = WM / 16;               // m16 fragments per warp
+  static constexpr int WN = BN / WARPS_N;          // output columns per warp
+  static constexpr int NI = WN / 8;                // n8 fragments per warp (per half if gated)
+  static constexpr int NF = GATED ? 2 * NI : NI;
+  static constexpr int KSTEPS = kTileK / 16;
+  static constexpr int KSTEPS_PER_WARP = KSTEPS / WARPS_K;
+  static constexpr int STAGE_BYTES = (BM + NB) * kTileK * 2;
+  static constexpr int RED_BYTES = (WARPS_K - 1) * WARPS_M * WARPS_N * MI * NF * 4 * 32 * 4;
+  static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES > RED_BYTES ? STAGES * STAGE_BYTES
+                                                                     : RED_BYTES;
+  static_assert(WARPS_M * WARPS_N * WARPS_K * 32 == kThreads, "8 warps per block");
+  static_assert(MI >= 1 && WM % 16 == 0 && NI >= 1 && WN % 8 == 0, "fragment tiling");
+  static_assert(KSTEPS % WARPS_K == 0, "k split");
+
+  // First B row of the warp's fragment f.
+  __device__ static int b_row(int wn, int f) {
+    if (!GATED || f < NI) return wn * WN + f * 8;
+    return BN + wn * WN + (f - NI) * 8;
+  }
+};
+
+template <typename T>
+struct Mma;
+template <>
+struct Mma<__nv_bfloat16> {
+  __device__ static void run(float (&d)[4], const std::uint32_t (&a)[4], const std::uint32_t (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+};
+template <>
+struct Mma<__half> {
+  __device__ static void run(float (&d)[4], const std::uint32_t (&a)[4], const std::uint32_t (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+};
+
+// 16-byte asynchronous copy through L2 only (.cg): safe for data written earlier in this
+// launch by other blocks, once an acquire has ordered it. src_bytes = 0 fills zeros.
+__device__ __forceinline__ void cp_async_16(std::uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ std::uint32_t swizzled(std::uint32_t stage_base, int row, int chunk) {
+  return stage_base + row * 128 + ((chunk ^ (row & 7)) << 4);
+}
+
+template <class S, typename T>
+struct TileMma {
+  using Acc = float[S::MI][S::NF][4];
+
+  __device__ static int warp_k() { return (threadIdx.x >> 5) / (S::WARPS_M * S::WARPS_N); }
+  __device__ static int warp_m() { return ((threadIdx.x >> 5) % (S::WARPS_M * S::WARPS_N)) / S::WARPS_N; }
+  __device__ static int warp_n() { return (threadIdx.x >> 5) % S::WARPS_N; }
+
+  // a_rows[BM], b_rows[NB] live in shared memory. `fallback` is any valid global address,
+  // used as the (unread) source of zero-filled chunks. After return, warps with warp_k() == 0
+  // hold the full sums; the others hold nothing useful.
+  __device__ static void run(Acc& acc, unsigned char* smem, const T* const* a_rows,
+                             const T* const* b_rows, int kdim, const T* fallback) {
+    const int tid = threadIdx.x, lane = tid & 31;
+    const int wm = warp_m(), wn = warp_n(), wk = warp_k();
+#pragma unroll
+    for (int mi = 0; mi < S::MI; ++mi)
+#pragma unroll
+      for (int f = 0; f < S::NF; ++f)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[mi][f][i] = 0.0f;
+
+    const std::uint32_t smem_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
+    const int ktiles = (kdim + kTileK - 1) / kTileK;
+    auto load = [&](int stage, int kt) {
+      const std::uint32_t base = smem_base + stage * S::STAGE_BYTES;
+      for (int i = tid; i < (S::BM + S::NB) * 8; i += kThreads) {
+        const int row = i >> 3, chunk = i & 7;
+        const T* src_row = row < S::BM ? a_rows[row] : b_rows[row - S::BM];
+        const int k = kt * kTileK + chunk * 8;
+        const bool valid = src_row != nullptr && k < kdim;  // kdim % 8 == 0: whole chunks
+        cp_async_16(swizzled(base, row, chunk), valid ? src_row + k : fallback, valid ? 16 : 0);
+      }
+    };
+
+#pragma unroll
+    for (int s = 0; s < S::STAGES - 1; ++s) {
+      if (s < ktiles) load(s, s);
+      cp_async_commit();  // empty groups keep the wait counts uniform
+    }
+    for (int kt = 0; kt < ktiles; ++kt) {
+      cp_async_wait<S::STAGES - 2>();
+      __syncthreads();  // stage kt landed for all threads; stage kt-1 is free to refill
+      const int next = kt + S::STAGES - 1;
+      if (next < ktiles) load(next % S::STAGES, next);
+      cp_async_commit();
+
+      const std::uint32_t base = smem_base + (kt % S::STAGES) * S::STAGE_BYTES;
+      const std::uint32_t b_base = base + S::BM * 128;
+#pragma unroll
+      for (int j = 0; j < S::KSTEPS_PER_WARP; ++j) {
+        const int kk = wk * S::KSTEPS_PER_WARP + j;
+        std::uint32_t a[S::MI][4];
+        std::uint32_t b[S::NF][2];
+#pragma unroll
+        for (int mi = 0; mi < S::MI; ++mi) {
+          const int row = wm * S::WM + mi * 16 + (lane & 15);
+          asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                       : "=r"(a[mi][0]), "=r"(a[mi][1]), "=r"(a[mi][2]), "=r"(a[mi][3])
+                       : "r"(swizzled(base, row, kk * 2 + (lane >> 4))));
+        }
+#pragma unroll
+        for (int f = 0; f < S::NF; ++f) {
+          const int row = S::b_row(wn, f) + (lane & 7);
+          asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                       : "=r"(b[f][0]), "=r"(b[f][1])
+                       : "r"(swizzled(b_base, row, kk * 2 + ((lane >> 3) & 1))));
+        }
+#pragma unroll
+        for (int mi = 0; mi < S::MI; ++mi)
+#pragma unroll
+          for (int f = 0; f < S::NF; ++f) Mma<T>::run(acc[mi][f], a[mi], b[f]);
+      }
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // pipeline smem is now free
+
+    if constexpr (S::WARPS_K > 1) {
+      float* red = reinterpret_cast<float*>(smem);
+      constexpr int kPerWarp = S::MI * S::NF * 4 * 32;
+      const int wmn = wm * S::WARPS_N + wn;
+      if (wk > 0) {
+        float* mine = red + ((wk - 1) * S::WARPS_M * S::WARPS_N + wmn) * kPerWarp;
+#pragma unroll
+        for (int mi = 0; mi < S::MI; ++mi)
+#pragma unroll
+          for (int f = 0; f < S::NF; ++f)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) mine[((mi * S::NF + f) * 4 + i) * 32 + lane] = acc[mi][f][i];
+      }
+      __syncthreads();
+      if (wk == 0) {
+        // Fixed order over wk: the sum is the same on every run.
+        for (int w = 1; w < S::WARPS_K; ++w) {
+          const float* theirs = red + ((w - 1) * S::WARPS_M * S::WARPS_N + wmn) * kPerWarp;
+#pragma unroll
+          for (int mi = 0; mi < S::MI; ++mi)
+#pragma unroll
+            for (int f = 0; f < S::NF; ++f)
+#pragma unroll
+              for (int i = 0; i < 4; ++i)
+                acc[mi][f][i] += theirs[((mi * S::NF + f) * 4 + i) * 32 + lane];
+        }
+      }
+      __syncthreads();  // reduction buffer is free again
+    }
+  }
+
+  // Visits every accumulator pair owned by a warp with warp_k() == 0:
+  // fn(row, col, f, mi, half) where (row, col) is the tile position of element pair
+  // acc[mi][f][2*half .. 2*half+1] (columns col, col+1; col counted within the first BN for
+  // gated tiles, and f < NI).
+  template <class Fn>
+  __device__ static void for_each_pair(Fn&& fn) {
+    if (warp_k() != 0) return;
+    const int lane = threadIdx.x & 31, wm = warp_m(), wn = warp_n();
+#pragma unroll
+    for (int mi = 0; mi < S::MI; ++mi)
+#pragma unroll
+      for (int f = 0; f < S::NI; ++f)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int row = wm * S::WM + mi * 16 + (lane >> 2) + half * 8;
+          const int col = wn * S::WN + f * 8 + (lane & 3) * 2;
+          fn(row, col, f, mi, half);
+        }
+  }
+};
+
+}  // namespace flashmoe::detail

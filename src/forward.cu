@@ -1,0 +1,201 @@
+// Host side of the forward: argument checks, variant choice, grid size, the one launch.
+#include <cmath>
+#include <cstdint>
+
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include "device/moe_kernel.cuh"
+#include "flashmoe/layer.hpp"
+#include "layer_impl.hpp"
+#include "validate.hpp"
+
+namespace flashmoe {
+namespace detail {
+namespace {
+
+Status cuda_status(cudaError_t err, const char* what) {
+  return {StatusCode::CudaError, fmt::format("{} failed: {} ({})", what, cudaGetErrorName(err),
+                                             cudaGetErrorString(err))};
+}
+
+template <class Cfg, typename T>
+Status prepare_variant(KernelVariantInfo& info, int sm_count) {
+  auto kernel = moe_kernel<Cfg, T>;
+  info.smem_bytes = Cfg::SMEM_BYTES;
+  if (cudaError_t err = cudaFuncSetAttribute(
+          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, info.smem_bytes);
+      err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return {StatusCode::NotSupported,
+            fmt::format("the kernel needs {} bytes of shared memory per block: {}",
+                        info.smem_bytes, cudaGetErrorString(err))};
+  }
+  if (cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &info.blocks_per_sm, kernel, kThreads, info.smem_bytes);
+      err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return {StatusCode::NotSupported,
+            fmt::format("occupancy query failed ({}): is this build compiled for the device?",
+                        cudaGetErrorString(err))};
+  }
+  if (info.blocks_per_sm < 1 || sm_count < 1) {
+    return {StatusCode::NotSupported, "the kernel cannot be resident on this device"};
+  }
+  return {};
+}
+
+template <typename T>
+Status prepare_typed(Layer::Impl& impl) {
+  if (Status s = prepare_variant<DecodeConfig, T>(impl.decode, impl.sm_count); !s.ok()) return s;
+  return prepare_variant<PrefillConfig, T>(impl.prefill, impl.sm_count);
+}
+
+template <class Cfg, typename T>
+Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, void* y,
+              std::int64_t num_tokens, cudaStream_t stream, const ForwardOptions& o) {
+  const Config& c = impl.config;
+  const WorkspaceLayout& L = impl.layout;
+  auto* base = static_cast<unsigned char*>(impl.workspace);
+  auto at = [base](std::size_t offset) { return static_cast<void*>(base + offset); };
+
+  KernelParams<T> p{};
+  p.x = static_cast<const T*>(x);
+  p.y = static_cast<T*>(y);
+  p.router = static_cast<const T*>(impl.weights.router);
+  p.w13 = static_cast<const T*>(impl.weights.w13);
+  p.w2 = static_cast<const T*>(impl.weights.w2);
+  p.correction_bias = c.routing.use_correction_bias ? impl.weights.correction_bias : nullptr;
+  p.user_ids = o.topk_ids;
+  p.user_weights = o.topk_weights;
+  p.out_ids = o.out_topk_ids;
+  p.out_weights = o.out_topk_weights;
+  p.beta = o.beta;
+  p.num_tokens = static_cast<int>(num_tokens);
+  p.hidden = c.hidden;
+  p.inter = c.intermediate;
+  p.experts = c.experts;
+  p.top_k = c.top_k;
+  p.activation = static_cast<int>(c.activation);
+  p.scoring = static_cast<int>(c.routing.scoring);
+  p.renormalize = c.routing.renormalize;
+  p.scaling = c.routing.routed_scaling_factor;
+  p.ctl.words = static_cast<std::uint32_t*>(at(L.control));
+  p.expert_count = static_cast<std::uint32_t*>(at(L.expert_count));
+  p.router_done = static_cast<std::uint32_t*>(at(L.router_done));
+  p.logits = static_cast<float*>(at(L.logits));
+  p.pair_expert = static_cast<std::int32_t*>(at(L.pair_expert));
+  p.pair_weight = static_cast<float*>(at(L.pair_weight));
+  p.pair_pos = static_cast<std::uint32_t*>(at(L.pair_pos));
+  p.sorted_pair = static_cast<std::int32_t*>(at(L.sorted_pair));
+  p.mtile_expert = static_cast<std::uint32_t*>(at(L.mtile_expert));
+  p.mtile_row0 = static_cast<std::uint32_t*>(at(L.mtile_row0));
+  p.mtile_rows = static_cast<std::uint32_t*>(at(L.mtile_rows));
+  p.mtile_done = static_cast<std::uint32_t*>(at(L.mtile_done));
+  p.combine_done = static_cast<std::uint32_t*>(at(L.combine_done));
+  p.h = static_cast<T*>(at(L.h));
+  p.ypart = static_cast<float*>(at(L.ypart));
+  p.combine_stride = L.max_down_ntiles;
+  p.timeout_ns = static_cast<std::uint64_t>(impl.options.watchdog_ms) * 1000000ull;
+  p.fault = impl.fault;
+
+  // More blocks than tickets would only spin and leave.
+  const std::int64_t pairs = num_tokens * c.top_k;
+  const std::int64_t chunks = (num_tokens + kRouterTokens - 1) / kRouterTokens;
+  const std::int64_t routing = o.topk_ids ? chunks : chunks * ((c.experts + kRouterExperts - 1) / kRouterExperts);
+  const std::int64_t mtiles = pairs / Cfg::BM + std::min<std::int64_t>(c.experts, pairs);
+  const std::int64_t tiles = mtiles * ((c.intermediate + Cfg::GateUp::BN - 1) / Cfg::GateUp::BN +
+                                       (c.hidden + Cfg::Down::BN - 1) / Cfg::Down::BN);
+  std::int64_t grid = static_cast<std::int64_t>(info.blocks_per_sm) * impl.sm_count;
+  if (impl.options.max_blocks > 0) grid = std::min<std::int64_t>(grid, impl.options.max_blocks);
+  grid = std::max<std::int64_t>(1, std::min(grid, routing + tiles));
+
+  moe_kernel<Cfg, T><<<static_cast<unsigned>(grid), kThreads, info.smem_bytes, stream>>>(p);
+  if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
+    return cuda_status(err, "launching the MoE kernel");
+  }
+  return {};
+}
+
+Status check_options(const Layer::Impl& impl, const ForwardOptions& o) {
+  const int dev = impl.device;
+  if ((o.topk_ids == nullptr) != (o.topk_weights == nullptr)) {
+    return {StatusCode::InvalidArgument,
+            fmt::format("options.topk_ids = {} and options.topk_weights = {}: give both or neither",
+                        static_cast<const void*>(o.topk_ids),
+                        static_cast<const void*>(o.topk_weights))};
+  }
+  if (o.topk_ids != nullptr) {
+    if (Status s = check_device_pointer(o.topk_ids, "options.topk_ids", dev, 4); !s.ok()) return s;
+    if (Status s = check_device_pointer(o.topk_weights, "options.topk_weights", dev, 4); !s.ok()) {
+      return s;
+    }
+  }
+  if (o.out_topk_ids != nullptr) {
+    if (Status s = check_device_pointer(o.out_topk_ids, "options.out_topk_ids", dev, 4); !s.ok()) {
+      return s;
+    }
+  }
+  if (o.out_topk_weights != nullptr) {
+    if (Status s = check_device_pointer(o.out_topk_weights, "options.out_topk_weights", dev, 4);
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (!std::isfinite(o.beta)) {
+    return {StatusCode::InvalidArgument, fmt::format("options.beta = {} must be finite", o.beta)};
+  }
+  return {};
+}
+
+}  // namespace
+
+Status prepare_kernels(Layer::Impl& impl) {
+  return impl.config.dtype == DType::BF16 ? prepare_typed<__nv_bfloat16>(impl)
+                                          : prepare_typed<__half>(impl);
+}
+
+}  // namespace detail
+
+Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens, cudaStream_t stream,
+               const ForwardOptions& options) {
+  using namespace detail;
+  if (!layer.valid()) return {StatusCode::InvalidArgument, "layer is empty (not created)"};
+  Layer::Impl& impl = *layer.impl();
+  const Config& c = impl.config;
+  if (num_tokens < 0 || num_tokens > c.max_tokens) {
+    return {StatusCode::InvalidArgument,
+            fmt::format("num_tokens = {} must lie in [0, max_tokens = {}]", num_tokens,
+                        c.max_tokens)};
+  }
+  if (num_tokens == 0) return {};
+  if (Status s = check_gpu_support(c); !s.ok()) return s;
+  int current = -1;
+  if (cudaError_t err = cudaGetDevice(&current); err != cudaSuccess) {
+    return cuda_status(err, "cudaGetDevice");
+  }
+  if (current != impl.device) {
+    return {StatusCode::InvalidArgument,
+            fmt::format("the current device is {}, but the layer was created on device {}",
+                        current, impl.device)};
+  }
+  if (Status s = check_device_pointer(x, "x", impl.device, 16); !s.ok()) return s;
+  if (Status s = check_device_pointer(y, "y", impl.device, 16); !s.ok()) return s;
+  const auto bytes = static_cast<std::uintptr_t>(num_tokens) * c.hidden * 2;
+  const auto xa = reinterpret_cast<std::uintptr_t>(x), ya = reinterpret_cast<std::uintptr_t>(y);
+  if (xa != ya && xa < ya + bytes && ya < xa + bytes) {
+    return {StatusCode::InvalidArgument,
+            fmt::format("x = {} and y = {} overlap partially (in-place x == y is allowed)", x, y)};
+  }
+  if (Status s = check_options(impl, options); !s.ok()) return s;
+
+  const bool decode = num_tokens * c.top_k <= static_cast<std::int64_t>(DecodeConfig::BM) * c.experts;
+  if (c.dtype == DType::BF16) {
+    return decode ? launch<DecodeConfig, __nv_bfloat16>(impl, impl.decode, x, y, num_tokens, stream, options)
+                  : launch<PrefillConfig, __nv_bfloat16>(impl, impl.prefill, x, y, num_tokens, stream, options);
+  }
+  return decode ? launch<DecodeConfig, __half>(impl, impl.decode, x, y, num_tokens, stream, options)
+                : launch<PrefillConfig, __half>(impl, impl.prefill, x, y, num_tokens, stream, options);
+}
+
+}  // namespace flashmoe

@@ -1,0 +1,158 @@
+#include <cstdint>
+#include <utility>
+
+#include <cuda_runtime_api.h>
+#include <fmt/format.h>
+
+#include "flashmoe/layer.hpp"
+#include "layer_impl.hpp"
+#include "validate.hpp"
+
+namespace flashmoe {
+namespace {
+
+Status cuda_status(cudaError_t err, const char* what) {
+  return {StatusCode::CudaError, fmt::format("{} failed: {} ({})", what, cudaGetErrorName(err),
+                                             cudaGetErrorString(err))};
+}
+
+// Workspace regions larger than this are refused rather than attempted.
+constexpr std::size_t kMaxWorkspaceBytes = std::size_t{1} << 40;
+
+}  // namespace
+
+Layer::Impl::~Impl() {
+  if (workspace != nullptr) {
+    int previous = 0;
+    const bool switched = cudaGetDevice(&previous) == cudaSuccess && previous != device &&
+                          cudaSetDevice(device) == cudaSuccess;
+    (void)cudaFree(workspace);
+    if (switched) (void)cudaSetDevice(previous);
+  }
+}
+
+Layer::Layer() noexcept = default;
+Layer::~Layer() = default;
+Layer::Layer(Layer&&) noexcept = default;
+Layer& Layer::operator=(Layer&&) noexcept = default;
+
+const Config& Layer::config() const noexcept { return impl_->config; }
+const Weights& Layer::weights() const noexcept { return impl_->weights; }
+const LayerOptions& Layer::options() const noexcept { return impl_->options; }
+std::size_t Layer::workspace_bytes() const noexcept { return impl_ ? impl_->layout.total : 0; }
+int Layer::device() const noexcept { return impl_ ? impl_->device : -1; }
+
+std::size_t workspace_bytes(const Config& config) noexcept {
+  try {
+    if (!detail::validate_config(config).ok()) return 0;
+    return detail::plan_workspace(config).total;
+  } catch (...) {
+    return 0;
+  }
+}
+
+Status Layer::create(const Config& config, const Weights& weights, Layer& out,
+                     const LayerOptions& options) {
+  if (Status s = detail::validate_config(config); !s.ok()) return s;
+  if (options.max_blocks < 0) {
+    return {StatusCode::InvalidArgument,
+            fmt::format("options.max_blocks = {} must be 0 (auto) or positive", options.max_blocks)};
+  }
+  if (options.watchdog_ms == 0) {
+    return {StatusCode::InvalidArgument, "options.watchdog_ms = 0 must be positive"};
+  }
+  int count = 0;
+  if (cudaError_t err = cudaGetDeviceCount(&count); err != cudaSuccess || count == 0) {
+    (void)cudaGetLastError();
+    return {StatusCode::NotSupported,
+            fmt::format("no CUDA device is available ({})",
+                        err == cudaSuccess ? "0 devices" : cudaGetErrorString(err))};
+  }
+  auto impl = std::make_unique<Impl>();
+  if (cudaError_t err = cudaGetDevice(&impl->device); err != cudaSuccess) {
+    return cuda_status(err, "cudaGetDevice");
+  }
+  if (Status s = detail::validate_weights(config, weights, impl->device); !s.ok()) return s;
+
+  cudaDeviceProp prop{};
+  if (cudaError_t err = cudaGetDeviceProperties(&prop, impl->device); err != cudaSuccess) {
+    return cuda_status(err, "cudaGetDeviceProperties");
+  }
+  if (prop.major < 8) {
+    return {StatusCode::NotSupported,
+            fmt::format("device {} ({}) has compute capability {}.{}; FlashMoE needs 8.0 or newer",
+                        impl->device, prop.name, prop.major, prop.minor)};
+  }
+  impl->config = config;
+  impl->weights = weights;
+  impl->options = options;
+  impl->sm_count = prop.multiProcessorCount;
+  impl->layout = detail::plan_workspace(config);
+  if (impl->layout.total > kMaxWorkspaceBytes) {
+    return {StatusCode::InvalidArgument,
+            fmt::format("max_tokens = {} needs a {} byte workspace, above the 1 TiB limit",
+                        config.max_tokens, impl->layout.total)};
+  }
+  if (Status s = detail::prepare_kernels(*impl); !s.ok()) return s;
+
+  if (cudaError_t err = cudaMalloc(&impl->workspace, impl->layout.total); err != cudaSuccess) {
+    (void)cudaGetLastError();
+    impl->workspace = nullptr;
+    return {StatusCode::OutOfMemory,
+            fmt::format("cudaMalloc of the {} byte workspace (max_tokens = {}) failed: {}",
+                        impl->layout.total, config.max_tokens, cudaGetErrorString(err))};
+  }
+  // Counters start at zero once; afterwards the kernel resets them itself.
+  if (cudaError_t err = cudaMemset(impl->workspace, 0, impl->layout.total); err != cudaSuccess) {
+    return cuda_status(err, "cudaMemset of the workspace");
+  }
+  if (cudaError_t err = cudaDeviceSynchronize(); err != cudaSuccess) {
+    return cuda_status(err, "cudaDeviceSynchronize after workspace set-up");
+  }
+  out.impl_ = std::move(impl);
+  return {};
+}
+
+Status Layer::device_status(cudaStream_t stream) {
+  if (!impl_) return {StatusCode::InvalidArgument, "layer is empty (not created)"};
+  if (cudaError_t err = cudaStreamSynchronize(stream); err != cudaSuccess) {
+    return cuda_status(err, "cudaStreamSynchronize");
+  }
+  auto* control = static_cast<std::uint32_t*>(impl_->workspace) + impl_->layout.control / 4;
+  std::uint32_t code = 0, site = 0;
+  const auto word = [control](int w) { return control + w * detail::kControlStride; };
+  if (cudaError_t err = cudaMemcpy(&code, word(detail::kStickyError), 4, cudaMemcpyDeviceToHost);
+      err != cudaSuccess) {
+    return cuda_status(err, "cudaMemcpy of the device status");
+  }
+  if (code == 0) return {};
+  if (cudaError_t err = cudaMemcpy(&site, word(detail::kErrorSite), 4, cudaMemcpyDeviceToHost);
+      err != cudaSuccess) {
+    return cuda_status(err, "cudaMemcpy of the device status");
+  }
+  (void)cudaMemset(word(detail::kStickyError), 0, 4);
+  (void)cudaMemset(word(detail::kErrorSite), 0, 4);
+  if (cudaError_t err = cudaDeviceSynchronize(); err != cudaSuccess) {
+    return cuda_status(err, "clearing the device status");
+  }
+  const char* where = site == detail::kSiteTasksTotal ? "waiting for routing to publish the tiles"
+                      : site == detail::kSiteMTileDone  ? "a down tile waiting for its gate/up tiles"
+                      : site == detail::kSiteRoutingIds
+                          ? "a caller-supplied routing id outside [0, experts)"
+                          : "an unknown site";
+  if (code == static_cast<std::uint32_t>(StatusCode::DeviceTimeout)) {
+    return {StatusCode::DeviceTimeout,
+            fmt::format("a device-side wait exceeded watchdog_ms = {} ({}); that forward's "
+                        "output is incomplete",
+                        impl_->options.watchdog_ms, where)};
+  }
+  if (code == static_cast<std::uint32_t>(StatusCode::InvalidArgument)) {
+    return {StatusCode::InvalidArgument,
+            fmt::format("forward found {}; y was not written", where)};
+  }
+  return {StatusCode::Internal, fmt::format("device recorded status code {} ({})", code, where)};
+}
+
+const char* version() noexcept { return "0.1.0"; }
+
+}  // namespace flashmoe

@@ -1,0 +1,19 @@
+// Test-only hooks. Not installed; the tests include it from the source tree.
+#pragma once
+
+#include "flashmoe/layer.hpp"
+#include "layer_impl.hpp"
+
+namespace flashmoe::testing {
+
+enum class Fault : int {
+  None = 0,
+  // One gate/up tile never signals completion: its down tiles wait until the watchdog fires.
+  DropMTileSignal = 1,
+};
+
+inline void inject_fault(Layer& layer, Fault fault) {
+  if (layer.valid()) layer.impl()->fault = static_cast<int>(fault);
+}
+
+}  // namespace flashmoe::testing

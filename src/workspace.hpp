@@ -1,0 +1,86 @@
+// Layout of a Layer's device workspace, shared by the host (sizing) and the kernel (use).
+// Every region is sized from Config::max_tokens once, at Layer::create.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "flashmoe/config.hpp"
+
+namespace flashmoe::detail {
+
+// Router task: logits of kRouterTokens tokens x kRouterExperts experts.
+inline constexpr int kRouterTokens = 8;
+inline constexpr int kRouterExperts = 16;
+// Smallest tile extents of any kernel variant: they bound the tile-table sizes.
+inline constexpr int kMinTileM = 16;
+inline constexpr int kMinDownTileN = 32;
+
+// Control words, one per 128-byte line so that spinning on one never slows another.
+enum ControlWord : int {
+  kQueueHead = 0,    // next ticket of the task queue
+  kExitCount,        // blocks that left the kernel
+  kRoutingDone,      // routing tasks finished
+  kTasksTotal,       // total tickets of this launch, published after routing (0: not yet)
+  kAbort,            // this launch is being abandoned (timeout or bad input)
+  kStickyError,      // StatusCode of the first device error, cleared by the host
+  kErrorSite,        // where it happened (diagnostics)
+  kNumMTiles,        // m-tiles of this launch
+  kControlWords
+};
+inline constexpr int kControlStride = 32;  // uint32 words per 128-byte line
+
+// Where a device error happened (kErrorSite); reported by Layer::device_status.
+enum ErrorSite : std::uint32_t {
+  kSiteNone = 0,
+  kSiteTasksTotal = 1,  // waiting for routing to publish the task count
+  kSiteMTileDone = 2,   // a down tile waiting for its gate/up tiles
+  kSiteRoutingIds = 3,  // caller-supplied routing id out of range
+};
+
+struct WorkspaceLayout {
+  std::int64_t max_pairs = 0;        // max_tokens * K
+  std::int64_t max_mtiles = 0;       // bound on sum over experts of ceil(count / kMinTileM)
+  std::int64_t max_down_ntiles = 0;  // ceil(H / kMinDownTileN)
+  std::int64_t router_chunks = 0;    // ceil(max_tokens / kRouterTokens)
+  // Byte offsets from the workspace base.
+  std::size_t control = 0, expert_count = 0, router_done = 0, logits = 0, pair_expert = 0,
+              pair_weight = 0, pair_pos = 0, sorted_pair = 0, mtile_expert = 0, mtile_row0 = 0,
+              mtile_rows = 0, mtile_done = 0, combine_done = 0, h = 0, ypart = 0, total = 0;
+};
+
+// Assumes a validated config.
+inline WorkspaceLayout plan_workspace(const Config& c) {
+  WorkspaceLayout w;
+  const std::int64_t T = c.max_tokens, K = c.top_k, E = c.experts, H = c.hidden,
+                     I = c.intermediate;
+  w.max_pairs = T * K;
+  w.max_mtiles = w.max_pairs / kMinTileM + (E < w.max_pairs ? E : w.max_pairs);
+  w.max_down_ntiles = (H + kMinDownTileN - 1) / kMinDownTileN;
+  w.router_chunks = (T + kRouterTokens - 1) / kRouterTokens;
+  std::size_t at = 0;
+  auto take = [&at](std::int64_t bytes) {
+    const std::size_t here = at;
+    at += (static_cast<std::size_t>(bytes) + 255) / 256 * 256;
+    return here;
+  };
+  w.control = take(kControlWords * kControlStride * 4);
+  w.expert_count = take(E * 4);
+  w.router_done = take(w.router_chunks * 4);
+  w.logits = take(T * E * 4);
+  w.pair_expert = take(w.max_pairs * 4);
+  w.pair_weight = take(w.max_pairs * 4);
+  w.pair_pos = take(w.max_pairs * 4);
+  w.sorted_pair = take(w.max_pairs * 4);
+  w.mtile_expert = take(w.max_mtiles * 4);
+  w.mtile_row0 = take(w.max_mtiles * 4);
+  w.mtile_rows = take(w.max_mtiles * 4);
+  w.mtile_done = take(w.max_mtiles * 4);
+  w.combine_done = take(T * w.max_down_ntiles * 4);
+  w.h = take(w.max_pairs * I * 2);
+  w.ypart = take(w.max_pairs * H * 4);
+  w.total = at;
+  return w;
+}
+
+}  // namespace flashmoe::detail
