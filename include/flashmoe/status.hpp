@@ -19,8 +19,10 @@ enum class StatusCode : int {
 // Stable lower-case name of a code ("ok", "invalid_argument", ...).
 [[nodiscard]] const char* to_string(StatusCode code) noexcept;
 
-// A code plus a human-readable message naming the argument and its value.
-class [[nodiscard]] Status {
+// A code plus a human-readable message naming the argument and its value. Every function
+// returning a Status is [[nodiscard]]. (The class itself is not: nvcc's front end would then
+// warn on plain assignments such as `status = forward(...)`.)
+class Status {
  public:
   Status() noexcept = default;  // Ok
   Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}

@@ -1,0 +1,269 @@
+// FlashMoE microbenchmarks (Google Benchmark). Each benchmark times one forward as an engine
+// runs it: a CUDA graph holding kInputs forwards on different inputs (so routing, and the
+// experts read, differ from one forward to the next), replayed; CUDA events; the median time
+// per forward is reported with the memory floor of the card, measured in the same run.
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include "flashmoe/flashmoe.hpp"
+
+namespace {
+
+constexpr int kInputs = 8;
+
+#define BENCH_CUDA(expr)                                                               \
+  do {                                                                                 \
+    const cudaError_t e_ = (expr);                                                     \
+    if (e_ != cudaSuccess) {                                                           \
+      state.SkipWithError(fmt::format("{}: {}", #expr, cudaGetErrorString(e_)).c_str()); \
+      return;                                                                          \
+    }                                                                                  \
+  } while (0)
+
+struct Shape {
+  const char* name;
+  int hidden, inter, experts, top_k;
+  bool renormalize;
+};
+const Shape kShapes[] = {
+    {"Qwen3-30B-A3B", 2048, 768, 128, 8, true},
+    {"OLMoE", 2048, 1024, 64, 8, true},
+    {"DeepSeek-V2-Lite", 2048, 1408, 64, 6, false},
+    {"Mixtral-8x7B", 4096, 14336, 8, 2, true},
+};
+constexpr int kMaxTokens = 4096;
+
+// Uniform values in [-scale, scale] from a hash of the index: fills GBs in milliseconds.
+template <typename T>
+__global__ void fill_random(T* p, std::size_t n, std::uint64_t seed, float scale) {
+  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
+    std::uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      p[i] = __float2bfloat16_rn((2.0f * u - 1.0f) * scale);
+    } else {
+      p[i] = __float2half_rn((2.0f * u - 1.0f) * scale);
+    }
+  }
+}
+
+struct DeviceMem {
+  void* p = nullptr;
+  explicit DeviceMem(std::size_t bytes) {
+    if (cudaMalloc(&p, bytes) != cudaSuccess) p = nullptr;
+  }
+  ~DeviceMem() {
+    if (p) (void)cudaFree(p);
+  }
+  DeviceMem(const DeviceMem&) = delete;
+  DeviceMem& operator=(const DeviceMem&) = delete;
+};
+
+void fill(flashmoe::DType dt, void* p, std::size_t n, std::uint64_t seed, float scale) {
+  if (dt == flashmoe::DType::BF16) {
+    fill_random<<<1024, 256>>>(static_cast<__nv_bfloat16*>(p), n, seed, scale);
+  } else {
+    fill_random<<<1024, 256>>>(static_cast<__half*>(p), n, seed, scale);
+  }
+}
+
+// One layer with random weights, kept across the benchmarks of its shape and dtype.
+struct Bench {
+  flashmoe::Config config;
+  std::unique_ptr<DeviceMem> router, w13, w2;
+  flashmoe::Layer layer;
+  flashmoe::Status status;
+};
+
+// The layer of the last shape asked for: consecutive benchmarks share it; a new shape frees
+// the old weights first (Mixtral's alone are 2.8 GB).
+Bench* get_bench(const Shape& s, flashmoe::DType dt) {
+  static std::unique_ptr<Bench> current;
+  static std::string current_key;
+  const std::string key = fmt::format("{}/{}", s.name, static_cast<int>(dt));
+  if (current && current_key == key) return current.get();
+  current.reset();
+  auto b = std::make_unique<Bench>();
+  flashmoe::Config& c = b->config;
+  c.hidden = s.hidden;
+  c.intermediate = s.inter;
+  c.experts = s.experts;
+  c.top_k = s.top_k;
+  c.dtype = dt;
+  c.routing.renormalize = s.renormalize;
+  c.max_tokens = kMaxTokens;
+  const std::size_t E = c.experts, H = c.hidden, I = c.intermediate;
+  b->router = std::make_unique<DeviceMem>(E * H * 2);
+  b->w13 = std::make_unique<DeviceMem>(E * 2 * I * H * 2);
+  b->w2 = std::make_unique<DeviceMem>(E * H * I * 2);
+  fill(dt, b->router->p, E * H, 1, 3.0f / std::sqrt(static_cast<float>(H)));
+  fill(dt, b->w13->p, E * 2 * I * H, 2, 1.7f / std::sqrt(static_cast<float>(H)));
+  fill(dt, b->w2->p, E * H * I, 3, 1.7f / std::sqrt(static_cast<float>(I)));
+  (void)cudaDeviceSynchronize();
+  flashmoe::Weights w;
+  w.dtype = dt;
+  w.router = b->router->p;
+  w.w13 = b->w13->p;
+  w.w2 = b->w2->p;
+  b->status = flashmoe::Layer::create(c, w, b->layer);
+  current = std::move(b);
+  current_key = key;
+  return current.get();
+}
+
+double g_bandwidth = 0;  // bytes/s, device-to-device copy, read + write
+
+double measure_bandwidth() {
+  const std::size_t bytes = std::size_t{1} << 30;
+  DeviceMem a(bytes), b(bytes);
+  if (!a.p || !b.p) return 0;
+  cudaEvent_t e0, e1;
+  (void)cudaEventCreate(&e0);
+  (void)cudaEventCreate(&e1);
+  std::vector<float> ms;
+  for (int i = 0; i < 12; ++i) {
+    (void)cudaEventRecord(e0);
+    (void)cudaMemcpyAsync(b.p, a.p, bytes, cudaMemcpyDeviceToDevice);
+    (void)cudaEventRecord(e1);
+    (void)cudaEventSynchronize(e1);
+    float t = 0;
+    (void)cudaEventElapsedTime(&t, e0, e1);
+    if (i >= 2) ms.push_back(t);
+  }
+  (void)cudaEventDestroy(e0);
+  (void)cudaEventDestroy(e1);
+  std::sort(ms.begin(), ms.end());
+  return 2.0 * bytes / (ms[ms.size() / 2] * 1e-3);
+}
+
+void BM_Forward(benchmark::State& state, Shape shape, flashmoe::DType dt) {
+  const int T = static_cast<int>(state.range(0));
+  Bench* b = get_bench(shape, dt);
+  if (!b->status.ok()) {
+    state.SkipWithError(b->status.to_string().c_str());
+    return;
+  }
+  const flashmoe::Config& c = b->config;
+  const std::size_t act = static_cast<std::size_t>(T) * c.hidden;
+  const std::size_t pairs = static_cast<std::size_t>(T) * c.top_k;
+  DeviceMem xs(kInputs * act * 2), ys(kInputs * act * 2), ids(kInputs * pairs * 4),
+      wts(kInputs * pairs * 4);
+  fill(dt, xs.p, kInputs * act, 100 + T, 1.0f);
+  cudaStream_t stream;
+  BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  auto x_at = [&](int i) { return static_cast<char*>(xs.p) + i * act * 2; };
+  auto y_at = [&](int i) { return static_cast<char*>(ys.p) + i * act * 2; };
+
+  // Routing of each input, for the floor: unique experts' weights must be read once.
+  double floor_bytes = 0, unique_total = 0;
+  for (int i = 0; i < kInputs; ++i) {
+    flashmoe::ForwardOptions o;
+    o.out_topk_ids = static_cast<std::int32_t*>(ids.p) + i * pairs;
+    o.out_topk_weights = static_cast<float*>(wts.p) + i * pairs;
+    const flashmoe::Status s = flashmoe::forward(b->layer, x_at(i), y_at(i), T, stream, o);
+    if (!s.ok()) {
+      state.SkipWithError(s.to_string().c_str());
+      return;
+    }
+  }
+  if (const flashmoe::Status s = b->layer.device_status(stream); !s.ok()) {
+    state.SkipWithError(s.to_string().c_str());
+    return;
+  }
+  std::vector<std::int32_t> host_ids(kInputs * pairs);
+  BENCH_CUDA(cudaMemcpy(host_ids.data(), ids.p, host_ids.size() * 4, cudaMemcpyDeviceToHost));
+  const double expert_bytes = 3.0 * c.hidden * c.intermediate * 2;
+  for (int i = 0; i < kInputs; ++i) {
+    const std::set<int> unique(host_ids.begin() + i * pairs, host_ids.begin() + (i + 1) * pairs);
+    unique_total += unique.size();
+    floor_bytes += unique.size() * expert_bytes + 2.0 * c.experts * c.hidden + 2.0 * act * 2;
+  }
+  floor_bytes /= kInputs;
+
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  BENCH_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  for (int i = 0; i < kInputs; ++i) {
+    if (!flashmoe::forward(b->layer, x_at(i), y_at(i), T, stream).ok()) break;
+  }
+  BENCH_CUDA(cudaStreamEndCapture(stream, &graph));
+  BENCH_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  cudaEvent_t e0, e1;
+  BENCH_CUDA(cudaEventCreate(&e0));
+  BENCH_CUDA(cudaEventCreate(&e1));
+  for (int i = 0; i < 5; ++i) BENCH_CUDA(cudaGraphLaunch(exec, stream));  // warm-up
+  std::vector<double> per_forward_us;
+  for (auto _ : state) {
+    BENCH_CUDA(cudaEventRecord(e0, stream));
+    BENCH_CUDA(cudaGraphLaunch(exec, stream));
+    BENCH_CUDA(cudaEventRecord(e1, stream));
+    BENCH_CUDA(cudaEventSynchronize(e1));
+    float ms = 0;
+    BENCH_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+    per_forward_us.push_back(ms * 1e3 / kInputs);
+    state.SetIterationTime(ms * 1e-3 / kInputs);
+  }
+  if (const flashmoe::Status s = b->layer.device_status(stream); !s.ok()) {
+    state.SkipWithError(s.to_string().c_str());
+  }
+  std::sort(per_forward_us.begin(), per_forward_us.end());
+  const double median_us = per_forward_us[per_forward_us.size() / 2];
+  const double floor_us = floor_bytes / g_bandwidth * 1e6;
+  const double flops = 2.0 * pairs * 3.0 * c.hidden * c.intermediate + 2.0 * T * c.experts * c.hidden;
+  state.counters["us_median"] = median_us;
+  state.counters["unique_experts"] = unique_total / kInputs;
+  state.counters["floor_us"] = floor_us;
+  state.counters["pct_of_floor"] = 100.0 * floor_us / median_us;
+  state.counters["TFLOPs"] = flops / (median_us * 1e-6) / 1e12;
+  (void)cudaEventDestroy(e0);
+  (void)cudaEventDestroy(e1);
+  (void)cudaGraphExecDestroy(exec);
+  (void)cudaGraphDestroy(graph);
+  (void)cudaStreamDestroy(stream);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("No CUDA GPU found: the FlashMoE benchmarks need one. Nothing was measured.\n");
+    return 0;
+  }
+  cudaDeviceProp prop{};
+  (void)cudaGetDeviceProperties(&prop, 0);
+  g_bandwidth = measure_bandwidth();
+  std::printf("%s, %d SMs; device-to-device copy: %.0f GB/s (read + write)\n", prop.name,
+              prop.multiProcessorCount, g_bandwidth / 1e9);
+  for (const Shape& s : kShapes) {
+    for (flashmoe::DType dt : {flashmoe::DType::BF16, flashmoe::DType::FP16}) {
+      auto* bm = benchmark::RegisterBenchmark(
+          fmt::format("{}/{}", s.name, dt == flashmoe::DType::BF16 ? "bf16" : "fp16").c_str(),
+          BM_Forward, s, dt);
+      for (int T : {1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096}) bm->Arg(T);
+      bm->ArgName("T")->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.2);
+    }
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("device", prop.name);
+  benchmark::AddCustomContext("copy_bandwidth_GBps", fmt::format("{:.0f}", g_bandwidth / 1e9));
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,589 @@
+// The GPU forward against the CPU reference: shapes x token counts x dtypes, routing edge
+// cases, engine options, and the persistent kernel's rules (one launch, graph capture,
+// determinism, no deadlock beside other work, watchdog, in-kernel state reset).
+#include <algorithm>
+#include <cstdint>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include "flashmoe/flashmoe.hpp"
+#include "test_util.hpp"
+#include "testing.hpp"
+
+namespace {
+
+using flashmoe::Config;
+using flashmoe::DType;
+using flashmoe::ForwardOptions;
+using flashmoe::Layer;
+using flashmoe::StatusCode;
+using namespace flashmoe_test;
+
+struct Shape {
+  const char* name;
+  int hidden, inter, experts, top_k;
+  bool renormalize;
+  int max_check;  // tokens checked against the reference per run (all when T is smaller)
+};
+
+const Shape kQwen3{"Qwen3_30B_A3B", 2048, 768, 128, 8, true, 16};
+const Shape kMixtral{"Mixtral_8x7B", 4096, 14336, 8, 2, true, 4};
+const Shape kOlmoe{"OLMoE", 2048, 1024, 64, 8, true, 16};
+const Shape kDsv2Lite{"DeepSeek_V2_Lite_routed", 2048, 1408, 64, 6, false, 16};
+const Shape kOneExpert{"E1_K1", 64, 40, 1, 1, true, 64};
+const Shape kKEqualsE{"K_equals_E", 128, 24, 4, 4, true, 64};
+const Shape kOddTiles{"I_not_tile_multiple", 136, 104, 12, 3, true, 64};
+
+const int kTokenCounts[] = {1, 2, 3, 7, 16, 64, 257, 1024, 4096};
+
+Config make_config(const Shape& s, DType dt, int max_tokens) {
+  Config c;
+  c.hidden = s.hidden;
+  c.intermediate = s.inter;
+  c.experts = s.experts;
+  c.top_k = s.top_k;
+  c.dtype = dt;
+  c.routing.renormalize = s.renormalize;
+  c.max_tokens = max_tokens;
+  return c;
+}
+
+class StreamGuard {
+ public:
+  StreamGuard() { (void)cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking); }
+  ~StreamGuard() { (void)cudaStreamDestroy(s_); }
+  cudaStream_t get() const { return s_; }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
+// One forward with its inputs and what came back.
+struct ForwardRun {
+  int tokens = 0;
+  std::vector<std::uint16_t> x, y_in, y;
+  std::vector<std::int32_t> ids;
+  std::vector<float> weights;
+};
+
+// Fresh random x, and y poisoned (NaN everywhere): every element must be written.
+ForwardRun make_run(const Config& c, int T, std::mt19937_64& rng) {
+  ForwardRun run;
+  run.tokens = T;
+  run.x = random_values(static_cast<std::size_t>(T) * c.hidden, 1.0f, c.dtype, rng);
+  run.y_in.assign(run.x.size(), kPoison);
+  return run;
+}
+
+// Uploads run.x and run.y_in, runs forward on `stream`, downloads y and the routing used.
+::testing::AssertionResult run_forward(Layer& layer, ForwardRun& run, cudaStream_t stream,
+                                       ForwardOptions options = {}) {
+  const Config& c = layer.config();
+  const std::size_t pairs = static_cast<std::size_t>(run.tokens) * c.top_k;
+  DeviceBuffer dx = upload(run.x), dy = upload(run.y_in);
+  DeviceBuffer ids(pairs * 4), wts(pairs * 4);
+  options.out_topk_ids = ids.get<std::int32_t>();
+  options.out_topk_weights = wts.get<float>();
+  const flashmoe::Status s = flashmoe::forward(layer, dx.get(), dy.get(), run.tokens, stream, options);
+  if (!s.ok()) return ::testing::AssertionFailure() << "forward: " << s.to_string();
+  const flashmoe::Status d = layer.device_status(stream);
+  if (!d.ok()) return ::testing::AssertionFailure() << "device: " << d.to_string();
+  run.y = download<std::uint16_t>(dy.get(), run.x.size());
+  run.ids = download<std::int32_t>(ids.get(), pairs);
+  run.weights = download<float>(wts.get(), pairs);
+  return ::testing::AssertionSuccess();
+}
+
+std::vector<int> sample_tokens(int T, int max_check, std::mt19937_64& rng) {
+  std::vector<int> all(T);
+  for (int t = 0; t < T; ++t) all[t] = t;
+  if (T <= max_check) return all;
+  std::shuffle(all.begin() + 1, all.end() - 1, rng);
+  std::vector<int> pick(all.begin(), all.begin() + max_check - 1);
+  pick.push_back(T - 1);  // first and last always
+  std::sort(pick.begin(), pick.end());
+  return pick;
+}
+
+// The router's choice for sampled tokens against the reference's. Sets may differ only at a
+// near-tie: an expert in one set and not the other must score within 1e-5 of the K-th best.
+void check_routing(const Model& m, const ForwardRun& run, const std::vector<int>& tokens) {
+  const Config& c = m.config;
+  const int K = c.top_k, H = c.hidden;
+  for (int t : tokens) {
+    std::vector<std::int32_t> rid(K);
+    std::vector<float> rw(K);
+    ASSERT_TRUE(flashmoe::reference::route(c, m.host_weights(), &run.x[static_cast<std::size_t>(t) * H],
+                                           1, rid.data(), rw.data())
+                    .ok());
+    const std::set<int> gpu(run.ids.begin() + t * K, run.ids.begin() + (t + 1) * K);
+    const std::set<int> ref(rid.begin(), rid.end());
+    ASSERT_EQ(gpu.size(), static_cast<std::size_t>(K)) << "token " << t << ": repeated expert";
+    if (gpu == ref) {
+      for (int k = 0; k < K; ++k) {
+        const int pos = static_cast<int>(std::find(rid.begin(), rid.end(), run.ids[t * K + k]) - rid.begin());
+        EXPECT_NEAR(run.weights[t * K + k], rw[pos], 1e-4) << "token " << t << " expert " << rid[pos];
+      }
+      continue;
+    }
+    // Full ranking: all experts, unnormalised scores.
+    Config all = c;
+    all.top_k = c.experts;
+    all.routing.renormalize = false;
+    all.routing.routed_scaling_factor = 1.0f;
+    std::vector<std::int32_t> aid(c.experts);
+    std::vector<float> aw(c.experts);
+    ASSERT_TRUE(flashmoe::reference::route(all, m.host_weights(), &run.x[static_cast<std::size_t>(t) * H],
+                                           1, aid.data(), aw.data())
+                    .ok());
+    const float kth = aw[K - 1];
+    for (int e = 0; e < c.experts; ++e) {
+      if (gpu.count(aid[e]) != ref.count(aid[e])) {
+        EXPECT_NEAR(aw[e], kth, 1e-5) << "token " << t << ": expert " << aid[e]
+                                       << " chosen differently, not a near-tie";
+      }
+    }
+  }
+}
+
+// y of sampled tokens against the reference run with the routing the GPU used, and every
+// token of y written (no poison left).
+void check_output(const Model& m, const ForwardRun& run, const std::vector<int>& tokens, double beta = 0.0) {
+  const Config& c = m.config;
+  const int H = c.hidden, K = c.top_k;
+  for (std::size_t i = 0; i < run.y.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(flashmoe::reference::to_float(run.y[i], c.dtype)))
+        << "y[" << i / H << ", " << i % H << "] not written (or not finite)";
+  }
+  std::vector<double> err(tokens.size());
+  parallel_for(static_cast<int>(tokens.size()), [&](int j) {
+    const int t = tokens[j];
+    ForwardOptions o;
+    o.topk_ids = &run.ids[static_cast<std::size_t>(t) * K];
+    o.topk_weights = &run.weights[static_cast<std::size_t>(t) * K];
+    o.beta = static_cast<float>(beta);
+    std::vector<std::uint16_t> y(run.y_in.begin() + static_cast<std::ptrdiff_t>(t) * H,
+                                 run.y_in.begin() + static_cast<std::ptrdiff_t>(t + 1) * H);
+    std::vector<double> ref(H);
+    const flashmoe::Status s = flashmoe::reference::forward(
+        c, m.host_weights(), &run.x[static_cast<std::size_t>(t) * H], y.data(), 1, o, ref.data());
+    err[j] = s.ok() ? rel_l2(&run.y[static_cast<std::size_t>(t) * H], ref.data(), H, c.dtype) : INFINITY;
+  });
+  for (std::size_t j = 0; j < tokens.size(); ++j) {
+    EXPECT_LT(err[j], tolerance(c.dtype)) << "token " << tokens[j] << " of " << run.tokens;
+  }
+}
+
+// --- The shape x token-count x dtype matrix -------------------------------------------------
+
+struct MatrixCase {
+  Shape shape;
+  DType dtype;
+};
+
+class ForwardMatrix : public ::testing::TestWithParam<MatrixCase> {};
+
+TEST_P(ForwardMatrix, MatchesReferenceForEveryTokenCount) {
+  FLASHMOE_NEED_GPU();
+  const MatrixCase& mc = GetParam();
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  const Model m = make_model(make_config(mc.shape, mc.dtype, 4096), rng);
+  Layer layer;
+  ASSERT_TRUE(Layer::create(m.config, m.device_weights(), layer).ok());
+  StreamGuard stream;
+  for (int T : kTokenCounts) {
+    SCOPED_TRACE(::testing::Message() << "T = " << T);
+    ForwardRun run = make_run(m.config, T, rng);
+    ASSERT_TRUE(run_forward(layer, run, stream.get()));
+    const std::vector<int> tokens = sample_tokens(T, mc.shape.max_check, rng);
+    check_routing(m, run, tokens);
+    check_output(m, run, tokens);
+  }
+}
+
+std::string matrix_name(const ::testing::TestParamInfo<MatrixCase>& info) {
+  return std::string(info.param.shape.name) + (info.param.dtype == DType::BF16 ? "_bf16" : "_fp16");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, ForwardMatrix,
+    ::testing::Values(MatrixCase{kQwen3, DType::BF16}, MatrixCase{kQwen3, DType::FP16},
+                      MatrixCase{kMixtral, DType::BF16}, MatrixCase{kMixtral, DType::FP16},
+                      MatrixCase{kOlmoe, DType::BF16}, MatrixCase{kOlmoe, DType::FP16},
+                      MatrixCase{kDsv2Lite, DType::BF16}, MatrixCase{kDsv2Lite, DType::FP16},
+                      MatrixCase{kOneExpert, DType::BF16}, MatrixCase{kOneExpert, DType::FP16},
+                      MatrixCase{kKEqualsE, DType::BF16}, MatrixCase{kKEqualsE, DType::FP16},
+                      MatrixCase{kOddTiles, DType::BF16}, MatrixCase{kOddTiles, DType::FP16}),
+    matrix_name);
+
+// --- Routing edge cases and engine options ---------------------------------------------------
+
+class Forward : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    FLASHMOE_NEED_GPU();
+    seed_ = fresh_seed();
+    rng_.seed(seed_);
+  }
+  Model small_model(DType dt = DType::BF16, int max_tokens = 1024) {
+    Config c;
+    c.hidden = 256;
+    c.intermediate = 136;
+    c.experts = 16;
+    c.top_k = 4;
+    c.dtype = dt;
+    c.max_tokens = max_tokens;
+    return make_model(c, rng_);
+  }
+  std::uint64_t seed_ = 0;
+  std::mt19937_64 rng_;
+};
+
+TEST_F(Forward, SkewedRoutingEveryTokenToTheSameExperts) {
+  SCOPED_TRACE(seed_);
+  Model m = small_model();
+  const Config& c = m.config;
+  // Router rows: experts 0..K-1 get (K - e) * 0.05 in every column, the others 0. With x > 0
+  // every token's logits rank experts 0..K-1 first, in that order; experts K.. get no token.
+  for (int e = 0; e < c.experts; ++e)
+    for (int h = 0; h < c.hidden; ++h)
+      m.router[static_cast<std::size_t>(e) * c.hidden + h] =
+          flashmoe::reference::from_float(e < c.top_k ? 0.05f * (c.top_k - e) : 0.0f, c.dtype);
+  m.d_router = upload(m.router);
+  Layer layer;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
+  StreamGuard stream;
+  for (int T : {1, 64, 1024}) {
+    ForwardRun run = make_run(c, T, rng_);
+    for (auto& v : run.x) {  // positive inputs, so the rigged experts win
+      const float f = flashmoe::reference::to_float(v, c.dtype);
+      v = flashmoe::reference::from_float(std::abs(f) + 0.1f, c.dtype);
+    }
+    ASSERT_TRUE(run_forward(layer, run, stream.get()));
+    for (int t = 0; t < T; ++t)
+      for (int k = 0; k < c.top_k; ++k) ASSERT_EQ(run.ids[t * c.top_k + k], k) << "token " << t;
+    check_output(m, run, sample_tokens(T, 64, rng_));
+  }
+}
+
+TEST_F(Forward, CallerSuppliedRoutingIncludingRepeatedExperts) {
+  SCOPED_TRACE(seed_);
+  const Model m = small_model();
+  const Config& c = m.config;
+  Layer layer;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
+  StreamGuard stream;
+  for (bool repeats : {false, true}) {
+    const int T = 300;
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(T) * c.top_k);
+    std::vector<float> wts(ids.size());
+    std::uniform_real_distribution<float> uw(0.05f, 1.0f);
+    for (int t = 0; t < T; ++t) {
+      std::vector<std::int32_t> perm(c.experts);
+      for (int e = 0; e < c.experts; ++e) perm[e] = e;
+      std::shuffle(perm.begin(), perm.end(), rng_);
+      for (int k = 0; k < c.top_k; ++k) {
+        ids[t * c.top_k + k] = repeats && k == 1 ? perm[0] : perm[k];
+        wts[t * c.top_k + k] = uw(rng_);
+      }
+    }
+    DeviceBuffer d_ids = upload(ids), d_wts = upload(wts);
+    ForwardOptions o;
+    o.topk_ids = d_ids.get<std::int32_t>();
+    o.topk_weights = d_wts.get<float>();
+    ForwardRun run = make_run(c, T, rng_);
+    ASSERT_TRUE(run_forward(layer, run, stream.get(), o));
+    EXPECT_EQ(run.ids, ids);
+    EXPECT_EQ(run.weights, wts);
+    check_output(m, run, sample_tokens(T, 64, rng_));
+  }
+}
+
+TEST_F(Forward, BadCallerIdIsReportedAndYIsUntouched) {
+  SCOPED_TRACE(seed_);
+  const Model m = small_model();
+  const Config& c = m.config;
+  Layer layer;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
+  const int T = 20;
+  std::vector<std::int32_t> ids(static_cast<std::size_t>(T) * c.top_k);
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>(i % c.experts);
+  ids[37] = c.experts;  // out of range
+  DeviceBuffer d_ids = upload(ids), d_wts = upload(std::vector<float>(ids.size(), 0.25f));
+  ForwardRun run = make_run(c, T, rng_);
+  run.y_in = random_values(run.x.size(), 1.0f, c.dtype, rng_);
+  DeviceBuffer dx = upload(run.x), dy = upload(run.y_in);
+  ForwardOptions o;
+  o.topk_ids = d_ids.get<std::int32_t>();
+  o.topk_weights = d_wts.get<float>();
+  ASSERT_TRUE(flashmoe::forward(layer, dx.get(), dy.get(), T, nullptr, o).ok());
+  const flashmoe::Status s = layer.device_status(nullptr);
+  EXPECT_EQ(s.code(), StatusCode::InvalidArgument);
+  EXPECT_NE(s.message().find("routing id"), std::string::npos) << s.message();
+  EXPECT_EQ(download<std::uint16_t>(dy.get(), run.x.size()), run.y_in);
+  // The layer recovers: the next forward is right and reports Ok.
+  ForwardRun good = make_run(c, T, rng_);
+  ASSERT_TRUE(run_forward(layer, good, nullptr));
+  check_output(m, good, sample_tokens(T, T, rng_));
+}
+
+TEST_F(Forward, BetaAccumulatesIntoY) {
+  SCOPED_TRACE(seed_);
+  const Model m = small_model(DType::FP16);
+  Layer layer;
+  ASSERT_TRUE(Layer::create(m.config, m.device_weights(), layer).ok());
+  StreamGuard stream;
+  for (float beta : {0.5f, -1.25f, 1.0f}) {
+    ForwardRun run = make_run(m.config, 77, rng_);
+    run.y_in = random_values(run.x.size(), 1.0f, m.config.dtype, rng_);
+    ForwardOptions o;
+    o.beta = beta;
+    ASSERT_TRUE(run_forward(layer, run, stream.get(), o));
+    check_output(m, run, sample_tokens(77, 77, rng_), beta);
+  }
+}
+
+TEST_F(Forward, InPlaceXEqualsY) {
+  SCOPED_TRACE(seed_);
+  const Model m = small_model();
+  const Config& c = m.config;
+  Layer layer;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
+  for (int T : {5, 1000}) {
+    ForwardRun run = make_run(c, T, rng_);
+    DeviceBuffer dxy = upload(run.x);
+    DeviceBuffer ids(static_cast<std::size_t>(T) * c.top_k * 4), wts(ids.bytes());
+    ForwardOptions o;
+    o.out_topk_ids = ids.get<std::int32_t>();
+    o.out_topk_weights = wts.get<float>();
+    ASSERT_TRUE(flashmoe::forward(layer, dxy.get(), dxy.get(), T, nullptr, o).ok());
+    ASSERT_TRUE(layer.device_status(nullptr).ok());
+    run.y = download<std::uint16_t>(dxy.get(), run.x.size());
+    run.ids = download<std::int32_t>(ids.get(), static_cast<std::size_t>(T) * c.top_k);
+    run.weights = download<float>(wts.get(), static_cast<std::size_t>(T) * c.top_k);
+    const std::vector<int> tokens = sample_tokens(T, 64, rng_);
+    check_routing(m, run, tokens);
+    check_output(m, run, tokens);
+  }
+}
+
+TEST_F(Forward, SigmoidBiasScalingAndGeluVariants) {
+  SCOPED_TRACE(seed_);
+  struct Variant {
+    flashmoe::Scoring scoring;
+    bool bias, renormalize;
+    float scaling;
+    flashmoe::Activation act;
+  } variants[] = {
+      {flashmoe::Scoring::Sigmoid, true, true, 2.5f, flashmoe::Activation::SiluGated},
+      {flashmoe::Scoring::Sigmoid, false, false, 1.0f, flashmoe::Activation::GeluGated},
+      {flashmoe::Scoring::Softmax, false, false, 1.5f, flashmoe::Activation::GeluTanhGated},
+  };
+  for (const Variant& v : variants) {
+    Config c;
+    c.hidden = 192;
+    c.intermediate = 72;
+    c.experts = 32;
+    c.top_k = 6;
+    c.max_tokens = 512;
+    c.activation = v.act;
+    c.routing.scoring = v.scoring;
+    c.routing.use_correction_bias = v.bias;
+    c.routing.renormalize = v.renormalize;
+    c.routing.routed_scaling_factor = v.scaling;
+    const Model m = make_model(c, rng_);
+    Layer layer;
+    ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
+    for (int T : {3, 512}) {
+      ForwardRun run = make_run(c, T, rng_);
+      ASSERT_TRUE(run_forward(layer, run, nullptr));
+      const std::vector<int> tokens = sample_tokens(T, 64, rng_);
+      check_routing(m, run, tokens);
+      check_output(m, run, tokens);
+    }
+  }
+}
+
+// --- Rules of the persistent kernel ----------------------------------------------------------
+
+TEST_F(Forward, BitwiseIdenticalAcrossRunsAndGridSizes) {
+  SCOPED_TRACE(seed_);
+  const Model m = small_model();
+  const Config& c = m.config;
+  std::vector<Layer> layers;
+  for (int blocks : {0, 1, 3, 17, 50}) {
+    flashmoe::LayerOptions o;
+    o.max_blocks = blocks;
+    layers.emplace_back();
+    ASSERT_TRUE(Layer::create(c, m.device_weights(), layers.back(), o).ok());
+  }
+  for (int T : {1, 64, 1024}) {
+    ForwardRun first = make_run(c, T, rng_);
+    ASSERT_TRUE(run_forward(layers[0], first, nullptr));
+    check_output(m, first, sample_tokens(T, 32, rng_));
+    for (Layer& layer : layers) {
+      for (int rep = 0; rep < 3; ++rep) {
+        ForwardRun again = first;
+        ASSERT_TRUE(run_forward(layer, again, nullptr));
+        ASSERT_EQ(again.y, first.y) << "T = " << T << ", max_blocks = " << layer.options().max_blocks;
+      }
+    }
+  }
+}
+
+TEST_F(Forward, GraphCaptureIsOneKernelNodeAndReplays1000Times) {
+  SCOPED_TRACE(seed_);
+  const Model m = small_model(DType::BF16, 8);
+  const Config& c = m.config;
+  Layer layer;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
+  const int T = 8;
+  const std::size_t n = static_cast<std::size_t>(T) * c.hidden, pairs = static_cast<std::size_t>(T) * c.top_k;
+  DeviceBuffer dx(n * 2), dy(n * 2), ids(pairs * 4), wts(pairs * 4);
+  StreamGuard stream;
+  ForwardOptions o;
+  o.out_topk_ids = ids.get<std::int32_t>();
+  o.out_topk_weights = wts.get<float>();
+
+  cudaGraph_t graph = nullptr;
+  CUDA_OK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal));
+  const flashmoe::Status s = flashmoe::forward(layer, dx.get(), dy.get(), T, stream.get(), o);
+  CUDA_OK(cudaStreamEndCapture(stream.get(), &graph));
+  ASSERT_TRUE(s.ok()) << s.to_string();
+  std::size_t nodes = 0;
+  CUDA_OK(cudaGraphGetNodes(graph, nullptr, &nodes));
+  ASSERT_EQ(nodes, 1u) << "forward must be exactly one kernel and nothing else";
+  cudaGraphNode_t node;
+  CUDA_OK(cudaGraphGetNodes(graph, &node, &nodes));
+  cudaGraphNodeType type;
+  CUDA_OK(cudaGraphNodeGetType(node, &type));
+  EXPECT_EQ(type, cudaGraphNodeTypeKernel);
+  cudaGraphExec_t exec = nullptr;
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+
+  for (int replay = 0; replay < 1000; ++replay) {
+    ForwardRun run = make_run(c, T, rng_);
+    CUDA_OK(cudaMemcpyAsync(dx.get(), run.x.data(), n * 2, cudaMemcpyHostToDevice, stream.get()));
+    CUDA_OK(cudaMemsetAsync(dy.get(), 0xFF, n * 2, stream.get()));  // poison
+    CUDA_OK(cudaGraphLaunch(exec, stream.get()));
+    ASSERT_TRUE(layer.device_status(stream.get()).ok());
+    run.y = download<std::uint16_t>(dy.get(), n);
+    run.ids = download<std::int32_t>(ids.get(), pairs);
+    run.weights = download<float>(wts.get(), pairs);
+    SCOPED_TRACE(::testing::Message() << "replay " << replay);
+    if (replay % 100 == 0) check_routing(m, run, sample_tokens(T, T, rng_));
+    check_output(m, run, sample_tokens(T, T, rng_));
+    if (HasFailure()) break;
+  }
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+}
+
+__global__ void busy_kernel(unsigned long long ns) {
+  unsigned long long start, now;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  } while (now - start < ns);
+}
+
+TEST_F(Forward, CorrectWhileAnotherKernelOccupiesTheGpu) {
+  SCOPED_TRACE(seed_);
+  const Model m = small_model();
+  Layer layer;
+  ASSERT_TRUE(Layer::create(m.config, m.device_weights(), layer).ok());
+  int sms = 0;
+  CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, layer.device()));
+  StreamGuard busy, work;
+  for (int T : {16, 1024}) {
+    // A whole 1024-thread block on 3/4 of the SMs for 30 ms: the MoE kernel starts with few
+    // resident blocks and gains more as the busy blocks leave.
+    busy_kernel<<<sms * 3 / 4, 1024, 0, busy.get()>>>(30ull * 1000 * 1000);
+    CUDA_OK(cudaGetLastError());
+    ForwardRun run = make_run(m.config, T, rng_);
+    ASSERT_TRUE(run_forward(layer, run, work.get()));
+    CUDA_OK(cudaStreamSynchronize(busy.get()));
+    check_output(m, run, sample_tokens(T, 64, rng_));
+  }
+}
+
+TEST_F(Forward, TwoLayersConcurrentlyOnTwoStreams) {
+  SCOPED_TRACE(seed_);
+  const Model ma = small_model(), mb = small_model(DType::FP16);
+  Layer la, lb;
+  ASSERT_TRUE(Layer::create(ma.config, ma.device_weights(), la).ok());
+  ASSERT_TRUE(Layer::create(mb.config, mb.device_weights(), lb).ok());
+  StreamGuard sa, sb;
+  const int T = 200, reps = 10;
+  struct Job {
+    const Model* m;
+    Layer* layer;
+    cudaStream_t stream;
+    ForwardRun run;
+    DeviceBuffer dx, dy, ids, wts;
+  };
+  std::vector<Job> jobs;
+  for (int r = 0; r < reps; ++r) {
+    for (int which = 0; which < 2; ++which) {
+      const Model& m = which ? mb : ma;
+      Job j{&m, which ? &lb : &la, which ? sb.get() : sa.get(), make_run(m.config, T, rng_), {}, {}, {}, {}};
+      j.dx = upload(j.run.x);
+      j.dy = upload(j.run.y_in);
+      j.ids = DeviceBuffer(static_cast<std::size_t>(T) * m.config.top_k * 4);
+      j.wts = DeviceBuffer(j.ids.bytes());
+      jobs.push_back(std::move(j));
+    }
+  }
+  CUDA_OK(cudaDeviceSynchronize());
+  for (Job& j : jobs) {  // interleaved on the two streams, no waits in between
+    ForwardOptions o;
+    o.out_topk_ids = j.ids.get<std::int32_t>();
+    o.out_topk_weights = j.wts.get<float>();
+    ASSERT_TRUE(flashmoe::forward(*j.layer, j.dx.get(), j.dy.get(), T, j.stream, o).ok());
+  }
+  ASSERT_TRUE(la.device_status(sa.get()).ok());
+  ASSERT_TRUE(lb.device_status(sb.get()).ok());
+  for (Job& j : jobs) {
+    j.run.y = download<std::uint16_t>(j.dy.get(), j.run.x.size());
+    j.run.ids = download<std::int32_t>(j.ids.get(), static_cast<std::size_t>(T) * j.m->config.top_k);
+    j.run.weights = download<float>(j.wts.get(), j.run.ids.size());
+    check_output(*j.m, j.run, sample_tokens(T, 16, rng_));
+  }
+}
+
+TEST_F(Forward, WatchdogTurnsAHangIntoDeviceTimeoutAndTheLayerRecovers) {
+  SCOPED_TRACE(seed_);
+  const Model m = small_model();
+  flashmoe::LayerOptions options;
+  options.watchdog_ms = 100;
+  Layer layer;
+  ASSERT_TRUE(Layer::create(m.config, m.device_weights(), layer, options).ok());
+  StreamGuard stream;
+  for (int round = 0; round < 2; ++round) {
+    for (int T : {4, 700}) {
+      SCOPED_TRACE(::testing::Message() << "round " << round << " T = " << T);
+      flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::DropMTileSignal);
+      ForwardRun hung = make_run(m.config, T, rng_);
+      DeviceBuffer dx = upload(hung.x), dy = upload(hung.y_in);
+      ASSERT_TRUE(flashmoe::forward(layer, dx.get(), dy.get(), T, stream.get()).ok());
+      const flashmoe::Status s = layer.device_status(stream.get());
+      EXPECT_EQ(s.code(), StatusCode::DeviceTimeout) << s.to_string();
+      EXPECT_NE(s.message().find("down tile"), std::string::npos) << s.message();
+      EXPECT_TRUE(layer.device_status(stream.get()).ok()) << "status is cleared once read";
+
+      flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::None);
+      ForwardRun good = make_run(m.config, T, rng_);
+      ASSERT_TRUE(run_forward(layer, good, stream.get()));
+      check_output(m, good, sample_tokens(T, 32, rng_));
+    }
+  }
+}
+
+}  // namespace
