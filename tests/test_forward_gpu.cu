@@ -38,6 +38,8 @@ const Shape kDsv2Lite{"DeepSeek_V2_Lite_routed", 2048, 1408, 64, 6, false, 16};
 const Shape kOneExpert{"E1_K1", 64, 40, 1, 1, true, 64};
 const Shape kKEqualsE{"K_equals_E", 128, 24, 4, 4, true, 64};
 const Shape kOddTiles{"I_not_tile_multiple", 136, 104, 12, 3, true, 64};
+const Shape kManyExperts{"E512_K16", 256, 64, 512, 16, true, 32};
+const Shape kMaxExperts{"E1024_K32", 128, 48, 1024, 32, false, 32};
 
 const int kTokenCounts[] = {1, 2, 3, 7, 16, 64, 257, 1024, 4096};
 
@@ -220,7 +222,9 @@ INSTANTIATE_TEST_SUITE_P(
                       MatrixCase{kDsv2Lite, DType::BF16}, MatrixCase{kDsv2Lite, DType::FP16},
                       MatrixCase{kOneExpert, DType::BF16}, MatrixCase{kOneExpert, DType::FP16},
                       MatrixCase{kKEqualsE, DType::BF16}, MatrixCase{kKEqualsE, DType::FP16},
-                      MatrixCase{kOddTiles, DType::BF16}, MatrixCase{kOddTiles, DType::FP16}),
+                      MatrixCase{kOddTiles, DType::BF16}, MatrixCase{kOddTiles, DType::FP16},
+                      MatrixCase{kManyExperts, DType::BF16}, MatrixCase{kManyExperts, DType::FP16},
+                      MatrixCase{kMaxExperts, DType::BF16}),
     matrix_name);
 
 // --- Routing edge cases and engine options ---------------------------------------------------
