@@ -98,6 +98,12 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   p.combine_stride = L.max_down_ntiles;
   p.timeout_ns = static_cast<std::uint64_t>(impl.options.watchdog_ms) * 1000000ull;
   p.fault = impl.fault;
+  if (impl.trace_buffer != nullptr) {
+    auto* tb = static_cast<unsigned char*>(impl.trace_buffer);
+    p.trace.blocks = reinterpret_cast<RawTraceBlock*>(tb);
+    p.trace.events = reinterpret_cast<RawTraceEvent*>(tb + static_cast<std::size_t>(impl.trace_max_grid) * 32);
+    p.trace.capacity = static_cast<std::uint32_t>(impl.trace_capacity);
+  }
 
   // More blocks than tickets would only spin and leave.
   const std::int64_t pairs = num_tokens * c.top_k;
@@ -109,6 +115,11 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   std::int64_t grid = static_cast<std::int64_t>(info.blocks_per_sm) * impl.sm_count;
   if (impl.options.max_blocks > 0) grid = std::min<std::int64_t>(grid, impl.options.max_blocks);
   grid = std::max<std::int64_t>(1, std::min(grid, routing + tiles));
+  if (impl.trace_buffer != nullptr) {
+    grid = std::min<std::int64_t>(grid, impl.trace_max_grid);
+    impl.last_trace = {true, static_cast<int>(grid), static_cast<int>(num_tokens), Cfg::BM,
+                       Cfg::GateUp::BN, Cfg::Down::BN, std::is_same_v<Cfg, DecodeConfig>};
+  }
 
   moe_kernel<Cfg, T><<<static_cast<unsigned>(grid), kThreads, info.smem_bytes, stream>>>(p);
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
@@ -149,6 +160,8 @@ Status check_options(const Layer::Impl& impl, const ForwardOptions& o) {
 }
 
 }  // namespace
+
+bool trace_compiled_in() noexcept { return FLASHMOE_ENABLE_TRACE != 0; }
 
 Status prepare_kernels(Layer::Impl& impl) {
   return impl.config.dtype == DType::BF16 ? prepare_typed<__nv_bfloat16>(impl)

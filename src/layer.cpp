@@ -1,4 +1,6 @@
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 #include <utility>
 
 #include <cuda_runtime_api.h>
@@ -6,6 +8,7 @@
 
 #include "flashmoe/layer.hpp"
 #include "layer_impl.hpp"
+#include "trace_layout.hpp"
 #include "validate.hpp"
 
 namespace flashmoe {
@@ -22,11 +25,12 @@ constexpr std::size_t kMaxWorkspaceBytes = std::size_t{1} << 40;
 }  // namespace
 
 Layer::Impl::~Impl() {
-  if (workspace != nullptr) {
+  if (workspace != nullptr || trace_buffer != nullptr) {
     int previous = 0;
     const bool switched = cudaGetDevice(&previous) == cudaSuccess && previous != device &&
                           cudaSetDevice(device) == cudaSuccess;
-    (void)cudaFree(workspace);
+    if (workspace != nullptr) (void)cudaFree(workspace);
+    if (trace_buffer != nullptr) (void)cudaFree(trace_buffer);
     if (switched) (void)cudaSetDevice(previous);
   }
 }
@@ -151,6 +155,91 @@ Status Layer::device_status(cudaStream_t stream) {
             fmt::format("forward found {}; y was not written", where)};
   }
   return {StatusCode::Internal, fmt::format("device recorded status code {} ({})", code, where)};
+}
+
+bool Layer::tracing() const noexcept { return impl_ && impl_->trace_buffer != nullptr; }
+
+Status Layer::set_tracing(int events_per_block) {
+  if (!impl_) return {StatusCode::InvalidArgument, "layer is empty (not created)"};
+  if (events_per_block < 0 || events_per_block > (1 << 20)) {
+    return {StatusCode::InvalidArgument,
+            fmt::format("events_per_block = {} must lie in [0, 1048576]", events_per_block)};
+  }
+  if (events_per_block > 0 && !detail::trace_compiled_in()) {
+    return {StatusCode::NotSupported, "this build has FLASHMOE_ENABLE_TRACE=OFF"};
+  }
+  if (impl_->trace_buffer != nullptr) {
+    if (cudaError_t err = cudaFree(impl_->trace_buffer); err != cudaSuccess) {
+      return cuda_status(err, "cudaFree of the trace buffer");
+    }
+    impl_->trace_buffer = nullptr;
+    impl_->trace_capacity = 0;
+  }
+  impl_->last_trace.valid = false;
+  if (events_per_block == 0) return {};
+  const int grid = std::max(impl_->decode.blocks_per_sm, impl_->prefill.blocks_per_sm) *
+                   impl_->sm_count;
+  const std::size_t bytes =
+      static_cast<std::size_t>(grid) * (static_cast<std::size_t>(events_per_block) + 1) * 32;
+  if (cudaError_t err = cudaMalloc(&impl_->trace_buffer, bytes); err != cudaSuccess) {
+    (void)cudaGetLastError();
+    impl_->trace_buffer = nullptr;
+    return {StatusCode::OutOfMemory,
+            fmt::format("cudaMalloc of the {} byte trace buffer failed: {}", bytes,
+                        cudaGetErrorString(err))};
+  }
+  impl_->trace_capacity = events_per_block;
+  impl_->trace_max_grid = grid;
+  return {};
+}
+
+Status Layer::read_trace(cudaStream_t stream, Trace& out) {
+  if (!impl_) return {StatusCode::InvalidArgument, "layer is empty (not created)"};
+  const auto& last = impl_->last_trace;
+  if (impl_->trace_buffer == nullptr || !last.valid) {
+    return {StatusCode::InvalidArgument,
+            "no traced forward to read: call set_tracing(n > 0), then forward"};
+  }
+  if (cudaError_t err = cudaStreamSynchronize(stream); err != cudaSuccess) {
+    return cuda_status(err, "cudaStreamSynchronize");
+  }
+  // Layout: [max grid] block records, then [max grid][capacity] events.
+  const std::size_t grid = static_cast<std::size_t>(last.grid);
+  const std::size_t cap = static_cast<std::size_t>(impl_->trace_capacity);
+  std::vector<detail::RawTraceBlock> blocks(grid);
+  std::vector<detail::RawTraceEvent> events(grid * cap);
+  const auto* base = static_cast<const unsigned char*>(impl_->trace_buffer);
+  const std::size_t events_offset = static_cast<std::size_t>(impl_->trace_max_grid) * 32;
+  if (cudaError_t err = cudaMemcpy(blocks.data(), base, grid * 32, cudaMemcpyDeviceToHost);
+      err != cudaSuccess) {
+    return cuda_status(err, "cudaMemcpy of the trace");
+  }
+  if (cudaError_t err = cudaMemcpy(events.data(), base + events_offset, grid * cap * 32,
+                                   cudaMemcpyDeviceToHost);
+      err != cudaSuccess) {
+    return cuda_status(err, "cudaMemcpy of the trace");
+  }
+  Trace t;
+  t.num_tokens = last.num_tokens;
+  t.grid_blocks = last.grid;
+  t.sm_count = impl_->sm_count;
+  t.tile_m = last.tile_m;
+  t.tile_n_gateup = last.tile_n_gateup;
+  t.tile_n_down = last.tile_n_down;
+  t.variant = last.decode ? "decode" : "prefill";
+  for (std::size_t b = 0; b < grid; ++b) {
+    const detail::RawTraceBlock& rb = blocks[b];
+    const std::uint32_t kept = std::min<std::uint32_t>(rb.recorded, static_cast<std::uint32_t>(cap));
+    t.blocks.push_back({static_cast<std::uint32_t>(b), rb.sm, rb.entry_ns, rb.exit_ns,
+                        rb.recorded - kept});
+    for (std::uint32_t i = 0; i < kept; ++i) {
+      const detail::RawTraceEvent& e = events[b * cap + i];
+      t.events.push_back({e.start_ns, e.end_ns, e.sm, static_cast<std::uint32_t>(b),
+                          static_cast<TraceKind>(e.kind), e.expert, e.tile});
+    }
+  }
+  out = std::move(t);
+  return {};
 }
 
 const char* version() noexcept { return "0.1.0"; }

@@ -25,6 +25,17 @@ struct Layer::Impl {
   KernelVariantInfo decode, prefill;  // per dtype of this layer
   int fault = 0;                      // test-only (testing.hpp)
 
+  // Tracing: a slice of trace_capacity events per block, for up to trace_max_grid blocks.
+  void* trace_buffer = nullptr;
+  int trace_capacity = 0;
+  int trace_max_grid = 0;
+  // The last traced launch, for read_trace.
+  struct {
+    bool valid = false;
+    int grid = 0, num_tokens = 0, tile_m = 0, tile_n_gateup = 0, tile_n_down = 0;
+    bool decode = true;
+  } last_trace;
+
   Impl() = default;
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
@@ -34,6 +45,8 @@ struct Layer::Impl {
 namespace detail {
 // Defined in forward.cu: reads occupancy and sets the shared-memory limit of the kernels.
 [[nodiscard]] Status prepare_kernels(Layer::Impl& impl);
+// Whether this build records traces (FLASHMOE_ENABLE_TRACE).
+[[nodiscard]] bool trace_compiled_in() noexcept;
 }  // namespace detail
 
 }  // namespace flashmoe

@@ -9,6 +9,7 @@
 
 #include "flashmoe/config.hpp"
 #include "flashmoe/status.hpp"
+#include "flashmoe/trace.hpp"
 
 namespace flashmoe {
 
@@ -48,6 +49,14 @@ class Layer {
   // Waits for `stream`, then reports (and clears) an error the kernel recorded in an earlier
   // forward: DeviceTimeout, or InvalidArgument for a caller-supplied routing id out of range.
   [[nodiscard]] Status device_status(cudaStream_t stream);
+
+  // Scheduling trace (see trace.hpp). events_per_block > 0 turns it on for the following
+  // forwards, allocating the trace buffer now (never in forward); 0 turns it off and frees it.
+  // NotSupported when the library was built with FLASHMOE_ENABLE_TRACE=OFF.
+  [[nodiscard]] Status set_tracing(int events_per_block);
+  [[nodiscard]] bool tracing() const noexcept;
+  // Waits for `stream`, then copies out what the last traced forward recorded.
+  [[nodiscard]] Status read_trace(cudaStream_t stream, Trace& out);
 
   struct Impl;
   [[nodiscard]] Impl* impl() noexcept { return impl_.get(); }

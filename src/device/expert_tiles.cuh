@@ -34,8 +34,9 @@ struct TileSmem {
 // h[rows of m-tile, n0 : n0 + BN] = act(x W1^T) * (x W3^T) for the expert of the m-tile.
 template <class S, typename T>
 __device__ void gateup_tile(const KernelParams<T>& p, unsigned char* smem, std::uint32_t slot,
-                            int ntile) {
+                            int ntile, int ntiles, Tracer& tr) {
   __shared__ TileSmem<S, T> ts;
+  const std::uint64_t t0 = tr.now();
   const MTile mt = load_mtile(p, slot);
   const int H = p.hidden, I = p.inter, n0 = ntile * S::BN;
   for (int r = threadIdx.x; r < S::BM; r += kThreads) {
@@ -71,6 +72,8 @@ __device__ void gateup_tile(const KernelParams<T>& p, unsigned char* smem, std::
     const bool drop = p.fault == kFaultDropMTileSignal && slot == 0 && ntile == 0;
     if (!drop) fetch_add_acq_rel(&p.mtile_done[slot], 1);
   }
+  tr.record(TraceKind::GateUp, t0, static_cast<int>(mt.expert),
+            static_cast<int>(slot) * ntiles + ntile);
 }
 
 // ypart[pair, n0 : n0 + BN] = w_pair * (h W2^T); then, for every token whose K slices of this
@@ -78,12 +81,19 @@ __device__ void gateup_tile(const KernelParams<T>& p, unsigned char* smem, std::
 // Returns false when the launch is being abandoned.
 template <class S, typename T>
 __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::uint32_t slot,
-                          int ntile, int gateup_ntiles) {
+                          int ntile, int ntiles, int gateup_ntiles, Tracer& tr) {
   __shared__ TileSmem<S, T> ts;
   __shared__ bool s_ready;
+  std::uint64_t t0 = tr.now();
   if (threadIdx.x == 0) {
+    bool spun = false;
     s_ready = wait_at_least(p.ctl, &p.mtile_done[slot], static_cast<std::uint32_t>(gateup_ntiles),
-                            p.timeout_ns, kSiteMTileDone);
+                            p.timeout_ns, kSiteMTileDone, spun);
+    if (spun) {
+      tr.record(TraceKind::Wait, t0, static_cast<int>(__ldcg(p.mtile_expert + slot)),
+                static_cast<int>(slot));
+      t0 = tr.now();
+    }
   }
   __syncthreads();
   if (!s_ready) return false;
@@ -127,10 +137,14 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::ui
     ts.combine[r] = last;
   }
   __syncthreads();
+  tr.record(TraceKind::Down, t0, static_cast<int>(mt.expert),
+            static_cast<int>(slot) * ntiles + ntile);
 
   // Combine the finished token slices, columns in pairs. A token may appear twice in one tile
   // (a duplicated caller-supplied id); its slice is then combined once, by the later row.
   const int ncols = min(S::BN, H - n0);
+  const std::uint64_t t1 = tr.now();
+  bool combined = false;
   for (int r = 0; r < static_cast<int>(mt.rows); ++r) {
     if (!ts.combine[r]) continue;
     const std::int64_t t = ts.pair[r] / p.top_k;
@@ -150,6 +164,11 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::ui
       }
       *dst = pack2<T>(sum.x, sum.y);
     }
+    combined = true;
+  }
+  if (combined) {
+    __syncthreads();  // the span ends when the whole block is done
+    tr.record(TraceKind::Combine, t1, static_cast<int>(mt.expert), ntile);
   }
   return true;
 }

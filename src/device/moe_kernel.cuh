@@ -18,6 +18,7 @@
 #include "routing.cuh"
 #include "sync.cuh"
 #include "tile_mma.cuh"
+#include "trace.cuh"
 
 namespace flashmoe::detail {
 
@@ -54,6 +55,7 @@ __global__ void __launch_bounds__(kThreads) moe_kernel(const KernelParams<T> p) 
   const int ng = (p.inter + Cfg::GateUp::BN - 1) / Cfg::GateUp::BN;
   const int nd = (p.hidden + Cfg::Down::BN - 1) / Cfg::Down::BN;
   if (threadIdx.x == 0) s_total = 0;
+  Tracer tr(p.trace);
 
   for (;;) {
     __syncthreads();  // everyone is done with the previous ticket's shared state
@@ -62,11 +64,14 @@ __global__ void __launch_bounds__(kThreads) moe_kernel(const KernelParams<T> p) 
       // the block reads both only after the barrier.
       std::uint32_t t = p.ctl.aborted() ? kStop : fetch_add_relaxed(p.ctl.word(kQueueHead), 1);
       if (t != kStop && t >= routing_tickets && s_total == 0) {
-        if (wait_at_least(p.ctl, p.ctl.word(kTasksTotal), 1, p.timeout_ns, kSiteTasksTotal)) {
+        const std::uint64_t t0 = tr.now();
+        bool spun = false;
+        if (wait_at_least(p.ctl, p.ctl.word(kTasksTotal), 1, p.timeout_ns, kSiteTasksTotal, spun)) {
           s_total = load_acquire(p.ctl.word(kTasksTotal));
         } else {
           t = kStop;  // abandoned
         }
+        if (spun) tr.record(TraceKind::Wait, t0, -1, -1);
       }
       s_ticket = t;
     }
@@ -77,9 +82,12 @@ __global__ void __launch_bounds__(kThreads) moe_kernel(const KernelParams<T> p) 
     if (ticket < routing_tickets) {
       const int chunk = static_cast<int>(ticket) / echunks;
       const int t0 = chunk * kRouterTokens;
+      std::uint64_t start = tr.now();
       if (!user_routing) {
         router_logits(p, t0, (static_cast<int>(ticket) % echunks) * kRouterExperts);
         __syncthreads();
+        tr.record(TraceKind::Router, start, -1, static_cast<int>(ticket));
+        start = tr.now();
         if (threadIdx.x == 0) {
           // The last of a chunk's expert slices selects that chunk's experts.
           std::uint32_t* c = &p.router_done[chunk];
@@ -102,9 +110,12 @@ __global__ void __launch_bounds__(kThreads) moe_kernel(const KernelParams<T> p) 
         s_flag = fetch_add_acq_rel(p.ctl.word(kRoutingDone), 1) ==
                  static_cast<std::uint32_t>(chunks) - 1;
       }
+      tr.record(TraceKind::Routing, start, -1, chunk);
       __syncthreads();
       if (s_flag && !p.ctl.aborted()) {
+        start = tr.now();
         build_tile_table<T, Cfg::BM>(p, smem, routing_tickets, ng, nd);
+        tr.record(TraceKind::Routing, start, -1, -1);
       }
       continue;
     }
@@ -114,12 +125,15 @@ __global__ void __launch_bounds__(kThreads) moe_kernel(const KernelParams<T> p) 
     const std::uint32_t mtiles = load_relaxed(p.ctl.word(kNumMTiles));
     const std::uint32_t task = ticket - routing_tickets;
     if (task < mtiles * ng) {
-      gateup_tile<typename Cfg::GateUp>(p, smem, task / ng, static_cast<int>(task % ng));
+      gateup_tile<typename Cfg::GateUp>(p, smem, task / ng, static_cast<int>(task % ng), ng, tr);
     } else {
       const std::uint32_t d = task - mtiles * ng;
-      if (!down_tile<typename Cfg::Down>(p, smem, d / nd, static_cast<int>(d % nd), ng)) break;
+      if (!down_tile<typename Cfg::Down>(p, smem, d / nd, static_cast<int>(d % nd), nd, ng, tr)) {
+        break;
+      }
     }
   }
+  tr.finish();
 
   // Exit: the last block out resets the launch state for the next forward.
   __syncthreads();

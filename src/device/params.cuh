@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "sync.cuh"
+#include "trace.cuh"
 #include "workspace.hpp"
 
 namespace flashmoe::detail {
@@ -53,6 +54,7 @@ struct KernelParams {
 
   std::uint64_t timeout_ns;
   int fault;
+  TraceSink trace;
 };
 
 }  // namespace flashmoe::detail

@@ -60,9 +60,12 @@ struct Control {
 };
 
 // Spins (one thread) until *p >= target. False when the launch is abandoned instead.
+// `spun` tells whether the condition did not already hold (for the trace).
 __device__ inline bool wait_at_least(const Control& ctl, std::uint32_t* p, std::uint32_t target,
-                                     std::uint64_t timeout_ns, ErrorSite site) {
+                                     std::uint64_t timeout_ns, ErrorSite site, bool& spun) {
+  spun = false;
   if (load_acquire(p) >= target) return true;
+  spun = true;
   const std::uint64_t start = global_timer_ns();
   unsigned backoff = 32;
   for (;;) {
