@@ -17,9 +17,10 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   ctest --preset gpu -j 4 --timeout 300 >"$out/ctest.log" 2>&1
   echo "ctest exit $?"; grep -E "tests passed|Failed|\*\*\*" "$out/ctest.log" | head -30
 fi
-bench() {  # $1 = build dir, $2 = output file
-  "$1/bench/bench_moe" --benchmark_filter="$filter" --benchmark_counters_tabular=true >"$2" 2>&1
-  grep -E "copy|TFLOPs|^(Qwen|OLMoE|Deep|Mixtral)" "$2" | sed -E 's/min_time:[0-9.]+\/manual_time//'
+bench() {  # $1 = build dir, $2 = output file (appended)
+  "$1/bench/bench_moe" --benchmark_filter="$filter" --benchmark_counters_tabular=true >"$2.tmp" 2>&1
+  cat "$2.tmp" >>"$2" && rm "$2.tmp"
+  grep -E "copy|TFLOPs|^(Qwen|OLMoE|Deep|Mixtral)" "$2" | tail -n +1 | sed -E 's/min_time:[0-9.]+\/manual_time//'
 }
 bench build/gpu "$out/bench.txt"
 if [ -n "${TRACE_OVERHEAD:-}" ]; then
@@ -29,9 +30,10 @@ if [ -n "${TRACE_OVERHEAD:-}" ]; then
   echo "== FLASHMOE_ENABLE_TRACE=OFF"
   bench build/notrace "$out/bench_notrace.txt"
   echo "== tracing compiled in, off, again"
-  bench build/gpu "$out/bench_again.txt"
+  bench build/gpu "$out/bench_again.txt" >/dev/null; cat "$out/bench_again.txt" >>"$out/bench_notrace.txt"
+  grep -E "^(Qwen|OLMoE|Deep|Mixtral)" "$out/bench_again.txt" | sed -E 's/min_time:[0-9.]+\/manual_time//'; rm "$out/bench_again.txt"
 fi
-if [ -z "${SKIP_DEMO:-}" ]; then ./build/gpu/examples/demo/flashmoe_demo 16 >"$out/demo.log" 2>&1; tail -12 "$out/demo.log"; fi
+if [ -z "${SKIP_DEMO:-}" ]; then ./build/gpu/examples/demo/flashmoe_demo 16 >"$out/demo.log" 2>&1; tail -12 "$out/demo.log"; cat "$out/demo.log" >>"$log"; rm "$out/demo.log"; fi
 if [ -z "${SKIP_TRACE:-}" ]; then
   mkdir -p "$out/trace" && ./build/gpu/examples/trace/flashmoe_trace "$out/trace" >>"$log" 2>&1
   rm -f "$out"/trace/*.json  # large; the SVG and the summary come back
