@@ -11,7 +11,7 @@ namespace flashmoe::detail {
 
 // Router task: logits of kRouterTokens tokens x kRouterExperts experts.
 inline constexpr int kRouterTokens = 8;
-inline constexpr int kRouterExperts = 16;
+inline constexpr int kRouterExperts = 8;  // one per warp
 // Smallest tile extents of any kernel variant: they bound the tile-table sizes.
 inline constexpr int kMinTileM = 16;
 inline constexpr int kMinDownTileN = 32;
@@ -46,7 +46,7 @@ struct WorkspaceLayout {
   // Byte offsets from the workspace base.
   std::size_t control = 0, expert_count = 0, router_done = 0, logits = 0, pair_expert = 0,
               pair_weight = 0, pair_pos = 0, sorted_pair = 0, mtile_expert = 0, mtile_row0 = 0,
-              mtile_rows = 0, mtile_done = 0, combine_done = 0, h = 0, ypart = 0, total = 0;
+              mtile_rows = 0, mtile_first = 0, mtile_count = 0, mtile_done = 0, combine_done = 0, h = 0, ypart = 0, total = 0;
 };
 
 // Assumes a validated config.
@@ -75,6 +75,8 @@ inline WorkspaceLayout plan_workspace(const Config& c) {
   w.mtile_expert = take(w.max_mtiles * 4);
   w.mtile_row0 = take(w.max_mtiles * 4);
   w.mtile_rows = take(w.max_mtiles * 4);
+  w.mtile_first = take(w.max_mtiles * 4);
+  w.mtile_count = take(w.max_mtiles * 4);
   w.mtile_done = take(w.max_mtiles * 4);
   w.combine_done = take(T * w.max_down_ntiles * 4);
   w.h = take(w.max_pairs * I * 2);

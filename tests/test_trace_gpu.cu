@@ -12,6 +12,7 @@
 #include "flashmoe/flashmoe.hpp"
 #include "test_util.hpp"
 #include "trace_check.hpp"
+#include "workspace.hpp"
 
 namespace {
 
@@ -81,7 +82,8 @@ TEST_F(TraceGpu, OneEventPerTaskInOrderAndWritersAgree) {
     for (int e : ids) ++per_expert[e];
     int mtiles = 0;
     for (const auto& [e, n] : per_expert) mtiles += ceil_div(n, trace.tile_m);
-    const int chunks = ceil_div(T, 8), eslices = ceil_div(c.experts, 16);
+    const int chunks = ceil_div(T, flashmoe::detail::kRouterTokens);
+    const int eslices = ceil_div(c.experts, flashmoe::detail::kRouterExperts);
     const int ng = ceil_div(c.intermediate, trace.tile_n_gateup);
     const int nd = ceil_div(c.hidden, trace.tile_n_down);
     std::map<TraceKind, int> count;

@@ -56,7 +56,7 @@ __device__ void gateup_tile(const KernelParams<T>& p, unsigned char* smem, std::
   __syncthreads();
 
   typename TileMma<S, T>::Acc acc;
-  TileMma<S, T>::run(acc, smem, ts.a_rows, ts.b_rows, H, p.w13);
+  TileMma<S, T>::run(acc, smem, ts.a_rows, ts.b_rows, H, p.w13, [] { return true; });
 
   T* hbase = p.h + static_cast<std::int64_t>(mt.row0) * I;
   TileMma<S, T>::for_each_pair([&](int row, int col, int f, int mi, int half) {
@@ -85,19 +85,6 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::ui
   __shared__ TileSmem<S, T> ts;
   __shared__ bool s_ready;
   std::uint64_t t0 = tr.now();
-  if (threadIdx.x == 0) {
-    bool spun = false;
-    s_ready = wait_at_least(p.ctl, &p.mtile_done[slot], static_cast<std::uint32_t>(gateup_ntiles),
-                            p.timeout_ns, kSiteMTileDone, spun);
-    if (spun) {
-      tr.record(TraceKind::Wait, t0, static_cast<int>(__ldcg(p.mtile_expert + slot)),
-                static_cast<int>(slot));
-      t0 = tr.now();
-    }
-  }
-  __syncthreads();
-  if (!s_ready) return false;
-
   const MTile mt = load_mtile(p, slot);
   const int H = p.hidden, I = p.inter, n0 = ntile * S::BN;
   for (int r = threadIdx.x; r < S::BM; r += kThreads) {
@@ -111,8 +98,25 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::ui
   }
   __syncthreads();
 
+  // The w2 tile starts streaming before h is complete; h is read only after the m-tile's
+  // gate/up tiles are all counted (acquire).
+  auto wait_for_h = [&]() {
+    if (threadIdx.x == 0) {
+      const std::uint64_t w0 = tr.now();
+      bool spun = false;
+      s_ready = wait_at_least(p.ctl, &p.mtile_done[slot],
+                              static_cast<std::uint32_t>(gateup_ntiles), p.timeout_ns,
+                              kSiteMTileDone, spun);
+      if (spun) {
+        tr.record(TraceKind::Wait, w0, static_cast<int>(mt.expert), static_cast<int>(slot));
+        t0 = tr.now();
+      }
+    }
+    __syncthreads();
+    return s_ready;
+  };
   typename TileMma<S, T>::Acc acc;
-  TileMma<S, T>::run(acc, smem, ts.a_rows, ts.b_rows, I, p.w2);
+  if (!TileMma<S, T>::run(acc, smem, ts.a_rows, ts.b_rows, I, p.w2, wait_for_h)) return false;
 
   TileMma<S, T>::for_each_pair([&](int row, int col, int f, int mi, int half) {
     if (row < static_cast<int>(mt.rows) && n0 + col < H) {

@@ -22,6 +22,23 @@
 
 namespace flashmoe::detail {
 
+struct TileIndex {
+  std::uint32_t slot;
+  int ntile;
+};
+
+// Tile i of a phase with `ntiles` column tiles per m-tile. An expert's tiles are contiguous
+// and column-major over its m-tiles, so the m-tiles of one expert read the same weight tile
+// back to back and the later reads hit L2.
+template <typename T>
+__device__ TileIndex tile_index(const KernelParams<T>& p, std::uint32_t i, int ntiles) {
+  const std::uint32_t hint = i / ntiles;  // some m-tile of the right expert
+  const std::uint32_t first = __ldcg(reinterpret_cast<const unsigned*>(p.mtile_first + hint));
+  const std::uint32_t count = __ldcg(reinterpret_cast<const unsigned*>(p.mtile_count + hint));
+  const std::uint32_t local = i - first * ntiles;
+  return {first + local % count, static_cast<int>(local / count)};
+}
+
 // Tile shapes of one kernel variant.
 template <int BM_, int BN_GATEUP, int BN_DOWN, int WARPS_M, int WARPS_N, int WARPS_K, int STAGES>
 struct KernelConfig {
@@ -37,12 +54,12 @@ struct KernelConfig {
 };
 
 // Few rows per expert (decode): thin tiles, warps split K.
-using DecodeConfig = KernelConfig<16, 32, 32, 1, 4, 2, 4>;
+using DecodeConfig = KernelConfig<16, 32, 32, 1, 4, 2, 8>;
 // Many rows per expert (prefill).
 using PrefillConfig = KernelConfig<64, 64, 64, 2, 4, 1, 3>;
 
 template <class Cfg, typename T>
-__global__ void __launch_bounds__(kThreads) moe_kernel(const KernelParams<T> p) {
+__global__ void __launch_bounds__(kThreads, 2) moe_kernel(const KernelParams<T> p) {
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ std::uint32_t s_ticket, s_total;
   __shared__ bool s_flag;
@@ -125,12 +142,11 @@ __global__ void __launch_bounds__(kThreads) moe_kernel(const KernelParams<T> p) 
     const std::uint32_t mtiles = load_relaxed(p.ctl.word(kNumMTiles));
     const std::uint32_t task = ticket - routing_tickets;
     if (task < mtiles * ng) {
-      gateup_tile<typename Cfg::GateUp>(p, smem, task / ng, static_cast<int>(task % ng), ng, tr);
+      const TileIndex ti = tile_index(p, task, ng);
+      gateup_tile<typename Cfg::GateUp>(p, smem, ti.slot, ti.ntile, ng, tr);
     } else {
-      const std::uint32_t d = task - mtiles * ng;
-      if (!down_tile<typename Cfg::Down>(p, smem, d / nd, static_cast<int>(d % nd), nd, ng, tr)) {
-        break;
-      }
+      const TileIndex ti = tile_index(p, task - mtiles * ng, nd);
+      if (!down_tile<typename Cfg::Down>(p, smem, ti.slot, ti.ntile, nd, ng, tr)) break;
     }
   }
   tr.finish();

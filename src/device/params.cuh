@@ -46,6 +46,8 @@ struct KernelParams {
   std::uint32_t* mtile_expert;  // [m-tiles]
   std::uint32_t* mtile_row0;
   std::uint32_t* mtile_rows;
+  std::uint32_t* mtile_first;   // first m-tile of the same expert
+  std::uint32_t* mtile_count;   // m-tiles of the same expert
   std::uint32_t* mtile_done;    // gate/up tiles finished per m-tile
   std::uint32_t* combine_done;  // [T, down n-tiles] down tiles finished per token slice
   T* h;                         // [T*K, I] activations, rows grouped by expert

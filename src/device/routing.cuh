@@ -15,38 +15,54 @@
 namespace flashmoe::detail {
 
 // Logits of tokens [t0, t0 + kRouterTokens) x experts [e0, e0 + kRouterExperts), fp32.
-// Each warp takes kRouterExperts / 8 experts; lanes stride H with 16-byte loads.
+// One expert per warp; lanes stride H with 16-byte loads, kLoads of them in flight per lane
+// (the router is on the critical path of every forward: it must not wait on one load at a
+// time).
 template <typename T>
 __device__ void router_logits(const KernelParams<T>& p, int t0, int e0) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  static_assert(kRouterExperts == kThreads / 32, "one expert per warp");
+  constexpr int kLoads = 4;
+  const int lane = threadIdx.x & 31, e = e0 + (threadIdx.x >> 5);
   const int H = p.hidden;
   const int nt = min(kRouterTokens, p.num_tokens - t0);
-  for (int e = e0 + warp; e < min(e0 + kRouterExperts, p.experts); e += kThreads / 32) {
-    float acc[kRouterTokens];
+  if (e >= p.experts) return;
+  float acc[kRouterTokens];
 #pragma unroll
-    for (int t = 0; t < kRouterTokens; ++t) acc[t] = 0.0f;
-    const T* w_row = p.router + static_cast<std::int64_t>(e) * H;
-    for (int k = lane * 8; k < H; k += 32 * 8) {
-      float w[8];
-      unpack8<T>(__ldg(reinterpret_cast<const uint4*>(w_row + k)), w);
+  for (int t = 0; t < kRouterTokens; ++t) acc[t] = 0.0f;
+  const T* w_row = p.router + static_cast<std::int64_t>(e) * H;
+  const T* x0 = p.x + static_cast<std::int64_t>(t0) * H;
+  for (int k0 = lane * 8; k0 < H; k0 += 32 * 8 * kLoads) {
+    uint4 w[kLoads];
 #pragma unroll
-      for (int t = 0; t < kRouterTokens; ++t) {
-        if (t < nt) {
-          float xv[8];
-          unpack8<T>(__ldg(reinterpret_cast<const uint4*>(
-                         p.x + static_cast<std::int64_t>(t0 + t) * H + k)),
-                     xv);
-#pragma unroll
-          for (int i = 0; i < 8; ++i) acc[t] = fmaf(xv[i], w[i], acc[t]);
-        }
-      }
+    for (int u = 0; u < kLoads; ++u) {
+      const int k = k0 + u * 32 * 8;
+      w[u] = k < H ? __ldg(reinterpret_cast<const uint4*>(w_row + k)) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int t = 0; t < kRouterTokens; ++t) {
+      if (t >= nt) break;
+      uint4 xv[kLoads];
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
-      if (lane == 0 && t < nt) p.logits[static_cast<std::int64_t>(t0 + t) * p.experts + e] = acc[t];
+      for (int u = 0; u < kLoads; ++u) {
+        const int k = k0 + u * 32 * 8;
+        xv[u] = k < H ? __ldg(reinterpret_cast<const uint4*>(x0 + static_cast<std::int64_t>(t) * H + k))
+                      : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < kLoads; ++u) {
+        float wf[8], xf[8];
+        unpack8<T>(w[u], wf);
+        unpack8<T>(xv[u], xf);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[t] = fmaf(xf[i], wf[i], acc[t]);
+      }
     }
+  }
+#pragma unroll
+  for (int t = 0; t < kRouterTokens; ++t) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
+    if (lane == 0 && t < nt) p.logits[static_cast<std::int64_t>(t0 + t) * p.experts + e] = acc[t];
   }
 }
 
@@ -63,17 +79,18 @@ __device__ void register_pair(const KernelParams<T>& p, int t, int k, int e, flo
   if (p.out_weights != nullptr) p.out_weights[pair] = w;
 }
 
-// One warp: top-k of token t from its logits (see flashmoe::Routing for the rules).
-template <typename T>
-__device__ void select_experts(const KernelParams<T>& p, int t) {
-  constexpr int kPerLane = 1024 / 32;  // kMaxExperts / warp size
+// One warp: top-k of token t from its logits (see flashmoe::Routing for the rules). Lane l
+// holds experts l, l + 32, ...; PER_LANE = ceil(E / 32) rounded up to a power of two, so the
+// arrays stay in registers (only compile-time indices), and taken experts are a bit mask.
+template <int PER_LANE, typename T>
+__device__ void select_experts_n(const KernelParams<T>& p, int t) {
   const int lane = threadIdx.x & 31;
   const int E = p.experts;
   const float* row = p.logits + static_cast<std::int64_t>(t) * E;
-  float score[kPerLane], choice[kPerLane];
+  float score[PER_LANE], choice[PER_LANE];
   float mx = -INFINITY;
 #pragma unroll
-  for (int i = 0; i < kPerLane; ++i) {
+  for (int i = 0; i < PER_LANE; ++i) {
     const int e = lane + 32 * i;
     score[i] = e < E ? __ldcg(row + e) : -INFINITY;  // written by other blocks this launch
     mx = fmaxf(mx, score[i]);
@@ -83,66 +100,86 @@ __device__ void select_experts(const KernelParams<T>& p, int t) {
     for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
     float sum = 0.0f;
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
+    for (int i = 0; i < PER_LANE; ++i) {
       score[i] = lane + 32 * i < E ? expf(score[i] - mx) : 0.0f;
       sum += score[i];
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    const float inv = 1.0f / sum;
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) score[i] /= sum;
+    for (int i = 0; i < PER_LANE; ++i) score[i] *= inv;
   } else {
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) score[i] = 1.0f / (1.0f + expf(-score[i]));
+    for (int i = 0; i < PER_LANE; ++i) score[i] = 1.0f / (1.0f + expf(-score[i]));
   }
 #pragma unroll
-  for (int i = 0; i < kPerLane; ++i) {
+  for (int i = 0; i < PER_LANE; ++i) {
     const int e = lane + 32 * i;
     float c = score[i];
     if (p.correction_bias != nullptr && e < E) c += __ldg(p.correction_bias + e);
-    if (c != c) c = -FLT_MAX;                // NaN input: still selectable, last
-    choice[i] = e < E ? c : -INFINITY;       // -inf marks "not selectable"
+    if (c != c) c = -FLT_MAX;           // NaN input: still selectable, last
+    choice[i] = e < E ? c : -INFINITY;  // -inf: never selectable
   }
 
-  int my_id = 0;
-  float my_w = 0.0f, wsum = 0.0f;
-  for (int k = 0; k < p.top_k; ++k) {
-    float bv = -INFINITY, bs = 0.0f;
-    int bi = 0x7fffffff;
+  // Each lane keeps its best untaken expert; a round takes the warp's best of those.
+  std::uint32_t taken = 0;
+  float bv = -INFINITY, bs = 0.0f;
+  int bi = 0x7fffffff;
+  auto lane_best = [&]() {
+    bv = -INFINITY;
+    bi = 0x7fffffff;
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      if (choice[i] > bv) {  // ascending e within a lane: ties keep the lower id
+    for (int i = 0; i < PER_LANE; ++i) {
+      if (!((taken >> i) & 1u) && choice[i] > bv) {  // ascending id: ties keep the lower
         bv = choice[i];
         bi = lane + 32 * i;
         bs = score[i];
       }
     }
+  };
+  lane_best();
+  int my_id = 0;
+  float my_w = 0.0f, wsum = 0.0f;
+  for (int k = 0; k < p.top_k; ++k) {
+    float v = bv, s = bs;
+    int id = bi;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      const float os = __shfl_xor_sync(0xffffffffu, bs, o);
-      if (ov > bv || (ov == bv && oi < bi)) {
-        bv = ov;
-        bi = oi;
-        bs = os;
+      const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, id, o);
+      const float os = __shfl_xor_sync(0xffffffffu, s, o);
+      if (ov > v || (ov == v && oi < id)) {
+        v = ov;
+        id = oi;
+        s = os;
       }
     }
-    // top_k <= selectable experts, so bi is a real expert here.
-    if ((bi & 31) == lane) {
-#pragma unroll
-      for (int i = 0; i < kPerLane; ++i)
-        if (i == (bi >> 5)) choice[i] = -INFINITY;
+    // top_k <= selectable experts, so id is a real expert here.
+    if ((id & 31) == lane) {
+      taken |= 1u << (id >> 5);
+      lane_best();
     }
     if (lane == k) {
-      my_id = bi;
-      my_w = bs;
+      my_id = id;
+      my_w = s;
     }
-    wsum += bs;
+    wsum += s;
   }
   if (p.renormalize && wsum > 0.0f) my_w /= wsum;
   my_w *= p.scaling;
   if (lane < p.top_k) register_pair(p, t, lane, my_id, my_w);
+}
+
+template <typename T>
+__device__ void select_experts(const KernelParams<T>& p, int t) {
+  if (p.experts <= 128) {
+    select_experts_n<4>(p, t);
+  } else if (p.experts <= 256) {
+    select_experts_n<8>(p, t);
+  } else {
+    select_experts_n<32>(p, t);  // kMaxExperts = 1024
+  }
 }
 
 // One warp: caller-supplied routing of token t, with its ids checked.
@@ -206,6 +243,8 @@ __device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_r
       p.mtile_expert[slot] = e;
       p.mtile_row0[slot] = s.offset[e] + j * BM;
       p.mtile_rows[slot] = min(static_cast<std::uint32_t>(BM), s.count[e] - j * BM);
+      p.mtile_first[slot] = s.mtile_offset[e];
+      p.mtile_count[slot] = (s.count[e] + BM - 1) / BM;
       p.mtile_done[slot] = 0;
     }
   }

@@ -93,10 +93,15 @@ struct TileMma {
   __device__ static int warp_n() { return (threadIdx.x >> 5) % S::WARPS_N; }
 
   // a_rows[BM], b_rows[NB] live in shared memory. `fallback` is any valid global address,
-  // used as the (unread) source of zero-filled chunks. After return, warps with warp_k() == 0
-  // hold the full sums; the others hold nothing useful.
-  __device__ static void run(Acc& acc, unsigned char* smem, const T* const* a_rows,
-                             const T* const* b_rows, int kdim, const T* fallback) {
+  // used as the (unread) source of zero-filled chunks. The B (weight) loads of the first
+  // STAGES - 1 stages are issued before before_a() runs, the A loads after it: a tile whose A
+  // operand is produced by other blocks waits there while its weights already stream in.
+  // before_a() is called by every thread and returns false to abandon the tile (run then
+  // returns false). After a true return, warps with warp_k() == 0 hold the full sums.
+  template <class BeforeA>
+  __device__ static bool run(Acc& acc, unsigned char* smem, const T* const* a_rows,
+                             const T* const* b_rows, int kdim, const T* fallback,
+                             BeforeA&& before_a) {
     const int tid = threadIdx.x, lane = tid & 31;
     const int wm = warp_m(), wn = warp_n(), wk = warp_k();
 #pragma unroll
@@ -108,9 +113,10 @@ struct TileMma {
 
     const std::uint32_t smem_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
     const int ktiles = (kdim + kTileK - 1) / kTileK;
-    auto load = [&](int stage, int kt) {
+    // Rows [first, last) of the stage: A rows are [0, BM), B rows [BM, BM + NB).
+    auto load_rows = [&](int stage, int kt, int first, int last) {
       const std::uint32_t base = smem_base + stage * S::STAGE_BYTES;
-      for (int i = tid; i < (S::BM + S::NB) * 8; i += kThreads) {
+      for (int i = first * 8 + tid; i < last * 8; i += kThreads) {
         const int row = i >> 3, chunk = i & 7;
         const T* src_row = row < S::BM ? a_rows[row] : b_rows[row - S::BM];
         const int k = kt * kTileK + chunk * 8;
@@ -118,11 +124,22 @@ struct TileMma {
         cp_async_16(swizzled(base, row, chunk), valid ? src_row + k : fallback, valid ? 16 : 0);
       }
     };
+    auto load = [&](int stage, int kt) { load_rows(stage, kt, 0, S::BM + S::NB); };
 
 #pragma unroll
     for (int s = 0; s < S::STAGES - 1; ++s) {
-      if (s < ktiles) load(s, s);
-      cp_async_commit();  // empty groups keep the wait counts uniform
+      if (s < ktiles) load_rows(s, s, S::BM, S::BM + S::NB);
+    }
+    if (!before_a()) {
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
+      return false;
+    }
+#pragma unroll
+    for (int s = 0; s < S::STAGES - 1; ++s) {
+      if (s < ktiles) load_rows(s, s, 0, S::BM);
+      cp_async_commit();  // group 0 also holds every prologue B load; empty groups keep counts
     }
     for (int kt = 0; kt < ktiles; ++kt) {
       cp_async_wait<S::STAGES - 2>();
@@ -190,6 +207,7 @@ struct TileMma {
       }
       __syncthreads();  // reduction buffer is free again
     }
+    return true;
   }
 
   // Visits every accumulator pair owned by a warp with warp_k() == 0:
