@@ -28,7 +28,7 @@ struct TileSmem {
   const T* a_rows[S::BM];
   const T* b_rows[S::NB];
   std::int32_t pair[S::BM];
-  bool combine[S::BM];
+  std::int32_t combine_token[S::BM];
 };
 
 // h[rows of m-tile, n0 : n0 + BN] = act(x W1^T) * (x W3^T) for the expert of the m-tile.
@@ -130,50 +130,53 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::ui
   });
   __syncthreads();  // the tile's slices are written before any is counted
 
+  // Count this tile's slices; the last of a token's K slices sends the token to the combine.
+  __shared__ int s_ncombine;
+  if (threadIdx.x == 0) s_ncombine = 0;
+  __syncthreads();
   const std::int64_t stride = p.combine_stride;
-  for (int r = threadIdx.x; r < S::BM; r += kThreads) {
-    bool last = false;
-    if (r < static_cast<int>(mt.rows)) {
-      std::uint32_t* c = &p.combine_done[(ts.pair[r] / p.top_k) * stride + ntile];
-      last = fetch_add_acq_rel(c, 1) == static_cast<std::uint32_t>(p.top_k) - 1;
-      if (last) store_relaxed(c, 0);  // nobody else touches it again this launch
+  for (int r = threadIdx.x; r < static_cast<int>(mt.rows); r += kThreads) {
+    const int token = ts.pair[r] / p.top_k;
+    std::uint32_t* c = &p.combine_done[token * stride + ntile];
+    if (fetch_add_acq_rel(c, 1) == static_cast<std::uint32_t>(p.top_k) - 1) {
+      store_relaxed(c, 0);  // nobody else touches it again this launch
+      ts.combine_token[atomicAdd(&s_ncombine, 1)] = token;  // list order is irrelevant
     }
-    ts.combine[r] = last;
   }
   __syncthreads();
-  tr.record(TraceKind::Down, t0, static_cast<int>(mt.expert),
-            static_cast<int>(slot) * ntiles + ntile);
 
-  // Combine the finished token slices, columns in pairs. A token may appear twice in one tile
-  // (a duplicated caller-supplied id); its slice is then combined once, by the later row.
-  const int ncols = min(S::BN, H - n0);
+  // y[token, n0 : n0 + BN] = sum over k in order of ypart (+ beta * y), 4 columns per thread,
+  // all listed tokens at once. A token listed twice cannot happen: only one slice is last.
+  const int ncombine = s_ncombine;
+  if (ncombine == 0) return true;
   const std::uint64_t t1 = tr.now();
-  bool combined = false;
-  for (int r = 0; r < static_cast<int>(mt.rows); ++r) {
-    if (!ts.combine[r]) continue;
-    const std::int64_t t = ts.pair[r] / p.top_k;
-    for (int c = threadIdx.x * 2; c < ncols; c += kThreads * 2) {
-      float2 sum = make_float2(0.0f, 0.0f);
-      for (int k = 0; k < p.top_k; ++k) {
-        const float2 v =
-            __ldcg(reinterpret_cast<const float2*>(p.ypart + (t * p.top_k + k) * H + n0 + c));
-        sum.x += v.x;
-        sum.y += v.y;
-      }
-      std::uint32_t* dst = reinterpret_cast<std::uint32_t*>(p.y + t * H + n0 + c);
-      if (p.beta != 0.0f) {
-        const T* old = reinterpret_cast<const T*>(dst);
-        sum.x = fmaf(p.beta, to_f32(old[0]), sum.x);
-        sum.y = fmaf(p.beta, to_f32(old[1]), sum.y);
-      }
-      *dst = pack2<T>(sum.x, sum.y);
+  const int quads = min(S::BN, H - n0) / 4;  // H % 8 == 0
+  for (int i = threadIdx.x; i < ncombine * quads; i += kThreads) {
+    const std::int64_t t = ts.combine_token[i / quads];
+    const int c = n0 + (i % quads) * 4;
+    const float* src = p.ypart + t * p.top_k * H + c;
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+    for (int k = 0; k < p.top_k; ++k) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(src + static_cast<std::int64_t>(k) * H));
+      sum.x += v.x;
+      sum.y += v.y;
+      sum.z += v.z;
+      sum.w += v.w;
     }
-    combined = true;
+    uint2* dst = reinterpret_cast<uint2*>(p.y + t * H + c);
+    if (p.beta != 0.0f) {
+      const uint2 old_bits = *dst;
+      const T* old = reinterpret_cast<const T*>(&old_bits);
+      sum.x = fmaf(p.beta, to_f32(old[0]), sum.x);
+      sum.y = fmaf(p.beta, to_f32(old[1]), sum.y);
+      sum.z = fmaf(p.beta, to_f32(old[2]), sum.z);
+      sum.w = fmaf(p.beta, to_f32(old[3]), sum.w);
+    }
+    *dst = make_uint2(pack2<T>(sum.x, sum.y), pack2<T>(sum.z, sum.w));
   }
-  if (combined) {
-    __syncthreads();  // the span ends when the whole block is done
-    tr.record(TraceKind::Combine, t1, static_cast<int>(mt.expert), ntile);
-  }
+  __syncthreads();  // the span ends when the whole block is done
+  tr.record(TraceKind::Combine, t1, static_cast<int>(mt.expert), ntile);
   return true;
 }
 

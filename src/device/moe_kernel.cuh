@@ -54,7 +54,7 @@ struct KernelConfig {
 };
 
 // Few rows per expert (decode): thin tiles, warps split K.
-using DecodeConfig = KernelConfig<16, 32, 32, 1, 4, 2, 8>;
+using DecodeConfig = KernelConfig<16, 16, 32, 1, 2, 4, 12>;
 // Many rows per expert (prefill).
 using PrefillConfig = KernelConfig<64, 64, 64, 2, 4, 1, 3>;
 
