@@ -415,6 +415,33 @@ TEST_F(Forward, SigmoidBiasScalingAndGeluVariants) {
   }
 }
 
+TEST_F(Forward, MinusInfinityBiasMasksExperts) {
+  SCOPED_TRACE(seed_);
+  Config c;
+  c.hidden = 128;
+  c.intermediate = 64;
+  c.experts = 32;
+  c.top_k = 6;
+  c.max_tokens = 64;
+  c.routing.scoring = flashmoe::Scoring::Sigmoid;
+  c.routing.use_correction_bias = true;
+  Model m = make_model(c, rng_);
+  // Only experts 5, 17 and 30 are selectable; the other three picks are masked experts,
+  // ranked last and tied, so the lowest ids win: 0, 1, 2.
+  for (int e = 0; e < c.experts; ++e) m.bias[e] = (e == 5 || e == 17 || e == 30) ? 0.0f : -INFINITY;
+  m.d_bias = upload(m.bias);
+  Layer layer;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
+  ForwardRun run = make_run(c, 40, rng_);
+  ASSERT_TRUE(run_forward(layer, run, nullptr));
+  for (int t = 0; t < run.tokens; ++t) {
+    std::set<int> ids(run.ids.begin() + t * c.top_k, run.ids.begin() + (t + 1) * c.top_k);
+    EXPECT_EQ(ids, (std::set<int>{0, 1, 2, 5, 17, 30})) << "token " << t;
+  }
+  check_routing(m, run, sample_tokens(run.tokens, 40, rng_));
+  check_output(m, run, sample_tokens(run.tokens, 40, rng_));
+}
+
 // --- Rules of the persistent kernel ----------------------------------------------------------
 
 TEST_F(Forward, BitwiseIdenticalAcrossRunsAndGridSizes) {

@@ -18,7 +18,9 @@ struct LayerOptions {
   // Upper bound on the persistent grid (0: as many blocks as fit on the device). Results are
   // bitwise identical for every grid size.
   int max_blocks = 0;
-  // A device-side wait longer than this ends the forward with DeviceTimeout.
+  // A device-side wait longer than this ends the forward with DeviceTimeout. It must exceed
+  // the longest legitimate wait: routing of the largest T (one block builds the tile table,
+  // O(T * K / 256) steps) and the gate/up tiles of one m-tile. Keep it at 100 ms or more.
   std::uint32_t watchdog_ms = 2000;
 };
 

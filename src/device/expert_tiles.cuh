@@ -84,6 +84,7 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::ui
                           int ntile, int ntiles, int gateup_ntiles, Tracer& tr) {
   __shared__ TileSmem<S, T> ts;
   __shared__ bool s_ready;
+  __shared__ int s_ncombine;
   std::uint64_t t0 = tr.now();
   const MTile mt = load_mtile(p, slot);
   const int H = p.hidden, I = p.inter, n0 = ntile * S::BN;
@@ -128,12 +129,10 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::ui
       *reinterpret_cast<float2*>(p.ypart + static_cast<std::int64_t>(pair) * H + n0 + col) = v;
     }
   });
+  if (threadIdx.x == 0) s_ncombine = 0;
   __syncthreads();  // the tile's slices are written before any is counted
 
   // Count this tile's slices; the last of a token's K slices sends the token to the combine.
-  __shared__ int s_ncombine;
-  if (threadIdx.x == 0) s_ncombine = 0;
-  __syncthreads();
   const std::int64_t stride = p.combine_stride;
   for (int r = threadIdx.x; r < static_cast<int>(mt.rows); r += kThreads) {
     const int token = ts.pair[r] / p.top_k;
@@ -147,6 +146,8 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::ui
 
   // y[token, n0 : n0 + BN] = sum over k in order of ypart (+ beta * y), 4 columns per thread,
   // all listed tokens at once. A token listed twice cannot happen: only one slice is last.
+  tr.record(TraceKind::Down, t0, static_cast<int>(mt.expert),
+            static_cast<int>(slot) * ntiles + ntile);
   const int ncombine = s_ncombine;
   if (ncombine == 0) return true;
   const std::uint64_t t1 = tr.now();

@@ -54,7 +54,7 @@ struct KernelConfig {
 };
 
 // Few rows per expert (decode): thin tiles, warps split K.
-using DecodeConfig = KernelConfig<16, 16, 32, 1, 2, 4, 12>;
+using DecodeConfig = KernelConfig<16, 32, 32, 1, 4, 2, 8>;
 // Many rows per expert (prefill).
 using PrefillConfig = KernelConfig<64, 64, 64, 2, 4, 1, 3>;
 
@@ -124,12 +124,14 @@ __global__ void __launch_bounds__(kThreads, 2) moe_kernel(const KernelParams<T> 
       }
       __syncthreads();
       if (threadIdx.x == 0) {
+        // Decided by thread 0 alone: the abort flag may change while the block reads it.
         s_flag = fetch_add_acq_rel(p.ctl.word(kRoutingDone), 1) ==
-                 static_cast<std::uint32_t>(chunks) - 1;
+                     static_cast<std::uint32_t>(chunks) - 1 &&
+                 !p.ctl.aborted();
       }
       tr.record(TraceKind::Routing, start, -1, chunk);
       __syncthreads();
-      if (s_flag && !p.ctl.aborted()) {
+      if (s_flag) {
         start = tr.now();
         build_tile_table<T, Cfg::BM>(p, smem, routing_tickets, ng, nd);
         tr.record(TraceKind::Routing, start, -1, -1);

@@ -45,7 +45,8 @@ __device__ void router_logits(const KernelParams<T>& p, int t0, int e0) {
 #pragma unroll
       for (int u = 0; u < kLoads; ++u) {
         const int k = k0 + u * 32 * 8;
-        xv[u] = k < H ? __ldg(reinterpret_cast<const uint4*>(x0 + static_cast<std::int64_t>(t) * H + k))
+        // x may alias y (in-place forward), which this launch writes: not the read-only path.
+        xv[u] = k < H ? __ldcg(reinterpret_cast<const uint4*>(x0 + static_cast<std::int64_t>(t) * H + k))
                       : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
@@ -118,8 +119,8 @@ __device__ void select_experts_n(const KernelParams<T>& p, int t) {
     const int e = lane + 32 * i;
     float c = score[i];
     if (p.correction_bias != nullptr && e < E) c += __ldg(p.correction_bias + e);
-    if (c != c) c = -FLT_MAX;           // NaN input: still selectable, last
-    choice[i] = e < E ? c : -INFINITY;  // -inf: never selectable
+    if (!(c >= -FLT_MAX)) c = -FLT_MAX;  // NaN or -inf (a masking bias): selectable, last
+    choice[i] = e < E ? c : -INFINITY;   // -inf: never selectable
   }
 
   // Each lane keeps its best untaken expert; a round takes the warp's best of those.
@@ -168,7 +169,13 @@ __device__ void select_experts_n(const KernelParams<T>& p, int t) {
   }
   if (p.renormalize && wsum > 0.0f) my_w /= wsum;
   my_w *= p.scaling;
-  if (lane < p.top_k) register_pair(p, t, lane, my_id, my_w);
+  if (lane < p.top_k) {
+    if (my_id < E) {
+      register_pair(p, t, lane, my_id, my_w);
+    } else {
+      p.ctl.fail(StatusCode::Internal, kSiteRoutingIds);  // unreachable: choices are >= -FLT_MAX
+    }
+  }
 }
 
 template <typename T>
