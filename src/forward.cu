@@ -204,6 +204,7 @@ Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens, cu
   }
   if (Status s = check_options(impl, options); !s.ok()) return s;
 
+  // The decode variant while experts average at most one m-tile of rows.
   const bool decode = num_tokens * c.top_k <= static_cast<std::int64_t>(DecodeConfig::BM) * c.experts;
   if (c.dtype == DType::BF16) {
     return decode ? launch<DecodeConfig, __nv_bfloat16>(impl, impl.decode, x, y, num_tokens, stream, options)

@@ -53,8 +53,9 @@ struct KernelConfig {
   static_assert(BM_ >= kMinTileM && BN_DOWN >= kMinDownTileN, "workspace tables assume these");
 };
 
-// Few rows per expert (decode): thin tiles, warps split K.
-using DecodeConfig = KernelConfig<16, 32, 32, 1, 4, 2, 8>;
+// Few rows per expert (decode, up to 32 on average): thin tiles, warps split K, a deep
+// pipeline; down tiles twice as wide as gate/up ones, since their K (= I) is short.
+using DecodeConfig = KernelConfig<32, 32, 64, 1, 4, 2, 8>;
 // Many rows per expert (prefill).
 using PrefillConfig = KernelConfig<64, 64, 64, 2, 4, 1, 3>;
 
