@@ -35,7 +35,7 @@ if [ -n "${TRACE_OVERHEAD:-}" ]; then
 fi
 if [ -z "${SKIP_DEMO:-}" ]; then ./build/gpu/examples/demo/flashmoe_demo 16 >"$out/demo.log" 2>&1; tail -12 "$out/demo.log"; cat "$out/demo.log" >>"$log"; rm "$out/demo.log"; fi
 if [ -z "${SKIP_TRACE:-}" ]; then
-  mkdir -p "$out/trace" && ./build/gpu/examples/trace/flashmoe_trace "$out/trace" >>"$log" 2>&1
+  mkdir -p "$out/trace" && ./build/gpu/examples/trace/flashmoe_trace "$out/trace" ${TRACE_T:-1 256} >>"$log" 2>&1
   rm -f "$out"/trace/*.json  # large; the SVG and the summary come back
   cat "$out"/trace/*.txt
 fi

@@ -2,9 +2,10 @@
 // weights) at T = 1 and T = 256: trace_T<n>.json (Perfetto / chrome://tracing), trace_T<n>.svg
 // (open in any browser) and trace_T<n>.txt (the summary, also printed).
 //
-// Usage: flashmoe_trace [output directory]   (default: the current directory)
+// Usage: flashmoe_trace [output directory [T ...]]   (defaults: the current directory; T = 1 256)
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -15,7 +16,7 @@
 
 namespace {
 
-constexpr int kHidden = 2048, kInter = 768, kExperts = 128, kTopK = 8, kMaxTokens = 256;
+constexpr int kHidden = 2048, kInter = 768, kExperts = 128, kTopK = 8, kMaxTokens = 4096;
 
 bool ok(const flashmoe::Status& s, const char* what) {
   if (!s.ok()) std::fprintf(stderr, "%s: %s\n", what, s.to_string().c_str());
@@ -59,6 +60,15 @@ bool write(const std::string& path, const std::string& text) {
 
 int main(int argc, char** argv) {
   const std::string dir = argc > 1 ? argv[1] : ".";
+  std::vector<int> token_counts;
+  for (int i = 2; i < argc; ++i) token_counts.push_back(std::atoi(argv[i]));
+  if (token_counts.empty()) token_counts = {1, 256};
+  for (int T : token_counts) {
+    if (T < 1 || T > kMaxTokens) {
+      std::fprintf(stderr, "T = %d must lie in [1, %d]\n", T, kMaxTokens);
+      return 1;
+    }
+  }
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     std::printf("No CUDA GPU found: the trace needs one. Nothing was written.\n");
@@ -83,7 +93,7 @@ int main(int argc, char** argv) {
   if (!ok(flashmoe::Layer::create(c, w, layer), "Layer::create")) return 1;
   if (!ok(layer.set_tracing(4096), "set_tracing")) return 1;
 
-  for (int T : {1, 256}) {
+  for (int T : token_counts) {
     // Warm-up first (module load, caches), then the traced forward.
     for (int i = 0; i < 3; ++i) {
       if (!ok(flashmoe::forward(layer, x.p, y.p, T, nullptr), "forward")) return 1;
