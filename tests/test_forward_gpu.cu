@@ -160,7 +160,8 @@ void check_output(const Model& m, const ForwardRun& run, const std::vector<int>&
   const int H = c.hidden, K = c.top_k;
   for (std::size_t i = 0; i < run.y.size(); ++i) {
     ASSERT_TRUE(std::isfinite(flashmoe::reference::to_float(run.y[i], c.dtype)))
-        << "y[" << i / H << ", " << i % H << "] not written (or not finite)";
+        << "y[" << i / H << ", " << i % H << "] not written (or not finite): bits 0x" << std::hex
+        << run.y[i] << std::dec;
   }
   std::vector<double> err(tokens.size());
   parallel_for(static_cast<int>(tokens.size()), [&](int j) {
@@ -265,6 +266,7 @@ TEST_F(Forward, SkewedRoutingEveryTokenToTheSameExperts) {
   ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
   StreamGuard stream;
   for (int T : {1, 64, 1024}) {
+    SCOPED_TRACE(::testing::Message() << "T = " << T);
     ForwardRun run = make_run(c, T, rng_);
     for (auto& v : run.x) {  // positive inputs, so the rigged experts win
       const float f = flashmoe::reference::to_float(v, c.dtype);
