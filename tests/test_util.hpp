@@ -76,11 +76,15 @@ class DeviceBuffer {
   std::size_t bytes_ = 0;
 };
 
+// The device copy is complete on return. (cudaMemcpy from pageable memory may return before
+// its DMA lands, and the tests run forward on non-blocking streams that do not wait for the
+// legacy stream: without the synchronisation a late poison upload can overwrite y.)
 template <typename T>
 DeviceBuffer upload(const std::vector<T>& host) {
   DeviceBuffer d(host.size() * sizeof(T));
   if (d.get() != nullptr && !host.empty()) {
     (void)cudaMemcpy(d.get(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
+    (void)cudaDeviceSynchronize();
   }
   return d;
 }

@@ -148,9 +148,12 @@ T* device_alloc(std::size_t count) {
   return static_cast<T*>(ptr);
 }
 
+// Complete on return: a pageable cudaMemcpy may return before its DMA lands, and forward runs
+// on a non-blocking stream that does not wait for the legacy stream.
 template <typename T>
 void upload(T* dst, const std::vector<T>& src) {
   CUDA_CHECK(cudaMemcpy(dst, src.data(), src.size() * sizeof(T), cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 template <typename T>
