@@ -40,11 +40,12 @@ __device__ TileIndex tile_index(const KernelParams<T>& p, std::uint32_t i, int n
 }
 
 // Tile shapes of one kernel variant.
-template <int BM_, int BN_GATEUP, int BN_DOWN, int WARPS_M, int WARPS_N, int WARPS_K, int STAGES>
+template <int BM_, int BN_GATEUP, int BN_DOWN, int WARPS_M, int WARPS_N, int WARPS_K, int STAGES,
+          int BK>
 struct KernelConfig {
   static constexpr int BM = BM_;
-  using GateUp = TileShape<BM_, BN_GATEUP, true, WARPS_M, WARPS_N, WARPS_K, STAGES>;
-  using Down = TileShape<BM_, BN_DOWN, false, WARPS_M, WARPS_N, WARPS_K, STAGES>;
+  using GateUp = TileShape<BM_, BN_GATEUP, true, WARPS_M, WARPS_N, WARPS_K, STAGES, BK>;
+  using Down = TileShape<BM_, BN_DOWN, false, WARPS_M, WARPS_N, WARPS_K, STAGES, BK>;
   static constexpr int tile_smem = GateUp::SMEM_BYTES > Down::SMEM_BYTES ? GateUp::SMEM_BYTES
                                                                          : Down::SMEM_BYTES;
   static constexpr int SMEM_BYTES = tile_smem > static_cast<int>(sizeof(ScanSmem))
@@ -53,11 +54,13 @@ struct KernelConfig {
   static_assert(BM_ >= kMinTileM && BN_DOWN >= kMinDownTileN, "workspace tables assume these");
 };
 
-// Few rows per expert (decode, up to 32 on average): thin tiles, warps split K, a deep
-// pipeline; down tiles twice as wide as gate/up ones, since their K (= I) is short.
-using DecodeConfig = KernelConfig<32, 32, 64, 1, 4, 2, 8>;
+// Few rows per expert (decode, up to 32 on average): thin tiles, warps split K; down tiles twice
+// as wide as gate/up ones, since their K (= I) is short. A block's streaming rate is bounded by
+// its pipeline steps (each costs about the same whatever its bytes), so each step moves 128
+// columns of K: 24 KB, 4 stages.
+using DecodeConfig = KernelConfig<32, 32, 64, 1, 4, 2, 4, 128>;
 // Many rows per expert (prefill).
-using PrefillConfig = KernelConfig<64, 64, 64, 2, 4, 1, 3>;
+using PrefillConfig = KernelConfig<64, 64, 64, 2, 4, 1, 3, 64>;
 
 template <class Cfg, typename T>
 __global__ void __launch_bounds__(kThreads, 2) moe_kernel(const KernelParams<T> p) {

@@ -13,14 +13,18 @@
 namespace flashmoe::detail {
 
 inline constexpr int kThreads = 256;  // every kernel variant runs 8 warps per block
-inline constexpr int kTileK = 64;     // 64 16-bit elements = one 128-byte smem row
 
 // B rows of a gated (gate/up) tile are [BN gate rows | BN up rows]; each warp owns matching
 // gate and up columns, so SiLU(g) * u is formed in registers.
-template <int BM_, int BN_, bool GATED_, int WARPS_M_, int WARPS_N_, int WARPS_K_, int STAGES_>
+// BK: K elements per pipeline stage (64 or 128: rows of 128 or 256 bytes in shared memory).
+template <int BM_, int BN_, bool GATED_, int WARPS_M_, int WARPS_N_, int WARPS_K_, int STAGES_,
+          int BK_>
 struct TileShape {
   static constexpr int BM = BM_, BN = BN_, WARPS_M = WARPS_M_, WARPS_N = WARPS_N_,
-                       WARPS_K = WARPS_K_, STAGES = STAGES_;
+                       WARPS_K = WARPS_K_, STAGES = STAGES_, BK = BK_;
+  static constexpr int ROW_BYTES = BK * 2;
+  static constexpr int CHUNKS = BK / 8;  // 16-byte chunks per row
+  static_assert(BK == 64 || BK == 128, "the swizzle permutes 8 chunks of each row");
   static constexpr bool GATED = GATED_;
   static constexpr int NB = GATED ? 2 * BN : BN;  // B rows per tile
   static constexpr int WM = BM / WARPS_M;          // rows per warp
@@ -28,9 +32,9 @@ struct TileShape {
   static constexpr int WN = BN / WARPS_N;          // output columns per warp
   static constexpr int NI = WN / 8;                // n8 fragments per warp (per half if gated)
   static constexpr int NF = GATED ? 2 * NI : NI;
-  static constexpr int KSTEPS = kTileK / 16;
+  static constexpr int KSTEPS = BK / 16;
   static constexpr int KSTEPS_PER_WARP = KSTEPS / WARPS_K;
-  static constexpr int STAGE_BYTES = (BM + NB) * kTileK * 2;
+  static constexpr int STAGE_BYTES = (BM + NB) * ROW_BYTES;
   static constexpr int RED_BYTES = (WARPS_K - 1) * WARPS_M * WARPS_N * MI * NF * 4 * 32 * 4;
   static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES > RED_BYTES ? STAGES * STAGE_BYTES
                                                                      : RED_BYTES;
@@ -80,8 +84,11 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+// XOR of the low 3 chunk bits with the row: 8 consecutive rows read by one ldmatrix phase hit
+// 8 different bank groups.
+template <int ROW_BYTES>
 __device__ __forceinline__ std::uint32_t swizzled(std::uint32_t stage_base, int row, int chunk) {
-  return stage_base + row * 128 + ((chunk ^ (row & 7)) << 4);
+  return stage_base + row * ROW_BYTES + ((chunk ^ (row & 7)) << 4);
 }
 
 template <class S, typename T>
@@ -112,18 +119,19 @@ struct TileMma {
         for (int i = 0; i < 4; ++i) acc[mi][f][i] = 0.0f;
 
     const std::uint32_t smem_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
-    const int ktiles = (kdim + kTileK - 1) / kTileK;
+    const int ktiles = (kdim + S::BK - 1) / S::BK;
     // Rows [first, last) of the stage: A rows are [0, BM), B rows [BM, BM + NB). Null rows and
     // the K tail are zero-filled. (Skipping the null rows' copies instead measured 3-5% slower
     // on an H200.)
     auto load_rows = [&](int stage, int kt, int first, int last) {
       const std::uint32_t base = smem_base + stage * S::STAGE_BYTES;
-      for (int i = first * 8 + tid; i < last * 8; i += kThreads) {
-        const int row = i >> 3, chunk = i & 7;
+      for (int i = first * S::CHUNKS + tid; i < last * S::CHUNKS; i += kThreads) {
+        const int row = i / S::CHUNKS, chunk = i % S::CHUNKS;
         const T* src_row = row < S::BM ? a_rows[row] : b_rows[row - S::BM];
-        const int k = kt * kTileK + chunk * 8;
+        const int k = kt * S::BK + chunk * 8;
         const bool valid = src_row != nullptr && k < kdim;  // kdim % 8 == 0: whole chunks
-        cp_async_16(swizzled(base, row, chunk), valid ? src_row + k : fallback, valid ? 16 : 0);
+        cp_async_16(swizzled<S::ROW_BYTES>(base, row, chunk), valid ? src_row + k : fallback,
+                    valid ? 16 : 0);
       }
     };
     auto load = [&](int stage, int kt) { load_rows(stage, kt, 0, S::BM + S::NB); };
@@ -151,7 +159,7 @@ struct TileMma {
       cp_async_commit();
 
       const std::uint32_t base = smem_base + (kt % S::STAGES) * S::STAGE_BYTES;
-      const std::uint32_t b_base = base + S::BM * 128;
+      const std::uint32_t b_base = base + S::BM * S::ROW_BYTES;
 #pragma unroll
       for (int j = 0; j < S::KSTEPS_PER_WARP; ++j) {
         const int kk = wk * S::KSTEPS_PER_WARP + j;
@@ -162,14 +170,14 @@ struct TileMma {
           const int row = wm * S::WM + mi * 16 + (lane & 15);
           asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                        : "=r"(a[mi][0]), "=r"(a[mi][1]), "=r"(a[mi][2]), "=r"(a[mi][3])
-                       : "r"(swizzled(base, row, kk * 2 + (lane >> 4))));
+                       : "r"(swizzled<S::ROW_BYTES>(base, row, kk * 2 + (lane >> 4))));
         }
 #pragma unroll
         for (int f = 0; f < S::NF; ++f) {
           const int row = S::b_row(wn, f) + (lane & 7);
           asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
                        : "=r"(b[f][0]), "=r"(b[f][1])
-                       : "r"(swizzled(b_base, row, kk * 2 + ((lane >> 3) & 1))));
+                       : "r"(swizzled<S::ROW_BYTES>(b_base, row, kk * 2 + ((lane >> 3) & 1))));
         }
 #pragma unroll
         for (int mi = 0; mi < S::MI; ++mi)
