@@ -115,12 +115,20 @@ TEST(LayerCreate, OptionsAreChecked) {
             StatusCode::InvalidArgument);
 }
 
-TEST(LayerCreate, WithoutGpuSaysSo) {
-  if (has_gpu()) GTEST_SKIP() << "this machine has a GPU: covered by the GPU tests";
+// A valid config with no weights: without a GPU that is NotSupported ("no CUDA device"), with
+// one the missing weights are reported. Either way nothing is created and y is untouched.
+TEST(LayerCreate, MissingDeviceOrWeightsAreReported) {
   flashmoe::Layer layer;
   const flashmoe::Status s = flashmoe::Layer::create(small_config(), {}, layer);
-  EXPECT_EQ(s.code(), StatusCode::NotSupported);
-  EXPECT_NE(s.message().find("no CUDA device"), std::string::npos) << s.message();
+  if (has_gpu()) {
+    EXPECT_EQ(s.code(), StatusCode::InvalidArgument);
+    EXPECT_NE(s.message().find("weights.router is a null pointer"), std::string::npos)
+        << s.message();
+  } else {
+    EXPECT_EQ(s.code(), StatusCode::NotSupported);
+    EXPECT_NE(s.message().find("no CUDA device"), std::string::npos) << s.message();
+  }
+  EXPECT_FALSE(layer.valid());
   std::vector<std::uint16_t> y(4, 7);
   EXPECT_EQ(flashmoe::forward(layer, nullptr, y.data(), 1, nullptr).code(),
             StatusCode::InvalidArgument);

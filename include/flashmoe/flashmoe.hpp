@@ -5,3 +5,4 @@
 #include "flashmoe/layer.hpp"      // IWYU pragma: export
 #include "flashmoe/reference.hpp"  // IWYU pragma: export
 #include "flashmoe/status.hpp"     // IWYU pragma: export
+#include "flashmoe/trace.hpp"      // IWYU pragma: export
