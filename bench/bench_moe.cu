@@ -2,6 +2,12 @@
 // runs it: a CUDA graph holding kInputs forwards on different inputs (so routing, and the
 // experts read, differ from one forward to the next), replayed; CUDA events; the median time
 // per forward is reported with the memory floor of the card, measured in the same run.
+#include <benchmark/benchmark.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -10,25 +16,19 @@
 #include <string>
 #include <vector>
 
-#include <benchmark/benchmark.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-#include <fmt/format.h>
-
 #include "flashmoe/flashmoe.hpp"
 
 namespace {
 
 constexpr int kInputs = 8;
 
-#define BENCH_CUDA(expr)                                                               \
-  do {                                                                                 \
-    const cudaError_t e_ = (expr);                                                     \
-    if (e_ != cudaSuccess) {                                                           \
+#define BENCH_CUDA(expr)                                                                 \
+  do {                                                                                   \
+    const cudaError_t e_ = (expr);                                                       \
+    if (e_ != cudaSuccess) {                                                             \
       state.SkipWithError(fmt::format("{}: {}", #expr, cudaGetErrorString(e_)).c_str()); \
-      return;                                                                          \
-    }                                                                                  \
+      return;                                                                            \
+    }                                                                                    \
   } while (0)
 
 struct Shape {
@@ -224,7 +224,8 @@ void BM_Forward(benchmark::State& state, Shape shape, flashmoe::DType dt) {
   std::sort(per_forward_us.begin(), per_forward_us.end());
   const double median_us = per_forward_us[per_forward_us.size() / 2];
   const double floor_us = floor_bytes / g_bandwidth * 1e6;
-  const double flops = 2.0 * pairs * 3.0 * c.hidden * c.intermediate + 2.0 * T * c.experts * c.hidden;
+  const double flops =
+      2.0 * pairs * 3.0 * c.hidden * c.intermediate + 2.0 * T * c.experts * c.hidden;
   state.counters["us_median"] = median_us;
   state.counters["unique_experts"] = unique_total / kInputs;
   state.counters["floor_us"] = floor_us;

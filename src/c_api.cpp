@@ -1,10 +1,9 @@
 // The C API: converts structs, catches every exception, keeps the last message per thread.
-#include "flashmoe/flashmoe.h"
-
 #include <exception>
 #include <new>
 #include <string>
 
+#include "flashmoe/flashmoe.h"
 #include "flashmoe/layer.hpp"
 
 struct flashmoe_layer {
@@ -70,8 +69,8 @@ void flashmoe_config_init(flashmoe_config* c) {
   c->max_tokens = d.max_tokens;
 }
 
-flashmoe_status flashmoe_layer_create(const flashmoe_config* config, const flashmoe_weights* weights,
-                                      flashmoe_layer** out) {
+flashmoe_status flashmoe_layer_create(const flashmoe_config* config,
+                                      const flashmoe_weights* weights, flashmoe_layer** out) {
   return guarded([&]() -> flashmoe::Status {
     if (out == nullptr) return null_argument("out");
     if (config == nullptr) return null_argument("config");

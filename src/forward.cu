@@ -1,9 +1,9 @@
 // Host side of the forward: argument checks, variant choice, grid size, the one launch.
-#include <cmath>
-#include <cstdint>
-
 #include <cuda_runtime.h>
 #include <fmt/format.h>
+
+#include <cmath>
+#include <cstdint>
 
 #include "device/moe_kernel.cuh"
 #include "flashmoe/layer.hpp"
@@ -15,24 +15,24 @@ namespace detail {
 namespace {
 
 Status cuda_status(cudaError_t err, const char* what) {
-  return {StatusCode::CudaError, fmt::format("{} failed: {} ({})", what, cudaGetErrorName(err),
-                                             cudaGetErrorString(err))};
+  return {StatusCode::CudaError,
+          fmt::format("{} failed: {} ({})", what, cudaGetErrorName(err), cudaGetErrorString(err))};
 }
 
 template <class Cfg, typename T>
 Status prepare_variant(KernelVariantInfo& info, int sm_count) {
   auto kernel = moe_kernel<Cfg, T>;
   info.smem_bytes = Cfg::SMEM_BYTES;
-  if (cudaError_t err = cudaFuncSetAttribute(
-          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, info.smem_bytes);
+  if (cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             info.smem_bytes);
       err != cudaSuccess) {
     (void)cudaGetLastError();
     return {StatusCode::NotSupported,
-            fmt::format("the kernel needs {} bytes of shared memory per block: {}",
-                        info.smem_bytes, cudaGetErrorString(err))};
+            fmt::format("the kernel needs {} bytes of shared memory per block: {}", info.smem_bytes,
+                        cudaGetErrorString(err))};
   }
-  if (cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-          &info.blocks_per_sm, kernel, kThreads, info.smem_bytes);
+  if (cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&info.blocks_per_sm, kernel,
+                                                                      kThreads, info.smem_bytes);
       err != cudaSuccess) {
     (void)cudaGetLastError();
     return {StatusCode::NotSupported,
@@ -103,14 +103,16 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   if (impl.trace_buffer != nullptr) {
     auto* tb = static_cast<unsigned char*>(impl.trace_buffer);
     p.trace.blocks = reinterpret_cast<RawTraceBlock*>(tb);
-    p.trace.events = reinterpret_cast<RawTraceEvent*>(tb + static_cast<std::size_t>(impl.trace_max_grid) * 32);
+    p.trace.events =
+        reinterpret_cast<RawTraceEvent*>(tb + static_cast<std::size_t>(impl.trace_max_grid) * 32);
     p.trace.capacity = static_cast<std::uint32_t>(impl.trace_capacity);
   }
 
   // More blocks than tickets would only spin and leave.
   const std::int64_t pairs = num_tokens * c.top_k;
   const std::int64_t chunks = (num_tokens + kRouterTokens - 1) / kRouterTokens;
-  const std::int64_t routing = o.topk_ids ? chunks : chunks * ((c.experts + kRouterExperts - 1) / kRouterExperts);
+  const std::int64_t routing =
+      o.topk_ids ? chunks : chunks * ((c.experts + kRouterExperts - 1) / kRouterExperts);
   const std::int64_t mtiles = pairs / Cfg::BM + std::min<std::int64_t>(c.experts, pairs);
   const std::int64_t tiles = mtiles * ((c.intermediate + Cfg::GateUp::BN - 1) / Cfg::GateUp::BN +
                                        (c.hidden + Cfg::Down::BN - 1) / Cfg::Down::BN);
@@ -119,8 +121,13 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   grid = std::max<std::int64_t>(1, std::min(grid, routing + tiles));
   if (impl.trace_buffer != nullptr) {
     grid = std::min<std::int64_t>(grid, impl.trace_max_grid);
-    impl.last_trace = {true, static_cast<int>(grid), static_cast<int>(num_tokens), Cfg::BM,
-                       Cfg::GateUp::BN, Cfg::Down::BN, std::is_same_v<Cfg, DecodeConfig>};
+    impl.last_trace = {true,
+                       static_cast<int>(grid),
+                       static_cast<int>(num_tokens),
+                       Cfg::BM,
+                       Cfg::GateUp::BN,
+                       Cfg::Down::BN,
+                       std::is_same_v<Cfg, DecodeConfig>};
   }
 
   moe_kernel<Cfg, T><<<static_cast<unsigned>(grid), kThreads, info.smem_bytes, stream>>>(p);
@@ -179,9 +186,9 @@ Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens, cu
   Layer::Impl& impl = *layer.impl();
   const Config& c = impl.config;
   if (num_tokens < 0 || num_tokens > c.max_tokens) {
-    return {StatusCode::InvalidArgument,
-            fmt::format("num_tokens = {} must lie in [0, max_tokens = {}]", num_tokens,
-                        c.max_tokens)};
+    return {
+        StatusCode::InvalidArgument,
+        fmt::format("num_tokens = {} must lie in [0, max_tokens = {}]", num_tokens, c.max_tokens)};
   }
   if (num_tokens == 0) return {};
   if (Status s = check_gpu_support(c); !s.ok()) return s;
@@ -191,8 +198,8 @@ Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens, cu
   }
   if (current != impl.device) {
     return {StatusCode::InvalidArgument,
-            fmt::format("the current device is {}, but the layer was created on device {}",
-                        current, impl.device)};
+            fmt::format("the current device is {}, but the layer was created on device {}", current,
+                        impl.device)};
   }
   if (Status s = check_device_pointer(x, "x", impl.device, 16); !s.ok()) return s;
   if (Status s = check_device_pointer(y, "y", impl.device, 16); !s.ok()) return s;
@@ -205,13 +212,17 @@ Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens, cu
   if (Status s = check_options(impl, options); !s.ok()) return s;
 
   // The decode variant while experts average at most one m-tile of rows.
-  const bool decode = num_tokens * c.top_k <= static_cast<std::int64_t>(DecodeConfig::BM) * c.experts;
+  const bool decode =
+      num_tokens * c.top_k <= static_cast<std::int64_t>(DecodeConfig::BM) * c.experts;
   if (c.dtype == DType::BF16) {
-    return decode ? launch<DecodeConfig, __nv_bfloat16>(impl, impl.decode, x, y, num_tokens, stream, options)
-                  : launch<PrefillConfig, __nv_bfloat16>(impl, impl.prefill, x, y, num_tokens, stream, options);
+    return decode ? launch<DecodeConfig, __nv_bfloat16>(impl, impl.decode, x, y, num_tokens, stream,
+                                                        options)
+                  : launch<PrefillConfig, __nv_bfloat16>(impl, impl.prefill, x, y, num_tokens,
+                                                         stream, options);
   }
-  return decode ? launch<DecodeConfig, __half>(impl, impl.decode, x, y, num_tokens, stream, options)
-                : launch<PrefillConfig, __half>(impl, impl.prefill, x, y, num_tokens, stream, options);
+  return decode
+             ? launch<DecodeConfig, __half>(impl, impl.decode, x, y, num_tokens, stream, options)
+             : launch<PrefillConfig, __half>(impl, impl.prefill, x, y, num_tokens, stream, options);
 }
 
 }  // namespace flashmoe

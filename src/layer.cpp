@@ -1,12 +1,13 @@
-#include <algorithm>
-#include <cstdint>
-#include <vector>
-#include <utility>
+#include "flashmoe/layer.hpp"
 
 #include <cuda_runtime_api.h>
 #include <fmt/format.h>
 
-#include "flashmoe/layer.hpp"
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
 #include "layer_impl.hpp"
 #include "trace_layout.hpp"
 #include "validate.hpp"
@@ -15,8 +16,8 @@ namespace flashmoe {
 namespace {
 
 Status cuda_status(cudaError_t err, const char* what) {
-  return {StatusCode::CudaError, fmt::format("{} failed: {} ({})", what, cudaGetErrorName(err),
-                                             cudaGetErrorString(err))};
+  return {StatusCode::CudaError,
+          fmt::format("{} failed: {} ({})", what, cudaGetErrorName(err), cudaGetErrorString(err))};
 }
 
 // Workspace regions larger than this are refused rather than attempted.
@@ -59,8 +60,9 @@ Status Layer::create(const Config& config, const Weights& weights, Layer& out,
                      const LayerOptions& options) {
   if (Status s = detail::validate_config(config); !s.ok()) return s;
   if (options.max_blocks < 0) {
-    return {StatusCode::InvalidArgument,
-            fmt::format("options.max_blocks = {} must be 0 (auto) or positive", options.max_blocks)};
+    return {
+        StatusCode::InvalidArgument,
+        fmt::format("options.max_blocks = {} must be 0 (auto) or positive", options.max_blocks)};
   }
   if (options.watchdog_ms == 0) {
     return {StatusCode::InvalidArgument, "options.watchdog_ms = 0 must be positive"};
@@ -139,8 +141,8 @@ Status Layer::device_status(cudaStream_t stream) {
   if (cudaError_t err = cudaDeviceSynchronize(); err != cudaSuccess) {
     return cuda_status(err, "clearing the device status");
   }
-  const char* where = site == detail::kSiteTasksTotal ? "waiting for routing to publish the tiles"
-                      : site == detail::kSiteMTileDone  ? "a down tile waiting for its gate/up tiles"
+  const char* where = site == detail::kSiteTasksTotal  ? "waiting for routing to publish the tiles"
+                      : site == detail::kSiteMTileDone ? "a down tile waiting for its gate/up tiles"
                       : site == detail::kSiteRoutingIds
                           ? "a caller-supplied routing id outside [0, experts)"
                           : "an unknown site";
@@ -151,8 +153,7 @@ Status Layer::device_status(cudaStream_t stream) {
                         impl_->options.watchdog_ms, where)};
   }
   if (code == static_cast<std::uint32_t>(StatusCode::InvalidArgument)) {
-    return {StatusCode::InvalidArgument,
-            fmt::format("forward found {}; y was not written", where)};
+    return {StatusCode::InvalidArgument, fmt::format("forward found {}; y was not written", where)};
   }
   return {StatusCode::Internal, fmt::format("device recorded status code {} ({})", code, where)};
 }
@@ -177,8 +178,8 @@ Status Layer::set_tracing(int events_per_block) {
   }
   impl_->last_trace.valid = false;
   if (events_per_block == 0) return {};
-  const int grid = std::max(impl_->decode.blocks_per_sm, impl_->prefill.blocks_per_sm) *
-                   impl_->sm_count;
+  const int grid =
+      std::max(impl_->decode.blocks_per_sm, impl_->prefill.blocks_per_sm) * impl_->sm_count;
   const std::size_t bytes =
       static_cast<std::size_t>(grid) * (static_cast<std::size_t>(events_per_block) + 1) * 32;
   if (cudaError_t err = cudaMalloc(&impl_->trace_buffer, bytes); err != cudaSuccess) {
@@ -214,8 +215,8 @@ Status Layer::read_trace(cudaStream_t stream, Trace& out) {
       err != cudaSuccess) {
     return cuda_status(err, "cudaMemcpy of the trace");
   }
-  if (cudaError_t err = cudaMemcpy(events.data(), base + events_offset, grid * cap * 32,
-                                   cudaMemcpyDeviceToHost);
+  if (cudaError_t err =
+          cudaMemcpy(events.data(), base + events_offset, grid * cap * 32, cudaMemcpyDeviceToHost);
       err != cudaSuccess) {
     return cuda_status(err, "cudaMemcpy of the trace");
   }
@@ -229,9 +230,10 @@ Status Layer::read_trace(cudaStream_t stream, Trace& out) {
   t.variant = last.decode ? "decode" : "prefill";
   for (std::size_t b = 0; b < grid; ++b) {
     const detail::RawTraceBlock& rb = blocks[b];
-    const std::uint32_t kept = std::min<std::uint32_t>(rb.recorded, static_cast<std::uint32_t>(cap));
-    t.blocks.push_back({static_cast<std::uint32_t>(b), rb.sm, rb.entry_ns, rb.exit_ns,
-                        rb.recorded - kept});
+    const std::uint32_t kept =
+        std::min<std::uint32_t>(rb.recorded, static_cast<std::uint32_t>(cap));
+    t.blocks.push_back(
+        {static_cast<std::uint32_t>(b), rb.sm, rb.entry_ns, rb.exit_ns, rb.recorded - kept});
     for (std::uint32_t i = 0; i < kept; ++i) {
       const detail::RawTraceEvent& e = events[b * cap + i];
       t.events.push_back({e.start_ns, e.end_ns, e.sm, static_cast<std::uint32_t>(b),

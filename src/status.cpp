@@ -6,13 +6,20 @@ namespace flashmoe {
 
 const char* to_string(StatusCode code) noexcept {
   switch (code) {
-    case StatusCode::Ok: return "ok";
-    case StatusCode::InvalidArgument: return "invalid_argument";
-    case StatusCode::NotSupported: return "not_supported";
-    case StatusCode::OutOfMemory: return "out_of_memory";
-    case StatusCode::CudaError: return "cuda_error";
-    case StatusCode::DeviceTimeout: return "device_timeout";
-    case StatusCode::Internal: return "internal";
+    case StatusCode::Ok:
+      return "ok";
+    case StatusCode::InvalidArgument:
+      return "invalid_argument";
+    case StatusCode::NotSupported:
+      return "not_supported";
+    case StatusCode::OutOfMemory:
+      return "out_of_memory";
+    case StatusCode::CudaError:
+      return "cuda_error";
+    case StatusCode::DeviceTimeout:
+      return "device_timeout";
+    case StatusCode::Internal:
+      return "internal";
   }
   return "unknown";
 }

@@ -1,9 +1,9 @@
 #include "validate.hpp"
 
-#include <cmath>
-
 #include <cuda_runtime_api.h>
 #include <fmt/format.h>
+
+#include <cmath>
 
 namespace flashmoe::detail {
 namespace {
@@ -29,8 +29,10 @@ Status check_multiple(const char* name, int value, int multiple) {
 
 const char* dtype_name(DType dtype) noexcept {
   switch (dtype) {
-    case DType::BF16: return "bf16";
-    case DType::FP16: return "fp16";
+    case DType::BF16:
+      return "bf16";
+    case DType::FP16:
+      return "fp16";
   }
   return "unknown";
 }
@@ -70,9 +72,9 @@ Status validate_config(const Config& c) {
   }
   const int selectable = r.topk_group * (c.experts / r.n_group);
   if (c.top_k > selectable) {
-    return invalid(fmt::format(
-        "top_k = {} exceeds the {} experts in topk_group = {} groups of {} experts", c.top_k,
-        selectable, r.topk_group, c.experts / r.n_group));
+    return invalid(
+        fmt::format("top_k = {} exceeds the {} experts in topk_group = {} groups of {} experts",
+                    c.top_k, selectable, r.topk_group, c.experts / r.n_group));
   }
   if (!std::isfinite(r.routed_scaling_factor) || r.routed_scaling_factor <= 0.0f) {
     return invalid(fmt::format("routing.routed_scaling_factor = {} must be finite and positive",
@@ -83,14 +85,15 @@ Status validate_config(const Config& c) {
     return invalid(fmt::format("shared.count = {} must lie in [0, 64]", s.count));
   }
   if (s.count > 0) {
-    for (const Status& st : {check_range("shared.intermediate", s.intermediate, 1,
-                                         kMaxIntermediate),
-                             check_multiple("shared.intermediate", s.intermediate, kVectorElems)}) {
+    for (const Status& st :
+         {check_range("shared.intermediate", s.intermediate, 1, kMaxIntermediate),
+          check_multiple("shared.intermediate", s.intermediate, kVectorElems)}) {
       if (!st.ok()) return st;
     }
   } else if (s.gated || s.intermediate != 0) {
-    return invalid(fmt::format("shared.count = 0 but shared.intermediate = {} and shared.gated = {}",
-                               s.intermediate, s.gated));
+    return invalid(
+        fmt::format("shared.count = 0 but shared.intermediate = {} and shared.gated = {}",
+                    s.intermediate, s.gated));
   }
   return {};
 }
@@ -105,8 +108,8 @@ Status check_device_pointer(const void* ptr, const char* name, int device, std::
   const cudaError_t err = cudaPointerGetAttributes(&attr, ptr);
   if (err != cudaSuccess) {
     (void)cudaGetLastError();  // clear the sticky-free error so later calls are unaffected
-    return invalid(fmt::format("{} = {} is not a CUDA pointer ({})", name, ptr,
-                               cudaGetErrorString(err)));
+    return invalid(
+        fmt::format("{} = {} is not a CUDA pointer ({})", name, ptr, cudaGetErrorString(err)));
   }
   if (attr.type == cudaMemoryTypeManaged) return {};
   if (attr.type != cudaMemoryTypeDevice) {

@@ -18,14 +18,14 @@ inline constexpr int kMinDownTileN = 32;
 
 // Control words, one per 128-byte line so that spinning on one never slows another.
 enum ControlWord : int {
-  kQueueHead = 0,    // next ticket of the task queue
-  kExitCount,        // blocks that left the kernel
-  kRoutingDone,      // routing tasks finished
-  kTasksTotal,       // total tickets of this launch, published after routing (0: not yet)
-  kAbort,            // this launch is being abandoned (timeout or bad input)
-  kStickyError,      // StatusCode of the first device error, cleared by the host
-  kErrorSite,        // where it happened (diagnostics)
-  kNumMTiles,        // m-tiles of this launch
+  kQueueHead = 0,  // next ticket of the task queue
+  kExitCount,      // blocks that left the kernel
+  kRoutingDone,    // routing tasks finished
+  kTasksTotal,     // total tickets of this launch, published after routing (0: not yet)
+  kAbort,          // this launch is being abandoned (timeout or bad input)
+  kStickyError,    // StatusCode of the first device error, cleared by the host
+  kErrorSite,      // where it happened (diagnostics)
+  kNumMTiles,      // m-tiles of this launch
   kControlWords
 };
 inline constexpr int kControlStride = 32;  // uint32 words per 128-byte line
@@ -46,14 +46,14 @@ struct WorkspaceLayout {
   // Byte offsets from the workspace base.
   std::size_t control = 0, expert_count = 0, router_done = 0, logits = 0, pair_expert = 0,
               pair_weight = 0, pair_pos = 0, sorted_pair = 0, mtile_expert = 0, mtile_row0 = 0,
-              mtile_rows = 0, mtile_first = 0, mtile_count = 0, mtile_done = 0, combine_done = 0, h = 0, ypart = 0, total = 0;
+              mtile_rows = 0, mtile_first = 0, mtile_count = 0, mtile_done = 0, combine_done = 0,
+              h = 0, ypart = 0, total = 0;
 };
 
 // Assumes a validated config.
 inline WorkspaceLayout plan_workspace(const Config& c) {
   WorkspaceLayout w;
-  const std::int64_t T = c.max_tokens, K = c.top_k, E = c.experts, H = c.hidden,
-                     I = c.intermediate;
+  const std::int64_t T = c.max_tokens, K = c.top_k, E = c.experts, H = c.hidden, I = c.intermediate;
   w.max_pairs = T * K;
   w.max_mtiles = w.max_pairs / kMinTileM + (E < w.max_pairs ? E : w.max_pairs);
   w.max_down_ntiles = (H + kMinDownTileN - 1) / kMinDownTileN;

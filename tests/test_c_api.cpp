@@ -1,13 +1,12 @@
 // The C API: defaults, statuses, messages, and a GPU round trip.
-#include "flashmoe/flashmoe.h"
+#include <gtest/gtest.h>
 
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
-#include <gtest/gtest.h>
-
+#include "flashmoe/flashmoe.h"
 #include "flashmoe/flashmoe.hpp"
 #include "test_util.hpp"
 
@@ -34,7 +33,8 @@ TEST(CApi, ConfigInitMatchesCppDefaults) {
 }
 
 TEST(CApi, StatusCodesMatchTheCppEnum) {
-  EXPECT_EQ(FLASHMOE_STATUS_INVALID_ARGUMENT, static_cast<int>(flashmoe::StatusCode::InvalidArgument));
+  EXPECT_EQ(FLASHMOE_STATUS_INVALID_ARGUMENT,
+            static_cast<int>(flashmoe::StatusCode::InvalidArgument));
   EXPECT_EQ(FLASHMOE_STATUS_INTERNAL, static_cast<int>(flashmoe::StatusCode::Internal));
   EXPECT_STREQ(flashmoe_status_string(FLASHMOE_STATUS_OK), "ok");
   EXPECT_STREQ(flashmoe_status_string(FLASHMOE_STATUS_DEVICE_TIMEOUT), "device_timeout");
@@ -101,9 +101,9 @@ TEST(CApi, GpuRoundTripMatchesTheReference) {
   const auto y = download<std::uint16_t>(dy.get(), x.size());
   std::vector<std::uint16_t> ry(x.size());
   std::vector<double> ref(x.size());
-  ASSERT_TRUE(flashmoe::reference::forward(cc, m.host_weights(), x.data(), ry.data(), T, {},
-                                           ref.data())
-                  .ok());
+  ASSERT_TRUE(
+      flashmoe::reference::forward(cc, m.host_weights(), x.data(), ry.data(), T, {}, ref.data())
+          .ok());
   for (int t = 0; t < T; ++t) {
     EXPECT_LT(rel_l2(&y[t * c.hidden], &ref[t * c.hidden], c.hidden, cc.dtype), tolerance(cc.dtype))
         << "token " << t;

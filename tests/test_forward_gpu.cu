@@ -1,15 +1,15 @@
 // The GPU forward against the CPU reference: shapes x token counts x dtypes, routing edge
 // cases, engine options, and the persistent kernel's rules (one launch, graph capture,
 // determinism, no deadlock beside other work, watchdog, in-kernel state reset).
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <random>
 #include <set>
 #include <string>
 #include <vector>
-
-#include <cuda_runtime.h>
-#include <gtest/gtest.h>
 
 #include "flashmoe/flashmoe.hpp"
 #include "test_util.hpp"
@@ -91,7 +91,8 @@ ForwardRun make_run(const Config& c, int T, std::mt19937_64& rng) {
   DeviceBuffer ids(pairs * 4), wts(pairs * 4);
   options.out_topk_ids = ids.get<std::int32_t>();
   options.out_topk_weights = wts.get<float>();
-  const flashmoe::Status s = flashmoe::forward(layer, dx.get(), dy.get(), run.tokens, stream, options);
+  const flashmoe::Status s =
+      flashmoe::forward(layer, dx.get(), dy.get(), run.tokens, stream, options);
   if (!s.ok()) return ::testing::AssertionFailure() << "forward: " << s.to_string();
   const flashmoe::Status d = layer.device_status(stream);
   if (!d.ok()) return ::testing::AssertionFailure() << "device: " << d.to_string();
@@ -120,16 +121,19 @@ void check_routing(const Model& m, const ForwardRun& run, const std::vector<int>
   for (int t : tokens) {
     std::vector<std::int32_t> rid(K);
     std::vector<float> rw(K);
-    ASSERT_TRUE(flashmoe::reference::route(c, m.host_weights(), &run.x[static_cast<std::size_t>(t) * H],
-                                           1, rid.data(), rw.data())
+    ASSERT_TRUE(flashmoe::reference::route(c, m.host_weights(),
+                                           &run.x[static_cast<std::size_t>(t) * H], 1, rid.data(),
+                                           rw.data())
                     .ok());
     const std::set<int> gpu(run.ids.begin() + t * K, run.ids.begin() + (t + 1) * K);
     const std::set<int> ref(rid.begin(), rid.end());
     ASSERT_EQ(gpu.size(), static_cast<std::size_t>(K)) << "token " << t << ": repeated expert";
     if (gpu == ref) {
       for (int k = 0; k < K; ++k) {
-        const int pos = static_cast<int>(std::find(rid.begin(), rid.end(), run.ids[t * K + k]) - rid.begin());
-        EXPECT_NEAR(run.weights[t * K + k], rw[pos], 1e-4) << "token " << t << " expert " << rid[pos];
+        const int pos =
+            static_cast<int>(std::find(rid.begin(), rid.end(), run.ids[t * K + k]) - rid.begin());
+        EXPECT_NEAR(run.weights[t * K + k], rw[pos], 1e-4)
+            << "token " << t << " expert " << rid[pos];
       }
       continue;
     }
@@ -140,14 +144,15 @@ void check_routing(const Model& m, const ForwardRun& run, const std::vector<int>
     all.routing.routed_scaling_factor = 1.0f;
     std::vector<std::int32_t> aid(c.experts);
     std::vector<float> aw(c.experts);
-    ASSERT_TRUE(flashmoe::reference::route(all, m.host_weights(), &run.x[static_cast<std::size_t>(t) * H],
-                                           1, aid.data(), aw.data())
+    ASSERT_TRUE(flashmoe::reference::route(all, m.host_weights(),
+                                           &run.x[static_cast<std::size_t>(t) * H], 1, aid.data(),
+                                           aw.data())
                     .ok());
     const float kth = aw[K - 1];
     for (int e = 0; e < c.experts; ++e) {
       if (gpu.count(aid[e]) != ref.count(aid[e])) {
-        EXPECT_NEAR(aw[e], kth, 1e-5) << "token " << t << ": expert " << aid[e]
-                                       << " chosen differently, not a near-tie";
+        EXPECT_NEAR(aw[e], kth, 1e-5)
+            << "token " << t << ": expert " << aid[e] << " chosen differently, not a near-tie";
       }
     }
   }
@@ -155,7 +160,8 @@ void check_routing(const Model& m, const ForwardRun& run, const std::vector<int>
 
 // y of sampled tokens against the reference run with the routing the GPU used, and every
 // token of y written (no poison left).
-void check_output(const Model& m, const ForwardRun& run, const std::vector<int>& tokens, double beta = 0.0) {
+void check_output(const Model& m, const ForwardRun& run, const std::vector<int>& tokens,
+                  double beta = 0.0) {
   const Config& c = m.config;
   const int H = c.hidden, K = c.top_k;
   for (std::size_t i = 0; i < run.y.size(); ++i) {
@@ -175,7 +181,8 @@ void check_output(const Model& m, const ForwardRun& run, const std::vector<int>&
     std::vector<double> ref(H);
     const flashmoe::Status s = flashmoe::reference::forward(
         c, m.host_weights(), &run.x[static_cast<std::size_t>(t) * H], y.data(), 1, o, ref.data());
-    err[j] = s.ok() ? rel_l2(&run.y[static_cast<std::size_t>(t) * H], ref.data(), H, c.dtype) : INFINITY;
+    err[j] =
+        s.ok() ? rel_l2(&run.y[static_cast<std::size_t>(t) * H], ref.data(), H, c.dtype) : INFINITY;
   });
   for (std::size_t j = 0; j < tokens.size(); ++j) {
     EXPECT_LT(err[j], tolerance(c.dtype)) << "token " << tokens[j] << " of " << run.tokens;
@@ -465,7 +472,8 @@ TEST_F(Forward, BitwiseIdenticalAcrossRunsAndGridSizes) {
       for (int rep = 0; rep < 3; ++rep) {
         ForwardRun again = first;
         ASSERT_TRUE(run_forward(layer, again, nullptr));
-        ASSERT_EQ(again.y, first.y) << "T = " << T << ", max_blocks = " << layer.options().max_blocks;
+        ASSERT_EQ(again.y, first.y)
+            << "T = " << T << ", max_blocks = " << layer.options().max_blocks;
       }
     }
   }
@@ -478,7 +486,8 @@ TEST_F(Forward, GraphCaptureIsOneKernelNodeAndReplays1000Times) {
   Layer layer;
   ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
   const int T = 8;
-  const std::size_t n = static_cast<std::size_t>(T) * c.hidden, pairs = static_cast<std::size_t>(T) * c.top_k;
+  const std::size_t n = static_cast<std::size_t>(T) * c.hidden,
+                    pairs = static_cast<std::size_t>(T) * c.top_k;
   DeviceBuffer dx(n * 2), dy(n * 2), ids(pairs * 4), wts(pairs * 4);
   StreamGuard stream;
   ForwardOptions o;
@@ -566,7 +575,14 @@ TEST_F(Forward, TwoLayersConcurrentlyOnTwoStreams) {
   for (int r = 0; r < reps; ++r) {
     for (int which = 0; which < 2; ++which) {
       const Model& m = which ? mb : ma;
-      Job j{&m, which ? &lb : &la, which ? sb.get() : sa.get(), make_run(m.config, T, rng_), {}, {}, {}, {}};
+      Job j{&m,
+            which ? &lb : &la,
+            which ? sb.get() : sa.get(),
+            make_run(m.config, T, rng_),
+            {},
+            {},
+            {},
+            {}};
       j.dx = upload(j.run.x);
       j.dy = upload(j.run.y_in);
       j.ids = DeviceBuffer(static_cast<std::size_t>(T) * m.config.top_k * 4);
@@ -585,7 +601,8 @@ TEST_F(Forward, TwoLayersConcurrentlyOnTwoStreams) {
   ASSERT_TRUE(lb.device_status(sb.get()).ok());
   for (Job& j : jobs) {
     j.run.y = download<std::uint16_t>(j.dy.get(), j.run.x.size());
-    j.run.ids = download<std::int32_t>(j.ids.get(), static_cast<std::size_t>(T) * j.m->config.top_k);
+    j.run.ids =
+        download<std::int32_t>(j.ids.get(), static_cast<std::size_t>(T) * j.m->config.top_k);
     j.run.weights = download<float>(j.wts.get(), j.run.ids.size());
     check_output(*j.m, j.run, sample_tokens(T, 16, rng_));
   }

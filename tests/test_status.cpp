@@ -34,8 +34,6 @@ TEST(Status, EveryCodeHasAName) {
   EXPECT_STREQ(flashmoe::to_string(static_cast<StatusCode>(99)), "unknown");
 }
 
-TEST(Version, MatchesTheProject) {
-  EXPECT_STREQ(flashmoe::version(), FLASHMOE_PROJECT_VERSION);
-}
+TEST(Version, MatchesTheProject) { EXPECT_STREQ(flashmoe::version(), FLASHMOE_PROJECT_VERSION); }
 
 }  // namespace

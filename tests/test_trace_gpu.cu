@@ -1,13 +1,13 @@
 // The scheduling trace recorded by a real forward: one event per task, per-block order,
 // consistent summary, parseable JSON and SVG, results unchanged by tracing.
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <map>
 #include <random>
 #include <set>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "flashmoe/flashmoe.hpp"
 #include "test_util.hpp"

@@ -1,6 +1,9 @@
 // Helpers shared by the tests: GPU detection, device buffers, random models, comparisons.
 #pragma once
 
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -10,9 +13,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <cuda_runtime_api.h>
-#include <gtest/gtest.h>
 
 #include "flashmoe/flashmoe.hpp"
 
@@ -125,7 +125,8 @@ inline std::vector<std::uint16_t> random_values(std::size_t n, float stddev, fla
 // Runs fn(i) for i in [0, n) on all cores (the CPU reference is slow on big shapes).
 template <class Fn>
 void parallel_for(int n, Fn&& fn) {
-  const int workers = std::max(1, std::min<int>(n, static_cast<int>(std::thread::hardware_concurrency())));
+  const int workers =
+      std::max(1, std::min<int>(n, static_cast<int>(std::thread::hardware_concurrency())));
   std::atomic<int> next{0};
   std::vector<std::thread> pool;
   for (int w = 0; w < workers; ++w) {
@@ -163,12 +164,14 @@ struct Model {
   }
 };
 
-inline Model make_model(const flashmoe::Config& c, std::mt19937_64& rng, float router_scale = 1.0f) {
+inline Model make_model(const flashmoe::Config& c, std::mt19937_64& rng,
+                        float router_scale = 1.0f) {
   Model m;
   m.config = c;
   const std::size_t E = c.experts, H = c.hidden, I = c.intermediate;
   // Router logits of std ~ router_scale * 2: a spread of routing weights, few exact ties.
-  m.router = random_values(E * H, 2.0f * router_scale / std::sqrt(static_cast<float>(H)), c.dtype, rng);
+  m.router =
+      random_values(E * H, 2.0f * router_scale / std::sqrt(static_cast<float>(H)), c.dtype, rng);
   m.w13 = random_values(E * 2 * I * H, 1.0f / std::sqrt(static_cast<float>(H)), c.dtype, rng);
   m.w2 = random_values(E * H * I, 1.0f / std::sqrt(static_cast<float>(I)), c.dtype, rng);
   std::uniform_real_distribution<float> u(-0.5f, 0.5f);

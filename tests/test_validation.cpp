@@ -1,10 +1,10 @@
 // Argument validation of Layer::create and forward: every error class has its own status and
 // message, and y is never touched on error.
+#include <gtest/gtest.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "flashmoe/flashmoe.hpp"
 #include "test_util.hpp"
@@ -43,20 +43,34 @@ const BadConfig kBadConfigs[] = {
     {"experts too many", [](Config& c) { c.experts = 2048; }, "experts = 2048"},
     {"top_k zero", [](Config& c) { c.top_k = 0; }, "top_k = 0"},
     {"top_k above experts", [](Config& c) { c.top_k = 9; }, "top_k = 9"},
-    {"top_k above limit", [](Config& c) { c.experts = 64; c.top_k = 33; }, "top_k = 33"},
+    {"top_k above limit",
+     [](Config& c) {
+       c.experts = 64;
+       c.top_k = 33;
+     },
+     "top_k = 33"},
     {"max_tokens zero", [](Config& c) { c.max_tokens = 0; }, "max_tokens = 0"},
     {"max_tokens too many", [](Config& c) { c.max_tokens = (1 << 20) + 1; }, "max_tokens"},
     {"dtype unknown", [](Config& c) { c.dtype = static_cast<flashmoe::DType>(7); }, "dtype = 7"},
-    {"activation unknown",
-     [](Config& c) { c.activation = static_cast<flashmoe::Activation>(9); }, "activation = 9"},
-    {"scoring unknown",
-     [](Config& c) { c.routing.scoring = static_cast<flashmoe::Scoring>(5); }, "scoring = 5"},
+    {"activation unknown", [](Config& c) { c.activation = static_cast<flashmoe::Activation>(9); },
+     "activation = 9"},
+    {"scoring unknown", [](Config& c) { c.routing.scoring = static_cast<flashmoe::Scoring>(5); },
+     "scoring = 5"},
     {"n_group not dividing", [](Config& c) { c.routing.n_group = 3; }, "n_group = 3"},
     {"n_group zero", [](Config& c) { c.routing.n_group = 0; }, "n_group = 0"},
     {"topk_group above n_group",
-     [](Config& c) { c.routing.n_group = 2; c.routing.topk_group = 3; }, "topk_group = 3"},
+     [](Config& c) {
+       c.routing.n_group = 2;
+       c.routing.topk_group = 3;
+     },
+     "topk_group = 3"},
     {"top_k above kept groups",
-     [](Config& c) { c.routing.n_group = 4; c.routing.topk_group = 1; c.top_k = 3; }, "top_k = 3"},
+     [](Config& c) {
+       c.routing.n_group = 4;
+       c.routing.topk_group = 1;
+       c.top_k = 3;
+     },
+     "top_k = 3"},
     {"scaling factor zero", [](Config& c) { c.routing.routed_scaling_factor = 0.0f; },
      "routed_scaling_factor = 0"},
     {"scaling factor nan", [](Config& c) { c.routing.routed_scaling_factor = NAN; },
@@ -193,9 +207,10 @@ TEST_F(GpuValidation, ForwardArgumentsAreCheckedAndYIsUntouched) {
   EXPECT_GT(layer.workspace_bytes(), 0u);
   const int T = 4;
   std::mt19937_64 rng(fresh_seed());
-  DeviceBuffer x = upload(random_values(static_cast<std::size_t>(c.max_tokens) * c.hidden, 1.0f,
-                                        c.dtype, rng));
-  const std::vector<std::uint16_t> sentinel(static_cast<std::size_t>(c.max_tokens) * c.hidden, 0x1234);
+  DeviceBuffer x =
+      upload(random_values(static_cast<std::size_t>(c.max_tokens) * c.hidden, 1.0f, c.dtype, rng));
+  const std::vector<std::uint16_t> sentinel(static_cast<std::size_t>(c.max_tokens) * c.hidden,
+                                            0x1234);
   DeviceBuffer y = upload(sentinel);
   DeviceBuffer ids = upload(std::vector<std::int32_t>(T * c.top_k, 0));
   DeviceBuffer wts = upload(std::vector<float>(T * c.top_k, 0.5f));

@@ -1,8 +1,7 @@
 /* Consumer of an installed FlashMoE through pkg-config, in C99. Needs no GPU. */
+#include <flashmoe/flashmoe.h>
 #include <stdio.h>
 #include <string.h>
-
-#include <flashmoe/flashmoe.h>
 
 static int failures = 0;
 

@@ -2,7 +2,6 @@
 // validates the config before it touches CUDA. Exits non-zero on any surprise.
 #include <cstdio>
 #include <cstring>
-
 #include <flashmoe/flashmoe.hpp>
 
 namespace {

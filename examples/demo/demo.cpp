@@ -3,19 +3,18 @@
 // against the CPU reference, then time the forward. Without a GPU: run the CPU reference only.
 //
 // Usage: flashmoe_demo [T]   (T defaults to 16 with a GPU, 4 without)
+#include <cuda_runtime_api.h>
+#include <fmt/core.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <flashmoe/flashmoe.hpp>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <cuda_runtime_api.h>
-#include <fmt/core.h>
-
-#include <flashmoe/flashmoe.hpp>
 
 namespace {
 
@@ -80,8 +79,8 @@ std::vector<std::uint16_t> random_tensor(std::size_t count, float scale, std::ui
       std::uint64_t state = seed * 0x100000001B3ull + c;
       const std::size_t end = std::min(count, (c + 1) * kChunk);
       for (std::size_t i = c * kChunk; i < end; ++i) {
-        values[i] = flashmoe::reference::from_float(normal_from_bits(splitmix64(state)) * scale,
-                                                    kDType);
+        values[i] =
+            flashmoe::reference::from_float(normal_from_bits(splitmix64(state)) * scale, kDType);
       }
     }
   };
@@ -124,8 +123,8 @@ int run_cpu_reference(const flashmoe::Config& config, const HostModel& model,
   std::vector<std::uint16_t> y(static_cast<std::size_t>(tokens) * kHidden);
   std::vector<double> y_f64(y.size());
   const auto start = std::chrono::steady_clock::now();
-  status_check(flashmoe::reference::forward(config, model.weights(), x.data(), y.data(), tokens,
-                                            {}, y_f64.data()),
+  status_check(flashmoe::reference::forward(config, model.weights(), x.data(), y.data(), tokens, {},
+                                            y_f64.data()),
                "reference::forward");
   const double elapsed = seconds_since(start);
   double sum = 0.0, sum_abs = 0.0, sum_sq = 0.0;
@@ -338,9 +337,10 @@ int main(int argc, char** argv) {
     }
   }
   const bool pass = bad_routes == 0 && max_err <= kMaxRelError;
-  fmt::print("check vs CPU reference ({:.1f} s): {} token(s), routing identical on {}, near ties {},"
-             " wrong {}\n",
-             seconds_since(ref_start), tokens, tokens - ties - bad_routes, ties, bad_routes);
+  fmt::print(
+      "check vs CPU reference ({:.1f} s): {} token(s), routing identical on {}, near ties {},"
+      " wrong {}\n",
+      seconds_since(ref_start), tokens, tokens - ties - bad_routes, ties, bad_routes);
   fmt::print("relative L2 error per token: max {:.2e} (token {}), mean {:.2e}, limit {:.0e}: {}\n",
              max_err, worst, sum_err / tokens, kMaxRelError, pass ? "PASS" : "FAIL");
 
@@ -354,8 +354,8 @@ int main(int argc, char** argv) {
   }
   const double expert_bytes = 2.0 * 3.0 * kIntermediate * kHidden;
   const double router_bytes = 2.0 * kExperts * kHidden;
-  fmt::print("\n{:>7} {:>11} {:>9} {:>9} {:>8} {:>13}\n", "tokens", "median_us", "min_us",
-             "p90_us", "experts", "weight_GB/s");
+  fmt::print("\n{:>7} {:>11} {:>9} {:>9} {:>8} {:>13}\n", "tokens", "median_us", "min_us", "p90_us",
+             "experts", "weight_GB/s");
   for (int t : sizes) {
     for (int i = 0; i < kWarmup; ++i) {
       status_check(flashmoe::forward(layer, d_x[i % kInputs], d_y, t, stream), "forward");
@@ -397,9 +397,8 @@ int main(int argc, char** argv) {
   }
   layer = flashmoe::Layer();  // frees the workspace before the weights go
   CUDA_CHECK(cudaStreamDestroy(stream));
-  for (void* p : {static_cast<void*>(d_router), static_cast<void*>(d_w13),
-                  static_cast<void*>(d_w2), static_cast<void*>(d_y), static_cast<void*>(d_ids),
-                  static_cast<void*>(d_topw)}) {
+  for (void* p : {static_cast<void*>(d_router), static_cast<void*>(d_w13), static_cast<void*>(d_w2),
+                  static_cast<void*>(d_y), static_cast<void*>(d_ids), static_cast<void*>(d_topw)}) {
     CUDA_CHECK(cudaFree(p));
   }
   for (auto* p : d_x) CUDA_CHECK(cudaFree(p));

@@ -3,16 +3,15 @@
 // (open in any browser) and trace_T<n>.txt (the summary, also printed).
 //
 // Usage: flashmoe_trace [output directory [T ...]]   (defaults: the current directory; T = 1 256)
+#include <cuda_runtime_api.h>
+
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <flashmoe/flashmoe.hpp>
 #include <fstream>
 #include <string>
 #include <vector>
-
-#include <cuda_runtime_api.h>
-
-#include <flashmoe/flashmoe.hpp>
 
 namespace {
 

@@ -28,7 +28,10 @@ typedef enum flashmoe_activation {
   FLASHMOE_ACTIVATION_GELU_TANH_GATED = 2
 } flashmoe_activation;
 
-typedef enum flashmoe_scoring { FLASHMOE_SCORING_SOFTMAX = 0, FLASHMOE_SCORING_SIGMOID = 1 } flashmoe_scoring;
+typedef enum flashmoe_scoring {
+  FLASHMOE_SCORING_SOFTMAX = 0,
+  FLASHMOE_SCORING_SIGMOID = 1
+} flashmoe_scoring;
 
 /* Mirrors flashmoe::Config; fill it with flashmoe_config_init first. */
 typedef struct flashmoe_config {
@@ -77,14 +80,15 @@ struct CUstream_st;                           /* cudaStream_t is struct CUstream
 /* Defaults of flashmoe::Config (sizes 0, bf16, SiLU, softmax renormalised, no groups). */
 void flashmoe_config_init(flashmoe_config* config);
 
-flashmoe_status flashmoe_layer_create(const flashmoe_config* config, const flashmoe_weights* weights,
-                                      flashmoe_layer** out);
+flashmoe_status flashmoe_layer_create(const flashmoe_config* config,
+                                      const flashmoe_weights* weights, flashmoe_layer** out);
 void flashmoe_layer_destroy(flashmoe_layer* layer); /* NULL is allowed */
 size_t flashmoe_layer_workspace_bytes(const flashmoe_layer* layer);
 
 /* options may be NULL. */
 flashmoe_status flashmoe_forward(flashmoe_layer* layer, const void* x, void* y, int64_t num_tokens,
-                                 struct CUstream_st* stream, const flashmoe_forward_options* options);
+                                 struct CUstream_st* stream,
+                                 const flashmoe_forward_options* options);
 
 /* Waits for the stream and reports an error the kernel recorded (see Layer::device_status). */
 flashmoe_status flashmoe_layer_device_status(flashmoe_layer* layer, struct CUstream_st* stream);

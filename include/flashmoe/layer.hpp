@@ -1,11 +1,11 @@
 // FlashMoE: the layer object and the forward call.
 #pragma once
 
+#include <cuda_runtime_api.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-
-#include <cuda_runtime_api.h>
 
 #include "flashmoe/config.hpp"
 #include "flashmoe/status.hpp"

@@ -68,9 +68,9 @@ struct TraceKindStats {
 };
 struct TraceSummary {
   TraceKindStats kinds[kTraceKinds];
-  double span_us = 0;             // earliest block entry to latest block exit
-  double first_task_us = 0;       // earliest entry to the start of the first non-wait event
-  double tail_us = 0;             // first block to go idle (exit) to the last block's exit
+  double span_us = 0;        // earliest block entry to latest block exit
+  double first_task_us = 0;  // earliest entry to the start of the first non-wait event
+  double tail_us = 0;        // first block to go idle (exit) to the last block's exit
   // Busy fraction of an SM: the union of the task intervals (waits excluded) of all blocks
   // resident on it, over the span. The mean is over the SMs that appear in the trace.
   double mean_sm_busy = 0;

@@ -105,9 +105,8 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::ui
     if (threadIdx.x == 0) {
       const std::uint64_t w0 = tr.now();
       bool spun = false;
-      s_ready = wait_at_least(p.ctl, &p.mtile_done[slot],
-                              static_cast<std::uint32_t>(gateup_ntiles), p.timeout_ns,
-                              kSiteMTileDone, spun);
+      s_ready = wait_at_least(p.ctl, &p.mtile_done[slot], static_cast<std::uint32_t>(gateup_ntiles),
+                              p.timeout_ns, kSiteMTileDone, spun);
       if (spun) {
         tr.record(TraceKind::Wait, w0, static_cast<int>(mt.expert), static_cast<int>(slot));
         t0 = tr.now();
@@ -159,7 +158,8 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::ui
     float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll 8
     for (int k = 0; k < p.top_k; ++k) {
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(src + static_cast<std::int64_t>(k) * H));
+      const float4 v =
+          __ldcg(reinterpret_cast<const float4*>(src + static_cast<std::int64_t>(k) * H));
       sum.x += v.x;
       sum.y += v.y;
       sum.z += v.z;

@@ -46,8 +46,8 @@ struct KernelConfig {
   static constexpr int BM = BM_;
   using GateUp = TileShape<BM_, BN_GATEUP, true, WARPS_M, WARPS_N, WARPS_K, STAGES, BK>;
   using Down = TileShape<BM_, BN_DOWN, false, WARPS_M, WARPS_N, WARPS_K, STAGES, BK>;
-  static constexpr int tile_smem = GateUp::SMEM_BYTES > Down::SMEM_BYTES ? GateUp::SMEM_BYTES
-                                                                         : Down::SMEM_BYTES;
+  static constexpr int tile_smem =
+      GateUp::SMEM_BYTES > Down::SMEM_BYTES ? GateUp::SMEM_BYTES : Down::SMEM_BYTES;
   static constexpr int SMEM_BYTES = tile_smem > static_cast<int>(sizeof(ScanSmem))
                                         ? tile_smem
                                         : static_cast<int>(sizeof(ScanSmem));

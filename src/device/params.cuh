@@ -15,16 +15,16 @@ enum Fault : int { kFaultNone = 0, kFaultDropMTileSignal = 1 };
 template <typename T>
 struct KernelParams {
   // Inputs and outputs.
-  const T* x;  // [T, H]
-  T* y;        // [T, H]
-  const T* router;                // [E, H]
-  const T* w13;                   // [E, 2I, H]
-  const T* w2;                    // [E, H, I]
-  const float* correction_bias;   // [E] or null
-  const std::int32_t* user_ids;   // [T, K] or null (then the router runs)
-  const float* user_weights;      // [T, K]
-  std::int32_t* out_ids;          // [T, K] or null
-  float* out_weights;             // [T, K] or null
+  const T* x;                    // [T, H]
+  T* y;                          // [T, H]
+  const T* router;               // [E, H]
+  const T* w13;                  // [E, 2I, H]
+  const T* w2;                   // [E, H, I]
+  const float* correction_bias;  // [E] or null
+  const std::int32_t* user_ids;  // [T, K] or null (then the router runs)
+  const float* user_weights;     // [T, K]
+  std::int32_t* out_ids;         // [T, K] or null
+  float* out_weights;            // [T, K] or null
   float beta;
 
   // Shape and routing.

@@ -4,7 +4,6 @@
 
 #include <cfloat>
 #include <cstdint>
-
 #include <cub/block/block_scan.cuh>
 
 #include "numeric.cuh"
@@ -46,8 +45,10 @@ __device__ void router_logits(const KernelParams<T>& p, int t0, int e0) {
       for (int u = 0; u < kLoads; ++u) {
         const int k = k0 + u * 32 * 8;
         // x may alias y (in-place forward), which this launch writes: not the read-only path.
-        xv[u] = k < H ? __ldcg(reinterpret_cast<const uint4*>(x0 + static_cast<std::int64_t>(t) * H + k))
-                      : make_uint4(0, 0, 0, 0);
+        xv[u] =
+            k < H
+                ? __ldcg(reinterpret_cast<const uint4*>(x0 + static_cast<std::int64_t>(t) * H + k))
+                : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
       for (int u = 0; u < kLoads; ++u) {

@@ -4,7 +4,6 @@
 #pragma once
 
 #include <cstdint>
-
 #include <cuda/atomic>
 
 #include "flashmoe/status.hpp"

@@ -5,10 +5,10 @@
 // every warp busy; their partial sums are reduced through shared memory.
 #pragma once
 
-#include <cstdint>
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <cstdint>
 
 namespace flashmoe::detail {
 
@@ -27,17 +27,17 @@ struct TileShape {
   static_assert(BK == 64 || BK == 128, "the swizzle permutes 8 chunks of each row");
   static constexpr bool GATED = GATED_;
   static constexpr int NB = GATED ? 2 * BN : BN;  // B rows per tile
-  static constexpr int WM = BM / WARPS_M;          // rows per warp
-  static constexpr int MI = WM / 16;               // m16 fragments per warp
-  static constexpr int WN = BN / WARPS_N;          // output columns per warp
-  static constexpr int NI = WN / 8;                // n8 fragments per warp (per half if gated)
+  static constexpr int WM = BM / WARPS_M;         // rows per warp
+  static constexpr int MI = WM / 16;              // m16 fragments per warp
+  static constexpr int WN = BN / WARPS_N;         // output columns per warp
+  static constexpr int NI = WN / 8;               // n8 fragments per warp (per half if gated)
   static constexpr int NF = GATED ? 2 * NI : NI;
   static constexpr int KSTEPS = BK / 16;
   static constexpr int KSTEPS_PER_WARP = KSTEPS / WARPS_K;
   static constexpr int STAGE_BYTES = (BM + NB) * ROW_BYTES;
   static constexpr int RED_BYTES = (WARPS_K - 1) * WARPS_M * WARPS_N * MI * NF * 4 * 32 * 4;
-  static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES > RED_BYTES ? STAGES * STAGE_BYTES
-                                                                     : RED_BYTES;
+  static constexpr int SMEM_BYTES =
+      STAGES * STAGE_BYTES > RED_BYTES ? STAGES* STAGE_BYTES : RED_BYTES;
   static_assert(WARPS_M * WARPS_N * WARPS_K * 32 == kThreads, "8 warps per block");
   static_assert(MI >= 1 && WM % 16 == 0 && NI >= 1 && WN % 8 == 0, "fragment tiling");
   static_assert(KSTEPS % WARPS_K == 0, "k split");
@@ -53,7 +53,8 @@ template <typename T>
 struct Mma;
 template <>
 struct Mma<__nv_bfloat16> {
-  __device__ static void run(float (&d)[4], const std::uint32_t (&a)[4], const std::uint32_t (&b)[2]) {
+  __device__ static void run(float (&d)[4], const std::uint32_t (&a)[4],
+                             const std::uint32_t (&b)[2]) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
@@ -63,7 +64,8 @@ struct Mma<__nv_bfloat16> {
 };
 template <>
 struct Mma<__half> {
-  __device__ static void run(float (&d)[4], const std::uint32_t (&a)[4], const std::uint32_t (&b)[2]) {
+  __device__ static void run(float (&d)[4], const std::uint32_t (&a)[4],
+                             const std::uint32_t (&b)[2]) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
@@ -96,7 +98,9 @@ struct TileMma {
   using Acc = float[S::MI][S::NF][4];
 
   __device__ static int warp_k() { return (threadIdx.x >> 5) / (S::WARPS_M * S::WARPS_N); }
-  __device__ static int warp_m() { return ((threadIdx.x >> 5) % (S::WARPS_M * S::WARPS_N)) / S::WARPS_N; }
+  __device__ static int warp_m() {
+    return ((threadIdx.x >> 5) % (S::WARPS_M * S::WARPS_N)) / S::WARPS_N;
+  }
   __device__ static int warp_n() { return (threadIdx.x >> 5) % S::WARPS_N; }
 
   // a_rows[BM], b_rows[NB] live in shared memory. `fallback` is any valid global address,
@@ -199,7 +203,8 @@ struct TileMma {
 #pragma unroll
           for (int f = 0; f < S::NF; ++f)
 #pragma unroll
-            for (int i = 0; i < 4; ++i) mine[((mi * S::NF + f) * 4 + i) * 32 + lane] = acc[mi][f][i];
+            for (int i = 0; i < 4; ++i)
+              mine[((mi * S::NF + f) * 4 + i) * 32 + lane] = acc[mi][f][i];
       }
       __syncthreads();
       if (wk == 0) {

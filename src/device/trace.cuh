@@ -43,8 +43,8 @@ class Tracer {
   __device__ void record(TraceKind kind, std::uint64_t start, int expert, int tile) {
     if (!on()) return;
     if (count_ < capacity_) {
-      events_[count_] = {start, global_timer_ns(), expert, tile, sm_id(),
-                         static_cast<std::uint32_t>(kind)};
+      events_[count_] = {start, global_timer_ns(), expert,
+                         tile,  sm_id(),           static_cast<std::uint32_t>(kind)};
     }
     ++count_;
   }
