@@ -14,11 +14,6 @@ namespace flashmoe {
 namespace detail {
 namespace {
 
-Status cuda_status(cudaError_t err, const char* what) {
-  return {StatusCode::CudaError,
-          fmt::format("{} failed: {} ({})", what, cudaGetErrorName(err), cudaGetErrorString(err))};
-}
-
 template <class Cfg, typename T>
 Status prepare_variant(KernelVariantInfo& info, int sm_count) {
   auto kernel = moe_kernel<Cfg, T>;

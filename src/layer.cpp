@@ -15,10 +15,7 @@
 namespace flashmoe {
 namespace {
 
-Status cuda_status(cudaError_t err, const char* what) {
-  return {StatusCode::CudaError,
-          fmt::format("{} failed: {} ({})", what, cudaGetErrorName(err), cudaGetErrorString(err))};
-}
+using detail::cuda_status;
 
 // Workspace regions larger than this are refused rather than attempted.
 constexpr std::size_t kMaxWorkspaceBytes = std::size_t{1} << 40;

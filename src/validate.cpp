@@ -27,6 +27,11 @@ Status check_multiple(const char* name, int value, int multiple) {
 
 }  // namespace
 
+Status cuda_status(cudaError_t err, const char* what) {
+  return {StatusCode::CudaError,
+          fmt::format("{} failed: {} ({})", what, cudaGetErrorName(err), cudaGetErrorString(err))};
+}
+
 const char* dtype_name(DType dtype) noexcept {
   switch (dtype) {
     case DType::BF16:

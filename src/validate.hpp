@@ -4,6 +4,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include <cuda_runtime_api.h>
+
 #include "flashmoe/config.hpp"
 #include "flashmoe/status.hpp"
 
@@ -17,6 +19,9 @@ inline constexpr int kMaxTokens = 1 << 20;
 inline constexpr int kVectorElems = 8;  // 16 bytes of a 16-bit dtype
 
 [[nodiscard]] const char* dtype_name(DType dtype) noexcept;
+
+// CudaError naming the failed call and the CUDA error.
+[[nodiscard]] Status cuda_status(cudaError_t err, const char* what);
 
 // Sizes, enums and routing parameters; touches no device.
 [[nodiscard]] Status validate_config(const Config& config);
