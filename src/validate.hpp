@@ -1,10 +1,10 @@
 // Host-side argument checks shared by Layer::create, forward and the C API.
 #pragma once
 
+#include <cuda_runtime_api.h>
+
 #include <cstddef>
 #include <cstdint>
-
-#include <cuda_runtime_api.h>
 
 #include "flashmoe/config.hpp"
 #include "flashmoe/status.hpp"
