@@ -8,7 +8,9 @@
 #include "device/moe_kernel.cuh"
 #include "flashmoe/layer.hpp"
 #include "layer_impl.hpp"
+#include "trace_layout.hpp"
 #include "validate.hpp"
+#include "workspace.hpp"
 
 namespace flashmoe {
 namespace detail {
@@ -99,16 +101,14 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
     auto* tb = static_cast<unsigned char*>(impl.trace_buffer);
     p.trace.blocks = reinterpret_cast<RawTraceBlock*>(tb);
     p.trace.events =
-        reinterpret_cast<RawTraceEvent*>(tb + static_cast<std::size_t>(impl.trace_max_grid) * 32);
+        reinterpret_cast<RawTraceEvent*>(tb + trace_events_offset(impl.trace_max_grid));
     p.trace.capacity = static_cast<std::uint32_t>(impl.trace_capacity);
   }
 
   // More blocks than tickets would only spin and leave.
-  const std::int64_t pairs = num_tokens * c.top_k;
-  const std::int64_t chunks = (num_tokens + kRouterTokens - 1) / kRouterTokens;
   const std::int64_t routing =
-      o.topk_ids ? chunks : chunks * ((c.experts + kRouterExperts - 1) / kRouterExperts);
-  const std::int64_t mtiles = pairs / Cfg::BM + std::min<std::int64_t>(c.experts, pairs);
+      router_chunks(num_tokens) * router_slices(c.experts, o.topk_ids != nullptr);
+  const std::int64_t mtiles = mtile_bound(num_tokens * c.top_k, c.experts, Cfg::BM);
   const std::int64_t tiles = mtiles * ((c.intermediate + Cfg::GateUp::BN - 1) / Cfg::GateUp::BN +
                                        (c.hidden + Cfg::Down::BN - 1) / Cfg::Down::BN);
   std::int64_t grid = static_cast<std::int64_t>(info.blocks_per_sm) * impl.sm_count;

@@ -177,8 +177,7 @@ Status Layer::set_tracing(int events_per_block) {
   if (events_per_block == 0) return {};
   const int grid =
       std::max(impl_->decode.blocks_per_sm, impl_->prefill.blocks_per_sm) * impl_->sm_count;
-  const std::size_t bytes =
-      static_cast<std::size_t>(grid) * (static_cast<std::size_t>(events_per_block) + 1) * 32;
+  const std::size_t bytes = detail::trace_buffer_bytes(grid, events_per_block);
   if (cudaError_t err = cudaMalloc(&impl_->trace_buffer, bytes); err != cudaSuccess) {
     (void)cudaGetLastError();
     impl_->trace_buffer = nullptr;
@@ -201,19 +200,20 @@ Status Layer::read_trace(cudaStream_t stream, Trace& out) {
   if (cudaError_t err = cudaStreamSynchronize(stream); err != cudaSuccess) {
     return cuda_status(err, "cudaStreamSynchronize");
   }
-  // Layout: [max grid] block records, then [max grid][capacity] events.
   const std::size_t grid = static_cast<std::size_t>(last.grid);
   const std::size_t cap = static_cast<std::size_t>(impl_->trace_capacity);
   std::vector<detail::RawTraceBlock> blocks(grid);
   std::vector<detail::RawTraceEvent> events(grid * cap);
   const auto* base = static_cast<const unsigned char*>(impl_->trace_buffer);
-  const std::size_t events_offset = static_cast<std::size_t>(impl_->trace_max_grid) * 32;
-  if (cudaError_t err = cudaMemcpy(blocks.data(), base, grid * 32, cudaMemcpyDeviceToHost);
+  const std::size_t events_offset = detail::trace_events_offset(impl_->trace_max_grid);
+  if (cudaError_t err = cudaMemcpy(blocks.data(), base, grid * sizeof(detail::RawTraceBlock),
+                                   cudaMemcpyDeviceToHost);
       err != cudaSuccess) {
     return cuda_status(err, "cudaMemcpy of the trace");
   }
   if (cudaError_t err =
-          cudaMemcpy(events.data(), base + events_offset, grid * cap * 32, cudaMemcpyDeviceToHost);
+          cudaMemcpy(events.data(), base + events_offset,
+                     grid * cap * sizeof(detail::RawTraceEvent), cudaMemcpyDeviceToHost);
       err != cudaSuccess) {
     return cuda_status(err, "cudaMemcpy of the trace");
   }

@@ -7,9 +7,9 @@
 namespace flashmoe::testing {
 
 enum class Fault : int {
-  None = 0,
+  None = detail::kFaultNone,
   // One gate/up tile never signals completion: its down tiles wait until the watchdog fires.
-  DropMTileSignal = 1,
+  DropMTileSignal = detail::kFaultDropMTileSignal,
 };
 
 inline void inject_fault(Layer& layer, Fault fault) {

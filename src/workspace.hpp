@@ -7,6 +7,12 @@
 
 #include "flashmoe/config.hpp"
 
+#if defined(__CUDACC__)
+#define FLASHMOE_HOST_DEVICE __host__ __device__
+#else
+#define FLASHMOE_HOST_DEVICE
+#endif
+
 namespace flashmoe::detail {
 
 // Router task: logits of kRouterTokens tokens x kRouterExperts experts.
@@ -15,6 +21,23 @@ inline constexpr int kRouterExperts = 8;  // one per warp
 // Smallest tile extents of any kernel variant: they bound the tile-table sizes.
 inline constexpr int kMinTileM = 16;
 inline constexpr int kMinDownTileN = 32;
+
+// Token chunks of the routing phase, and the router tasks per chunk (one with caller-supplied
+// routing, where the router does not run).
+FLASHMOE_HOST_DEVICE inline std::int64_t router_chunks(std::int64_t tokens) {
+  return (tokens + kRouterTokens - 1) / kRouterTokens;
+}
+FLASHMOE_HOST_DEVICE inline int router_slices(int experts, bool user_routing) {
+  return user_routing ? 1 : (experts + kRouterExperts - 1) / kRouterExperts;
+}
+// Bound on the sum over experts of ceil(rows_e / tile_m), for `pairs` rows over `experts`.
+FLASHMOE_HOST_DEVICE inline std::int64_t mtile_bound(std::int64_t pairs, std::int64_t experts,
+                                                     int tile_m) {
+  return pairs / tile_m + (experts < pairs ? experts : pairs);
+}
+
+// Test-only faults (testing.hpp).
+enum Fault : int { kFaultNone = 0, kFaultDropMTileSignal = 1 };
 
 // Control words, one per 128-byte line so that spinning on one never slows another.
 enum ControlWord : int {
@@ -55,9 +78,9 @@ inline WorkspaceLayout plan_workspace(const Config& c) {
   WorkspaceLayout w;
   const std::int64_t T = c.max_tokens, K = c.top_k, E = c.experts, H = c.hidden, I = c.intermediate;
   w.max_pairs = T * K;
-  w.max_mtiles = w.max_pairs / kMinTileM + (E < w.max_pairs ? E : w.max_pairs);
+  w.max_mtiles = mtile_bound(w.max_pairs, E, kMinTileM);
   w.max_down_ntiles = (H + kMinDownTileN - 1) / kMinDownTileN;
-  w.router_chunks = (T + kRouterTokens - 1) / kRouterTokens;
+  w.router_chunks = router_chunks(T);
   std::size_t at = 0;
   auto take = [&at](std::int64_t bytes) {
     const std::size_t here = at;

@@ -69,9 +69,9 @@ __global__ void __launch_bounds__(kThreads, 2) moe_kernel(const KernelParams<T> 
   __shared__ bool s_flag;
   constexpr std::uint32_t kStop = 0xffffffffu;
 
-  const int chunks = (p.num_tokens + kRouterTokens - 1) / kRouterTokens;
   const bool user_routing = p.user_ids != nullptr;
-  const int echunks = user_routing ? 1 : (p.experts + kRouterExperts - 1) / kRouterExperts;
+  const int chunks = static_cast<int>(router_chunks(p.num_tokens));
+  const int echunks = router_slices(p.experts, user_routing);
   const std::uint32_t routing_tickets = static_cast<std::uint32_t>(chunks * echunks);
   const int ng = (p.inter + Cfg::GateUp::BN - 1) / Cfg::GateUp::BN;
   const int nd = (p.hidden + Cfg::Down::BN - 1) / Cfg::Down::BN;

@@ -9,9 +9,6 @@
 
 namespace flashmoe::detail {
 
-// Test-only faults (see testing.hpp).
-enum Fault : int { kFaultNone = 0, kFaultDropMTileSignal = 1 };
-
 template <typename T>
 struct KernelParams {
   // Inputs and outputs.
