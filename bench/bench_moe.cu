@@ -1,7 +1,9 @@
 // FlashMoE microbenchmarks (Google Benchmark). Each benchmark times one forward as an engine
 // runs it: a CUDA graph holding kInputs forwards on different inputs (so routing, and the
 // experts read, differ from one forward to the next), replayed; CUDA events; the median time
-// per forward is reported with the memory floor of the card, measured in the same run.
+// per forward is reported with the memory floor of the card, measured in the same run, and
+// with the time of the unfused cuBLAS forward an engine would otherwise run (cublas_baseline.cuh)
+// on the same inputs.
 #include <benchmark/benchmark.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -9,18 +11,27 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "cublas_baseline.cuh"
 #include "flashmoe/flashmoe.hpp"
 
 namespace {
 
 constexpr int kInputs = 8;
+
+#define CUDA_OR_RETURN(expr)                                                            \
+  do {                                                                                  \
+    const cudaError_t e_ = (expr);                                                      \
+    if (e_ != cudaSuccess) return fmt::format("{}: {}", #expr, cudaGetErrorString(e_)); \
+  } while (0)
 
 #define BENCH_CUDA(expr)                                                                 \
   do {                                                                                   \
@@ -43,6 +54,18 @@ const Shape kShapes[] = {
     {"Mixtral-8x7B", 4096, 14336, 8, 2, true},
 };
 constexpr int kMaxTokens = 4096;
+
+// The cuBLAS baseline: off with FLASHMOE_BENCH_NO_CUBLAS=1 (quick kernel A/B runs).
+bool g_cublas = true;
+// Its timing: as many rounds of kInputs forwards as FlashMoE had iterations, at least
+// kCublasRounds, stopping early once they add up to kCublasBudgetMs (Mixtral at T = 4096 takes
+// tens of ms a round), but never before kCublasMinRounds.
+constexpr int kCublasRounds = 10;
+constexpr int kCublasMinRounds = 3;
+constexpr double kCublasBudgetMs = 300.0;
+// Per-token relative L2 difference allowed between the two outputs: they round different
+// intermediates (gate/up, h) to 16 bits.
+constexpr double kCublasTolerance = 2e-2;
 
 // Uniform values in [-scale, scale] from a hash of the index: fills GBs in milliseconds.
 template <typename T>
@@ -88,6 +111,8 @@ struct Bench {
   std::unique_ptr<DeviceMem> router, w13, w2;
   flashmoe::Layer layer;
   flashmoe::Status status;
+  std::unique_ptr<flashmoe_bench::CublasBaseline> baseline;  // null when g_cublas is off
+  std::string baseline_error;
 };
 
 // The layer of the last shape asked for: consecutive benchmarks share it; a new shape frees
@@ -121,6 +146,18 @@ Bench* get_bench(const Shape& s, flashmoe::DType dt) {
   w.w13 = b->w13->p;
   w.w2 = b->w2->p;
   b->status = flashmoe::Layer::create(c, w, b->layer);
+  if (g_cublas) {
+    flashmoe_bench::BaselineShape bs;
+    bs.hidden = c.hidden;
+    bs.intermediate = c.intermediate;
+    bs.experts = c.experts;
+    bs.top_k = c.top_k;
+    bs.renormalize = c.routing.renormalize;
+    bs.dtype = dt;
+    bs.max_tokens = c.max_tokens;
+    b->baseline = std::make_unique<flashmoe_bench::CublasBaseline>();
+    b->baseline_error = b->baseline->create(bs, w.router, w.w13, w.w2);
+  }
   current = std::move(b);
   current_key = key;
   return current.get();
@@ -151,11 +188,120 @@ double measure_bandwidth() {
   return 2.0 * bytes / (ms[ms.size() / 2] * 1e-3);
 }
 
+struct EventPair {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  ~EventPair() {
+    if (start) (void)cudaEventDestroy(start);
+    if (stop) (void)cudaEventDestroy(stop);
+  }
+};
+
+// Whether a token's routing differs between the two only by a near tie: FlashMoE chose an
+// expert whose logit (as the baseline computed it) is within 1e-4 (relative) of the k-th one.
+// Both compute the logits in fp32 but sum in different orders.
+bool routing_near_tie(const std::int32_t* base_ids, const std::int32_t* flash_ids,
+                      const float* logits, int top_k) {
+  const std::set<int> base(base_ids, base_ids + top_k), flash(flash_ids, flash_ids + top_k);
+  if (base == flash) return false;
+  float kth = INFINITY;
+  for (int e : base) kth = std::min(kth, logits[e]);
+  for (int e : flash) {
+    if (!base.count(e) && kth - logits[e] > 1e-4f * std::max(1.0f, std::fabs(kth))) return false;
+  }
+  return true;
+}
+
+// The cuBLAS baseline on the benchmark's inputs x_at(0..kInputs-1). First its y for input 0 is
+// compared per token with FlashMoE's (flash_y0, and flash_ids0 its routing on the host), then
+// rounds of kInputs forwards are timed like FlashMoE's graph replays. Returns "" and the
+// median time per forward, or what failed.
+std::string measure_cublas(flashmoe_bench::CublasBaseline& base, const flashmoe::Config& c,
+                           const char* xs, const void* flash_y0, const std::int32_t* flash_ids0,
+                           int T, int wanted_rounds, cudaStream_t stream, double& median_us) {
+  const std::size_t act = static_cast<std::size_t>(T) * c.hidden;
+  const std::size_t pairs = static_cast<std::size_t>(T) * c.top_k;
+  DeviceMem ys(kInputs * act * 2);
+  if (!ys.p) return "cudaMalloc of the baseline's outputs failed";
+  auto x_at = [&](int i) { return xs + i * act * 2; };
+  auto y_at = [&](int i) { return static_cast<char*>(ys.p) + i * act * 2; };
+
+  if (std::string e = base.forward(x_at(0), y_at(0), T, stream); !e.empty()) return e;
+  CUDA_OR_RETURN(cudaStreamSynchronize(stream));
+  std::vector<std::uint16_t> mine(act), flash(act);
+  std::vector<std::int32_t> ids(pairs);
+  std::vector<float> logits(static_cast<std::size_t>(T) * c.experts);
+  CUDA_OR_RETURN(cudaMemcpy(mine.data(), y_at(0), act * 2, cudaMemcpyDeviceToHost));
+  CUDA_OR_RETURN(cudaMemcpy(flash.data(), flash_y0, act * 2, cudaMemcpyDeviceToHost));
+  CUDA_OR_RETURN(cudaMemcpy(ids.data(), base.topk_ids(), pairs * 4, cudaMemcpyDeviceToHost));
+  CUDA_OR_RETURN(
+      cudaMemcpy(logits.data(), base.logits(), logits.size() * 4, cudaMemcpyDeviceToHost));
+  double worst = -1;
+  int worst_t = 0;
+  for (int t = 0; t < T; ++t) {
+    double diff = 0, ref = 0;
+    for (int h = 0; h < c.hidden; ++h) {
+      const std::size_t i = static_cast<std::size_t>(t) * c.hidden + h;
+      const double a = flashmoe::reference::to_float(mine[i], c.dtype);
+      const double b = flashmoe::reference::to_float(flash[i], c.dtype);
+      diff += (a - b) * (a - b);
+      ref += b * b;
+    }
+    // NaN compares false, so it is turned into an error explicitly.
+    double err = ref > 0 ? std::sqrt(diff / ref) : (diff > 0 ? INFINITY : 0.0);
+    if (std::isnan(err)) err = INFINITY;
+    if (err >= kCublasTolerance &&
+        routing_near_tie(ids.data() + t * c.top_k, flash_ids0 + t * c.top_k,
+                         logits.data() + static_cast<std::size_t>(t) * c.experts, c.top_k))
+      continue;  // different experts, both right within fp32 rounding: not comparable
+    if (err > worst) {
+      worst = err;
+      worst_t = t;
+    }
+  }
+  if (worst >= kCublasTolerance)
+    return fmt::format(
+        "cuBLAS baseline and FlashMoE differ on input 0: token {} has relative L2 error {:.3g} "
+        "(limit {:.0e})",
+        worst_t, worst, kCublasTolerance);
+
+  EventPair ev;
+  CUDA_OR_RETURN(cudaEventCreate(&ev.start));
+  CUDA_OR_RETURN(cudaEventCreate(&ev.stop));
+  for (int round = 0; round < 2; ++round) {  // warm-up
+    for (int i = 0; i < kInputs; ++i) {
+      if (std::string e = base.forward(x_at(i), y_at(i), T, stream); !e.empty()) return e;
+    }
+  }
+  std::vector<double> per_forward_us;
+  double total_ms = 0;
+  const int rounds = std::max(kCublasRounds, wanted_rounds);
+  for (int round = 0; round < rounds; ++round) {
+    if (round >= kCublasMinRounds && total_ms >= kCublasBudgetMs) break;
+    CUDA_OR_RETURN(cudaEventRecord(ev.start, stream));
+    for (int i = 0; i < kInputs; ++i) {
+      if (std::string e = base.forward(x_at(i), y_at(i), T, stream); !e.empty()) return e;
+    }
+    CUDA_OR_RETURN(cudaEventRecord(ev.stop, stream));
+    CUDA_OR_RETURN(cudaEventSynchronize(ev.stop));
+    float ms = 0;
+    CUDA_OR_RETURN(cudaEventElapsedTime(&ms, ev.start, ev.stop));
+    total_ms += ms;
+    per_forward_us.push_back(ms * 1e3 / kInputs);
+  }
+  std::sort(per_forward_us.begin(), per_forward_us.end());
+  median_us = per_forward_us[per_forward_us.size() / 2];
+  return {};
+}
+
 void BM_Forward(benchmark::State& state, Shape shape, flashmoe::DType dt) {
   const int T = static_cast<int>(state.range(0));
   Bench* b = get_bench(shape, dt);
   if (!b->status.ok()) {
     state.SkipWithError(b->status.to_string().c_str());
+    return;
+  }
+  if (!b->baseline_error.empty()) {
+    state.SkipWithError(fmt::format("cuBLAS baseline: {}", b->baseline_error).c_str());
     return;
   }
   const flashmoe::Config& c = b->config;
@@ -231,6 +377,19 @@ void BM_Forward(benchmark::State& state, Shape shape, flashmoe::DType dt) {
   state.counters["floor_us"] = floor_us;
   state.counters["pct_of_floor"] = 100.0 * floor_us / median_us;
   state.counters["TFLOPs"] = flops / (median_us * 1e-6) / 1e12;
+  // The graph replays above left FlashMoE's y of input 0 in y_at(0).
+  if (b->baseline && !state.error_occurred()) {
+    double cublas_us = 0;
+    const std::string e =
+        measure_cublas(*b->baseline, c, x_at(0), y_at(0), host_ids.data(), T,
+                       static_cast<int>(per_forward_us.size()), stream, cublas_us);
+    if (e.empty()) {
+      state.counters["cublas_us"] = cublas_us;
+      state.counters["cublas_ratio"] = cublas_us / median_us;
+    } else {
+      state.SkipWithError(fmt::format("cuBLAS baseline: {}", e).c_str());
+    }
+  }
   (void)cudaEventDestroy(e0);
   (void)cudaEventDestroy(e1);
   (void)cudaGraphExecDestroy(exec);
@@ -241,6 +400,8 @@ void BM_Forward(benchmark::State& state, Shape shape, flashmoe::DType dt) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  const char* no_cublas = std::getenv("FLASHMOE_BENCH_NO_CUBLAS");
+  g_cublas = !(no_cublas && *no_cublas && std::string(no_cublas) != "0");
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     std::printf("No CUDA GPU found: the FlashMoE benchmarks need one. Nothing was measured.\n");
@@ -264,6 +425,8 @@ int main(int argc, char** argv) {
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("device", prop.name);
   benchmark::AddCustomContext("copy_bandwidth_GBps", fmt::format("{:.0f}", g_bandwidth / 1e9));
+  benchmark::AddCustomContext("cublas_baseline",
+                              g_cublas ? "on" : "off (FLASHMOE_BENCH_NO_CUBLAS is set)");
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;
