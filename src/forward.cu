@@ -16,10 +16,10 @@ namespace flashmoe {
 namespace detail {
 namespace {
 
-template <class Cfg, typename T>
+template <class Cfg, class Down, typename T>
 Status prepare_variant(KernelVariantInfo& info, int sm_count) {
-  auto kernel = moe_kernel<Cfg, T>;
-  info.smem_bytes = Cfg::SMEM_BYTES;
+  auto kernel = moe_kernel<Cfg, Down, T>;
+  info.smem_bytes = Cfg::template smem_bytes<Down>();
   if (cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              info.smem_bytes);
       err != cudaSuccess) {
@@ -44,11 +44,15 @@ Status prepare_variant(KernelVariantInfo& info, int sm_count) {
 
 template <typename T>
 Status prepare_typed(Layer::Impl& impl) {
-  if (Status s = prepare_variant<DecodeConfig, T>(impl.decode, impl.sm_count); !s.ok()) return s;
-  return prepare_variant<PrefillConfig, T>(impl.prefill, impl.sm_count);
+  using D = DecodeConfig;
+  if (Status s = prepare_variant<D, D::Down0, T>(impl.decode[0], impl.sm_count); !s.ok()) return s;
+  if (Status s = prepare_variant<D, D::Down1, T>(impl.decode[1], impl.sm_count); !s.ok()) return s;
+  if (Status s = prepare_variant<D, D::Down2, T>(impl.decode[2], impl.sm_count); !s.ok()) return s;
+  static_assert(PrefillConfig::down_shapes == 1, "the prefill variant has one down shape");
+  return prepare_variant<PrefillConfig, PrefillConfig::Down0, T>(impl.prefill, impl.sm_count);
 }
 
-template <class Cfg, typename T>
+template <class Cfg, class Down, typename T>
 Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, void* y,
               std::int64_t num_tokens, cudaStream_t stream, const ForwardOptions& o) {
   const Config& c = impl.config;
@@ -110,7 +114,7 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
       router_chunks(num_tokens) * router_slices(c.experts, o.topk_ids != nullptr);
   const std::int64_t mtiles = mtile_bound(num_tokens * c.top_k, c.experts, Cfg::BM);
   const std::int64_t tiles = mtiles * ((c.intermediate + Cfg::GateUp::BN - 1) / Cfg::GateUp::BN +
-                                       (c.hidden + Cfg::Down::BN - 1) / Cfg::Down::BN);
+                                       (c.hidden + Down::BN - 1) / Down::BN);
   std::int64_t grid = static_cast<std::int64_t>(info.blocks_per_sm) * impl.sm_count;
   if (impl.options.max_blocks > 0) grid = std::min<std::int64_t>(grid, impl.options.max_blocks);
   grid = std::max<std::int64_t>(1, std::min(grid, routing + tiles));
@@ -121,15 +125,47 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
                        static_cast<int>(num_tokens),
                        Cfg::BM,
                        Cfg::GateUp::BN,
-                       Cfg::Down::BN,
+                       Down::BN,
                        std::is_same_v<Cfg, DecodeConfig>};
   }
 
-  moe_kernel<Cfg, T><<<static_cast<unsigned>(grid), kThreads, info.smem_bytes, stream>>>(p);
+  moe_kernel<Cfg, Down, T><<<static_cast<unsigned>(grid), kThreads, info.smem_bytes, stream>>>(p);
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
     return cuda_status(err, "launching the MoE kernel");
   }
   return {};
+}
+
+// The decode down shape (0 narrow .. 2 wide) of a launch: the widest whose tiles still give
+// most blocks of a full grid one each. The m-tiles are counted on the device after routing;
+// the host uses their bound (one per touched expert, at most T*K of them, plus overflow), which
+// is exact at T = 1. Full grid, not the launch's: a max_blocks limit must not change results
+// (the shapes sum K in different steps).
+int choose_down_shape(const Layer::Impl& impl, std::int64_t num_tokens) {
+  const Config& c = impl.config;
+  using D = DecodeConfig;
+  const std::int64_t mtiles = mtile_bound(num_tokens * c.top_k, c.experts, D::BM);
+  const std::int64_t slots =
+      static_cast<std::int64_t>(impl.decode[2].blocks_per_sm) * impl.sm_count;
+  const int widths[3] = {D::Down0::BN, D::Down1::BN, D::Down2::BN};
+  for (int i = 2; i > 0; --i) {
+    if (10 * mtiles * ((c.hidden + widths[i] - 1) / widths[i]) >= 7 * slots) return i;
+  }
+  return 0;
+}
+
+template <typename T>
+Status launch_decode(Layer::Impl& impl, const void* x, void* y, std::int64_t num_tokens,
+                     cudaStream_t stream, const ForwardOptions& o) {
+  using D = DecodeConfig;
+  switch (choose_down_shape(impl, num_tokens)) {
+    case 0:
+      return launch<D, D::Down0, T>(impl, impl.decode[0], x, y, num_tokens, stream, o);
+    case 1:
+      return launch<D, D::Down1, T>(impl, impl.decode[1], x, y, num_tokens, stream, o);
+    default:
+      return launch<D, D::Down2, T>(impl, impl.decode[2], x, y, num_tokens, stream, o);
+  }
 }
 
 Status check_options(const Layer::Impl& impl, const ForwardOptions& o) {
@@ -210,14 +246,13 @@ Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens, cu
   const bool decode =
       num_tokens * c.top_k <= static_cast<std::int64_t>(DecodeConfig::BM) * c.experts;
   if (c.dtype == DType::BF16) {
-    return decode ? launch<DecodeConfig, __nv_bfloat16>(impl, impl.decode, x, y, num_tokens, stream,
-                                                        options)
-                  : launch<PrefillConfig, __nv_bfloat16>(impl, impl.prefill, x, y, num_tokens,
-                                                         stream, options);
+    return decode ? launch_decode<__nv_bfloat16>(impl, x, y, num_tokens, stream, options)
+                  : launch<PrefillConfig, PrefillConfig::Down0, __nv_bfloat16>(
+                        impl, impl.prefill, x, y, num_tokens, stream, options);
   }
-  return decode
-             ? launch<DecodeConfig, __half>(impl, impl.decode, x, y, num_tokens, stream, options)
-             : launch<PrefillConfig, __half>(impl, impl.prefill, x, y, num_tokens, stream, options);
+  return decode ? launch_decode<__half>(impl, x, y, num_tokens, stream, options)
+                : launch<PrefillConfig, PrefillConfig::Down0, __half>(impl, impl.prefill, x, y,
+                                                                      num_tokens, stream, options);
 }
 
 }  // namespace flashmoe

@@ -22,8 +22,9 @@ struct Layer::Impl {
   int sm_count = 0;
   detail::WorkspaceLayout layout;
   void* workspace = nullptr;
-  KernelVariantInfo decode, prefill;  // per dtype of this layer
-  int fault = 0;                      // test-only (testing.hpp)
+  KernelVariantInfo decode[3];  // per down shape, narrow to wide (dtype of this layer)
+  KernelVariantInfo prefill;
+  int fault = 0;  // test-only (testing.hpp)
 
   // Tracing: a slice of trace_capacity events per block, for up to trace_max_grid blocks.
   void* trace_buffer = nullptr;

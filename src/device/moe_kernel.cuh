@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "expert_tiles.cuh"
 #include "params.cuh"
@@ -39,30 +40,45 @@ __device__ TileIndex tile_index(const KernelParams<T>& p, std::uint32_t i, int n
   return {first + local % count, static_cast<int>(local / count)};
 }
 
-// Tile shapes of one kernel variant.
-template <int BM_, int BN_GATEUP, int BN_DOWN, int WARPS_M, int WARPS_N, int WARPS_K, int STAGES,
-          int BK>
+constexpr int cmax(int a, int b) { return a > b ? a : b; }
+
+// Tile shapes of one kernel variant: one gate/up shape and up to three down shapes, narrow to
+// wide; the host picks one down shape per launch (each is its own kernel, so every kernel
+// keeps the register allocation of a single tile loop). Down tiles have a short K (= I), so
+// they pay their set-up and pipeline ramp often: wide tiles amortise it when there are enough
+// of them to give every block work, narrow ones keep every block busy when few experts are
+// touched (Mixtral at T = 1 has 2 m-tiles: 256 tiles of 32 columns, 64 of 128).
+template <int BM_, class GateUp_, class Down0_, class Down1_ = Down0_, class Down2_ = Down1_>
 struct KernelConfig {
   static constexpr int BM = BM_;
-  using GateUp = TileShape<BM_, BN_GATEUP, true, WARPS_M, WARPS_N, WARPS_K, STAGES, BK>;
-  using Down = TileShape<BM_, BN_DOWN, false, WARPS_M, WARPS_N, WARPS_K, STAGES, BK>;
-  static constexpr int tile_smem =
-      GateUp::SMEM_BYTES > Down::SMEM_BYTES ? GateUp::SMEM_BYTES : Down::SMEM_BYTES;
-  static constexpr int SMEM_BYTES = tile_smem > static_cast<int>(sizeof(ScanSmem))
-                                        ? tile_smem
-                                        : static_cast<int>(sizeof(ScanSmem));
-  static_assert(BM_ >= kMinTileM && BN_DOWN >= kMinDownTileN, "workspace tables assume these");
+  using GateUp = GateUp_;
+  using Down0 = Down0_;
+  using Down1 = Down1_;
+  using Down2 = Down2_;
+  static constexpr int down_shapes = std::is_same_v<Down0, Down2> ? 1 : 3;
+  static_assert(BM_ == GateUp::BM && BM_ == Down0::BM && BM_ == Down1::BM && BM_ == Down2::BM,
+                "one m-tile height per variant");
+  static_assert(BM_ >= kMinTileM && Down0::BN >= kMinDownTileN, "workspace tables assume these");
+  static_assert(Down0::BN <= Down1::BN && Down1::BN <= Down2::BN, "narrow to wide");
+  // Dynamic shared memory of the kernel running the down shape D.
+  template <class D>
+  static constexpr int smem_bytes() {
+    return cmax(cmax(GateUp::SMEM_BYTES, D::SMEM_BYTES), static_cast<int>(sizeof(ScanSmem)));
+  }
 };
 
-// Few rows per expert (decode, up to 32 on average): thin tiles, warps split K; down tiles twice
-// as wide as gate/up ones, since their K (= I) is short. A block's streaming rate is bounded by
-// its pipeline steps (each costs about the same whatever its bytes), so each step moves 128
-// columns of K: 24 KB, 4 stages.
-using DecodeConfig = KernelConfig<32, 32, 64, 1, 4, 2, 4, 128>;
-// Many rows per expert (prefill).
-using PrefillConfig = KernelConfig<64, 64, 64, 2, 4, 1, 3, 64>;
+// Few rows per expert (decode, up to 32 on average): thin tiles, warps split K. A block's
+// streaming rate is bounded by its pipeline steps (each costs about the same whatever its
+// bytes), so gate/up steps move 128 columns of K (24 KB, 4 stages); the widest down tile steps
+// 64 columns (20 KB) to stay within the same shared memory.
+using DecodeConfig = KernelConfig<
+    32, TileShape<32, 32, true, 1, 4, 2, 4, 128>, TileShape<32, 32, false, 1, 4, 2, 4, 128>,
+    TileShape<32, 64, false, 1, 4, 2, 4, 128>, TileShape<32, 128, false, 1, 4, 2, 4, 64>>;
+// Many rows per expert (prefill): one down shape.
+using PrefillConfig = KernelConfig<64, TileShape<64, 64, true, 2, 4, 1, 3, 64>,
+                                   TileShape<64, 64, false, 2, 4, 1, 3, 64>>;
 
-template <class Cfg, typename T>
+template <class Cfg, class Down, typename T>
 __global__ void __launch_bounds__(kThreads, 2) moe_kernel(const KernelParams<T> p) {
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ std::uint32_t s_ticket, s_total;
@@ -74,7 +90,7 @@ __global__ void __launch_bounds__(kThreads, 2) moe_kernel(const KernelParams<T> 
   const int echunks = router_slices(p.experts, user_routing);
   const std::uint32_t routing_tickets = static_cast<std::uint32_t>(chunks * echunks);
   const int ng = (p.inter + Cfg::GateUp::BN - 1) / Cfg::GateUp::BN;
-  const int nd = (p.hidden + Cfg::Down::BN - 1) / Cfg::Down::BN;
+  const int nd = (p.hidden + Down::BN - 1) / Down::BN;
   if (threadIdx.x == 0) s_total = 0;
   Tracer tr(p.trace);
 
@@ -152,7 +168,7 @@ __global__ void __launch_bounds__(kThreads, 2) moe_kernel(const KernelParams<T> 
       gateup_tile<typename Cfg::GateUp>(p, smem, ti.slot, ti.ntile, ng, tr);
     } else {
       const TileIndex ti = tile_index(p, task - mtiles * ng, nd);
-      if (!down_tile<typename Cfg::Down>(p, smem, ti.slot, ti.ntile, nd, ng, tr)) break;
+      if (!down_tile<Down>(p, smem, ti.slot, ti.ntile, nd, ng, tr)) break;
     }
   }
   tr.finish();
