@@ -66,15 +66,20 @@ __device__ inline bool wait_at_least(const Control& ctl, std::uint32_t* p, std::
   if (load_acquire(p) >= target) return true;
   spun = true;
   const std::uint64_t start = global_timer_ns();
+  // Short sleeps: every microsecond a waiter oversleeps is on the critical path (all blocks
+  // wait for the tile table, down tiles for their gate/up tiles). The abort flag and the clock
+  // are checked every 16th poll only, so a poll costs one load.
   unsigned backoff = 32;
-  for (;;) {
+  for (unsigned polls = 1;; ++polls) {
     __nanosleep(backoff);
-    if (backoff < 512) backoff *= 2;
+    if (backoff < 128) backoff *= 2;
     if (load_acquire(p) >= target) return true;
-    if (ctl.aborted()) return false;
-    if (global_timer_ns() - start > timeout_ns) {
-      ctl.fail(StatusCode::DeviceTimeout, site);
-      return false;
+    if (polls % 16 == 0) {
+      if (ctl.aborted()) return false;
+      if (global_timer_ns() - start > timeout_ns) {
+        ctl.fail(StatusCode::DeviceTimeout, site);
+        return false;
+      }
     }
   }
 }
