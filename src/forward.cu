@@ -16,10 +16,10 @@ namespace flashmoe {
 namespace detail {
 namespace {
 
-template <class Cfg, class Down, typename T>
+template <class Cfg, class GateUp, class Down, typename T>
 Status prepare_variant(KernelVariantInfo& info, int sm_count) {
-  auto kernel = moe_kernel<Cfg, Down, T>;
-  info.smem_bytes = Cfg::template smem_bytes<Down>();
+  auto kernel = moe_kernel<Cfg, GateUp, Down, T>;
+  info.smem_bytes = Cfg::template smem_bytes<GateUp, Down>();
   if (cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              info.smem_bytes);
       err != cudaSuccess) {
@@ -45,14 +45,19 @@ Status prepare_variant(KernelVariantInfo& info, int sm_count) {
 template <typename T>
 Status prepare_typed(Layer::Impl& impl) {
   using D = DecodeConfig;
-  if (Status s = prepare_variant<D, D::Down0, T>(impl.decode[0], impl.sm_count); !s.ok()) return s;
-  if (Status s = prepare_variant<D, D::Down1, T>(impl.decode[1], impl.sm_count); !s.ok()) return s;
-  if (Status s = prepare_variant<D, D::Down2, T>(impl.decode[2], impl.sm_count); !s.ok()) return s;
-  static_assert(PrefillConfig::down_shapes == 1, "the prefill variant has one down shape");
-  return prepare_variant<PrefillConfig, PrefillConfig::Down0, T>(impl.prefill, impl.sm_count);
+  using P = PrefillConfig;
+  const int n = impl.sm_count;
+  if (Status s = prepare_variant<D, D::GateUp, D::Down0, T>(impl.decode[0], n); !s.ok()) return s;
+  if (Status s = prepare_variant<D, D::GateUp, D::Down1, T>(impl.decode[1], n); !s.ok()) return s;
+  if (Status s = prepare_variant<D, D::GateUp, D::Down2, T>(impl.decode[2], n); !s.ok()) return s;
+  if (Status s = prepare_variant<D, D::GateUpWide, D::Down2, T>(impl.decode[3], n); !s.ok()) {
+    return s;
+  }
+  static_assert(P::single_shape, "the prefill variant has one shape per phase");
+  return prepare_variant<P, P::GateUp, P::Down0, T>(impl.prefill, n);
 }
 
-template <class Cfg, class Down, typename T>
+template <class Cfg, class GateUp, class Down, typename T>
 Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, void* y,
               std::int64_t num_tokens, cudaStream_t stream, const ForwardOptions& o) {
   const Config& c = impl.config;
@@ -113,7 +118,7 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   const std::int64_t routing =
       router_chunks(num_tokens) * router_slices(c.experts, o.topk_ids != nullptr);
   const std::int64_t mtiles = mtile_bound(num_tokens * c.top_k, c.experts, Cfg::BM);
-  const std::int64_t tiles = mtiles * ((c.intermediate + Cfg::GateUp::BN - 1) / Cfg::GateUp::BN +
+  const std::int64_t tiles = mtiles * ((c.intermediate + GateUp::BN - 1) / GateUp::BN +
                                        (c.hidden + Down::BN - 1) / Down::BN);
   std::int64_t grid = static_cast<std::int64_t>(info.blocks_per_sm) * impl.sm_count;
   if (impl.options.max_blocks > 0) grid = std::min<std::int64_t>(grid, impl.options.max_blocks);
@@ -124,47 +129,52 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
                        static_cast<int>(grid),
                        static_cast<int>(num_tokens),
                        Cfg::BM,
-                       Cfg::GateUp::BN,
+                       GateUp::BN,
                        Down::BN,
                        std::is_same_v<Cfg, DecodeConfig>};
   }
 
-  moe_kernel<Cfg, Down, T><<<static_cast<unsigned>(grid), kThreads, info.smem_bytes, stream>>>(p);
+  moe_kernel<Cfg, GateUp, Down, T>
+      <<<static_cast<unsigned>(grid), kThreads, info.smem_bytes, stream>>>(p);
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
     return cuda_status(err, "launching the MoE kernel");
   }
   return {};
 }
 
-// The decode down shape (0 narrow .. 2 wide) of a launch: the widest whose tiles still give
-// most blocks of a full grid one each. The m-tiles are counted on the device after routing;
-// the host uses their bound (one per touched expert, at most T*K of them, plus overflow), which
-// is exact at T = 1. Full grid, not the launch's: a max_blocks limit must not change results
-// (the shapes sum K in different steps).
-int choose_down_shape(const Layer::Impl& impl, std::int64_t num_tokens) {
+// The decode kernel of a launch (index into Layer::Impl::decode): down tiles as wide as still
+// give most blocks of a full grid one each (0.7 per block); with the widest down tiles, wide
+// gate/up tiles too when they also number 0.7 per block. (Tying the two matters: with Mixtral
+// at T = 1, wide gate/up tiles paired with 128-column down tiles, 64 of them, measured 40%
+// slower.) The m-tiles are counted on the device after routing; the host uses their bound (one
+// per touched expert, at most T*K of them, plus overflow), which is exact at T = 1. Full grid,
+// not the launch's: a max_blocks limit must not change results (the shapes sum K in different
+// steps).
+int choose_decode_kernel(const Layer::Impl& impl, std::int64_t num_tokens) {
   const Config& c = impl.config;
   using D = DecodeConfig;
   const std::int64_t mtiles = mtile_bound(num_tokens * c.top_k, c.experts, D::BM);
   const std::int64_t slots =
-      static_cast<std::int64_t>(impl.decode[2].blocks_per_sm) * impl.sm_count;
-  const int widths[3] = {D::Down0::BN, D::Down1::BN, D::Down2::BN};
-  for (int i = 2; i > 0; --i) {
-    if (10 * mtiles * ((c.hidden + widths[i] - 1) / widths[i]) >= 7 * slots) return i;
-  }
-  return 0;
+      static_cast<std::int64_t>(impl.decode[3].blocks_per_sm) * impl.sm_count;
+  auto enough = [&](int n, int bn) { return 10 * mtiles * ((n + bn - 1) / bn) >= 7 * slots; };
+  if (enough(c.hidden, D::Down2::BN)) return enough(c.intermediate, D::GateUpWide::BN) ? 3 : 2;
+  return enough(c.hidden, D::Down1::BN) ? 1 : 0;
 }
 
 template <typename T>
 Status launch_decode(Layer::Impl& impl, const void* x, void* y, std::int64_t num_tokens,
                      cudaStream_t stream, const ForwardOptions& o) {
   using D = DecodeConfig;
-  switch (choose_down_shape(impl, num_tokens)) {
+  switch (choose_decode_kernel(impl, num_tokens)) {
     case 0:
-      return launch<D, D::Down0, T>(impl, impl.decode[0], x, y, num_tokens, stream, o);
+      return launch<D, D::GateUp, D::Down0, T>(impl, impl.decode[0], x, y, num_tokens, stream, o);
     case 1:
-      return launch<D, D::Down1, T>(impl, impl.decode[1], x, y, num_tokens, stream, o);
+      return launch<D, D::GateUp, D::Down1, T>(impl, impl.decode[1], x, y, num_tokens, stream, o);
+    case 2:
+      return launch<D, D::GateUp, D::Down2, T>(impl, impl.decode[2], x, y, num_tokens, stream, o);
     default:
-      return launch<D, D::Down2, T>(impl, impl.decode[2], x, y, num_tokens, stream, o);
+      return launch<D, D::GateUpWide, D::Down2, T>(impl, impl.decode[3], x, y, num_tokens, stream,
+                                                   o);
   }
 }
 
@@ -247,12 +257,12 @@ Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens, cu
       num_tokens * c.top_k <= static_cast<std::int64_t>(DecodeConfig::BM) * c.experts;
   if (c.dtype == DType::BF16) {
     return decode ? launch_decode<__nv_bfloat16>(impl, x, y, num_tokens, stream, options)
-                  : launch<PrefillConfig, PrefillConfig::Down0, __nv_bfloat16>(
+                  : launch<PrefillConfig, PrefillGateUp, PrefillConfig::Down0, __nv_bfloat16>(
                         impl, impl.prefill, x, y, num_tokens, stream, options);
   }
   return decode ? launch_decode<__half>(impl, x, y, num_tokens, stream, options)
-                : launch<PrefillConfig, PrefillConfig::Down0, __half>(impl, impl.prefill, x, y,
-                                                                      num_tokens, stream, options);
+                : launch<PrefillConfig, PrefillGateUp, PrefillConfig::Down0, __half>(
+                      impl, impl.prefill, x, y, num_tokens, stream, options);
 }
 
 }  // namespace flashmoe

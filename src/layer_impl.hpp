@@ -22,7 +22,7 @@ struct Layer::Impl {
   int sm_count = 0;
   detail::WorkspaceLayout layout;
   void* workspace = nullptr;
-  KernelVariantInfo decode[3];  // per down shape, narrow to wide (dtype of this layer)
+  KernelVariantInfo decode[4];  // decode kernels by tile shapes (forward.cu), dtype of the layer
   KernelVariantInfo prefill;
   int fault = 0;  // test-only (testing.hpp)
 

@@ -42,43 +42,51 @@ __device__ TileIndex tile_index(const KernelParams<T>& p, std::uint32_t i, int n
 
 constexpr int cmax(int a, int b) { return a > b ? a : b; }
 
-// Tile shapes of one kernel variant: one gate/up shape and up to three down shapes, narrow to
-// wide; the host picks one down shape per launch (each is its own kernel, so every kernel
-// keeps the register allocation of a single tile loop). Down tiles have a short K (= I), so
-// they pay their set-up and pipeline ramp often: wide tiles amortise it when there are enough
-// of them to give every block work, narrow ones keep every block busy when few experts are
-// touched (Mixtral at T = 1 has 2 m-tiles: 256 tiles of 32 columns, 64 of 128).
-template <int BM_, class GateUp_, class Down0_, class Down1_ = Down0_, class Down2_ = Down1_>
+// Tile shapes of one kernel variant: a narrow and a wide gate/up shape and up to three down
+// shapes, narrow to wide. The host picks the shapes of each launch (each pair is its own
+// kernel, so every kernel keeps the register allocation of a single tile loop). Wide tiles
+// amortise a tile's set-up, and load each token row once for more output columns, when there
+// are enough of them to give every block work; narrow ones keep every block busy when few
+// experts are touched (Mixtral at T = 1 has 2 m-tiles: 256 down tiles of 32 columns, 64 of
+// 128). Down tiles have a short K (= I), so they pay their set-up often.
+template <int BM_, class GateUp_, class GateUpWide_, class Down0_, class Down1_ = Down0_,
+          class Down2_ = Down1_>
 struct KernelConfig {
   static constexpr int BM = BM_;
   using GateUp = GateUp_;
+  using GateUpWide = GateUpWide_;
   using Down0 = Down0_;
   using Down1 = Down1_;
   using Down2 = Down2_;
-  static constexpr int down_shapes = std::is_same_v<Down0, Down2> ? 1 : 3;
-  static_assert(BM_ == GateUp::BM && BM_ == Down0::BM && BM_ == Down1::BM && BM_ == Down2::BM,
+  static constexpr bool single_shape = std::is_same_v<GateUp, GateUpWide> &&
+                                       std::is_same_v<Down0, Down1> && std::is_same_v<Down1, Down2>;
+  static_assert(BM_ == GateUp::BM && BM_ == GateUpWide::BM && BM_ == Down0::BM &&
+                    BM_ == Down1::BM && BM_ == Down2::BM,
                 "one m-tile height per variant");
   static_assert(BM_ >= kMinTileM && Down0::BN >= kMinDownTileN, "workspace tables assume these");
   static_assert(Down0::BN <= Down1::BN && Down1::BN <= Down2::BN, "narrow to wide");
-  // Dynamic shared memory of the kernel running the down shape D.
-  template <class D>
+  // Dynamic shared memory of the kernel running gate/up shape G and down shape D.
+  template <class G, class D>
   static constexpr int smem_bytes() {
-    return cmax(cmax(GateUp::SMEM_BYTES, D::SMEM_BYTES), static_cast<int>(sizeof(ScanSmem)));
+    return cmax(cmax(G::SMEM_BYTES, D::SMEM_BYTES), static_cast<int>(sizeof(ScanSmem)));
   }
 };
 
 // Few rows per expert (decode, up to 32 on average): thin tiles, warps split K. A block's
 // streaming rate is bounded by its pipeline steps (each costs about the same whatever its
-// bytes), so gate/up steps move 128 columns of K (24 KB, 4 stages); the widest down tile steps
-// 64 columns (20 KB) to stay within the same shared memory.
-using DecodeConfig = KernelConfig<
-    32, TileShape<32, 32, true, 1, 4, 2, 4, 128>, TileShape<32, 32, false, 1, 4, 2, 4, 128>,
-    TileShape<32, 64, false, 1, 4, 2, 4, 128>, TileShape<32, 128, false, 1, 4, 2, 4, 64>>;
-// Many rows per expert (prefill): one down shape.
-using PrefillConfig = KernelConfig<64, TileShape<64, 64, true, 2, 4, 1, 3, 64>,
-                                   TileShape<64, 64, false, 2, 4, 1, 3, 64>>;
+// bytes), so the narrow gate/up tile steps 128 columns of K (24 KB, 4 stages); the wide
+// gate/up and down tiles step 64 columns (20 KB) to stay within the same shared memory.
+using DecodeConfig =
+    KernelConfig<32, TileShape<32, 32, true, 1, 4, 2, 4, 128>,
+                 TileShape<32, 64, true, 1, 4, 2, 4, 64>, TileShape<32, 32, false, 1, 4, 2, 4, 128>,
+                 TileShape<32, 64, false, 1, 4, 2, 4, 128>,
+                 TileShape<32, 128, false, 1, 4, 2, 4, 64>>;
+// Many rows per expert (prefill): one shape each.
+using PrefillGateUp = TileShape<64, 64, true, 2, 4, 1, 3, 64>;
+using PrefillConfig =
+    KernelConfig<64, PrefillGateUp, PrefillGateUp, TileShape<64, 64, false, 2, 4, 1, 3, 64>>;
 
-template <class Cfg, class Down, typename T>
+template <class Cfg, class GateUp, class Down, typename T>
 __global__ void __launch_bounds__(kThreads, 2) moe_kernel(const KernelParams<T> p) {
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ std::uint32_t s_ticket, s_total;
@@ -89,7 +97,7 @@ __global__ void __launch_bounds__(kThreads, 2) moe_kernel(const KernelParams<T> 
   const int chunks = static_cast<int>(router_chunks(p.num_tokens));
   const int echunks = router_slices(p.experts, user_routing);
   const std::uint32_t routing_tickets = static_cast<std::uint32_t>(chunks * echunks);
-  const int ng = (p.inter + Cfg::GateUp::BN - 1) / Cfg::GateUp::BN;
+  const int ng = (p.inter + GateUp::BN - 1) / GateUp::BN;
   const int nd = (p.hidden + Down::BN - 1) / Down::BN;
   if (threadIdx.x == 0) s_total = 0;
   Tracer tr(p.trace);
@@ -165,7 +173,7 @@ __global__ void __launch_bounds__(kThreads, 2) moe_kernel(const KernelParams<T> 
     const std::uint32_t task = ticket - routing_tickets;
     if (task < mtiles * ng) {
       const TileIndex ti = tile_index(p, task, ng);
-      gateup_tile<typename Cfg::GateUp>(p, smem, ti.slot, ti.ntile, ng, tr);
+      gateup_tile<GateUp>(p, smem, ti.slot, ti.ntile, ng, tr);
     } else {
       const TileIndex ti = tile_index(p, task - mtiles * ng, nd);
       if (!down_tile<Down>(p, smem, ti.slot, ti.ntile, nd, ng, tr)) break;
