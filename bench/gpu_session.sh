@@ -25,6 +25,7 @@ bench() {  # $1 = build dir, $2 = output file (appended), $3 = filter
 }
 bench build/gpu "$out/bench.txt"
 if [ -n "${TRACE_OVERHEAD:-}" ]; then
+  export FLASHMOE_BENCH_NO_CUBLAS=1  # the A/B compares FlashMoE builds only
   cmake -S . -B build/notrace -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a-real \
     -DFLASHMOE_ENABLE_TRACE=OFF -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >>"$log" 2>&1
   cmake --build build/notrace -j 16 --target bench_moe >>"$log" 2>&1 || { tail -20 "$log"; exit 1; }

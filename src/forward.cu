@@ -8,6 +8,7 @@
 #include "device/moe_kernel.cuh"
 #include "flashmoe/layer.hpp"
 #include "layer_impl.hpp"
+#include "tile_choice.hpp"
 #include "trace_layout.hpp"
 #include "validate.hpp"
 #include "workspace.hpp"
@@ -142,30 +143,21 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   return {};
 }
 
-// The decode kernel of a launch (index into Layer::Impl::decode): down tiles as wide as still
-// give most blocks of a full grid one each (0.7 per block); with the widest down tiles, wide
-// gate/up tiles too when they also number 0.7 per block. (Tying the two matters: with Mixtral
-// at T = 1, wide gate/up tiles paired with 128-column down tiles, 64 of them, measured 40%
-// slower.) The m-tiles are counted on the device after routing; the host uses their bound (one
-// per touched expert, at most T*K of them, plus overflow), which is exact at T = 1. Full grid,
-// not the launch's: a max_blocks limit must not change results (the shapes sum K in different
-// steps).
-int choose_decode_kernel(const Layer::Impl& impl, std::int64_t num_tokens) {
-  const Config& c = impl.config;
+// The decode kernel of a forward (tile_choice.hpp has the rule).
+int decode_kernel_for(const Layer::Impl& impl, std::int64_t num_tokens) {
   using D = DecodeConfig;
-  const std::int64_t mtiles = mtile_bound(num_tokens * c.top_k, c.experts, D::BM);
+  const Config& c = impl.config;
   const std::int64_t slots =
       static_cast<std::int64_t>(impl.decode[3].blocks_per_sm) * impl.sm_count;
-  auto enough = [&](int n, int bn) { return 10 * mtiles * ((n + bn - 1) / bn) >= 7 * slots; };
-  if (enough(c.hidden, D::Down2::BN)) return enough(c.intermediate, D::GateUpWide::BN) ? 3 : 2;
-  return enough(c.hidden, D::Down1::BN) ? 1 : 0;
+  return choose_decode_kernel(num_tokens, c.hidden, c.intermediate, c.experts, c.top_k, slots,
+                              {D::BM, D::GateUpWide::BN, D::Down1::BN, D::Down2::BN});
 }
 
 template <typename T>
 Status launch_decode(Layer::Impl& impl, const void* x, void* y, std::int64_t num_tokens,
                      cudaStream_t stream, const ForwardOptions& o) {
   using D = DecodeConfig;
-  switch (choose_decode_kernel(impl, num_tokens)) {
+  switch (decode_kernel_for(impl, num_tokens)) {
     case 0:
       return launch<D, D::GateUp, D::Down0, T>(impl, impl.decode[0], x, y, num_tokens, stream, o);
     case 1:

@@ -1,0 +1,58 @@
+// The host's choice of decode tile shapes (src/tile_choice.hpp), on the shapes it was measured
+// with: each case below is a choice whose alternative measured slower on an H200
+// (bench/NOTES.md, versions 9-15).
+#include <gtest/gtest.h>
+
+#include "tile_choice.hpp"
+
+namespace {
+
+using flashmoe::detail::choose_decode_kernel;
+using flashmoe::detail::DecodeWidths;
+
+constexpr DecodeWidths kWidths{32, 64, 64, 128};  // DecodeConfig's shapes
+constexpr std::int64_t kSlots = 264;              // 2 blocks x 132 SMs
+
+int qwen3(std::int64_t T) { return choose_decode_kernel(T, 2048, 768, 128, 8, kSlots, kWidths); }
+int mixtral(std::int64_t T) { return choose_decode_kernel(T, 4096, 14336, 8, 2, kSlots, kWidths); }
+
+TEST(TileChoice, FewExpertsKeepEveryBlockBusy) {
+  EXPECT_EQ(mixtral(1), 0);  // 2 m-tiles: 256 down tiles of 32 columns, 128 of 64
+  EXPECT_EQ(mixtral(2), 1);  // 4 m-tiles: 256 down tiles of 64 columns
+  EXPECT_EQ(qwen3(1), 1);    // 8 m-tiles: 256 down tiles of 64 columns, 128 of 128
+}
+
+TEST(TileChoice, ManyTilesUseTheWideShapes) {
+  for (std::int64_t T : {2, 4, 16, 64, 256}) EXPECT_EQ(qwen3(T), 3) << "T = " << T;
+  for (std::int64_t T : {16, 64, 128}) EXPECT_EQ(mixtral(T), 3) << "T = " << T;
+}
+
+TEST(TileChoice, WideGateUpOnlyWithTheWidestDownTiles) {
+  // Every shape and T: the wide gate/up tile never comes with narrower down tiles (Mixtral T = 1
+  // measured 40% slower that way), and the choice only widens as T grows.
+  struct Shape {
+    int hidden, inter, experts, top_k;
+  };
+  for (const Shape& s : {Shape{2048, 768, 128, 8}, Shape{4096, 14336, 8, 2},
+                         Shape{2048, 1024, 64, 8}, Shape{2048, 1408, 64, 6}, Shape{64, 40, 1, 1},
+                         Shape{256, 64, 512, 16}, Shape{128, 48, 1024, 32}}) {
+    int previous = 0;
+    for (std::int64_t T = 1; T <= 4096; T *= 2) {
+      const int k = choose_decode_kernel(T, s.hidden, s.inter, s.experts, s.top_k, kSlots, kWidths);
+      ASSERT_GE(k, 0);
+      ASSERT_LE(k, 3);
+      EXPECT_GE(k, previous) << "H " << s.hidden << " E " << s.experts << " T " << T;
+      previous = k;
+    }
+  }
+}
+
+TEST(TileChoice, DependsOnTheFullGridOnly) {
+  // A smaller grid (LayerOptions::max_blocks) passes the same full-grid slot count, so the
+  // choice, and with it the summation order, cannot change; a different device may choose
+  // differently.
+  EXPECT_EQ(choose_decode_kernel(1, 2048, 768, 128, 8, 264, kWidths), 1);
+  EXPECT_EQ(choose_decode_kernel(1, 2048, 768, 128, 8, 160, kWidths), 2);
+}
+
+}  // namespace
