@@ -20,18 +20,13 @@
 #include <string>
 #include <vector>
 
+#include "bench_check.hpp"
 #include "cublas_baseline.cuh"
 #include "flashmoe/flashmoe.hpp"
 
 namespace {
 
 constexpr int kInputs = 8;
-
-#define CUDA_OR_RETURN(expr)                                                            \
-  do {                                                                                  \
-    const cudaError_t e_ = (expr);                                                      \
-    if (e_ != cudaSuccess) return fmt::format("{}: {}", #expr, cudaGetErrorString(e_)); \
-  } while (0)
 
 #define BENCH_CUDA(expr)                                                                 \
   do {                                                                                   \
@@ -226,14 +221,15 @@ std::string measure_cublas(flashmoe_bench::CublasBaseline& base, const flashmoe:
   auto y_at = [&](int i) { return static_cast<char*>(ys.p) + i * act * 2; };
 
   if (std::string e = base.forward(x_at(0), y_at(0), T, stream); !e.empty()) return e;
-  CUDA_OR_RETURN(cudaStreamSynchronize(stream));
+  BENCH_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream));
   std::vector<std::uint16_t> mine(act), flash(act);
   std::vector<std::int32_t> ids(pairs);
   std::vector<float> logits(static_cast<std::size_t>(T) * c.experts);
-  CUDA_OR_RETURN(cudaMemcpy(mine.data(), y_at(0), act * 2, cudaMemcpyDeviceToHost));
-  CUDA_OR_RETURN(cudaMemcpy(flash.data(), flash_y0, act * 2, cudaMemcpyDeviceToHost));
-  CUDA_OR_RETURN(cudaMemcpy(ids.data(), base.topk_ids(), pairs * 4, cudaMemcpyDeviceToHost));
-  CUDA_OR_RETURN(
+  BENCH_RETURN_IF_CUDA_ERROR(cudaMemcpy(mine.data(), y_at(0), act * 2, cudaMemcpyDeviceToHost));
+  BENCH_RETURN_IF_CUDA_ERROR(cudaMemcpy(flash.data(), flash_y0, act * 2, cudaMemcpyDeviceToHost));
+  BENCH_RETURN_IF_CUDA_ERROR(
+      cudaMemcpy(ids.data(), base.topk_ids(), pairs * 4, cudaMemcpyDeviceToHost));
+  BENCH_RETURN_IF_CUDA_ERROR(
       cudaMemcpy(logits.data(), base.logits(), logits.size() * 4, cudaMemcpyDeviceToHost));
   double worst = -1;
   int worst_t = 0;
@@ -265,8 +261,8 @@ std::string measure_cublas(flashmoe_bench::CublasBaseline& base, const flashmoe:
         worst_t, worst, kCublasTolerance);
 
   EventPair ev;
-  CUDA_OR_RETURN(cudaEventCreate(&ev.start));
-  CUDA_OR_RETURN(cudaEventCreate(&ev.stop));
+  BENCH_RETURN_IF_CUDA_ERROR(cudaEventCreate(&ev.start));
+  BENCH_RETURN_IF_CUDA_ERROR(cudaEventCreate(&ev.stop));
   for (int round = 0; round < 2; ++round) {  // warm-up
     for (int i = 0; i < kInputs; ++i) {
       if (std::string e = base.forward(x_at(i), y_at(i), T, stream); !e.empty()) return e;
@@ -277,14 +273,14 @@ std::string measure_cublas(flashmoe_bench::CublasBaseline& base, const flashmoe:
   const int rounds = std::max(kCublasRounds, wanted_rounds);
   for (int round = 0; round < rounds; ++round) {
     if (round >= kCublasMinRounds && total_ms >= kCublasBudgetMs) break;
-    CUDA_OR_RETURN(cudaEventRecord(ev.start, stream));
+    BENCH_RETURN_IF_CUDA_ERROR(cudaEventRecord(ev.start, stream));
     for (int i = 0; i < kInputs; ++i) {
       if (std::string e = base.forward(x_at(i), y_at(i), T, stream); !e.empty()) return e;
     }
-    CUDA_OR_RETURN(cudaEventRecord(ev.stop, stream));
-    CUDA_OR_RETURN(cudaEventSynchronize(ev.stop));
+    BENCH_RETURN_IF_CUDA_ERROR(cudaEventRecord(ev.stop, stream));
+    BENCH_RETURN_IF_CUDA_ERROR(cudaEventSynchronize(ev.stop));
     float ms = 0;
-    CUDA_OR_RETURN(cudaEventElapsedTime(&ms, ev.start, ev.stop));
+    BENCH_RETURN_IF_CUDA_ERROR(cudaEventElapsedTime(&ms, ev.start, ev.stop));
     total_ms += ms;
     per_forward_us.push_back(ms * 1e3 / kInputs);
   }

@@ -8,16 +8,11 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "bench_check.hpp"
 #include "cublas_baseline.cuh"
 
 namespace flashmoe_bench {
 namespace {
-
-#define BASELINE_CUDA(expr)                                                             \
-  do {                                                                                  \
-    const cudaError_t e_ = (expr);                                                      \
-    if (e_ != cudaSuccess) return fmt::format("{}: {}", #expr, cudaGetErrorString(e_)); \
-  } while (0)
 
 #define BASELINE_CUBLAS(expr)                                         \
   do {                                                                \
@@ -368,21 +363,21 @@ std::string CublasBaseline::forward(const void* x, void* y, int num_tokens, cuda
   route_kernel<<<(T + kRouteWarps - 1) / kRouteWarps, kRouteWarps * kWarp,
                  static_cast<std::size_t>(kRouteWarps) * E * sizeof(float), stream>>>(
       logits_, T, E, K, shape_.renormalize, topk_ids_, topk_weights_);
-  BASELINE_CUDA(cudaGetLastError());
+  BENCH_RETURN_IF_CUDA_ERROR(cudaGetLastError());
   // (c) per-expert offsets and each pair's row, then x rows into expert order.
   sort_kernel<<<1, sort_warps_ * kWarp,
                 (static_cast<std::size_t>(sort_warps_) * E + E + 1) * sizeof(std::int32_t),
                 stream>>>(topk_ids_, pairs, E, offsets_, pair_row_);
-  BASELINE_CUDA(cudaGetLastError());
+  BENCH_RETURN_IF_CUDA_ERROR(cudaGetLastError());
   gather_kernel<<<pairs, kRowThreads, 0, stream>>>(static_cast<const uint4*>(x), pair_row_, K,
                                                    H / kVec, static_cast<uint4*>(xs_));
-  BASELINE_CUDA(cudaGetLastError());
+  BENCH_RETURN_IF_CUDA_ERROR(cudaGetLastError());
   // (d) Host round trip: cublasGemmEx takes each expert's row count as a host argument, so the
   // host waits for the routing here (as llama.cpp-style engines do). This is also why the
   // baseline cannot be captured in a CUDA graph.
-  BASELINE_CUDA(cudaMemcpyAsync(host_offsets_, offsets_, (E + 1) * sizeof(std::int32_t),
-                                cudaMemcpyDeviceToHost, stream));
-  BASELINE_CUDA(cudaStreamSynchronize(stream));
+  BENCH_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(
+      host_offsets_, offsets_, (E + 1) * sizeof(std::int32_t), cudaMemcpyDeviceToHost, stream));
+  BENCH_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream));
 
   // (e) Per expert with rows: gate/up [n_e, 2I] = xs_e W13_e^T, i.e. column-major
   // C^T [2I, n_e] = W13_e(op T, lda H) xs_e(op N, ldb H).
@@ -403,8 +398,8 @@ std::string CublasBaseline::forward(const void* x, void* y, int num_tokens, cuda
                                  gate_up + row0 * 2 * I * kBytes, dt, 2 * I, CUBLAS_COMPUTE_32F,
                                  CUBLAS_GEMM_DEFAULT));
   }
-  BASELINE_CUDA(bf16 ? launch_silu_mul<__nv_bfloat16>(gate_up_, pairs, I, h_, stream)
-                     : launch_silu_mul<__half>(gate_up_, pairs, I, h_, stream));
+  BENCH_RETURN_IF_CUDA_ERROR(bf16 ? launch_silu_mul<__nv_bfloat16>(gate_up_, pairs, I, h_, stream)
+                                  : launch_silu_mul<__half>(gate_up_, pairs, I, h_, stream));
   // Down: out_e [n_e, H] = h_e W2_e^T, column-major C^T [H, n_e] = W2_e(op T, lda I) h_e(op N).
   for (int e = 0; e < E; ++e) {
     const int n = host_offsets_[e + 1] - host_offsets_[e];
@@ -416,7 +411,7 @@ std::string CublasBaseline::forward(const void* x, void* y, int num_tokens, cuda
                                  H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
   // (f) Weighted sum of each token's K expert outputs.
-  BASELINE_CUDA(
+  BENCH_RETURN_IF_CUDA_ERROR(
       bf16 ? launch_combine<__nv_bfloat16>(out_, pair_row_, topk_weights_, T, K, H, y, stream)
            : launch_combine<__half>(out_, pair_row_, topk_weights_, T, K, H, y, stream));
   return {};
