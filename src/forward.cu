@@ -87,6 +87,8 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   p.scoring = static_cast<int>(c.routing.scoring);
   p.renormalize = c.routing.renormalize;
   p.scaling = c.routing.routed_scaling_factor;
+  p.rsplit = router_split(num_tokens, c.hidden, c.experts, o.topk_ids != nullptr, Cfg::tile_router,
+                          Cfg::BM, Down::BN, Down::BK);
   p.ctl.words = static_cast<std::uint32_t*>(at(L.control));
   p.expert_count = static_cast<std::uint32_t*>(at(L.expert_count));
   p.router_done = static_cast<std::uint32_t*>(at(L.router_done));
@@ -116,8 +118,7 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   }
 
   // More blocks than tickets would only spin and leave.
-  const std::int64_t routing =
-      router_chunks(num_tokens) * router_slices(c.experts, o.topk_ids != nullptr);
+  const std::int64_t routing = p.rsplit.tasks();
   const std::int64_t mtiles = mtile_bound(num_tokens * c.top_k, c.experts, Cfg::BM);
   const std::int64_t tiles = mtiles * ((c.intermediate + GateUp::BN - 1) / GateUp::BN +
                                        (c.hidden + Down::BN - 1) / Down::BN);
@@ -132,6 +133,8 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
                        Cfg::BM,
                        GateUp::BN,
                        Down::BN,
+                       p.user_ids != nullptr ? 0 : p.rsplit.tasks(),
+                       p.user_ids != nullptr ? 0 : p.rsplit.kslices,
                        std::is_same_v<Cfg, DecodeConfig>};
   }
 

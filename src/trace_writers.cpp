@@ -218,9 +218,11 @@ std::string trace_to_chrome_json(const Trace& trace) {
   append_json_string(out, trace.variant);
   fmt::format_to(it,
                  R"(,"num_tokens":{},"grid_blocks":{},"sm_count":{},"tile_m":{},)"
-                 R"("tile_n_gateup":{},"tile_n_down":{},"base_ns":{}}},"traceEvents":[)",
+                 R"("tile_n_gateup":{},"tile_n_down":{},"router_tasks":{},"router_k_slices":{},)"
+                 R"("base_ns":{}}},"traceEvents":[)",
                  trace.num_tokens, trace.grid_blocks, trace.sm_count, trace.tile_m,
-                 trace.tile_n_gateup, trace.tile_n_down, w.base);
+                 trace.tile_n_gateup, trace.tile_n_down, trace.router_tasks,
+                 trace.router_k_slices, w.base);
 
   bool first = true;
   auto sep = [&] {

@@ -2,6 +2,7 @@
 // Every region is sized from Config::max_tokens once, at Layer::create.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -15,21 +16,60 @@
 
 namespace flashmoe::detail {
 
-// Router task: logits of kRouterTokens tokens x kRouterExperts experts.
-inline constexpr int kRouterTokens = 8;
-inline constexpr int kRouterExperts = 8;  // one per warp
-// Smallest tile extents of any kernel variant: they bound the tile-table sizes.
+// Smallest tile extents of any kernel variant: they bound the tile-table sizes. The tallest
+// m-tile bounds the router's partial-logit buffer.
 inline constexpr int kMinTileM = 16;
+inline constexpr int kMaxTileM = 64;
 inline constexpr int kMinDownTileN = 32;
 
-// Token chunks of the routing phase, and the router tasks per chunk (one with caller-supplied
-// routing, where the router does not run).
-FLASHMOE_HOST_DEVICE inline std::int64_t router_chunks(std::int64_t tokens) {
-  return (tokens + kRouterTokens - 1) / kRouterTokens;
+// Router tasks. Decode kernels: logits of kRouterTokens tokens x kRouterExperts experts on CUDA
+// cores, whole rows of H. The prefill kernel: tensor-core tiles of its down shape, logits of a
+// token chunk (an m-tile of rows) x an expert slice (a down tile of columns) over one K slice
+// of H, K split while there are few chunks; the top-k step sums a logit's K-slice partials in
+// slice order, so the result does not depend on which block ran which slice.
+inline constexpr int kRouterTokens = 8;
+inline constexpr int kRouterExperts = 8;  // one per warp
+inline constexpr int kRouterTargetTasks = 256;
+inline constexpr int kRouterMaxKSlices = 16;
+struct RouterSplit {
+  int chunk_tokens = 0;  // tokens per chunk (its top-k is one task)
+  int chunks = 0;
+  int eslices = 0;  // expert slices (1 with caller routing)
+  int kslices = 1;  // K slices of klen columns of H
+  int klen = 0;
+  FLASHMOE_HOST_DEVICE int tasks() const { return chunks * eslices * kslices; }
+};
+// tile_*: the prefill kernel's down tile (tile_router), else unused.
+FLASHMOE_HOST_DEVICE inline RouterSplit router_split(std::int64_t tokens, int hidden, int experts,
+                                                     bool user_routing, bool tile_router,
+                                                     int tile_m, int tile_n, int tile_k) {
+  RouterSplit r;
+  r.chunk_tokens = tile_router ? tile_m : kRouterTokens;
+  r.chunks = static_cast<int>((tokens + r.chunk_tokens - 1) / r.chunk_tokens);
+  const int slice = tile_router ? tile_n : kRouterExperts;
+  r.eslices = user_routing ? 1 : (experts + slice - 1) / slice;
+  r.klen = hidden;
+  if (user_routing || !tile_router) return r;
+  int ks = 1;
+  while (2 * ks <= kRouterMaxKSlices && 2 * ks * tile_k <= hidden &&
+         static_cast<std::int64_t>(r.chunks) * r.eslices * 2 * ks <= kRouterTargetTasks) {
+    ks *= 2;
+  }
+  // Slices of whole pipeline steps; the last may be shorter, none is empty.
+  const int steps = (hidden + tile_k - 1) / tile_k;
+  r.klen = (steps + ks - 1) / ks * tile_k;
+  r.kslices = (hidden + r.klen - 1) / r.klen;
+  return r;
 }
-FLASHMOE_HOST_DEVICE inline int router_slices(int experts, bool user_routing) {
-  return user_routing ? 1 : (experts + kRouterExperts - 1) / kRouterExperts;
+// Rows of the router's partial-logit buffer ([kslices][T][E]) for any T <= max_tokens: with
+// more than one K slice, chunks * kslices <= kRouterTargetTasks, so kslices * T is at most that
+// many chunks of the tallest m-tile (64 rows).
+inline std::int64_t router_partial_rows(std::int64_t max_tokens) {
+  const std::int64_t split = std::min<std::int64_t>(kRouterMaxKSlices * max_tokens,
+                                                    std::int64_t{kRouterTargetTasks} * kMaxTileM);
+  return std::max(max_tokens, split);
 }
+
 // Bound on the sum over experts of ceil(rows_e / tile_m), for `pairs` rows over `experts`.
 FLASHMOE_HOST_DEVICE inline std::int64_t mtile_bound(std::int64_t pairs, std::int64_t experts,
                                                      int tile_m) {
@@ -65,7 +105,7 @@ struct WorkspaceLayout {
   std::int64_t max_pairs = 0;        // max_tokens * K
   std::int64_t max_mtiles = 0;       // bound on sum over experts of ceil(count / kMinTileM)
   std::int64_t max_down_ntiles = 0;  // ceil(H / kMinDownTileN)
-  std::int64_t router_chunks = 0;    // ceil(max_tokens / kRouterTokens)
+  std::int64_t router_chunks = 0;    // ceil(max_tokens / kRouterTokens): the smallest chunks
   // Byte offsets from the workspace base.
   std::size_t control = 0, expert_count = 0, router_done = 0, logits = 0, pair_expert = 0,
               pair_weight = 0, pair_pos = 0, sorted_pair = 0, mtile_expert = 0, mtile_row0 = 0,
@@ -80,7 +120,8 @@ inline WorkspaceLayout plan_workspace(const Config& c) {
   w.max_pairs = T * K;
   w.max_mtiles = mtile_bound(w.max_pairs, E, kMinTileM);
   w.max_down_ntiles = (H + kMinDownTileN - 1) / kMinDownTileN;
-  w.router_chunks = router_chunks(T);
+  static_assert(kRouterTokens <= kMinTileM, "chunks of tile_m tokens are no more");
+  w.router_chunks = (T + kRouterTokens - 1) / kRouterTokens;
   std::size_t at = 0;
   auto take = [&at](std::int64_t bytes) {
     const std::size_t here = at;
@@ -90,7 +131,7 @@ inline WorkspaceLayout plan_workspace(const Config& c) {
   w.control = take(kControlWords * kControlStride * 4);
   w.expert_count = take(E * 4);
   w.router_done = take(w.router_chunks * 4);
-  w.logits = take(T * E * 4);
+  w.logits = take(router_partial_rows(T) * E * 4);
   w.pair_expert = take(w.max_pairs * 4);
   w.pair_weight = take(w.max_pairs * 4);
   w.pair_pos = take(w.max_pairs * 4);

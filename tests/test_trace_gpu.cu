@@ -82,8 +82,18 @@ TEST_F(TraceGpu, OneEventPerTaskInOrderAndWritersAgree) {
     for (int e : ids) ++per_expert[e];
     int mtiles = 0;
     for (const auto& [e, n] : per_expert) mtiles += ceil_div(n, trace.tile_m);
-    const int chunks = ceil_div(T, flashmoe::detail::kRouterTokens);
-    const int eslices = ceil_div(c.experts, flashmoe::detail::kRouterExperts);
+    // Router tasks: decode kernels take chunks of kRouterTokens x kRouterExperts whole rows;
+    // the prefill kernel, tiles of its down shape over one or more slices of H.
+    const bool decode = trace.variant == "decode";
+    const int chunks = ceil_div(T, decode ? flashmoe::detail::kRouterTokens : trace.tile_m);
+    const int eslices =
+        ceil_div(c.experts, decode ? flashmoe::detail::kRouterExperts : trace.tile_n_down);
+    if (decode) {
+      EXPECT_EQ(trace.router_k_slices, 1);
+    } else {
+      EXPECT_GE(trace.router_k_slices, 1);
+      EXPECT_LE(trace.router_k_slices, flashmoe::detail::kRouterMaxKSlices);
+    }
     const int ng = ceil_div(c.intermediate, trace.tile_n_gateup);
     const int nd = ceil_div(c.hidden, trace.tile_n_down);
     std::map<TraceKind, int> count;
@@ -92,7 +102,8 @@ TEST_F(TraceGpu, OneEventPerTaskInOrderAndWritersAgree) {
       ++count[e.kind];
       if (e.kind == TraceKind::Combine) combine_ntiles.insert(e.tile);
     }
-    EXPECT_EQ(count[TraceKind::Router], chunks * eslices);
+    EXPECT_EQ(trace.router_tasks, chunks * eslices * trace.router_k_slices);
+    EXPECT_EQ(count[TraceKind::Router], trace.router_tasks);
     EXPECT_EQ(count[TraceKind::Routing], chunks + 1);  // top-k per chunk + the tile table
     EXPECT_EQ(count[TraceKind::GateUp], mtiles * ng);
     EXPECT_EQ(count[TraceKind::Down], mtiles * nd);

@@ -76,6 +76,42 @@ __device__ void gateup_tile(const KernelParams<T>& p, unsigned char* smem, std::
             static_cast<int>(slot) * ntiles + ntile);
 }
 
+// Router tile: logits[kslice, t0 : t0 + BM, e0 : e0 + BN] = x Wr^T over one K slice of H
+// (fp32 partials, summed over the slices by the top-k step). Its own call of the tile loop:
+// sharing the down tile's call kept the router's extra state live across that loop and
+// pushed the kernel (at its 128-register cap) into spills that slowed every tile.
+template <class S, typename T>
+__device__ void router_tile(const KernelParams<T>& p, unsigned char* smem, int t0, int e0,
+                            int kslice, int trace_tile, Tracer& tr) {
+  __shared__ TileSmem<S, T> ts;
+  const std::uint64_t start = tr.now();
+  const int H = p.hidden, k0 = kslice * p.rsplit.klen;
+  for (int r = threadIdx.x; r < S::BM; r += kThreads) {
+    const int t = t0 + r;
+    // x may alias y (in-place forward): cp.async reads through L2, and no y is written before
+    // every router tile is done.
+    ts.a_rows[r] = t < p.num_tokens ? p.x + static_cast<std::int64_t>(t) * H + k0 : nullptr;
+  }
+  for (int j = threadIdx.x; j < S::NB; j += kThreads) {
+    const int e = e0 + j;
+    ts.b_rows[j] = e < p.experts ? p.router + static_cast<std::int64_t>(e) * H + k0 : nullptr;
+  }
+  __syncthreads();
+  typename TileMma<S, T>::Acc acc;
+  TileMma<S, T>::run(acc, smem, ts.a_rows, ts.b_rows, min(p.rsplit.klen, H - k0), p.router,
+                     [] { return true; });
+  float* part = p.logits + static_cast<std::int64_t>(kslice) * p.num_tokens * p.experts;
+  TileMma<S, T>::for_each_pair([&](int row, int col, int f, int mi, int half) {
+    const int t = t0 + row, e = e0 + col;
+    if (t < p.num_tokens) {
+      float* dst = part + static_cast<std::int64_t>(t) * p.experts + e;
+      if (e < p.experts) dst[0] = acc[mi][f][2 * half];
+      if (e + 1 < p.experts) dst[1] = acc[mi][f][2 * half + 1];
+    }
+  });
+  tr.record(TraceKind::Router, start, -1, trace_tile);
+}
+
 // ypart[pair, n0 : n0 + BN] = w_pair * (h W2^T); then, for every token whose K slices of this
 // column range are now all present, y = sum over k in order (+ beta * y).
 // Returns false when the launch is being abandoned.

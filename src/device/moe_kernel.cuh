@@ -1,6 +1,7 @@
 // The persistent MoE kernel. Blocks take tickets from one queue counter; ticket order is a
 // topological order of the task graph:
-//   [0, R)               routing (router logits + top-k per token chunk, or caller routing);
+//   [0, R)               routing: router tiles (token chunk x expert slice x K slice), the
+//                        last of a chunk's runs its top-k (or caller routing, one per chunk);
 //                        the last one builds the tile table and publishes the ticket total
 //   [R, R + M*NG)        gate/up tiles, m-tile major
 //   [R + M*NG, total)    down tiles (each waits for its m-tile's NG gate/up tiles), with the
@@ -49,10 +50,12 @@ constexpr int cmax(int a, int b) { return a > b ? a : b; }
 // are enough of them to give every block work; narrow ones keep every block busy when few
 // experts are touched (Mixtral at T = 1 has 2 m-tiles: 256 down tiles of 32 columns, 64 of
 // 128). Down tiles have a short K (= I), so they pay their set-up often.
-template <int BM_, class GateUp_, class GateUpWide_, class Down0_, class Down1_ = Down0_,
-          class Down2_ = Down1_>
+template <int BM_, bool TILE_ROUTER, class GateUp_, class GateUpWide_, class Down0_,
+          class Down1_ = Down0_, class Down2_ = Down1_>
 struct KernelConfig {
   static constexpr int BM = BM_;
+  // Router on tensor cores (router_tile, split K) or on CUDA cores (router_logits).
+  static constexpr bool tile_router = TILE_ROUTER;
   using GateUp = GateUp_;
   using GateUpWide = GateUpWide_;
   using Down0 = Down0_;
@@ -63,7 +66,8 @@ struct KernelConfig {
   static_assert(BM_ == GateUp::BM && BM_ == GateUpWide::BM && BM_ == Down0::BM &&
                     BM_ == Down1::BM && BM_ == Down2::BM,
                 "one m-tile height per variant");
-  static_assert(BM_ >= kMinTileM && Down0::BN >= kMinDownTileN, "workspace tables assume these");
+  static_assert(BM_ >= kMinTileM && BM_ <= kMaxTileM && Down0::BN >= kMinDownTileN,
+                "workspace tables assume these");
   static_assert(Down0::BN <= Down1::BN && Down1::BN <= Down2::BN, "narrow to wide");
   // Dynamic shared memory of the kernel running gate/up shape G and down shape D.
   template <class G, class D>
@@ -77,14 +81,14 @@ struct KernelConfig {
 // bytes), so the narrow gate/up tile steps 128 columns of K (24 KB, 4 stages); the wide
 // gate/up and down tiles step 64 columns (20 KB) to stay within the same shared memory.
 using DecodeConfig =
-    KernelConfig<32, TileShape<32, 32, true, 1, 4, 2, 4, 128>,
+    KernelConfig<32, false, TileShape<32, 32, true, 1, 4, 2, 4, 128>,
                  TileShape<32, 64, true, 1, 4, 2, 4, 64>, TileShape<32, 32, false, 1, 4, 2, 4, 128>,
                  TileShape<32, 64, false, 1, 4, 2, 4, 128>,
                  TileShape<32, 128, false, 1, 4, 2, 4, 64>>;
 // Many rows per expert (prefill): one shape each.
 using PrefillGateUp = TileShape<64, 64, true, 2, 4, 1, 3, 64>;
 using PrefillConfig =
-    KernelConfig<64, PrefillGateUp, PrefillGateUp, TileShape<64, 64, false, 2, 4, 1, 3, 64>>;
+    KernelConfig<64, true, PrefillGateUp, PrefillGateUp, TileShape<64, 64, false, 2, 4, 1, 3, 64>>;
 
 template <class Cfg, class GateUp, class Down, typename T>
 __global__ void __launch_bounds__(kThreads, 2) moe_kernel(const KernelParams<T> p) {
@@ -94,9 +98,8 @@ __global__ void __launch_bounds__(kThreads, 2) moe_kernel(const KernelParams<T> 
   constexpr std::uint32_t kStop = 0xffffffffu;
 
   const bool user_routing = p.user_ids != nullptr;
-  const int chunks = static_cast<int>(router_chunks(p.num_tokens));
-  const int echunks = router_slices(p.experts, user_routing);
-  const std::uint32_t routing_tickets = static_cast<std::uint32_t>(chunks * echunks);
+  const RouterSplit rs = p.rsplit;  // the host sized it for this kernel's down shape
+  const std::uint32_t routing_tickets = static_cast<std::uint32_t>(rs.tasks());
   const int ng = (p.inter + GateUp::BN - 1) / GateUp::BN;
   const int nd = (p.hidden + Down::BN - 1) / Down::BN;
   if (threadIdx.x == 0) s_total = 0;
@@ -125,25 +128,39 @@ __global__ void __launch_bounds__(kThreads, 2) moe_kernel(const KernelParams<T> 
     if (ticket == kStop) break;
 
     if (ticket < routing_tickets) {
-      const int chunk = static_cast<int>(ticket) / echunks;
-      const int t0 = chunk * kRouterTokens;
+      // Chunk-major, so that the first chunk's top-k can start while later chunks' router
+      // tasks still run.
+      const int per_chunk = rs.eslices * rs.kslices;
+      const int chunk = static_cast<int>(ticket) / per_chunk;
+      const int t0 = chunk * rs.chunk_tokens;
       std::uint64_t start = tr.now();
       if (!user_routing) {
-        router_logits(p, t0, (static_cast<int>(ticket) % echunks) * kRouterExperts);
-        __syncthreads();
-        tr.record(TraceKind::Router, start, -1, static_cast<int>(ticket));
+        const int within = static_cast<int>(ticket) % per_chunk;
+        if constexpr (Cfg::tile_router) {
+          router_tile<Down>(p, smem, t0, (within / rs.kslices) * Down::BN, within % rs.kslices,
+                            static_cast<int>(ticket), tr);
+        } else {
+          router_logits(p, t0, within * kRouterExperts);
+          tr.record(TraceKind::Router, start, -1, static_cast<int>(ticket));
+        }
+        __syncthreads();  // every partial of the task is written before it is counted
         start = tr.now();
         if (threadIdx.x == 0) {
-          // The last of a chunk's expert slices selects that chunk's experts.
+          // The last of a chunk's router tasks selects that chunk's experts. Its partials were
+          // all written before each task's release (the barrier at the end of the tile).
           std::uint32_t* c = &p.router_done[chunk];
-          s_flag = fetch_add_acq_rel(c, 1) == static_cast<std::uint32_t>(echunks) - 1;
+          s_flag = fetch_add_acq_rel(c, 1) == static_cast<std::uint32_t>(per_chunk) - 1;
           if (s_flag) store_relaxed(c, 0);
         }
         __syncthreads();
         if (!s_flag) continue;
       }
-      const int t = t0 + (threadIdx.x >> 5);
-      if (t < min(t0 + kRouterTokens, p.num_tokens)) {
+      const int t_end = min(t0 + rs.chunk_tokens, p.num_tokens);
+      if (Cfg::tile_router && !user_routing) {
+        sum_router_partials(p, t0, t_end);
+        __syncthreads();  // the block's global writes are visible to the block after this
+      }
+      for (int t = t0 + (threadIdx.x >> 5); t < t_end; t += kThreads / 32) {
         if (user_routing) {
           take_user_routing(p, t);
         } else {
@@ -154,7 +171,7 @@ __global__ void __launch_bounds__(kThreads, 2) moe_kernel(const KernelParams<T> 
       if (threadIdx.x == 0) {
         // Decided by thread 0 alone: the abort flag may change while the block reads it.
         s_flag = fetch_add_acq_rel(p.ctl.word(kRoutingDone), 1) ==
-                     static_cast<std::uint32_t>(chunks) - 1 &&
+                     static_cast<std::uint32_t>(rs.chunks) - 1 &&
                  !p.ctl.aborted();
       }
       tr.record(TraceKind::Routing, start, -1, chunk);
@@ -192,7 +209,7 @@ __global__ void __launch_bounds__(kThreads, 2) moe_kernel(const KernelParams<T> 
   for (int e = threadIdx.x; e < p.experts; e += kThreads) p.expert_count[e] = 0;
   if (aborted) {
     // Counters whose last user never came: clear all of them (error path only).
-    for (int i = threadIdx.x; i < chunks; i += kThreads) p.router_done[i] = 0;
+    for (int i = threadIdx.x; i < rs.chunks; i += kThreads) p.router_done[i] = 0;
     const std::int64_t n = static_cast<std::int64_t>(p.num_tokens) * p.combine_stride;
     for (std::int64_t i = threadIdx.x; i < n; i += kThreads) p.combine_done[i] = 0;
   }

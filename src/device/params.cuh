@@ -30,12 +30,13 @@ struct KernelParams {
   int scoring;     // flashmoe::Scoring
   bool renormalize;
   float scaling;
+  RouterSplit rsplit;  // router tasks of this launch (workspace.hpp)
 
   // Workspace.
   Control ctl;
   std::uint32_t* expert_count;  // [E]
   std::uint32_t* router_done;   // [router chunks]
-  float* logits;                // [T, E]
+  float* logits;                // [rsplit.kslices, T, E] partial sums over K slices
   std::int32_t* pair_expert;    // [T*K]
   float* pair_weight;           // [T*K]
   std::uint32_t* pair_pos;      // [T*K] position among its expert's rows

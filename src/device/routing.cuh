@@ -1,5 +1,6 @@
-// Routing phase: router logits, top-k per token, grouping of (token, k) pairs by expert,
-// and the tile table that releases the expert tiles. Runs as the first tickets of the queue.
+// Routing phase: router logits (decode kernels; the prefill kernel runs its router as
+// tensor-core tiles, expert_tiles.cuh), top-k per token, grouping of (token, k) pairs by expert, and the tile
+// table that releases the expert tiles. Runs as the first tickets of the queue.
 #pragma once
 
 #include <cfloat>
@@ -13,8 +14,9 @@
 
 namespace flashmoe::detail {
 
-// Logits of tokens [t0, t0 + kRouterTokens) x experts [e0, e0 + kRouterExperts), fp32.
-// One expert per warp; lanes stride H with 16-byte loads, kLoads of them in flight per lane
+// Decode kernels' router: logits of tokens [t0, t0 + kRouterTokens) x experts
+// [e0, e0 + kRouterExperts), fp32, on CUDA cores (a tensor-core router tile in these kernels
+// measured slower at T <= 64: bench/NOTES.md, version 16). One expert per warp; lanes stride H with 16-byte loads, kLoads of them in flight per lane
 // (the router is on the critical path of every forward: it must not wait on one load at a
 // time).
 template <typename T>
@@ -68,6 +70,28 @@ __device__ void router_logits(const KernelParams<T>& p, int t0, int e0) {
   }
 }
 
+// Block: the logits of tokens [t0, t_end) = their router partials summed in K-slice order
+// (the same sum on every run), left in slice 0. Separate from the top-k so that neither keeps
+// the other's registers live. The partials were written by other blocks this launch (ordered
+// by the caller's acquire): read through L2.
+template <typename T>
+__device__ void sum_router_partials(const KernelParams<T>& p, int t0, int t_end) {
+  const int ks = p.rsplit.kslices;
+  if (ks == 1) return;
+  const std::int64_t stride = static_cast<std::int64_t>(p.num_tokens) * p.experts;
+  float* base = p.logits + static_cast<std::int64_t>(t0) * p.experts;
+  const int n = (t_end - t0) * p.experts;
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    float v[kRouterMaxKSlices];
+#pragma unroll
+    for (int s = 0; s < kRouterMaxKSlices; ++s) v[s] = s < ks ? __ldcg(base + s * stride + i) : 0.0f;
+    float sum = v[0];
+#pragma unroll
+    for (int s = 1; s < kRouterMaxKSlices; ++s) sum += v[s];
+    base[i] = sum;
+  }
+}
+
 // Registers pair (t, k) -> expert e with weight w; its row among e's rows comes from a
 // counter (order varies run to run, results do not: rows are computed independently and the
 // combine sums by k).
@@ -88,13 +112,14 @@ template <int PER_LANE, typename T>
 __device__ void select_experts_n(const KernelParams<T>& p, int t) {
   const int lane = threadIdx.x & 31;
   const int E = p.experts;
+  // sum_router_partials left the logits in K slice 0; written by other blocks this launch.
   const float* row = p.logits + static_cast<std::int64_t>(t) * E;
   float score[PER_LANE], choice[PER_LANE];
   float mx = -INFINITY;
 #pragma unroll
   for (int i = 0; i < PER_LANE; ++i) {
     const int e = lane + 32 * i;
-    score[i] = e < E ? __ldcg(row + e) : -INFINITY;  // written by other blocks this launch
+    score[i] = e < E ? __ldcg(row + e) : -INFINITY;
     mx = fmaxf(mx, score[i]);
   }
   if (p.scoring == static_cast<int>(Scoring::Softmax)) {

@@ -1,0 +1,86 @@
+// The workspace plan's router split (src/workspace.hpp): every K slice real, the partial-logit
+// buffer large enough for any T, and the task counts the split promises.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+
+#include "workspace.hpp"
+
+namespace {
+
+using flashmoe::detail::kRouterMaxKSlices;
+using flashmoe::detail::kRouterTargetTasks;
+using flashmoe::detail::router_partial_rows;
+using flashmoe::detail::router_split;
+using flashmoe::detail::RouterSplit;
+
+TEST(RouterSplit, DecodeRouterTakesWholeRows) {
+  const RouterSplit r = router_split(20, 2048, 128, false, false, 32, 64, 128);
+  EXPECT_EQ(r.chunk_tokens, flashmoe::detail::kRouterTokens);
+  EXPECT_EQ(r.chunks, 3);
+  EXPECT_EQ(r.eslices, 128 / flashmoe::detail::kRouterExperts);
+  EXPECT_EQ(r.kslices, 1);
+  EXPECT_EQ(r.klen, 2048);
+}
+
+TEST(RouterSplit, OneTokenSpreadsOverKSlices) {
+  // Qwen3-30B-A3B at T = 1 with 32 x 64 tiles stepping 128 columns: 2 expert slices, H in 16
+  // slices of one step each.
+  const RouterSplit r = router_split(1, 2048, 128, false, true, 32, 64, 128);
+  EXPECT_EQ(r.chunk_tokens, 32);
+  EXPECT_EQ(r.chunks, 1);
+  EXPECT_EQ(r.eslices, 2);
+  EXPECT_EQ(r.kslices, 16);
+  EXPECT_EQ(r.klen, 128);
+  EXPECT_EQ(r.tasks(), 32);
+}
+
+TEST(RouterSplit, ManyChunksKeepWholeRows) {
+  // 4096 tokens in 64-row chunks are 64 chunks x 2 expert slices: already 128 tasks, and the
+  // next doubling would pass the target.
+  const RouterSplit r = router_split(4096, 2048, 128, false, true, 64, 64, 64);
+  EXPECT_EQ(r.chunks, 64);
+  EXPECT_EQ(r.kslices, 2);
+  EXPECT_EQ(r.tasks(), 256);
+  const RouterSplit big = router_split(16384, 2048, 128, false, true, 64, 64, 64);
+  EXPECT_EQ(big.kslices, 1);
+  EXPECT_EQ(big.klen, 2048);
+}
+
+TEST(RouterSplit, CallerRoutingIsOneTaskPerChunk) {
+  const RouterSplit r = router_split(100, 2048, 128, true, true, 32, 64, 128);
+  EXPECT_EQ(r.chunks, 4);
+  EXPECT_EQ(r.eslices, 1);
+  EXPECT_EQ(r.kslices, 1);
+  EXPECT_EQ(r.tasks(), 4);
+}
+
+TEST(RouterSplit, SlicesCoverHOnceAndFitTheBuffer) {
+  struct Tile {
+    int m, n, k;
+  };
+  for (const Tile tile : {Tile{32, 32, 128}, Tile{32, 64, 128}, Tile{32, 128, 64}, Tile{64, 64, 64},
+                          Tile{16, 32, 64}}) {
+    for (int hidden : {8, 64, 136, 1000, 2048, 4096, 7168}) {
+      for (int experts : {1, 8, 60, 64, 128, 1024}) {
+        for (std::int64_t T : {1, 2, 3, 16, 31, 33, 100, 256, 511, 1024, 4097}) {
+          const RouterSplit r = router_split(T, hidden, experts, false, true, tile.m, tile.n, tile.k);
+          SCOPED_TRACE(testing::Message() << "T " << T << " H " << hidden << " E " << experts
+                                          << " tile " << tile.m << "x" << tile.n << "x" << tile.k);
+          ASSERT_GE(r.kslices, 1);
+          ASSERT_LE(r.kslices, kRouterMaxKSlices);
+          EXPECT_TRUE(r.klen % tile.k == 0 || r.kslices == 1);
+          EXPECT_LT(static_cast<std::int64_t>(r.kslices - 1) * r.klen, hidden) << "empty slice";
+          EXPECT_GE(static_cast<std::int64_t>(r.kslices) * r.klen, hidden) << "H not covered";
+          if (r.kslices > 1) {
+            EXPECT_LE(r.tasks(), kRouterTargetTasks);
+          }
+          // The buffer of a layer sized for exactly T (the tightest) holds kslices x T rows.
+          EXPECT_LE(r.kslices * T, router_partial_rows(T));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
