@@ -9,7 +9,7 @@
 namespace flashmoe {
 
 enum class TraceKind : std::uint8_t {
-  Router = 0,   // router tile: partial logits of a token chunk x expert slice x K slice
+  Router = 0,   // router logits of a token chunk x expert slice (x K slice in prefill)
   Routing = 1,  // top-k of a token chunk, or the tile-table build (tile = -1)
   GateUp = 2,   // gate/up tile: expert, tile = m-tile * gate/up n-tiles + n-tile
   Down = 3,     // down tile: expert, tile = m-tile * down n-tiles + n-tile
@@ -50,8 +50,9 @@ struct Trace {
   int sm_count = 0;
   // Tile shape of the kernel variant that ran (decode or prefill).
   int tile_m = 0, tile_n_gateup = 0, tile_n_down = 0;
-  // Router tiles (the down shape): token chunks of tile_m x expert slices of tile_n_down x
-  // router_k_slices slices of the hidden dimension; 0 with caller-supplied routing.
+  // Router tasks of the launch and the slices of the hidden dimension each logit is summed
+  // over (1 in decode; the prefill kernel splits H while there are few token chunks); both 0
+  // with caller-supplied routing.
   int router_tasks = 0, router_k_slices = 0;
   std::string variant;  // "decode" or "prefill"
 };
