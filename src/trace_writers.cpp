@@ -221,8 +221,8 @@ std::string trace_to_chrome_json(const Trace& trace) {
                  R"("tile_n_gateup":{},"tile_n_down":{},"router_tasks":{},"router_k_slices":{},)"
                  R"("base_ns":{}}},"traceEvents":[)",
                  trace.num_tokens, trace.grid_blocks, trace.sm_count, trace.tile_m,
-                 trace.tile_n_gateup, trace.tile_n_down, trace.router_tasks,
-                 trace.router_k_slices, w.base);
+                 trace.tile_n_gateup, trace.tile_n_down, trace.router_tasks, trace.router_k_slices,
+                 w.base);
 
   bool first = true;
   auto sep = [&] {

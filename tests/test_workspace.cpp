@@ -64,7 +64,8 @@ TEST(RouterSplit, SlicesCoverHOnceAndFitTheBuffer) {
     for (int hidden : {8, 64, 136, 1000, 2048, 4096, 7168}) {
       for (int experts : {1, 8, 60, 64, 128, 1024}) {
         for (std::int64_t T : {1, 2, 3, 16, 31, 33, 100, 256, 511, 1024, 4097}) {
-          const RouterSplit r = router_split(T, hidden, experts, false, true, tile.m, tile.n, tile.k);
+          const RouterSplit r =
+              router_split(T, hidden, experts, false, true, tile.m, tile.n, tile.k);
           SCOPED_TRACE(testing::Message() << "T " << T << " H " << hidden << " E " << experts
                                           << " tile " << tile.m << "x" << tile.n << "x" << tile.k);
           ASSERT_GE(r.kslices, 1);

@@ -1,7 +1,8 @@
 // The persistent MoE kernel. Blocks take tickets from one queue counter; ticket order is a
 // topological order of the task graph:
-//   [0, R)               routing: router tiles (token chunk x expert slice x K slice), the
-//                        last of a chunk's runs its top-k (or caller routing, one per chunk);
+//   [0, R)               routing: router tasks (token chunk x expert slice, x K slice in the
+//                        prefill kernel), the last of a chunk's runs its top-k (or caller
+//                        routing, one task per chunk);
 //                        the last one builds the tile table and publishes the ticket total
 //   [R, R + M*NG)        gate/up tiles, m-tile major
 //   [R + M*NG, total)    down tiles (each waits for its m-tile's NG gate/up tiles), with the
@@ -98,7 +99,7 @@ __global__ void __launch_bounds__(kThreads, 2) moe_kernel(const KernelParams<T> 
   constexpr std::uint32_t kStop = 0xffffffffu;
 
   const bool user_routing = p.user_ids != nullptr;
-  const RouterSplit rs = p.rsplit;  // the host sized it for this kernel's down shape
+  const RouterSplit rs = p.rsplit;  // router_split() for this kernel, by the host
   const std::uint32_t routing_tickets = static_cast<std::uint32_t>(rs.tasks());
   const int ng = (p.inter + GateUp::BN - 1) / GateUp::BN;
   const int nd = (p.hidden + Down::BN - 1) / Down::BN;
@@ -146,8 +147,8 @@ __global__ void __launch_bounds__(kThreads, 2) moe_kernel(const KernelParams<T> 
         __syncthreads();  // every partial of the task is written before it is counted
         start = tr.now();
         if (threadIdx.x == 0) {
-          // The last of a chunk's router tasks selects that chunk's experts. Its partials were
-          // all written before each task's release (the barrier at the end of the tile).
+          // The last of a chunk's router tasks selects that chunk's experts. Each task's logits
+          // were all written before its release (the barrier above).
           std::uint32_t* c = &p.router_done[chunk];
           s_flag = fetch_add_acq_rel(c, 1) == static_cast<std::uint32_t>(per_chunk) - 1;
           if (s_flag) store_relaxed(c, 0);

@@ -1,6 +1,7 @@
 // Routing phase: router logits (decode kernels; the prefill kernel runs its router as
-// tensor-core tiles, expert_tiles.cuh), top-k per token, grouping of (token, k) pairs by expert, and the tile
-// table that releases the expert tiles. Runs as the first tickets of the queue.
+// tensor-core tiles, expert_tiles.cuh), top-k per token, grouping of (token, k) pairs by
+// expert, and the tile table that releases the expert tiles. Runs as the first tickets of the
+// queue.
 #pragma once
 
 #include <cfloat>
@@ -16,9 +17,9 @@ namespace flashmoe::detail {
 
 // Decode kernels' router: logits of tokens [t0, t0 + kRouterTokens) x experts
 // [e0, e0 + kRouterExperts), fp32, on CUDA cores (a tensor-core router tile in these kernels
-// measured slower at T <= 64: bench/NOTES.md, version 16). One expert per warp; lanes stride H with 16-byte loads, kLoads of them in flight per lane
-// (the router is on the critical path of every forward: it must not wait on one load at a
-// time).
+// measured slower at T <= 64: bench/NOTES.md, version 16). One expert per warp; lanes stride
+// H with 16-byte loads, kLoads of them in flight per lane (the router is on the critical path
+// of every forward: it must not wait on one load at a time).
 template <typename T>
 __device__ void router_logits(const KernelParams<T>& p, int t0, int e0) {
   static_assert(kRouterExperts == kThreads / 32, "one expert per warp");
@@ -84,7 +85,8 @@ __device__ void sum_router_partials(const KernelParams<T>& p, int t0, int t_end)
   for (int i = threadIdx.x; i < n; i += kThreads) {
     float v[kRouterMaxKSlices];
 #pragma unroll
-    for (int s = 0; s < kRouterMaxKSlices; ++s) v[s] = s < ks ? __ldcg(base + s * stride + i) : 0.0f;
+    for (int s = 0; s < kRouterMaxKSlices; ++s)
+      v[s] = s < ks ? __ldcg(base + s * stride + i) : 0.0f;
     float sum = v[0];
 #pragma unroll
     for (int s = 1; s < kRouterMaxKSlices; ++s) sum += v[s];
