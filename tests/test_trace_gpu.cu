@@ -93,6 +93,11 @@ TEST_F(TraceGpu, OneEventPerTaskInOrderAndWritersAgree) {
     } else {
       EXPECT_GE(trace.router_k_slices, 1);
       EXPECT_LE(trace.router_k_slices, flashmoe::detail::kRouterMaxKSlices);
+      // The split the host planned (64: the K step of the prefill down tile).
+      EXPECT_EQ(trace.router_k_slices,
+                flashmoe::detail::router_split(T, c.hidden, c.experts, false, true, trace.tile_m,
+                                               trace.tile_n_down, 64)
+                    .kslices);
     }
     const int ng = ceil_div(c.intermediate, trace.tile_n_gateup);
     const int nd = ceil_div(c.hidden, trace.tile_n_down);

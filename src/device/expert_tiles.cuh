@@ -1,5 +1,6 @@
 // Expert tiles: gate/up (fused, activation in the epilogue) and down (routing weight in the
-// epilogue, then the fixed-order combine by whichever tile finishes a token slice last).
+// epilogue, then the fixed-order combine by whichever tile finishes a token slice last), and
+// the prefill kernel's router tile.
 #pragma once
 
 #include <cstdint>
