@@ -247,9 +247,8 @@ Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens, cu
   }
   if (Status s = check_options(impl, options); !s.ok()) return s;
 
-  // The decode variant while experts average at most one m-tile of rows.
-  const bool decode =
-      num_tokens * c.top_k <= static_cast<std::int64_t>(DecodeConfig::BM) * c.experts;
+  // The decode variant while experts average at most one m-tile of rows (workspace.hpp).
+  const bool decode = !runs_prefill_kernel(num_tokens, c.top_k, c.experts);
   if (c.dtype == DType::BF16) {
     return decode ? launch_decode<__nv_bfloat16>(impl, x, y, num_tokens, stream, options)
                   : launch<PrefillConfig, PrefillGateUp, PrefillConfig::Down0, __nv_bfloat16>(

@@ -61,10 +61,20 @@ FLASHMOE_HOST_DEVICE inline RouterSplit router_split(std::int64_t tokens, int hi
   r.kslices = (hidden + r.klen - 1) / r.klen;
   return r;
 }
-// Rows of the router's partial-logit buffer ([kslices][T][E]) for any T <= max_tokens: with
-// more than one K slice, chunks * kslices <= kRouterTargetTasks, so kslices * T is at most that
-// many chunks of the tallest m-tile (64 rows).
-inline std::int64_t router_partial_rows(std::int64_t max_tokens) {
+// m-tile height of the decode kernels (DecodeConfig::BM, which checks it). A forward runs the
+// prefill kernel when its experts average more than one such m-tile of rows; the rule only
+// grows with T.
+inline constexpr int kDecodeTileM = 32;
+FLASHMOE_HOST_DEVICE inline bool runs_prefill_kernel(std::int64_t tokens, int top_k, int experts) {
+  return tokens * top_k > static_cast<std::int64_t>(kDecodeTileM) * experts;
+}
+
+// Rows of the router's partial-logit buffer ([kslices][T][E]) for any T <= max_tokens. Only
+// the prefill kernel splits K, so a layer whose forwards never reach it needs T rows. With more
+// than one K slice, chunks * kslices <= kRouterTargetTasks, so kslices * T is at most that many
+// chunks of the tallest m-tile (64 rows).
+inline std::int64_t router_partial_rows(std::int64_t max_tokens, int top_k, int experts) {
+  if (!runs_prefill_kernel(max_tokens, top_k, experts)) return max_tokens;
   const std::int64_t split = std::min<std::int64_t>(kRouterMaxKSlices * max_tokens,
                                                     std::int64_t{kRouterTargetTasks} * kMaxTileM);
   return std::max(max_tokens, split);
@@ -131,7 +141,7 @@ inline WorkspaceLayout plan_workspace(const Config& c) {
   w.control = take(kControlWords * kControlStride * 4);
   w.expert_count = take(E * 4);
   w.router_done = take(w.router_chunks * 4);
-  w.logits = take(router_partial_rows(T) * E * 4);
+  w.logits = take(router_partial_rows(T, c.top_k, c.experts) * E * 4);
   w.pair_expert = take(w.max_pairs * 4);
   w.pair_weight = take(w.max_pairs * 4);
   w.pair_pos = take(w.max_pairs * 4);

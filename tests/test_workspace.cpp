@@ -13,6 +13,7 @@ using flashmoe::detail::kRouterTargetTasks;
 using flashmoe::detail::router_partial_rows;
 using flashmoe::detail::router_split;
 using flashmoe::detail::RouterSplit;
+using flashmoe::detail::runs_prefill_kernel;
 
 TEST(RouterSplit, DecodeRouterTakesWholeRows) {
   const RouterSplit r = router_split(20, 2048, 128, false, false, 32, 64, 128);
@@ -78,12 +79,40 @@ TEST(RouterSplit, SlicesCoverHOnceAndFitTheBuffer) {
           if (r.kslices > 1) {
             EXPECT_LE(r.tasks(), kRouterTargetTasks);
           }
-          // The buffer of a layer sized for exactly T (the tightest) holds kslices x T rows.
-          EXPECT_LE(r.kslices * T, router_partial_rows(T));
+          // The buffer of a layer sized for exactly T (the tightest) holds kslices x T rows
+          // whenever T runs the prefill kernel (the only one that splits K).
+          for (int top_k : {1, 8}) {
+            if (top_k > experts) continue;
+            const std::int64_t rows = router_partial_rows(T, top_k, experts);
+            EXPECT_GE(rows, T);
+            if (runs_prefill_kernel(T, top_k, experts)) {
+              EXPECT_LE(r.kslices * T, rows);
+            }
+          }
         }
       }
     }
   }
+}
+
+TEST(RouterSplit, DecodeOnlyLayersKeepOneRowPerToken) {
+  // Qwen3-30B-A3B (E = 128, K = 8): T = 512 is the last decode T (4096 pairs = 32 x 128), so
+  // a layer sized for it holds no K slices; one more token reaches the prefill kernel, whose
+  // split needs up to 16 slices of rows (capped at 256 chunks of 64 rows).
+  EXPECT_FALSE(runs_prefill_kernel(512, 8, 128));
+  EXPECT_TRUE(runs_prefill_kernel(513, 8, 128));
+  EXPECT_EQ(router_partial_rows(512, 8, 128), 512);
+  EXPECT_EQ(router_partial_rows(513, 8, 128), 16 * 513);
+  EXPECT_EQ(router_partial_rows(4096, 8, 128), kRouterTargetTasks * 64);
+  // The workspace follows: a decode-only layer's logits region is T x E floats.
+  flashmoe::Config c;
+  c.hidden = 2048;
+  c.intermediate = 768;
+  c.experts = 128;
+  c.top_k = 8;
+  c.max_tokens = 512;
+  const auto w = flashmoe::detail::plan_workspace(c);
+  EXPECT_EQ(w.pair_expert - w.logits, std::size_t{512} * 128 * 4);
 }
 
 }  // namespace

@@ -86,6 +86,7 @@ using DecodeConfig =
                  TileShape<32, 64, true, 1, 4, 2, 4, 64>, TileShape<32, 32, false, 1, 4, 2, 4, 128>,
                  TileShape<32, 64, false, 1, 4, 2, 4, 128>,
                  TileShape<32, 128, false, 1, 4, 2, 4, 64>>;
+static_assert(DecodeConfig::BM == kDecodeTileM, "runs_prefill_kernel and the workspace use it");
 // Many rows per expert (prefill): one shape each.
 using PrefillGateUp = TileShape<64, 64, true, 2, 4, 1, 3, 64>;
 using PrefillConfig =
