@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# A/B on the GPU machine in one call, as the versions in bench/NOTES.md were measured: builds
+# the working tree with the `gpu` preset and each variant tree (a full copy of the project
+# under .probe/<name>, carried to the machine) in parallel, then runs the benchmarks named by
+# the filter on every build, in two interleaved rounds, cuBLAS off. Logs go to $OUT (or ./out).
+# Usage: VARIANTS="base other" bench/ab_session.sh 'benchmark filter regex'
+# Environment: TESTS=ON (also build and run the tests of the working tree), TRACE_T="1 16"
+# (trace the working tree at these T).
+set -uo pipefail
+out=${OUT:-out}
+mkdir -p "$out"
+variants=${VARIANTS:-}
+filter=${1:?benchmark filter}
+nvidia-smi --query-gpu=name,memory.total --format=csv >"$out/session.log"
+cmake --preset gpu -DFLASHMOE_BUILD_TESTS="${TESTS:-OFF}" -DFLASHMOE_BUILD_EXAMPLES=ON \
+  >>"$out/session.log" 2>&1
+(cmake --build --preset gpu -j 10 >>"$out/session.log" 2>&1; echo "gpu build $?") &
+for v in $variants; do
+  (cmake -S ".probe/$v" -B "build/$v" -DCMAKE_BUILD_TYPE=Release \
+     -DCMAKE_CUDA_ARCHITECTURES=90a-real -DFLASHMOE_BUILD_TESTS=OFF \
+     -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/$v.log" 2>&1
+   cmake --build "build/$v" -j 6 --target bench_moe >>"$out/$v.log" 2>&1
+   echo "$v build $?") &
+done
+wait
+if [ "${TESTS:-OFF}" = ON ]; then
+  ctest --preset gpu -j 4 --timeout 300 >"$out/ctest.log" 2>&1
+  echo "ctest exit $?"
+  grep -E "tests passed|\(Failed\)" "$out/ctest.log"
+fi
+export FLASHMOE_BENCH_NO_CUBLAS=1
+for round in 1 2; do
+  for v in $variants gpu; do
+    "build/$v/bench/bench_moe" --benchmark_filter="$filter" >>"$out/bench_$v.txt" 2>&1
+  done
+done
+# One line per benchmark and build: the medians of the two rounds.
+for v in $variants gpu; do
+  echo "== $v"
+  grep -E "^(Qwen|OLMoE|Deep|Mixtral)" "$out/bench_$v.txt" |
+    sed -E 's/min_time:[0-9.]+\/manual_time//' |
+    awk '{for (i = 2; i <= NF; i++) if ($i ~ /^us_median=/) m[$1] = m[$1] " " substr($i, 11)}
+         END {for (k in m) print k m[k]}' | sort
+done
+if [ -n "${TRACE_T:-}" ]; then
+  mkdir -p "$out/trace"
+  ./build/gpu/examples/trace/flashmoe_trace "$out/trace" $TRACE_T >>"$out/session.log" 2>&1
+  rm -f "$out"/trace/*.json "$out"/trace/*.svg
+  cat "$out"/trace/*.txt
+fi
