@@ -2,8 +2,10 @@
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
+#include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "device/moe_kernel.cuh"
 #include "flashmoe/layer.hpp"
@@ -17,8 +19,79 @@ namespace flashmoe {
 namespace detail {
 namespace {
 
+// cuTensorMapEncodeTiled, looked up once through the runtime, so the library needs no link
+// dependency on the driver library.
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiledFn encode_tiled_fn() {
+  static const EncodeTiledFn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                         &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      (void)cudaGetLastError();
+      f = nullptr;
+    }
+    return reinterpret_cast<EncodeTiledFn>(f);
+  }();
+  return fn;
+}
+
+// A row-major [rows, cols] weight matrix read in boxes of kTmaBoxCols columns by box_rows rows,
+// 128-byte swizzled (the layout TileMma reads), out-of-range elements as zeros.
+template <typename T>
+Status encode_weight_map(TensorMapBytes& out, const void* base, std::int64_t rows,
+                         std::int64_t cols, int box_rows, const char* what) {
+  static_assert(sizeof(CUtensorMap) == sizeof(TensorMapBytes), "opaque copy of a CUtensorMap");
+  if (rows > INT32_MAX) {
+    // Tiles address box rows with 32-bit coordinates.
+    return {StatusCode::NotSupported,
+            fmt::format("{} has {} rows; the copy engine path takes at most 2^31 - 1", what, rows)};
+  }
+  const EncodeTiledFn encode = encode_tiled_fn();
+  if (encode == nullptr) {
+    return {StatusCode::NotSupported, "the CUDA driver has no cuTensorMapEncodeTiled"};
+  }
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * sizeof(T)};
+  const cuuint32_t box[2] = {kTmaBoxCols, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  CUtensorMap map;
+  const CUresult r = encode(&map,
+                            std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                                      : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                            2, const_cast<void*>(base), dims, strides, box, elem_strides,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) {
+    return {StatusCode::NotSupported,
+            fmt::format("cannot describe {} ({} x {}) for the copy engine: CUresult {}", what, rows,
+                        cols, static_cast<int>(r))};
+  }
+  std::memcpy(out.bytes, &map, sizeof map);
+  return {};
+}
+
 template <class Cfg, class GateUp, class Down, typename T>
-Status prepare_variant(KernelVariantInfo& info, int sm_count) {
+Status prepare_variant(const Layer::Impl& impl, KernelVariantInfo& info) {
+  const Config& c = impl.config;
+  const int sm_count = impl.sm_count;
+  if (Status s = encode_weight_map<T>(info.w13_map, impl.weights.w13,
+                                      static_cast<std::int64_t>(c.experts) * 2 * c.intermediate,
+                                      c.hidden, GateUp::BN, "w13");
+      !s.ok()) {
+    return s;
+  }
+  if (Status s = encode_weight_map<T>(info.w2_map, impl.weights.w2,
+                                      static_cast<std::int64_t>(c.experts) * c.hidden,
+                                      c.intermediate, Down::BN, "w2");
+      !s.ok()) {
+    return s;
+  }
   auto kernel = moe_kernel<Cfg, GateUp, Down, T>;
   info.smem_bytes = Cfg::template smem_bytes<GateUp, Down>();
   if (cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -47,15 +120,13 @@ template <typename T>
 Status prepare_typed(Layer::Impl& impl) {
   using D = DecodeConfig;
   using P = PrefillConfig;
-  const int n = impl.sm_count;
-  if (Status s = prepare_variant<D, D::GateUp, D::Down0, T>(impl.decode[0], n); !s.ok()) return s;
-  if (Status s = prepare_variant<D, D::GateUp, D::Down1, T>(impl.decode[1], n); !s.ok()) return s;
-  if (Status s = prepare_variant<D, D::GateUp, D::Down2, T>(impl.decode[2], n); !s.ok()) return s;
-  if (Status s = prepare_variant<D, D::GateUpWide, D::Down2, T>(impl.decode[3], n); !s.ok()) {
-    return s;
-  }
+  Status s = prepare_variant<D, D::GateUp, D::Down0, T>(impl, impl.decode[0]);
+  if (s.ok()) s = prepare_variant<D, D::GateUp, D::Down1, T>(impl, impl.decode[1]);
+  if (s.ok()) s = prepare_variant<D, D::GateUp, D::Down2, T>(impl, impl.decode[2]);
+  if (s.ok()) s = prepare_variant<D, D::GateUpWide, D::Down2, T>(impl, impl.decode[3]);
   static_assert(P::single_shape, "the prefill variant has one shape per phase");
-  return prepare_variant<P, P::GateUp, P::Down0, T>(impl.prefill, n);
+  if (s.ok()) s = prepare_variant<P, P::GateUp, P::Down0, T>(impl, impl.prefill);
+  return s;
 }
 
 template <class Cfg, class GateUp, class Down, typename T>
@@ -67,6 +138,8 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   auto at = [base](std::size_t offset) { return static_cast<void*>(base + offset); };
 
   KernelParams<T> p{};
+  std::memcpy(&p.w13_map, info.w13_map.bytes, sizeof p.w13_map);
+  std::memcpy(&p.w2_map, info.w2_map.bytes, sizeof p.w2_map);
   p.x = static_cast<const T*>(x);
   p.y = static_cast<T*>(y);
   p.router = static_cast<const T*>(impl.weights.router);

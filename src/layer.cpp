@@ -142,7 +142,8 @@ Status Layer::device_status(cudaStream_t stream) {
                       : site == detail::kSiteMTileDone ? "a down tile waiting for its gate/up tiles"
                       : site == detail::kSiteRoutingIds
                           ? "a caller-supplied routing id outside [0, experts)"
-                          : "an unknown site";
+                      : site == detail::kSiteWeightCopy ? "a tile waiting for its weight copies"
+                                                        : "an unknown site";
   if (code == static_cast<std::uint32_t>(StatusCode::DeviceTimeout)) {
     return {StatusCode::DeviceTimeout,
             fmt::format("a device-side wait exceeded watchdog_ms = {} ({}); that forward's "

@@ -8,10 +8,16 @@
 
 namespace flashmoe {
 
+// A CUtensorMap, kept opaque so that host files need no driver header.
+struct alignas(64) TensorMapBytes {
+  unsigned char bytes[128] = {};
+};
+
 // A kernel variant's launch facts, read once at Layer::create.
 struct KernelVariantInfo {
   int blocks_per_sm = 0;
   int smem_bytes = 0;
+  TensorMapBytes w13_map, w2_map;  // weight boxes of the variant's tile shapes (forward.cu)
 };
 
 struct Layer::Impl {

@@ -109,6 +109,7 @@ enum ErrorSite : std::uint32_t {
   kSiteTasksTotal = 1,  // waiting for routing to publish the task count
   kSiteMTileDone = 2,   // a down tile waiting for its gate/up tiles
   kSiteRoutingIds = 3,  // caller-supplied routing id out of range
+  kSiteWeightCopy = 4,  // a tile waiting for its weight boxes (TMA)
 };
 
 struct WorkspaceLayout {

@@ -48,16 +48,23 @@ __device__ void gateup_tile(const KernelParams<T>& p, unsigned char* smem, std::
     }
     ts.a_rows[r] = row;
   }
-  const T* w = p.w13 + static_cast<std::int64_t>(mt.expert) * 2 * I * H;
-  for (int j = threadIdx.x; j < S::NB; j += kThreads) {
-    const int n = n0 + (j < S::BN ? j : j - S::BN);
-    const int wrow = j < S::BN ? n : I + n;
-    ts.b_rows[j] = n < I ? w + static_cast<std::int64_t>(wrow) * H : nullptr;
+  if constexpr (!kDeviceHasTma) {
+    const T* w = p.w13 + static_cast<std::int64_t>(mt.expert) * 2 * I * H;
+    for (int j = threadIdx.x; j < S::NB; j += kThreads) {
+      const int n = n0 + (j < S::BN ? j : j - S::BN);
+      const int wrow = j < S::BN ? n : I + n;
+      ts.b_rows[j] = n < I ? w + static_cast<std::int64_t>(wrow) * H : nullptr;
+    }
   }
+  // Gate rows past I read up rows (and up rows past I the next expert's): their columns are
+  // dropped below.
+  const int wrow0 = static_cast<int>(mt.expert) * 2 * I + n0;
+  const WeightBoxes wb{&p.w13_map, {wrow0, wrow0 + I}};
   __syncthreads();
 
   typename TileMma<S, T>::Acc acc;
-  TileMma<S, T>::run(acc, smem, ts.a_rows, ts.b_rows, H, p.w13, [] { return true; });
+  TileMma<S, T>::template run<true>(acc, smem, ts.a_rows, ts.b_rows, wb, {p.ctl, p.timeout_ns}, H,
+                                    p.w13, [] { return true; });
 
   T* hbase = p.h + static_cast<std::int64_t>(mt.row0) * I;
   TileMma<S, T>::for_each_pair([&](int row, int col, int f, int mi, int half) {
@@ -99,8 +106,9 @@ __device__ void router_tile(const KernelParams<T>& p, unsigned char* smem, int t
   }
   __syncthreads();
   typename TileMma<S, T>::Acc acc;
-  TileMma<S, T>::run(acc, smem, ts.a_rows, ts.b_rows, min(p.rsplit.klen, H - k0), p.router,
-                     [] { return true; });
+  TileMma<S, T>::template run<false>(acc, smem, ts.a_rows, ts.b_rows, WeightBoxes{},
+                                     {p.ctl, p.timeout_ns}, min(p.rsplit.klen, H - k0), p.router,
+                                     [] { return true; });
   float* part = p.logits + static_cast<std::int64_t>(kslice) * p.num_tokens * p.experts;
   TileMma<S, T>::for_each_pair([&](int row, int col, int f, int mi, int half) {
     const int t = t0 + row, e = e0 + col;
@@ -130,10 +138,14 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::ui
     ts.a_rows[r] = live ? p.h + static_cast<std::int64_t>(mt.row0 + r) * I : nullptr;
     ts.pair[r] = live ? __ldcg(p.sorted_pair + mt.row0 + r) : -1;
   }
-  const T* w = p.w2 + static_cast<std::int64_t>(mt.expert) * H * I;
-  for (int j = threadIdx.x; j < S::NB; j += kThreads) {
-    ts.b_rows[j] = n0 + j < H ? w + static_cast<std::int64_t>(n0 + j) * I : nullptr;
+  if constexpr (!kDeviceHasTma) {
+    const T* w = p.w2 + static_cast<std::int64_t>(mt.expert) * H * I;
+    for (int j = threadIdx.x; j < S::NB; j += kThreads) {
+      ts.b_rows[j] = n0 + j < H ? w + static_cast<std::int64_t>(n0 + j) * I : nullptr;
+    }
   }
+  // Rows past H read the next expert's: their columns are dropped below.
+  const WeightBoxes wb{&p.w2_map, {static_cast<int>(mt.expert) * H + n0, 0}};
   __syncthreads();
 
   // The w2 tile starts streaming before h is complete; h is read only after the m-tile's
@@ -153,7 +165,10 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::ui
     return s_ready;
   };
   typename TileMma<S, T>::Acc acc;
-  if (!TileMma<S, T>::run(acc, smem, ts.a_rows, ts.b_rows, I, p.w2, wait_for_h)) return false;
+  if (!TileMma<S, T>::template run<true>(acc, smem, ts.a_rows, ts.b_rows, wb, {p.ctl, p.timeout_ns},
+                                         I, p.w2, wait_for_h)) {
+    return false;
+  }
 
   TileMma<S, T>::for_each_pair([&](int row, int col, int f, int mi, int half) {
     if (row < static_cast<int>(mt.rows) && n0 + col < H) {

@@ -43,6 +43,7 @@ __device__ TileIndex tile_index(const KernelParams<T>& p, std::uint32_t i, int n
 }
 
 constexpr int cmax(int a, int b) { return a > b ? a : b; }
+inline constexpr int kSmemAlign = 1024;
 
 // Tile shapes of one kernel variant: a narrow and a wide gate/up shape and up to three down
 // shapes, narrow to wide. The host picks the shapes of each launch (each pair is its own
@@ -70,10 +71,12 @@ struct KernelConfig {
   static_assert(BM_ >= kMinTileM && BM_ <= kMaxTileM && Down0::BN >= kMinDownTileN,
                 "workspace tables assume these");
   static_assert(Down0::BN <= Down1::BN && Down1::BN <= Down2::BN, "narrow to wide");
-  // Dynamic shared memory of the kernel running gate/up shape G and down shape D.
+  // Dynamic shared memory of the kernel running gate/up shape G and down shape D, with room
+  // to align the stages to the 1024 bytes the copy engine's 128-byte swizzle needs.
   template <class G, class D>
   static constexpr int smem_bytes() {
-    return cmax(cmax(G::SMEM_BYTES, D::SMEM_BYTES), static_cast<int>(sizeof(ScanSmem)));
+    return cmax(cmax(G::SMEM_BYTES, D::SMEM_BYTES), static_cast<int>(sizeof(ScanSmem))) +
+           kSmemAlign;
   }
 };
 
@@ -93,8 +96,10 @@ using PrefillConfig =
     KernelConfig<64, true, PrefillGateUp, PrefillGateUp, TileShape<64, 64, false, 2, 4, 1, 3, 64>>;
 
 template <class Cfg, class GateUp, class Down, typename T>
-__global__ void __launch_bounds__(kThreads, 2) moe_kernel(const KernelParams<T> p) {
-  extern __shared__ __align__(128) unsigned char smem[];
+__global__ void __launch_bounds__(kThreads, 2)
+    moe_kernel(const __grid_constant__ KernelParams<T> p) {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((kSmemAlign - smem_u32(smem_raw) % kSmemAlign) % kSmemAlign);
   __shared__ std::uint32_t s_ticket, s_total;
   __shared__ bool s_flag;
   constexpr std::uint32_t kStop = 0xffffffffu;
@@ -104,11 +109,17 @@ __global__ void __launch_bounds__(kThreads, 2) moe_kernel(const KernelParams<T> 
   const std::uint32_t routing_tickets = static_cast<std::uint32_t>(rs.tasks());
   const int ng = (p.inter + GateUp::BN - 1) / GateUp::BN;
   const int nd = (p.hidden + Down::BN - 1) / Down::BN;
-  if (threadIdx.x == 0) s_total = 0;
+  if (threadIdx.x == 0) {
+    s_total = 0;
+    pipe_barriers_init();
+  }
   Tracer tr(p.trace);
 
   for (;;) {
-    __syncthreads();  // everyone is done with the previous ticket's shared state
+    // Everyone is done with the previous ticket's shared state, and its ordinary writes are
+    // ordered before the copy engine's next writes to the same bytes.
+    fence_proxy_async_smem();
+    __syncthreads();
     if (threadIdx.x == 0) {
       // Thread 0 alone claims, and waits for the ticket total when the ticket is past routing;
       // the block reads both only after the barrier.

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "sync.cuh"
+#include "tma.cuh"
 #include "trace.cuh"
 #include "workspace.hpp"
 
@@ -11,6 +12,11 @@ namespace flashmoe::detail {
 
 template <typename T>
 struct KernelParams {
+  // Weight tensor maps of this launch's tile shapes (boxes of kTmaBoxCols x the tile's BN
+  // rows), encoded at Layer::create: w13 as [E * 2I, H], w2 as [E * H, I]. Used on sm_90.
+  CUtensorMap w13_map;
+  CUtensorMap w2_map;
+
   // Inputs and outputs.
   const T* x;                    // [T, H]
   T* y;                          // [T, H]

@@ -58,6 +58,12 @@ struct Control {
   }
 };
 
+// What a device-side wait needs to give up: the launch's control words and its time limit.
+struct Watchdog {
+  Control ctl;
+  std::uint64_t timeout_ns;
+};
+
 // Spins (one thread) until *p >= target. False when the launch is abandoned instead.
 // `spun` tells whether the condition did not already hold (for the trace).
 __device__ inline bool wait_at_least(const Control& ctl, std::uint32_t* p, std::uint32_t target,

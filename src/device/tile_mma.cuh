@@ -10,6 +10,9 @@
 
 #include <cstdint>
 
+#include "sync.cuh"
+#include "tma.cuh"
+
 namespace flashmoe::detail {
 
 inline constexpr int kThreads = 256;  // every kernel variant runs 8 warps per block
@@ -109,10 +112,16 @@ struct TileMma {
   // operand is produced by other blocks waits there while its weights already stream in.
   // before_a() is called by every thread and returns false to abandon the tile (run then
   // returns false). After a true return, warps with warp_k() == 0 hold the full sums.
-  template <class BeforeA>
+  // TMA_B (sm_90): B comes from the tensor map boxes `wb` instead of b_rows, laid out as the
+  // copy engine's 128-byte swizzle writes it: per 64-column half, NB rows of 128 bytes. The
+  // stage base must then be 1024-byte aligned. A barrier wait past `wd.timeout_ns` fails the
+  // launch (DeviceTimeout) instead of hanging.
+  template <bool TMA_B, class BeforeA>
   __device__ static bool run(Acc& acc, unsigned char* smem, const T* const* a_rows,
-                             const T* const* b_rows, int kdim, const T* fallback,
-                             BeforeA&& before_a) {
+                             const T* const* b_rows, const WeightBoxes& wb, const Watchdog& wd,
+                             int kdim, const T* fallback, BeforeA&& before_a) {
+    constexpr bool tma = TMA_B && kDeviceHasTma;
+    static_assert(!TMA_B || S::STAGES <= kMaxPipeStages, "one barrier per stage");
     const int tid = threadIdx.x, lane = tid & 31;
     const int wm = warp_m(), wn = warp_n(), wk = warp_k();
 #pragma unroll
@@ -138,25 +147,85 @@ struct TileMma {
                     valid ? 16 : 0);
       }
     };
-    auto load = [&](int stage, int kt) { load_rows(stage, kt, 0, S::BM + S::NB); };
+
+    // TMA: stage s completes on pb.full[s]; `phase` is the parity of each stage's next
+    // completion (read after the caller's barrier, written back by thread 0 at the end).
+    [[maybe_unused]] PipeBarriers& pb = pipe_barriers();
+    [[maybe_unused]] std::uint32_t phase = 0;
+    if constexpr (tma) phase = pb.phase;
+    // Thread 0: the weight boxes of K tile kt into stage `stage`; the tensor map zero-fills
+    // the K tail and rows past the weights.
+    auto issue_b = [&](int stage, int kt) {
+      if constexpr (tma) {
+        constexpr int kHalves = S::BK / kTmaBoxCols, kBoxes = S::GATED ? 2 : 1;
+        const std::uint32_t bar = smem_u32(&pb.full[stage]);
+        const std::uint32_t b_base = smem_base + stage * S::STAGE_BYTES + S::BM * S::ROW_BYTES;
+        mbar_expect_tx(bar, S::NB * S::ROW_BYTES);
+#pragma unroll
+        for (int h = 0; h < kHalves; ++h)
+#pragma unroll
+          for (int b = 0; b < kBoxes; ++b) {
+            tma_load_2d(b_base + (h * S::NB + b * S::BN) * 128, wb.map, bar,
+                        kt * S::BK + h * kTmaBoxCols, wb.row[b]);
+          }
+      }
+    };
+    // Every thread waits for stage `stage` (the completion makes the copy visible to it).
+    auto wait_b = [&](int stage) {
+      if constexpr (tma) {
+        const std::uint32_t bar = smem_u32(&pb.full[stage]);
+        const std::uint32_t parity = (phase >> stage) & 1u;
+        if (!mbar_try_wait(bar, parity)) {
+          const std::uint64_t start = global_timer_ns();
+          while (!mbar_try_wait(bar, parity)) {
+            if (global_timer_ns() - start > wd.timeout_ns) {
+              wd.ctl.fail(StatusCode::DeviceTimeout, kSiteWeightCopy);
+              break;  // the launch is abandoned; its output is reported incomplete
+            }
+          }
+        }
+        phase ^= 1u << stage;
+      }
+    };
+    auto load_a = [&](int stage, int kt) { load_rows(stage, kt, 0, S::BM); };
+    auto load = [&](int stage, int kt) {
+      if constexpr (tma) {
+        load_rows(stage, kt, 0, S::BM);
+        if (tid == 0) issue_b(stage, kt);
+      } else {
+        load_rows(stage, kt, 0, S::BM + S::NB);
+      }
+    };
 
 #pragma unroll
     for (int s = 0; s < S::STAGES - 1; ++s) {
-      if (s < ktiles) load_rows(s, s, S::BM, S::BM + S::NB);
+      if (s < ktiles) {
+        if constexpr (tma) {
+          if (tid == 0) issue_b(s, s);
+        } else {
+          load_rows(s, s, S::BM, S::BM + S::NB);
+        }
+      }
     }
     if (!before_a()) {
       cp_async_commit();
       cp_async_wait<0>();
+      if constexpr (tma) {
+        // The issued boxes must land before the stages are reused.
+        for (int s = 0; s < S::STAGES - 1 && s < ktiles; ++s) wait_b(s);
+        if (tid == 0) pb.phase = phase;
+      }
       __syncthreads();
       return false;
     }
 #pragma unroll
     for (int s = 0; s < S::STAGES - 1; ++s) {
-      if (s < ktiles) load_rows(s, s, 0, S::BM);
+      if (s < ktiles) load_a(s, s);
       cp_async_commit();  // group 0 also holds every prologue B load; empty groups keep counts
     }
     for (int kt = 0; kt < ktiles; ++kt) {
       cp_async_wait<S::STAGES - 2>();
+      wait_b(kt % S::STAGES);
       __syncthreads();  // stage kt landed for all threads; stage kt-1 is free to refill
       const int next = kt + S::STAGES - 1;
       if (next < ktiles) load(next % S::STAGES, next);
@@ -179,15 +248,26 @@ struct TileMma {
 #pragma unroll
         for (int f = 0; f < S::NF; ++f) {
           const int row = S::b_row(wn, f) + (lane & 7);
+          const int chunk = kk * 2 + ((lane >> 3) & 1);
+          std::uint32_t addr;
+          if constexpr (tma) {
+            // Copy-engine layout: 64-column halves of NB rows, 128-byte swizzle.
+            addr = swizzled<128>(b_base + (chunk >> 3) * S::NB * 128, row, chunk & 7);
+          } else {
+            addr = swizzled<S::ROW_BYTES>(b_base, row, chunk);
+          }
           asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
                        : "=r"(b[f][0]), "=r"(b[f][1])
-                       : "r"(swizzled<S::ROW_BYTES>(b_base, row, kk * 2 + ((lane >> 3) & 1))));
+                       : "r"(addr));
         }
 #pragma unroll
         for (int mi = 0; mi < S::MI; ++mi)
 #pragma unroll
           for (int f = 0; f < S::NF; ++f) Mma<T>::run(acc[mi][f], a[mi], b[f]);
       }
+    }
+    if constexpr (tma) {
+      if (tid == 0) pb.phase = phase;
     }
     cp_async_wait<0>();
     __syncthreads();  // pipeline smem is now free
