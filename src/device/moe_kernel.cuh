@@ -183,8 +183,10 @@ __global__ void __launch_bounds__(kThreads, 2)
       __syncthreads();
       if (threadIdx.x == 0) {
         // Decided by thread 0 alone: the abort flag may change while the block reads it.
-        s_flag = fetch_add_acq_rel(p.ctl.word(kRoutingDone), 1) ==
-                     static_cast<std::uint32_t>(rs.chunks) - 1 &&
+        // One chunk (T <= 4): this block is the last, and its own writes need no hand-off, so
+        // the device-scope round trip is skipped.
+        s_flag = (rs.chunks == 1 || fetch_add_acq_rel(p.ctl.word(kRoutingDone), 1) ==
+                                        static_cast<std::uint32_t>(rs.chunks) - 1) &&
                  !p.ctl.aborted();
       }
       tr.record(TraceKind::Routing, start, -1, chunk);
