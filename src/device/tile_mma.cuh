@@ -12,6 +12,7 @@
 
 #include "sync.cuh"
 #include "tma.cuh"
+#include "wgmma.cuh"
 
 namespace flashmoe::detail {
 
@@ -20,8 +21,11 @@ inline constexpr int kThreads = 256;  // every kernel variant runs 8 warps per b
 // B rows of a gated (gate/up) tile are [BN gate rows | BN up rows]; each warp owns matching
 // gate and up columns, so SiLU(g) * u is formed in registers.
 // BK: K elements per pipeline stage (64 or 128: rows of 128 or 256 bytes in shared memory).
+// WGMMA: on sm_90a the stage is multiplied by Hopper's warpgroup MMA (two warpgroups, each all
+// 64 rows by half of the columns) instead of ldmatrix + mma.sync; the warp tiling below is then
+// the one of its accumulators (warp w: rows 16 (w % 4), columns WN (w / 4)).
 template <int BM_, int BN_, bool GATED_, int WARPS_M_, int WARPS_N_, int WARPS_K_, int STAGES_,
-          int BK_>
+          int BK_, bool WGMMA_ = false>
 struct TileShape {
   static constexpr int BM = BM_, BN = BN_, WARPS_M = WARPS_M_, WARPS_N = WARPS_N_,
                        WARPS_K = WARPS_K_, STAGES = STAGES_, BK = BK_;
@@ -29,6 +33,7 @@ struct TileShape {
   static constexpr int CHUNKS = BK / 8;  // 16-byte chunks per row
   static_assert(BK == 64 || BK == 128, "the swizzle permutes 8 chunks of each row");
   static constexpr bool GATED = GATED_;
+  static constexpr bool WGMMA = WGMMA_;
   static constexpr int NB = GATED ? 2 * BN : BN;  // B rows per tile
   static constexpr int WM = BM / WARPS_M;         // rows per warp
   static constexpr int MI = WM / 16;              // m16 fragments per warp
@@ -44,6 +49,10 @@ struct TileShape {
   static_assert(WARPS_M * WARPS_N * WARPS_K * 32 == kThreads, "8 warps per block");
   static_assert(MI >= 1 && WM % 16 == 0 && NI >= 1 && WN % 8 == 0, "fragment tiling");
   static_assert(KSTEPS % WARPS_K == 0, "k split");
+  static_assert(!WGMMA || (BM == 64 && WARPS_M == 4 && WARPS_N == 2 && WARPS_K == 1 && BK == 64 &&
+                           WN == 32),
+                "warpgroup MMA tiles: m64n32k16 per warpgroup and operand, one 128-byte swizzle "
+                "atom of K per stage");
 
   // First B row of the warp's fragment f.
   __device__ static int b_row(int wn, int f) {
@@ -102,9 +111,13 @@ struct TileMma {
 
   __device__ static int warp_k() { return (threadIdx.x >> 5) / (S::WARPS_M * S::WARPS_N); }
   __device__ static int warp_m() {
+    if constexpr (S::WGMMA) return (threadIdx.x >> 5) % S::WARPS_M;
     return ((threadIdx.x >> 5) % (S::WARPS_M * S::WARPS_N)) / S::WARPS_N;
   }
-  __device__ static int warp_n() { return (threadIdx.x >> 5) % S::WARPS_N; }
+  __device__ static int warp_n() {
+    if constexpr (S::WGMMA) return (threadIdx.x >> 5) / S::WARPS_M;
+    return (threadIdx.x >> 5) % S::WARPS_N;
+  }
 
   // a_rows[BM], b_rows[NB] live in shared memory. `fallback` is any valid global address,
   // used as the (unread) source of zero-filled chunks. The B (weight) loads of the first
@@ -223,9 +236,13 @@ struct TileMma {
       if (s < ktiles) load_a(s, s);
       cp_async_commit();  // group 0 also holds every prologue B load; empty groups keep counts
     }
+    constexpr bool wg = S::WGMMA && kDeviceHasWgmma;
     for (int kt = 0; kt < ktiles; ++kt) {
       cp_async_wait<S::STAGES - 2>();
       wait_b(kt % S::STAGES);
+      // The warpgroup MMA reads shared memory through the async proxy: this thread's cp.async
+      // rows must be ordered before it.
+      if constexpr (wg) fence_proxy_async_smem();
       __syncthreads();  // stage kt landed for all threads; stage kt-1 is free to refill
       const int next = kt + S::STAGES - 1;
       if (next < ktiles) load(next % S::STAGES, next);
@@ -233,37 +250,10 @@ struct TileMma {
 
       const std::uint32_t base = smem_base + (kt % S::STAGES) * S::STAGE_BYTES;
       const std::uint32_t b_base = base + S::BM * S::ROW_BYTES;
-#pragma unroll
-      for (int j = 0; j < S::KSTEPS_PER_WARP; ++j) {
-        const int kk = wk * S::KSTEPS_PER_WARP + j;
-        std::uint32_t a[S::MI][4];
-        std::uint32_t b[S::NF][2];
-#pragma unroll
-        for (int mi = 0; mi < S::MI; ++mi) {
-          const int row = wm * S::WM + mi * 16 + (lane & 15);
-          asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                       : "=r"(a[mi][0]), "=r"(a[mi][1]), "=r"(a[mi][2]), "=r"(a[mi][3])
-                       : "r"(swizzled<S::ROW_BYTES>(base, row, kk * 2 + (lane >> 4))));
-        }
-#pragma unroll
-        for (int f = 0; f < S::NF; ++f) {
-          const int row = S::b_row(wn, f) + (lane & 7);
-          const int chunk = kk * 2 + ((lane >> 3) & 1);
-          std::uint32_t addr;
-          if constexpr (tma) {
-            // Copy-engine layout: 64-column halves of NB rows, 128-byte swizzle.
-            addr = swizzled<128>(b_base + (chunk >> 3) * S::NB * 128, row, chunk & 7);
-          } else {
-            addr = swizzled<S::ROW_BYTES>(b_base, row, chunk);
-          }
-          asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
-                       : "=r"(b[f][0]), "=r"(b[f][1])
-                       : "r"(addr));
-        }
-#pragma unroll
-        for (int mi = 0; mi < S::MI; ++mi)
-#pragma unroll
-          for (int f = 0; f < S::NF; ++f) Mma<T>::run(acc[mi][f], a[mi], b[f]);
+      if constexpr (wg) {
+        wgmma_stage(acc, base, b_base, wn);
+      } else {
+        mma_stage<tma>(acc, base, b_base, wm, wn, wk);
       }
     }
     if constexpr (tma) {
@@ -303,6 +293,67 @@ struct TileMma {
       __syncthreads();  // reduction buffer is free again
     }
     return true;
+  }
+
+  // One stage on ldmatrix + mma.sync: warp (wm, wn, wk) takes its rows, columns and share of K.
+  // TMA_LAYOUT: B as the copy engine writes it (64-column halves of NB rows).
+  template <bool TMA_LAYOUT>
+  __device__ static void mma_stage(Acc& acc, std::uint32_t base, std::uint32_t b_base, int wm,
+                                   int wn, int wk) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int j = 0; j < S::KSTEPS_PER_WARP; ++j) {
+      const int kk = wk * S::KSTEPS_PER_WARP + j;
+      std::uint32_t a[S::MI][4];
+      std::uint32_t b[S::NF][2];
+#pragma unroll
+      for (int mi = 0; mi < S::MI; ++mi) {
+        const int row = wm * S::WM + mi * 16 + (lane & 15);
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(a[mi][0]), "=r"(a[mi][1]), "=r"(a[mi][2]), "=r"(a[mi][3])
+                     : "r"(swizzled<S::ROW_BYTES>(base, row, kk * 2 + (lane >> 4))));
+      }
+#pragma unroll
+      for (int f = 0; f < S::NF; ++f) {
+        const int row = S::b_row(wn, f) + (lane & 7);
+        const int chunk = kk * 2 + ((lane >> 3) & 1);
+        std::uint32_t addr;
+        if constexpr (TMA_LAYOUT) {
+          // Copy-engine layout: 64-column halves of NB rows, 128-byte swizzle.
+          addr = swizzled<128>(b_base + (chunk >> 3) * S::NB * 128, row, chunk & 7);
+        } else {
+          addr = swizzled<S::ROW_BYTES>(b_base, row, chunk);
+        }
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                     : "=r"(b[f][0]), "=r"(b[f][1])
+                     : "r"(addr));
+      }
+#pragma unroll
+      for (int mi = 0; mi < S::MI; ++mi)
+#pragma unroll
+        for (int f = 0; f < S::NF; ++f) Mma<T>::run(acc[mi][f], a[mi], b[f]);
+    }
+  }
+
+  // One stage (BK = 64: one 128-byte swizzle atom of K) on the warpgroup MMA: warpgroup g
+  // multiplies all 64 A rows by B rows [g WN, (g + 1) WN) (and the matching up rows of a gated
+  // tile), and waits for its MMAs before the stage may be refilled. A and B are K-major in the
+  // 128-byte swizzle both cp.async (swizzled<128>) and the copy engine write.
+  __device__ static void wgmma_stage(Acc& acc, std::uint32_t a_base, std::uint32_t b_base, int wn) {
+    if constexpr (S::WGMMA) {
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < S::KSTEPS; ++kk) {
+        const std::uint64_t a = smem_desc_sw128(a_base + kk * 32);
+        wgmma_m64n32k16<T>(acc[0][0], acc[0][1], acc[0][2], acc[0][3], a,
+                           smem_desc_sw128(b_base + wn * S::WN * 128 + kk * 32));
+        if constexpr (S::GATED) {
+          wgmma_m64n32k16<T>(acc[0][4], acc[0][5], acc[0][6], acc[0][7], a,
+                             smem_desc_sw128(b_base + (S::BN + wn * S::WN) * 128 + kk * 32));
+        }
+      }
+      wgmma_commit_and_wait();
+    }
   }
 
   // Visits every accumulator pair owned by a warp with warp_k() == 0:
