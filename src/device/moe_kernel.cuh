@@ -91,9 +91,9 @@ using DecodeConfig =
                  TileShape<32, 128, false, 1, 4, 2, 4, 64>>;
 static_assert(DecodeConfig::BM == kDecodeTileM, "runs_prefill_kernel and the workspace use it");
 // Many rows per expert (prefill): one shape each, on the warpgroup MMA where built for sm_90a.
-using PrefillGateUp = TileShape<64, 64, true, 4, 2, 1, 3, 64, true>;
+using PrefillGateUp = TileShape<64, 64, true, 4, 2, 1, 4, 64, true>;
 using PrefillConfig = KernelConfig<64, true, PrefillGateUp, PrefillGateUp,
-                                   TileShape<64, 64, false, 4, 2, 1, 3, 64, true>>;
+                                   TileShape<64, 64, false, 4, 2, 1, 4, 64, true>>;
 
 template <class Cfg, class GateUp, class Down, typename T>
 __global__ void __launch_bounds__(kThreads, 2)

@@ -210,8 +210,13 @@ struct TileMma {
       }
     };
 
+    // Stages loaded ahead of the one being multiplied. The warpgroup MMA keeps one stage's
+    // MMAs in flight while the next is issued, so its stages are refilled one step later.
+    constexpr bool wg = S::WGMMA && kDeviceHasWgmma;
+    constexpr int kAhead = wg ? S::STAGES - 2 : S::STAGES - 1;
+    static_assert(kAhead >= 1, "at least one stage ahead");
 #pragma unroll
-    for (int s = 0; s < S::STAGES - 1; ++s) {
+    for (int s = 0; s < kAhead; ++s) {
       if (s < ktiles) {
         if constexpr (tma) {
           if (tid == 0) issue_b(s, s);
@@ -225,37 +230,39 @@ struct TileMma {
       cp_async_wait<0>();
       if constexpr (tma) {
         // The issued boxes must land before the stages are reused.
-        for (int s = 0; s < S::STAGES - 1 && s < ktiles; ++s) wait_b(s);
+        for (int s = 0; s < kAhead && s < ktiles; ++s) wait_b(s);
         if (tid == 0) pb.phase = phase;
       }
       __syncthreads();
       return false;
     }
 #pragma unroll
-    for (int s = 0; s < S::STAGES - 1; ++s) {
+    for (int s = 0; s < kAhead; ++s) {
       if (s < ktiles) load_a(s, s);
       cp_async_commit();  // group 0 also holds every prologue B load; empty groups keep counts
     }
-    constexpr bool wg = S::WGMMA && kDeviceHasWgmma;
     for (int kt = 0; kt < ktiles; ++kt) {
-      cp_async_wait<S::STAGES - 2>();
+      cp_async_wait<kAhead - 1>();
       wait_b(kt % S::STAGES);
       // The warpgroup MMA reads shared memory through the async proxy: this thread's cp.async
       // rows must be ordered before it.
       if constexpr (wg) fence_proxy_async_smem();
-      __syncthreads();  // stage kt landed for all threads; stage kt-1 is free to refill
-      const int next = kt + S::STAGES - 1;
+      // Stage kt landed for all threads, and every warp is done with the stage refilled next:
+      // stage kt-1 (mma.sync), or stage kt-2, whose MMAs each warpgroup waited for last step.
+      __syncthreads();
+      const int next = kt + kAhead;
       if (next < ktiles) load(next % S::STAGES, next);
       cp_async_commit();
 
       const std::uint32_t base = smem_base + (kt % S::STAGES) * S::STAGE_BYTES;
       const std::uint32_t b_base = base + S::BM * S::ROW_BYTES;
       if constexpr (wg) {
-        wgmma_stage(acc, base, b_base, wn);
+        wgmma_stage(acc, base, b_base, wn);  // leaves this stage's MMAs in flight
       } else {
         mma_stage<tma>(acc, base, b_base, wm, wn, wk);
       }
     }
+    if constexpr (wg) wgmma_wait<0>();
     if constexpr (tma) {
       if (tid == 0) pb.phase = phase;
     }
@@ -337,8 +344,8 @@ struct TileMma {
 
   // One stage (BK = 64: one 128-byte swizzle atom of K) on the warpgroup MMA: warpgroup g
   // multiplies all 64 A rows by B rows [g WN, (g + 1) WN) (and the matching up rows of a gated
-  // tile), and waits for its MMAs before the stage may be refilled. A and B are K-major in the
-  // 128-byte swizzle both cp.async (swizzled<128>) and the copy engine write.
+  // tile), and waits for the previous stage's MMAs (this stage's stay in flight). A and B are
+  // K-major in the 128-byte swizzle both cp.async (swizzled<128>) and the copy engine write.
   __device__ static void wgmma_stage(Acc& acc, std::uint32_t a_base, std::uint32_t b_base, int wn) {
     if constexpr (S::WGMMA) {
       wgmma_fence();
@@ -352,7 +359,8 @@ struct TileMma {
                              smem_desc_sw128(b_base + (S::BN + wn * S::WN) * 128 + kk * 32));
         }
       }
-      wgmma_commit_and_wait();
+      wgmma_commit();
+      wgmma_wait<1>();
     }
   }
 

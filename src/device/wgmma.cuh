@@ -36,9 +36,14 @@ __device__ __forceinline__ void wgmma_fence() {
   FLASHMOE_WGMMA_ASM("wgmma.fence.sync.aligned;\n" ::: "memory");
 }
 
-__device__ __forceinline__ void wgmma_commit_and_wait() {
+__device__ __forceinline__ void wgmma_commit() {
   FLASHMOE_WGMMA_ASM("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-  FLASHMOE_WGMMA_ASM("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+
+// Waits until at most N committed MMA groups of this warpgroup are still running.
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  FLASHMOE_WGMMA_ASM("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
 // d += A (64 x 16) * B (32 x 16)^T for the warpgroup; d0..d3 are this thread's n8 blocks in
