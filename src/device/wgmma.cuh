@@ -52,29 +52,25 @@ template <typename T>
 __device__ __forceinline__ void wgmma_m64n32k16(float (&d0)[4], float (&d1)[4], float (&d2)[4],
                                                 float (&d3)[4], std::uint64_t a, std::uint64_t b) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  // The instruction for input type TYPE ("bf16" or "f16"); scale-d is 1: d accumulates.
+#define FLASHMOE_WGMMA_M64N32K16(TYPE)                                                             \
+  asm volatile(                                                                                    \
+      "{\n .reg .pred p;\n setp.ne.b32 p, 1, 0;\n"                                                 \
+      " wgmma.mma_async.sync.aligned.m64n32k16.f32." TYPE "." TYPE                                 \
+      " "                                                                                          \
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, "   \
+      "1, 0, 0;\n}\n"                                                                              \
+      : "+f"(d0[0]), "+f"(d0[1]), "+f"(d0[2]), "+f"(d0[3]), "+f"(d1[0]), "+f"(d1[1]), "+f"(d1[2]), \
+        "+f"(d1[3]), "+f"(d2[0]), "+f"(d2[1]), "+f"(d2[2]), "+f"(d2[3]), "+f"(d3[0]), "+f"(d3[1]), \
+        "+f"(d3[2]), "+f"(d3[3])                                                                   \
+      : "l"(a), "l"(b)                                                                             \
+      : "memory")
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "{\n .reg .pred p;\n setp.ne.b32 p, 1, 0;\n"
-        " wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, "
-        "1, 0, 0;\n}\n"
-        : "+f"(d0[0]), "+f"(d0[1]), "+f"(d0[2]), "+f"(d0[3]), "+f"(d1[0]), "+f"(d1[1]), "+f"(d1[2]),
-          "+f"(d1[3]), "+f"(d2[0]), "+f"(d2[1]), "+f"(d2[2]), "+f"(d2[3]), "+f"(d3[0]), "+f"(d3[1]),
-          "+f"(d3[2]), "+f"(d3[3])
-        : "l"(a), "l"(b)
-        : "memory");
+    FLASHMOE_WGMMA_M64N32K16("bf16");
   } else {
-    asm volatile(
-        "{\n .reg .pred p;\n setp.ne.b32 p, 1, 0;\n"
-        " wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, "
-        "1, 0, 0;\n}\n"
-        : "+f"(d0[0]), "+f"(d0[1]), "+f"(d0[2]), "+f"(d0[3]), "+f"(d1[0]), "+f"(d1[1]), "+f"(d1[2]),
-          "+f"(d1[3]), "+f"(d2[0]), "+f"(d2[1]), "+f"(d2[2]), "+f"(d2[3]), "+f"(d3[0]), "+f"(d3[1]),
-          "+f"(d3[2]), "+f"(d3[3])
-        : "l"(a), "l"(b)
-        : "memory");
+    FLASHMOE_WGMMA_M64N32K16("f16");
   }
+#undef FLASHMOE_WGMMA_M64N32K16
 #else
   (void)d0, (void)d1, (void)d2, (void)d3, (void)a, (void)b;
 #endif
