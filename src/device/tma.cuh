@@ -21,11 +21,11 @@ inline constexpr int kTmaBoxCols = 64;
 // The pipeline barriers of a block, one per shared-memory stage, set up once per launch.
 // `phase` holds the parity each barrier completes next (bit s for stage s), handed from tile
 // to tile through shared memory so that no register stays live across the persistent loop.
+inline constexpr int kMaxPipeStages = 4;
 struct PipeBarriers {
-  std::uint64_t full[4];
+  std::uint64_t full[kMaxPipeStages];
   std::uint32_t phase;
 };
-inline constexpr int kMaxPipeStages = 4;
 
 __device__ __forceinline__ PipeBarriers& pipe_barriers() {
   __shared__ PipeBarriers pb;
