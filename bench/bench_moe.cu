@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <memory>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -405,6 +406,22 @@ int main(int argc, char** argv) {
   }
   cudaDeviceProp prop{};
   (void)cudaGetDeviceProperties(&prop, 0);
+  // FLASHMOE_BENCH_TOKENS="96,112": token counts to measure instead of the standard list.
+  std::vector<int> token_counts = {1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096};
+  if (const char* list = std::getenv("FLASHMOE_BENCH_TOKENS"); list != nullptr && *list) {
+    token_counts.clear();
+    std::stringstream in(list);
+    for (std::string item; std::getline(in, item, ',');) {
+      char* end = nullptr;
+      const long T = std::strtol(item.c_str(), &end, 10);
+      if (end == item.c_str() || *end != '\0' || T < 1 || T > kMaxTokens) {
+        std::fprintf(stderr, "FLASHMOE_BENCH_TOKENS: '%s' is not a token count in [1, %d]\n",
+                     item.c_str(), kMaxTokens);
+        return 1;
+      }
+      token_counts.push_back(static_cast<int>(T));
+    }
+  }
   g_bandwidth = measure_bandwidth();
   std::printf("%s, %d SMs; device-to-device copy: %.0f GB/s (read + write)\n", prop.name,
               prop.multiProcessorCount, g_bandwidth / 1e9);
@@ -413,7 +430,7 @@ int main(int argc, char** argv) {
       auto* bm = benchmark::RegisterBenchmark(
           fmt::format("{}/{}", s.name, dt == flashmoe::DType::BF16 ? "bf16" : "fp16").c_str(),
           BM_Forward, s, dt);
-      for (int T : {1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096}) bm->Arg(T);
+      for (int T : token_counts) bm->Arg(T);
       bm->ArgName("T")->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.2);
     }
   }

@@ -1,8 +1,9 @@
-// Writes the scheduling timeline of one forward of a Qwen3-30B-A3B-shaped layer (random
-// weights) at T = 1 and T = 256: trace_T<n>.json (Perfetto / chrome://tracing), trace_T<n>.svg
-// (open in any browser) and trace_T<n>.txt (the summary, also printed).
+// Writes the scheduling timeline of one forward of a layer with random weights (by default
+// Qwen3-30B-A3B-shaped) at T = 1 and T = 256: trace_T<n>.json (Perfetto / chrome://tracing),
+// trace_T<n>.svg (open in any browser) and trace_T<n>.txt (the summary, also printed).
 //
-// Usage: flashmoe_trace [output directory [T ...]]   (defaults: the current directory; T = 1 256)
+// Usage: flashmoe_trace [--shape=H,I,E,K] [output directory [T ...]]
+//   defaults: H,I,E,K = 2048,768,128,8; the current directory; T = 1 256
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -15,7 +16,7 @@
 
 namespace {
 
-constexpr int kHidden = 2048, kInter = 768, kExperts = 128, kTopK = 8, kMaxTokens = 4096;
+constexpr int kMaxTokens = 4096;
 
 bool ok(const flashmoe::Status& s, const char* what) {
   if (!s.ok()) std::fprintf(stderr, "%s: %s\n", what, s.to_string().c_str());
@@ -58,9 +59,20 @@ bool write(const std::string& path, const std::string& text) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string dir = argc > 1 ? argv[1] : ".";
+  int hidden = 2048, inter = 768, experts = 128, top_k = 8;
+  int arg = 1;
+  if (arg < argc && std::string(argv[arg]).rfind("--shape=", 0) == 0) {
+    if (std::sscanf(argv[arg] + 8, "%d,%d,%d,%d", &hidden, &inter, &experts, &top_k) != 4 ||
+        hidden < 1 || inter < 1 || experts < 1 || top_k < 1) {
+      std::fprintf(stderr, "--shape=H,I,E,K expects four positive integers, got '%s'\n",
+                   argv[arg] + 8);
+      return 1;
+    }
+    ++arg;
+  }
+  const std::string dir = arg < argc ? argv[arg] : ".";
   std::vector<int> token_counts;
-  for (int i = 2; i < argc; ++i) token_counts.push_back(std::atoi(argv[i]));
+  for (int i = arg + 1; i < argc; ++i) token_counts.push_back(std::atoi(argv[i]));
   if (token_counts.empty()) token_counts = {1, 256};
   for (int T : token_counts) {
     if (T < 1 || T > kMaxTokens) {
@@ -74,16 +86,16 @@ int main(int argc, char** argv) {
     return 0;
   }
   flashmoe::Config c;
-  c.hidden = kHidden;
-  c.intermediate = kInter;
-  c.experts = kExperts;
-  c.top_k = kTopK;
+  c.hidden = hidden;
+  c.intermediate = inter;
+  c.experts = experts;
+  c.top_k = top_k;
   c.max_tokens = kMaxTokens;
-  const Device router(random_bf16(std::size_t{kExperts} * kHidden, 0.05f, 1));
-  const Device w13(random_bf16(std::size_t{kExperts} * 2 * kInter * kHidden, 0.04f, 2));
-  const Device w2(random_bf16(std::size_t{kExperts} * kHidden * kInter, 0.06f, 3));
-  const Device x(random_bf16(std::size_t{kMaxTokens} * kHidden, 1.0f, 4));
-  const Device y(std::vector<std::uint16_t>(std::size_t{kMaxTokens} * kHidden));
+  const Device router(random_bf16(static_cast<std::size_t>(experts) * hidden, 0.05f, 1));
+  const Device w13(random_bf16(static_cast<std::size_t>(experts) * 2 * inter * hidden, 0.04f, 2));
+  const Device w2(random_bf16(static_cast<std::size_t>(experts) * hidden * inter, 0.06f, 3));
+  const Device x(random_bf16(static_cast<std::size_t>(kMaxTokens) * hidden, 1.0f, 4));
+  const Device y(std::vector<std::uint16_t>(static_cast<std::size_t>(kMaxTokens) * hidden));
   flashmoe::Weights w;
   w.router = router.p;
   w.w13 = w13.p;
