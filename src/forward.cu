@@ -162,6 +162,16 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   p.scaling = c.routing.routed_scaling_factor;
   p.rsplit = router_split(num_tokens, c.hidden, c.experts, o.topk_ids != nullptr, Cfg::tile_router,
                           Cfg::BM, Down::BN, Down::BK);
+  // Down tiles in K slices where a few long ones would leave blocks idle (tile_choice.hpp),
+  // judged on the full grid so that max_blocks does not change results.
+  int slices = down_slices_allowed(num_tokens * c.top_k, c.intermediate, Down::BN);
+  if (slices > 1) {
+    const double down_tiles = expected_mtiles(num_tokens, c.top_k, c.experts, Cfg::BM) *
+                              ((c.hidden + Down::BN - 1) / Down::BN);
+    slices = choose_down_slices(
+        down_tiles, static_cast<std::int64_t>(info.blocks_per_sm) * impl.sm_count, slices);
+  }
+  p.dsplit = down_split(c.intermediate, Down::BK, slices);
   p.ctl.words = static_cast<std::uint32_t*>(at(L.control));
   p.expert_count = static_cast<std::uint32_t*>(at(L.expert_count));
   p.router_done = static_cast<std::uint32_t*>(at(L.router_done));
@@ -194,7 +204,7 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   const std::int64_t routing = p.rsplit.tasks();
   const std::int64_t mtiles = mtile_bound(num_tokens * c.top_k, c.experts, Cfg::BM);
   const std::int64_t tiles = mtiles * ((c.intermediate + GateUp::BN - 1) / GateUp::BN +
-                                       (c.hidden + Down::BN - 1) / Down::BN);
+                                       (c.hidden + Down::BN - 1) / Down::BN * p.dsplit.kslices);
   std::int64_t grid = static_cast<std::int64_t>(info.blocks_per_sm) * impl.sm_count;
   if (impl.options.max_blocks > 0) grid = std::min<std::int64_t>(grid, impl.options.max_blocks);
   grid = std::max<std::int64_t>(1, std::min(grid, routing + tiles));
@@ -208,6 +218,7 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
                        Down::BN,
                        p.user_ids != nullptr ? 0 : p.rsplit.tasks(),
                        p.user_ids != nullptr ? 0 : p.rsplit.kslices,
+                       p.dsplit.kslices,
                        std::is_same_v<Cfg, DecodeConfig>};
   }
 
@@ -320,8 +331,9 @@ Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens, cu
   }
   if (Status s = check_options(impl, options); !s.ok()) return s;
 
-  // The decode variant while experts average at most one m-tile of rows (workspace.hpp).
-  const bool decode = !runs_prefill_kernel(num_tokens, c.top_k, c.experts);
+  // The decode variant while experts average few rows (workspace.hpp).
+  const bool decode =
+      !runs_prefill_kernel(num_tokens, c.top_k, c.experts, c.hidden, c.intermediate);
   if (c.dtype == DType::BF16) {
     return decode ? launch_decode<__nv_bfloat16>(impl, x, y, num_tokens, stream, options)
                   : launch<PrefillConfig, PrefillGateUp, PrefillConfig::Down0, __nv_bfloat16>(

@@ -40,7 +40,7 @@ struct Layer::Impl {
   struct {
     bool valid = false;
     int grid = 0, num_tokens = 0, tile_m = 0, tile_n_gateup = 0, tile_n_down = 0;
-    int router_tasks = 0, router_k_slices = 0;
+    int router_tasks = 0, router_k_slices = 0, down_k_slices = 0;
     bool decode = true;
   } last_trace;
 

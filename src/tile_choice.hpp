@@ -2,6 +2,7 @@
 // rule is tested on the CPU (tests/test_tile_choice.cpp).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "workspace.hpp"
@@ -31,6 +32,47 @@ inline int choose_decode_kernel(std::int64_t num_tokens, int hidden, int interme
   auto enough = [&](int n, int bn) { return 10 * mtiles * ((n + bn - 1) / bn) >= 7 * slots; };
   if (enough(hidden, w.down_wide)) return enough(intermediate, w.gateup_wide) ? 3 : 2;
   return enough(hidden, w.down_mid) ? 1 : 0;
+}
+
+// Expected m-tiles of tile_m rows when each of T tokens picks top_k of E experts uniformly:
+// an expert's rows n ~ Binomial(T, K/E), and E[ceil(n / tile_m)] = sum over j >= 0 of
+// P(n > j tile_m).
+inline double expected_mtiles(std::int64_t num_tokens, int top_k, int experts, int tile_m) {
+  const double q = static_cast<double>(top_k) / experts;
+  if (q >= 1.0) return static_cast<double>(experts) * ((num_tokens + tile_m - 1) / tile_m);
+  // The pmf in log space: P(n = 0) = (1 - q)^T underflows a double from T of a few thousand.
+  const double odds = std::log(q / (1.0 - q));
+  double log_pmf = static_cast<double>(num_tokens) * std::log1p(-q);
+  double cdf = 0.0, per_expert = 0.0;
+  for (std::int64_t n = 0; n < num_tokens && cdf < 1.0 - 1e-12; ++n) {  // the tail is empty
+    cdf += std::exp(log_pmf);
+    if (n % tile_m == 0) per_expert += std::fmax(0.0, 1.0 - cdf);  // P(rows > j tile_m)
+    log_pmf += std::log(static_cast<double>(num_tokens - n) / static_cast<double>(n + 1)) + odds;
+  }
+  return per_expert * experts;
+}
+
+// K slices of the down tiles (1 to `wanted`, down_split) from a model of the down phase:
+// `down_tiles` tiles run in waves over `slots` blocks; a wave less than kWaveFloor full takes
+// as long as one that full (a block streams at most ~1.3x its fair share of the bandwidth), and
+// each extra slice costs 1% (its tiles reload their h rows and add a combine part). Measured on
+// an H100 (bench/NOTES.md, version 34): Mixtral at T = 4 (about 175 down tiles on 264 blocks)
+// and T = 112 (about 300) gain 3% from slices; at about one or three full waves they lose 1%.
+inline int choose_down_slices(double down_tiles, std::int64_t slots, int wanted) {
+  constexpr double kWaveFloor = 0.77, kSliceCost = 0.01;
+  int best = 1;
+  double best_cost = 0.0;
+  for (int s = 1; s <= wanted; ++s) {
+    const double waves = s * down_tiles / static_cast<double>(slots);
+    const double full = std::floor(waves), last = waves - full;
+    const double time = (full + (last > 0.0 ? std::fmax(last, kWaveFloor) : 0.0)) / s;
+    const double cost = time * (1.0 + kSliceCost * (s - 1));
+    if (s == 1 || cost < best_cost) {
+      best = s;
+      best_cost = cost;
+    }
+  }
+  return best;
 }
 
 }  // namespace flashmoe::detail

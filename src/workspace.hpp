@@ -62,19 +62,76 @@ FLASHMOE_HOST_DEVICE inline RouterSplit router_split(std::int64_t tokens, int hi
   return r;
 }
 // m-tile height of the decode kernels (DecodeConfig::BM, which checks it). A forward runs the
-// prefill kernel when its experts average more than one such m-tile of rows; the rule only
-// grows with T.
+// prefill kernel when its experts average more than one such m-tile of rows; experts of at
+// least kLargeExpertBytes (gate, up and down at 2 bytes) switch at exactly one m-tile. At 32
+// rows about half the experts need a second decode m-tile, and for large experts the 64-row
+// warpgroup-MMA tiles win (Mixtral-8x7B at T = 128: -3% on an H100, -8% on an H200), while
+// for small ones the prefill kernel's longer routing prelude costs more (OLMoE at T = 256:
+// +7%); at 24 and 28 rows the decode kernel still wins for Mixtral (bench/NOTES.md, versions
+// 33-35). The rule only grows with T.
 inline constexpr int kDecodeTileM = 32;
-FLASHMOE_HOST_DEVICE inline bool runs_prefill_kernel(std::int64_t tokens, int top_k, int experts) {
-  return tokens * top_k > static_cast<std::int64_t>(kDecodeTileM) * experts;
+inline constexpr std::int64_t kLargeExpertBytes = std::int64_t{128} << 20;
+inline constexpr int kLargeExpertPrefillRows = 32;
+FLASHMOE_HOST_DEVICE inline bool runs_prefill_kernel(std::int64_t tokens, int top_k, int experts,
+                                                     int hidden, int intermediate) {
+  const std::int64_t pairs = tokens * top_k;
+  const std::int64_t expert_bytes = std::int64_t{6} * hidden * intermediate;
+  if (expert_bytes >= kLargeExpertBytes) {
+    return pairs >= static_cast<std::int64_t>(kLargeExpertPrefillRows) * experts;
+  }
+  return pairs > static_cast<std::int64_t>(kDecodeTileM) * experts;
+}
+
+// Down tiles may split K (= I) into slices when one tile's weights exceed kDownSliceBytes: a
+// few long down tiles that do not fill their last wave leave blocks idle for a whole tile
+// (Mixtral-8x7B at T = 4: about 175 tiles of 3.7 MB for 264 blocks). Slice s writes plane s of
+// ypart, and the combine sums the planes in a fixed order, so the result does not depend on
+// which block ran which slice. Only while T*K <= kDownSplitMaxPairs: that bounds the planes'
+// workspace, and past it there are enough tiles to keep blocks busy.
+inline constexpr std::int64_t kDownSliceBytes = std::int64_t{1} << 20;
+inline constexpr int kMaxDownSlices = 8;
+inline constexpr std::int64_t kDownSplitMaxPairs = 1024;
+inline constexpr int kMaxDownTileN = 128;  // the widest down tile of any variant
+struct DownSplit {
+  int kslices = 1;  // K slices per down tile
+  int klen = 0;     // columns of I per slice (whole pipeline steps; the last may be shorter)
+};
+// Slices that bring a down tile of tile_n columns over K = inter to kDownSliceBytes; the host
+// takes fewer where they would not shorten the launch (choose_down_slices, tile_choice.hpp).
+FLASHMOE_HOST_DEVICE inline int down_slices_wanted(int inter, int tile_n) {
+  const std::int64_t bytes = std::int64_t{2} * tile_n * inter;
+  const std::int64_t s = (bytes + kDownSliceBytes - 1) / kDownSliceBytes;
+  return static_cast<int>(s < kMaxDownSlices ? s : kMaxDownSlices);
+}
+// Slices wanted for a launch with `pairs` rows (1 past kDownSplitMaxPairs).
+FLASHMOE_HOST_DEVICE inline int down_slices_allowed(std::int64_t pairs, int inter, int tile_n) {
+  return pairs > kDownSplitMaxPairs ? 1 : down_slices_wanted(inter, tile_n);
+}
+// `slices` (at most down_slices_allowed) rounded to whole pipeline steps of tile_k columns.
+FLASHMOE_HOST_DEVICE inline DownSplit down_split(int inter, int tile_k, int slices) {
+  DownSplit d;
+  d.klen = inter;
+  if (slices <= 1) return d;
+  const int steps = (inter + tile_k - 1) / tile_k;
+  d.klen = (steps + slices - 1) / slices * tile_k;
+  d.kslices = (inter + d.klen - 1) / d.klen;
+  return d;
+}
+// Rows of ypart ([kslices][T*K][H] floats) for any T <= max_tokens and any variant.
+inline std::int64_t ypart_rows(std::int64_t max_tokens, int top_k, int inter) {
+  const std::int64_t pairs = max_tokens * top_k;
+  const std::int64_t split_pairs = pairs < kDownSplitMaxPairs ? pairs : kDownSplitMaxPairs;
+  const std::int64_t split_rows = split_pairs * down_slices_wanted(inter, kMaxDownTileN);
+  return pairs > split_rows ? pairs : split_rows;
 }
 
 // Rows of the router's partial-logit buffer ([kslices][T][E]) for any T <= max_tokens. Only
 // the prefill kernel splits K, so a layer whose forwards never reach it needs T rows. With more
 // than one K slice, chunks * kslices <= kRouterTargetTasks, so kslices * T is at most that many
 // chunks of the tallest m-tile (64 rows).
-inline std::int64_t router_partial_rows(std::int64_t max_tokens, int top_k, int experts) {
-  if (!runs_prefill_kernel(max_tokens, top_k, experts)) return max_tokens;
+inline std::int64_t router_partial_rows(std::int64_t max_tokens, int top_k, int experts, int hidden,
+                                        int intermediate) {
+  if (!runs_prefill_kernel(max_tokens, top_k, experts, hidden, intermediate)) return max_tokens;
   const std::int64_t split = std::min<std::int64_t>(kRouterMaxKSlices * max_tokens,
                                                     std::int64_t{kRouterTargetTasks} * kMaxTileM);
   return std::max(max_tokens, split);
@@ -142,7 +199,7 @@ inline WorkspaceLayout plan_workspace(const Config& c) {
   w.control = take(kControlWords * kControlStride * 4);
   w.expert_count = take(E * 4);
   w.router_done = take(w.router_chunks * 4);
-  w.logits = take(router_partial_rows(T, c.top_k, c.experts) * E * 4);
+  w.logits = take(router_partial_rows(T, c.top_k, c.experts, c.hidden, c.intermediate) * E * 4);
   w.pair_expert = take(w.max_pairs * 4);
   w.pair_weight = take(w.max_pairs * 4);
   w.pair_pos = take(w.max_pairs * 4);
@@ -155,7 +212,7 @@ inline WorkspaceLayout plan_workspace(const Config& c) {
   w.mtile_done = take(w.max_mtiles * 4);
   w.combine_done = take(T * w.max_down_ntiles * 4);
   w.h = take(w.max_pairs * I * 2);
-  w.ypart = take(w.max_pairs * H * 4);
+  w.ypart = take(ypart_rows(T, c.top_k, c.intermediate) * H * 4);
   w.total = at;
   return w;
 }

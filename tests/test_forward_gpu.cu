@@ -40,6 +40,9 @@ const Shape kKEqualsE{"K_equals_E", 128, 24, 4, 4, true, 64};
 const Shape kOddTiles{"I_not_tile_multiple", 136, 104, 12, 3, true, 64};
 const Shape kManyExperts{"E512_K16", 256, 64, 512, 16, true, 32};
 const Shape kMaxExperts{"E1024_K32", 128, 48, 1024, 32, false, 32};
+// Down tiles longer than kDownSliceBytes run as K slices (decode and prefill kernels) up to
+// T*K = kDownSplitMaxPairs; the last slice ends in a partial pipeline step.
+const Shape kLongInter{"I_in_K_slices", 64, 16456, 4, 2, true, 16};
 
 const int kTokenCounts[] = {1, 2, 3, 7, 16, 64, 257, 1024, 4096};
 
@@ -232,7 +235,8 @@ INSTANTIATE_TEST_SUITE_P(
                       MatrixCase{kKEqualsE, DType::BF16}, MatrixCase{kKEqualsE, DType::FP16},
                       MatrixCase{kOddTiles, DType::BF16}, MatrixCase{kOddTiles, DType::FP16},
                       MatrixCase{kManyExperts, DType::BF16}, MatrixCase{kManyExperts, DType::FP16},
-                      MatrixCase{kMaxExperts, DType::BF16}),
+                      MatrixCase{kMaxExperts, DType::BF16}, MatrixCase{kLongInter, DType::BF16},
+                      MatrixCase{kLongInter, DType::FP16}),
     matrix_name);
 
 // --- Routing edge cases and engine options ---------------------------------------------------
@@ -254,6 +258,8 @@ class Forward : public ::testing::Test {
     c.max_tokens = max_tokens;
     return make_model(c, rng_);
   }
+  // One y for every run and every grid size, at T = 1, 64 and 1024.
+  void check_bitwise_identical(const Model& m);
   std::uint64_t seed_ = 0;
   std::mt19937_64 rng_;
 };
@@ -455,8 +461,14 @@ TEST_F(Forward, MinusInfinityBiasMasksExperts) {
 
 TEST_F(Forward, BitwiseIdenticalAcrossRunsAndGridSizes) {
   SCOPED_TRACE(seed_);
-  const Model m = small_model();
+  check_bitwise_identical(small_model());
+  // Down tiles in K slices (summed by the combine in a fixed order).
+  check_bitwise_identical(make_model(make_config(kLongInter, DType::BF16, 1024), rng_));
+}
+
+void Forward::check_bitwise_identical(const Model& m) {
   const Config& c = m.config;
+  SCOPED_TRACE(::testing::Message() << "I = " << c.intermediate);
   std::vector<Layer> layers;
   for (int blocks : {0, 1, 3, 17, 50}) {
     flashmoe::LayerOptions o;

@@ -3,6 +3,8 @@
 // (bench/NOTES.md, versions 9-15).
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "tile_choice.hpp"
 
 namespace {
@@ -53,6 +55,45 @@ TEST(TileChoice, DependsOnTheFullGridOnly) {
   // differently.
   EXPECT_EQ(choose_decode_kernel(1, 2048, 768, 128, 8, 264, kWidths), 1);
   EXPECT_EQ(choose_decode_kernel(1, 2048, 768, 128, 8, 160, kWidths), 2);
+}
+
+TEST(DownSlices, ExpectedMTilesUnderUniformRouting) {
+  using flashmoe::detail::expected_mtiles;
+  EXPECT_NEAR(expected_mtiles(1, 2, 8, 32), 2.0, 1e-12);  // one token: K experts, one row each
+  // Mixtral at T = 4: 8 (1 - 0.75^4) experts touched.
+  EXPECT_NEAR(expected_mtiles(4, 2, 8, 32), 8.0 * (1.0 - std::pow(0.75, 4)), 1e-12);
+  EXPECT_NEAR(expected_mtiles(100, 4, 4, 32), 4.0 * 4, 1e-12);  // K = E: every expert, 100 rows
+  // Many tokens: close to rows / tile_m + one partial tile per expert.
+  const double many = expected_mtiles(4096, 2, 8, 64);
+  EXPECT_GT(many, 1024.0 / 64 * 8);
+  EXPECT_LT(many, 1024.0 / 64 * 8 + 8.0 + 1e-9);
+}
+
+TEST(DownSlices, OnlyWhereTheLastWaveWouldLeaveBlocksIdle) {
+  using flashmoe::detail::choose_down_slices;
+  using flashmoe::detail::expected_mtiles;
+  // The Mixtral cases measured on an H100 (264 blocks): 4 slices of 128-column decode tiles
+  // (32 per m-tile) gained 3% at T = 4 and 112 and lost 1% at T = 16 - 64; 2 slices of the
+  // prefill kernel's 64-column tiles (64 per m-tile) lost 1% at T = 128 and 256.
+  auto decode = [](std::int64_t T) {
+    return choose_down_slices(expected_mtiles(T, 2, 8, 32) * 32, kSlots, 4);
+  };
+  auto prefill = [](std::int64_t T) {
+    return choose_down_slices(expected_mtiles(T, 2, 8, 64) * 64, kSlots, 2);
+  };
+  EXPECT_GT(decode(4), 1);
+  EXPECT_GT(decode(112), 1);
+  for (std::int64_t T : {16, 32, 64}) EXPECT_EQ(decode(T), 1) << "T = " << T;
+  for (std::int64_t T : {128, 256}) EXPECT_EQ(prefill(T), 1) << "T = " << T;
+  // Never more than wanted; a handful of tiles takes every slice offered.
+  for (int wanted = 1; wanted <= 8; ++wanted) {
+    EXPECT_EQ(choose_down_slices(3.0, kSlots, wanted), wanted);
+    for (double tiles : {1.0, 100.0, 263.0, 264.0, 700.0, 5000.0}) {
+      const int s = choose_down_slices(tiles, kSlots, wanted);
+      EXPECT_GE(s, 1);
+      EXPECT_LE(s, wanted);
+    }
+  }
 }
 
 }  // namespace

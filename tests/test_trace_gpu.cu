@@ -53,17 +53,10 @@ class TraceGpu : public ::testing::Test {
     return download<std::uint16_t>(dy.get(), x.size());
   }
 
-  std::uint64_t seed_ = 0;
-  std::mt19937_64 rng_;
-  Model model_;
-  Layer layer_;
-};
-
-TEST_F(TraceGpu, OneEventPerTaskInOrderAndWritersAgree) {
-  SCOPED_TRACE(seed_);
-  const Config& c = model_.config;
-  for (int T : {1, 37, 600}) {
-    SCOPED_TRACE(::testing::Message() << "T = " << T);
+  // One forward of T tokens with tracing off and on: the same y, and a trace with one event
+  // per task of the launch, in order per block, that every writer renders.
+  void check_traced_forward(int T) {
+    const Config& c = model_.config;
     const auto x = random_values(static_cast<std::size_t>(T) * c.hidden, 1.0f, c.dtype, rng_);
     std::vector<std::int32_t> ids_off, ids;
     ASSERT_TRUE(layer_.set_tracing(0).ok());
@@ -111,7 +104,12 @@ TEST_F(TraceGpu, OneEventPerTaskInOrderAndWritersAgree) {
     EXPECT_EQ(count[TraceKind::Router], trace.router_tasks);
     EXPECT_EQ(count[TraceKind::Routing], chunks + 1);  // top-k per chunk + the tile table
     EXPECT_EQ(count[TraceKind::GateUp], mtiles * ng);
-    EXPECT_EQ(count[TraceKind::Down], mtiles * nd);
+    // Down tiles split I only when one would stream more than kDownSliceBytes of weights.
+    EXPECT_GE(trace.down_k_slices, 1);
+    EXPECT_LE(trace.down_k_slices,
+              flashmoe::detail::down_slices_allowed(static_cast<std::int64_t>(T) * c.top_k,
+                                                    c.intermediate, trace.tile_n_down));
+    EXPECT_EQ(count[TraceKind::Down], mtiles * nd * trace.down_k_slices);
     EXPECT_LE(count[TraceKind::Combine], count[TraceKind::Down]);
     EXPECT_EQ(static_cast<int>(combine_ntiles.size()), nd) << "every column slice combined";
     // Each gate/up and down tile exactly once.
@@ -161,6 +159,43 @@ TEST_F(TraceGpu, OneEventPerTaskInOrderAndWritersAgree) {
     EXPECT_EQ(flashmoe_test::chrome_x_event_count(json), static_cast<int>(trace.events.size()));
     EXPECT_TRUE(flashmoe_test::xml_is_well_formed(flashmoe::trace_to_svg(trace), &error)) << error;
     EXPECT_NE(flashmoe::trace_summary_text(trace).find("gate_up"), std::string::npos);
+  }
+
+  std::uint64_t seed_ = 0;
+  std::mt19937_64 rng_;
+  Model model_;
+  Layer layer_;
+};
+
+TEST_F(TraceGpu, OneEventPerTaskInOrderAndWritersAgree) {
+  SCOPED_TRACE(seed_);
+  for (int T : {1, 37, 600}) {
+    SCOPED_TRACE(::testing::Message() << "T = " << T);
+    check_traced_forward(T);
+    if (HasFatalFailure()) return;
+  }
+}
+
+TEST_F(TraceGpu, LongDownTilesRunAsKSlices) {
+  // I = 16456: every down tile streams more than kDownSliceBytes of weights, in both
+  // kernels; the last slice ends in a partial pipeline step.
+  SCOPED_TRACE(seed_);
+  Config c;
+  c.hidden = 64;
+  c.intermediate = 16456;
+  c.experts = 4;
+  c.top_k = 2;
+  c.max_tokens = 600;
+  model_ = make_model(c, rng_);
+  layer_ = Layer();
+  ASSERT_TRUE(Layer::create(c, model_.device_weights(), layer_).ok());
+  for (int T : {1, 5, 300}) {
+    SCOPED_TRACE(::testing::Message() << "T = " << T);
+    check_traced_forward(T);
+    if (HasFatalFailure()) return;
+    Trace trace;
+    ASSERT_TRUE(layer_.read_trace(nullptr, trace).ok());
+    EXPECT_GT(trace.down_k_slices, 1);
   }
 }
 

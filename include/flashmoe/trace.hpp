@@ -12,7 +12,8 @@ enum class TraceKind : std::uint8_t {
   Router = 0,   // router logits of a token chunk x expert slice (x K slice in prefill)
   Routing = 1,  // top-k of a token chunk, or the tile-table build (tile = -1)
   GateUp = 2,   // gate/up tile: expert, tile = m-tile * gate/up n-tiles + n-tile
-  Down = 3,     // down tile: expert, tile = m-tile * down n-tiles + n-tile
+  Down = 3,     // down tile: expert,
+                //   tile = (m-tile * down n-tiles + n-tile) * down K slices + K slice
   Combine = 4,  // fixed-order sum of finished token slices after a down tile: its expert,
                 //   tile = the down n-tile
   Wait = 5,     // a bounded spin-wait (expert = -1: for the tile table; else for an m-tile)
@@ -54,6 +55,9 @@ struct Trace {
   // over (1 in decode; the prefill kernel splits H while there are few token chunks); both 0
   // with caller-supplied routing.
   int router_tasks = 0, router_k_slices = 0;
+  // Slices of the intermediate dimension each down tile is split into (1: none; long down
+  // tiles of few-expert shapes are split so that the launch does not end on a few of them).
+  int down_k_slices = 0;
   std::string variant;  // "decode" or "prefill"
 };
 

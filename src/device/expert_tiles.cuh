@@ -59,7 +59,7 @@ __device__ void gateup_tile(const KernelParams<T>& p, unsigned char* smem, std::
   // Gate rows past I read up rows (and up rows past I the next expert's): their columns are
   // dropped below.
   const int wrow0 = static_cast<int>(mt.expert) * 2 * I + n0;
-  const WeightBoxes wb{&p.w13_map, {wrow0, wrow0 + I}};
+  const WeightBoxes wb{&p.w13_map, {wrow0, wrow0 + I}, 0};
   __syncthreads();
 
   typename TileMma<S, T>::Acc acc;
@@ -121,31 +121,34 @@ __device__ void router_tile(const KernelParams<T>& p, unsigned char* smem, int t
   tr.record(TraceKind::Router, start, -1, trace_tile);
 }
 
-// ypart[pair, n0 : n0 + BN] = w_pair * (h W2^T); then, for every token whose K slices of this
-// column range are now all present, y = sum over k in order (+ beta * y).
+// ypart[kslice, pair, n0 : n0 + BN] = w_pair * (h W2^T) over K slice `kslice` of I; then, for
+// every token whose top-k pairs and K slices of this column range are now all present,
+// y = sum over k, then over slices, in order (+ beta * y).
 // Returns false when the launch is being abandoned.
 template <class S, typename T>
 __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::uint32_t slot,
-                          int ntile, int ntiles, int gateup_ntiles, Tracer& tr) {
+                          int ntile, int kslice, int ntiles, int gateup_ntiles, Tracer& tr) {
   __shared__ TileSmem<S, T> ts;
   __shared__ bool s_ready;
   __shared__ int s_ncombine;
   std::uint64_t t0 = tr.now();
   const MTile mt = load_mtile(p, slot);
   const int H = p.hidden, I = p.inter, n0 = ntile * S::BN;
+  const int k0 = kslice * p.dsplit.klen, klen = min(p.dsplit.klen, I - k0);
   for (int r = threadIdx.x; r < S::BM; r += kThreads) {
     const bool live = r < static_cast<int>(mt.rows);
-    ts.a_rows[r] = live ? p.h + static_cast<std::int64_t>(mt.row0 + r) * I : nullptr;
+    ts.a_rows[r] = live ? p.h + static_cast<std::int64_t>(mt.row0 + r) * I + k0 : nullptr;
     ts.pair[r] = live ? __ldcg(p.sorted_pair + mt.row0 + r) : -1;
   }
   if constexpr (!kDeviceHasTma) {
-    const T* w = p.w2 + static_cast<std::int64_t>(mt.expert) * H * I;
+    const T* w = p.w2 + static_cast<std::int64_t>(mt.expert) * H * I + k0;
     for (int j = threadIdx.x; j < S::NB; j += kThreads) {
       ts.b_rows[j] = n0 + j < H ? w + static_cast<std::int64_t>(n0 + j) * I : nullptr;
     }
   }
-  // Rows past H read the next expert's: their columns are dropped below.
-  const WeightBoxes wb{&p.w2_map, {static_cast<int>(mt.expert) * H + n0, 0}};
+  // Rows past H read the next expert's: their columns are dropped below. Columns past the
+  // slice (only the last slice has a partial step) are zero in A.
+  const WeightBoxes wb{&p.w2_map, {static_cast<int>(mt.expert) * H + n0, 0}, k0};
   __syncthreads();
 
   // The w2 tile starts streaming before h is complete; h is read only after the m-tile's
@@ -166,10 +169,12 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::ui
   };
   typename TileMma<S, T>::Acc acc;
   if (!TileMma<S, T>::template run<true>(acc, smem, ts.a_rows, ts.b_rows, wb, {p.ctl, p.timeout_ns},
-                                         I, p.w2, wait_for_h)) {
+                                         klen, p.w2, wait_for_h)) {
     return false;
   }
 
+  const std::int64_t pairs = static_cast<std::int64_t>(p.num_tokens) * p.top_k;
+  float* plane = p.ypart + kslice * pairs * H;
   TileMma<S, T>::for_each_pair([&](int row, int col, int f, int mi, int half) {
     if (row < static_cast<int>(mt.rows) && n0 + col < H) {
       const int pair = ts.pair[row];
@@ -177,28 +182,30 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::ui
       float2 v;
       v.x = acc[mi][f][2 * half] * wt;
       v.y = acc[mi][f][2 * half + 1] * wt;
-      *reinterpret_cast<float2*>(p.ypart + static_cast<std::int64_t>(pair) * H + n0 + col) = v;
+      *reinterpret_cast<float2*>(plane + static_cast<std::int64_t>(pair) * H + n0 + col) = v;
     }
   });
   if (threadIdx.x == 0) s_ncombine = 0;
   __syncthreads();  // the tile's slices are written before any is counted
 
-  // Count this tile's slices; the last of a token's K slices sends the token to the combine.
+  // Count this tile's rows; the last of a token's top-k x K-slice parts sends the token to the
+  // combine.
   const std::int64_t stride = p.combine_stride;
+  const std::uint32_t parts = static_cast<std::uint32_t>(p.top_k * p.dsplit.kslices);
   for (int r = threadIdx.x; r < static_cast<int>(mt.rows); r += kThreads) {
     const int token = ts.pair[r] / p.top_k;
     std::uint32_t* c = &p.combine_done[token * stride + ntile];
-    if (fetch_add_acq_rel(c, 1) == static_cast<std::uint32_t>(p.top_k) - 1) {
+    if (fetch_add_acq_rel(c, 1) == parts - 1) {
       store_relaxed(c, 0);  // nobody else touches it again this launch
       ts.combine_token[atomicAdd(&s_ncombine, 1)] = token;  // list order is irrelevant
     }
   }
   __syncthreads();
 
-  // y[token, n0 : n0 + BN] = sum over k in order of ypart (+ beta * y), 4 columns per thread,
+  // y[token, n0 : n0 + BN] = sum of its ypart parts in order (+ beta * y), 4 columns per thread,
   // all listed tokens at once. A token listed twice cannot happen: only one slice is last.
   tr.record(TraceKind::Down, t0, static_cast<int>(mt.expert),
-            static_cast<int>(slot) * ntiles + ntile);
+            (static_cast<int>(slot) * ntiles + ntile) * p.dsplit.kslices + kslice);
   const int ncombine = s_ncombine;
   if (ncombine == 0) return true;
   const std::uint64_t t1 = tr.now();
@@ -208,14 +215,20 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::ui
     const int c = n0 + (i % quads) * 4;
     const float* src = p.ypart + t * p.top_k * H + c;
     float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    // Parts in order: k major, K slice minor (one flat loop keeps 8 loads in flight).
+    int k = 0, s = 0;
 #pragma unroll 8
-    for (int k = 0; k < p.top_k; ++k) {
-      const float4 v =
-          __ldcg(reinterpret_cast<const float4*>(src + static_cast<std::int64_t>(k) * H));
+    for (std::uint32_t j = 0; j < parts; ++j) {
+      const float4 v = __ldcg(
+          reinterpret_cast<const float4*>(src + (s * pairs + k) * static_cast<std::int64_t>(H)));
       sum.x += v.x;
       sum.y += v.y;
       sum.z += v.z;
       sum.w += v.w;
+      if (++s == p.dsplit.kslices) {
+        s = 0;
+        ++k;
+      }
     }
     uint2* dst = reinterpret_cast<uint2*>(p.y + t * H + c);
     if (p.beta != 0.0f) {

@@ -5,8 +5,9 @@
 //                        routing, one task per chunk);
 //                        the last one builds the tile table and publishes the ticket total
 //   [R, R + M*NG)        gate/up tiles, m-tile major
-//   [R + M*NG, total)    down tiles (each waits for its m-tile's NG gate/up tiles), with the
-//                        combine done by the last tile to finish a token slice.
+//   [R + M*NG, total)    down tiles, ND column tiles x K slices of I per m-tile (each waits
+//                        for its m-tile's NG gate/up tiles), with the combine done by the
+//                        last tile to finish a token slice.
 // A task waits only on tasks with smaller tickets, and a ticket is taken only by a running
 // block, so the kernel cannot deadlock whatever number of blocks is resident. Counters are
 // reset inside the kernel (by the last block to exit, or by their last user), so consecutive
@@ -193,7 +194,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       __syncthreads();
       if (s_flag) {
         start = tr.now();
-        build_tile_table<T, Cfg::BM>(p, smem, routing_tickets, ng, nd);
+        build_tile_table<T, Cfg::BM>(p, smem, routing_tickets, ng, nd * p.dsplit.kslices);
         tr.record(TraceKind::Routing, start, -1, -1);
       }
       continue;
@@ -207,8 +208,10 @@ __global__ void __launch_bounds__(kThreads, 2)
       const TileIndex ti = tile_index(p, task, ng);
       gateup_tile<GateUp>(p, smem, ti.slot, ti.ntile, ng, tr);
     } else {
-      const TileIndex ti = tile_index(p, task - mtiles * ng, nd);
-      if (!down_tile<Down>(p, smem, ti.slot, ti.ntile, nd, ng, tr)) break;
+      // Down tasks per m-tile: column tiles x K slices, the slices of a column tile adjacent.
+      const int ks = p.dsplit.kslices;
+      const TileIndex ti = tile_index(p, task - mtiles * ng, nd * ks);
+      if (!down_tile<Down>(p, smem, ti.slot, ti.ntile / ks, ti.ntile % ks, nd, ng, tr)) break;
     }
   }
   tr.finish();

@@ -37,6 +37,7 @@ struct KernelParams {
   bool renormalize;
   float scaling;
   RouterSplit rsplit;  // router tasks of this launch (workspace.hpp)
+  DownSplit dsplit;    // K slices of this launch's down tiles (workspace.hpp)
 
   // Workspace.
   Control ctl;
@@ -55,7 +56,7 @@ struct KernelParams {
   std::uint32_t* mtile_done;    // gate/up tiles finished per m-tile
   std::uint32_t* combine_done;  // [T, down n-tiles] down tiles finished per token slice
   T* h;                         // [T*K, I] activations, rows grouped by expert
-  float* ypart;                 // [T*K, H] weighted expert outputs, by pair index
+  float* ypart;                 // [dsplit.kslices, T*K, H] weighted expert outputs, by pair
   std::int64_t combine_stride;  // down n-tiles per token in combine_done
 
   std::uint64_t timeout_ns;

@@ -179,7 +179,7 @@ struct TileMma {
 #pragma unroll
           for (int b = 0; b < kBoxes; ++b) {
             tma_load_2d(b_base + (h * S::NB + b * S::BN) * 128, wb.map, bar,
-                        kt * S::BK + h * kTmaBoxCols, wb.row[b]);
+                        wb.col0 + kt * S::BK + h * kTmaBoxCols, wb.row[b]);
           }
       }
     };

@@ -36,11 +36,12 @@ __device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
   return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// Where the weight box rows of one tile start (rows of the 2-D tensor map); a gated tile has a
-// gate box and an up box.
+// Where the weight boxes of one tile start: rows of the 2-D tensor map (a gated tile has a
+// gate box and an up box), and the first K column (a down tile's K slice).
 struct WeightBoxes {
   const CUtensorMap* map;
   int row[2];
+  int col0;
 };
 
 // The bodies are sm_90 only; elsewhere they are empty and never called (kDeviceHasTma).
