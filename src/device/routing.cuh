@@ -107,6 +107,13 @@ __device__ void register_pair(const KernelParams<T>& p, int t, int k, int e, flo
   if (p.out_weights != nullptr) p.out_weights[pair] = w;
 }
 
+// Float -> uint32 with the same order (no NaN here: choices are finite or -inf; + 0.0f makes
+// -0 equal to +0, as the float comparison has it).
+__device__ __forceinline__ std::uint32_t ordered_bits(float v) {
+  const std::uint32_t u = __float_as_uint(v + 0.0f);
+  return (u & 0x80000000u) != 0 ? ~u : u | 0x80000000u;
+}
+
 // One warp: top-k of token t from its logits (see flashmoe::Routing for the rules). Lane l
 // holds experts l, l + 32, ...; PER_LANE = ceil(E / 32) rounded up to a power of two, so the
 // arrays stay in registers (only compile-time indices), and taken experts are a bit mask.
@@ -171,19 +178,13 @@ __device__ void select_experts_n(const KernelParams<T>& p, int t) {
   int my_id = 0;
   float my_w = 0.0f, wsum = 0.0f;
   for (int k = 0; k < p.top_k; ++k) {
-    float v = bv, s = bs;
-    int id = bi;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, v, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, id, o);
-      const float os = __shfl_xor_sync(0xffffffffu, s, o);
-      if (ov > v || (ov == v && oi < id)) {
-        v = ov;
-        id = oi;
-        s = os;
-      }
-    }
+    // A round is two warp reductions (redux.sync) and one shuffle instead of five levels of
+    // three shuffles: the largest choice, then the lowest expert id among the lanes holding it
+    // (each lane's candidate is already its lowest id of that value).
+    const std::uint32_t top = __reduce_max_sync(0xffffffffu, ordered_bits(bv));
+    const int id = static_cast<int>(__reduce_min_sync(
+        0xffffffffu, ordered_bits(bv) == top ? static_cast<std::uint32_t>(bi) : 0xffffffffu));
+    const float s = __shfl_sync(0xffffffffu, bs, id & 31);
     // top_k <= selectable experts, so id is a real expert here.
     if ((id & 31) == lane) {
       taken |= 1u << (id >> 5);
