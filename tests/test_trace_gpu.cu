@@ -30,13 +30,19 @@ class TraceGpu : public ::testing::Test {
     FLASHMOE_NEED_GPU();
     seed_ = fresh_seed();
     rng_.seed(seed_);
+    create(512, 200, 40, 4);
+  }
+
+  // A fresh model (random weights) and layer of this shape, max_tokens 600.
+  void create(int hidden, int inter, int experts, int top_k) {
     Config c;
-    c.hidden = 512;
-    c.intermediate = 200;
-    c.experts = 40;
-    c.top_k = 4;
+    c.hidden = hidden;
+    c.intermediate = inter;
+    c.experts = experts;
+    c.top_k = top_k;
     c.max_tokens = 600;
     model_ = make_model(c, rng_);
+    layer_ = Layer();
     ASSERT_TRUE(Layer::create(c, model_.device_weights(), layer_).ok());
   }
 
@@ -180,15 +186,8 @@ TEST_F(TraceGpu, LongDownTilesRunAsKSlices) {
   // I = 16456: every down tile streams more than kDownSliceBytes of weights, in both
   // kernels; the last slice ends in a partial pipeline step.
   SCOPED_TRACE(seed_);
-  Config c;
-  c.hidden = 64;
-  c.intermediate = 16456;
-  c.experts = 4;
-  c.top_k = 2;
-  c.max_tokens = 600;
-  model_ = make_model(c, rng_);
-  layer_ = Layer();
-  ASSERT_TRUE(Layer::create(c, model_.device_weights(), layer_).ok());
+  create(64, 16456, 4, 2);
+  if (HasFatalFailure()) return;
   for (int T : {1, 5, 300}) {
     SCOPED_TRACE(::testing::Message() << "T = " << T);
     check_traced_forward(T);
