@@ -136,4 +136,37 @@ TEST(KernelChoice, LargeExpertsReachThePrefillKernelEarlier) {
   }
 }
 
+TEST(DownSplit, SlicesCoverIOnceAndFitTheYpartPlanes) {
+  using flashmoe::detail::down_slices_allowed;
+  using flashmoe::detail::down_split;
+  using flashmoe::detail::ypart_rows;
+  struct Tile {
+    int n, k;  // the down shapes of the decode and prefill kernels
+  };
+  for (int inter : {40, 768, 4096, 14336, 16456, 65536}) {
+    for (int top_k : {1, 2, 8}) {
+      for (std::int64_t max_tokens : {1, 7, 128, 512, 4096}) {
+        const std::int64_t rows = ypart_rows(max_tokens, top_k, inter);
+        EXPECT_GE(rows, max_tokens * top_k);
+        for (std::int64_t T : {std::int64_t{1}, max_tokens / 2 + 1, max_tokens}) {
+          for (const Tile tile : {Tile{32, 128}, Tile{64, 128}, Tile{128, 64}, Tile{64, 64}}) {
+            const int allowed = down_slices_allowed(T * top_k, inter, tile.n);
+            for (int slices = 1; slices <= allowed; ++slices) {
+              const auto d = down_split(inter, tile.k, slices);
+              SCOPED_TRACE(testing::Message() << "I " << inter << " K " << top_k << " T " << T
+                                              << " tile " << tile.n << " slices " << slices);
+              ASSERT_GE(d.kslices, 1);
+              EXPECT_LE(d.kslices, slices);
+              EXPECT_TRUE(d.klen % tile.k == 0 || d.kslices == 1) << "whole steps";
+              EXPECT_LT(static_cast<std::int64_t>(d.kslices - 1) * d.klen, inter) << "empty";
+              EXPECT_GE(static_cast<std::int64_t>(d.kslices) * d.klen, inter) << "I covered";
+              EXPECT_LE(d.kslices * T * top_k, rows) << "planes fit the workspace";
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
