@@ -56,7 +56,7 @@ inline double expected_mtiles(std::int64_t num_tokens, int top_k, int experts, i
 // `down_tiles` tiles run in waves over `slots` blocks; a wave less than kWaveFloor full takes
 // as long as one that full (a block streams at most ~1.3x its fair share of the bandwidth), and
 // each extra slice costs 1% (its tiles reload their h rows and add a combine part). Measured on
-// an H100 (bench/NOTES.md, version 34): Mixtral at T = 4 (about 175 down tiles on 264 blocks)
+// an H100 (bench/NOTES.md, version 35): Mixtral at T = 4 (about 175 down tiles on 264 blocks)
 // and T = 112 (about 300) gain 3% from slices; at about one or three full waves they lose 1%.
 inline int choose_down_slices(double down_tiles, std::int64_t slots, int wanted) {
   constexpr double kWaveFloor = 0.77, kSliceCost = 0.01;
