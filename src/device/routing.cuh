@@ -33,13 +33,20 @@ __device__ void router_logits(const KernelParams<T>& p, int t0, int e0) {
   for (int t = 0; t < kRouterTokens; ++t) acc[t] = 0.0f;
   const T* w_row = p.router + static_cast<std::int64_t>(e) * H;
   const T* x0 = p.x + static_cast<std::int64_t>(t0) * H;
-  for (int k0 = lane * 8; k0 < H; k0 += 32 * 8 * kLoads) {
-    uint4 w[kLoads];
+  // The next step's weights are requested before this step's multiply-adds, so that a row of
+  // H = 2048 costs one DRAM round trip, not two.
+  auto load_w = [&](uint4(&w)[kLoads], int k0) {
 #pragma unroll
     for (int u = 0; u < kLoads; ++u) {
       const int k = k0 + u * 32 * 8;
       w[u] = k < H ? __ldg(reinterpret_cast<const uint4*>(w_row + k)) : make_uint4(0, 0, 0, 0);
     }
+  };
+  uint4 w[kLoads];
+  load_w(w, lane * 8);
+  for (int k0 = lane * 8; k0 < H; k0 += 32 * 8 * kLoads) {
+    uint4 w_next[kLoads];
+    load_w(w_next, k0 + 32 * 8 * kLoads);
 #pragma unroll
     for (int t = 0; t < kRouterTokens; ++t) {
       if (t >= nt) break;
@@ -62,6 +69,8 @@ __device__ void router_logits(const KernelParams<T>& p, int t0, int e0) {
         for (int i = 0; i < 8; ++i) acc[t] = fmaf(xf[i], wf[i], acc[t]);
       }
     }
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) w[u] = w_next[u];
   }
 #pragma unroll
   for (int t = 0; t < kRouterTokens; ++t) {
