@@ -174,12 +174,18 @@ struct TileMma {
         const std::uint32_t bar = smem_u32(&pb.full[stage]);
         const std::uint32_t b_base = smem_base + stage * S::STAGE_BYTES + S::BM * S::ROW_BYTES;
         mbar_expect_tx(bar, S::NB * S::ROW_BYTES);
+        // Decode tiles read their weights evict-first: the stream (76 MB at Qwen3 T = 1) then
+        // leaves L2 the kernel's code, which every launch's routing fetches again, and the
+        // router weights, x, h and ypart (bench/NOTES.md, version 40: T = 1 -6%). Prefill
+        // m-tiles of one expert read the same boxes at about the same time, and an evict-first
+        // fill is dropped before the others come (+4-8% measured), so they keep the default.
+        const std::uint64_t policy = l2_weight_policy(!S::WGMMA);
 #pragma unroll
         for (int h = 0; h < kHalves; ++h)
 #pragma unroll
           for (int b = 0; b < kBoxes; ++b) {
             tma_load_2d(b_base + (h * S::NB + b * S::BN) * 128, wb.map, bar,
-                        wb.col0 + kt * S::BK + h * kTmaBoxCols, wb.row[b]);
+                        wb.col0 + kt * S::BK + h * kTmaBoxCols, wb.row[b], policy);
           }
       }
     };
