@@ -178,14 +178,20 @@ struct TileMma {
         // leaves L2 the kernel's code, which every launch's routing fetches again, and the
         // router weights, x, h and ypart (bench/NOTES.md, version 40: T = 1 -6%). Prefill
         // m-tiles of one expert read the same boxes at about the same time, and an evict-first
-        // fill is dropped before the others come (+4-8% measured), so they keep the default.
-        const std::uint64_t policy = l2_weight_policy(!S::WGMMA);
+        // fill is dropped before the others come (+4-8%); an explicit evict-normal policy there
+        // measured +2% at Mixtral T = 256, so they load without a hint.
+        [[maybe_unused]] const std::uint64_t policy = S::WGMMA ? 0 : l2_evict_first_policy();
 #pragma unroll
         for (int h = 0; h < kHalves; ++h)
 #pragma unroll
           for (int b = 0; b < kBoxes; ++b) {
-            tma_load_2d(b_base + (h * S::NB + b * S::BN) * 128, wb.map, bar,
-                        wb.col0 + kt * S::BK + h * kTmaBoxCols, wb.row[b], policy);
+            const std::uint32_t dst = b_base + (h * S::NB + b * S::BN) * 128;
+            const int col = wb.col0 + kt * S::BK + h * kTmaBoxCols;
+            if constexpr (S::WGMMA) {
+              tma_load_2d(dst, wb.map, bar, col, wb.row[b]);
+            } else {
+              tma_load_2d(dst, wb.map, bar, col, wb.row[b], policy);
+            }
           }
       }
     };

@@ -79,19 +79,24 @@ __device__ __forceinline__ bool mbar_try_wait(std::uint32_t bar, std::uint32_t p
   return done != 0;
 }
 
-// L2 policy of a weight box: evict-first where the box is read once per launch, normal where
-// other tiles read it too.
-__device__ __forceinline__ std::uint64_t l2_weight_policy(bool read_once) {
+// One box of a 2-D tensor map into shared memory, completing on `bar`.
+__device__ __forceinline__ void tma_load_2d(std::uint32_t dst, const CUtensorMap* map,
+                                            std::uint32_t bar, int col, int row) {
+  FLASHMOE_TMA_ASM(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, "
+      "{%3, %4}], [%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(bar), "r"(col), "r"(row)
+      : "memory");
+}
+
+// An L2 policy under which the lines a load brings in are the first to be evicted.
+__device__ __forceinline__ std::uint64_t l2_evict_first_policy() {
   std::uint64_t policy = 0;
-  if (read_once) {
-    FLASHMOE_TMA_ASM("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
-  } else {
-    FLASHMOE_TMA_ASM("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(policy));
-  }
+  FLASHMOE_TMA_ASM("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
   return policy;
 }
 
-// One box of a 2-D tensor map into shared memory, completing on `bar`, with an L2 policy.
+// tma_load_2d under an L2 policy (l2_evict_first_policy).
 __device__ __forceinline__ void tma_load_2d(std::uint32_t dst, const CUtensorMap* map,
                                             std::uint32_t bar, int col, int row,
                                             std::uint64_t policy) {
