@@ -40,6 +40,11 @@ __device__ void gateup_tile(const KernelParams<T>& p, unsigned char* smem, std::
   const std::uint64_t t0 = tr.now();
   const MTile mt = load_mtile(p, slot);
   const int H = p.hidden, I = p.inter, n0 = ntile * S::BN;
+  // Gate rows past I read up rows (and up rows past I the next expert's): their columns are
+  // dropped below. The first stages' weights are requested before the token rows are looked up.
+  const int wrow0 = static_cast<int>(mt.expert) * 2 * I + n0;
+  const WeightBoxes wb{&p.w13_map, {wrow0, wrow0 + I}, 0};
+  if (threadIdx.x == 0) TileMma<S, T>::issue_weights_ahead(smem, wb, H);
   for (int r = threadIdx.x; r < S::BM; r += kThreads) {
     const T* row = nullptr;
     if (r < static_cast<int>(mt.rows)) {
@@ -56,15 +61,11 @@ __device__ void gateup_tile(const KernelParams<T>& p, unsigned char* smem, std::
       ts.b_rows[j] = n < I ? w + static_cast<std::int64_t>(wrow) * H : nullptr;
     }
   }
-  // Gate rows past I read up rows (and up rows past I the next expert's): their columns are
-  // dropped below.
-  const int wrow0 = static_cast<int>(mt.expert) * 2 * I + n0;
-  const WeightBoxes wb{&p.w13_map, {wrow0, wrow0 + I}, 0};
   __syncthreads();
 
   typename TileMma<S, T>::Acc acc;
-  TileMma<S, T>::template run<true>(acc, smem, ts.a_rows, ts.b_rows, wb, {p.ctl, p.timeout_ns}, H,
-                                    p.w13, [] { return true; });
+  TileMma<S, T>::template run<true, true>(acc, smem, ts.a_rows, ts.b_rows, wb,
+                                          {p.ctl, p.timeout_ns}, H, p.w13, [] { return true; });
 
   T* hbase = p.h + static_cast<std::int64_t>(mt.row0) * I;
   TileMma<S, T>::for_each_pair([&](int row, int col, int f, int mi, int half) {
@@ -135,6 +136,11 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::ui
   const MTile mt = load_mtile(p, slot);
   const int H = p.hidden, I = p.inter, n0 = ntile * S::BN;
   const int k0 = kslice * p.dsplit.klen, klen = min(p.dsplit.klen, I - k0);
+  // Rows past H read the next expert's: their columns are dropped below. Columns past the
+  // slice (only the last slice has a partial step) are zero in A. The first stages' weights
+  // are requested before the h rows are looked up.
+  const WeightBoxes wb{&p.w2_map, {static_cast<int>(mt.expert) * H + n0, 0}, k0};
+  if (threadIdx.x == 0) TileMma<S, T>::issue_weights_ahead(smem, wb, klen);
   for (int r = threadIdx.x; r < S::BM; r += kThreads) {
     const bool live = r < static_cast<int>(mt.rows);
     ts.a_rows[r] = live ? p.h + static_cast<std::int64_t>(mt.row0 + r) * I + k0 : nullptr;
@@ -146,9 +152,6 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::ui
       ts.b_rows[j] = n0 + j < H ? w + static_cast<std::int64_t>(n0 + j) * I : nullptr;
     }
   }
-  // Rows past H read the next expert's: their columns are dropped below. Columns past the
-  // slice (only the last slice has a partial step) are zero in A.
-  const WeightBoxes wb{&p.w2_map, {static_cast<int>(mt.expert) * H + n0, 0}, k0};
   __syncthreads();
 
   // The w2 tile starts streaming before h is complete; h is read only after the m-tile's
@@ -168,8 +171,8 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::ui
     return s_ready;
   };
   typename TileMma<S, T>::Acc acc;
-  if (!TileMma<S, T>::template run<true>(acc, smem, ts.a_rows, ts.b_rows, wb, {p.ctl, p.timeout_ns},
-                                         klen, p.w2, wait_for_h)) {
+  if (!TileMma<S, T>::template run<true, true>(acc, smem, ts.a_rows, ts.b_rows, wb,
+                                               {p.ctl, p.timeout_ns}, klen, p.w2, wait_for_h)) {
     return false;
   }
 

@@ -129,7 +129,52 @@ struct TileMma {
   // copy engine's 128-byte swizzle writes it: per 64-column half, NB rows of 128 bytes. The
   // stage base must then be 1024-byte aligned. A barrier wait past `wd.timeout_ns` fails the
   // launch (DeviceTimeout) instead of hanging.
-  template <bool TMA_B, class BeforeA>
+  // Stages loaded ahead of the one being multiplied. The warpgroup MMA keeps one stage's
+  // MMAs in flight while the next is issued, so its stages are refilled one step later.
+  static constexpr int kAhead = (S::WGMMA && kDeviceHasWgmma) ? S::STAGES - 2 : S::STAGES - 1;
+  static_assert(kAhead >= 1, "at least one stage ahead");
+
+  // Thread 0 (sm_90): the weight boxes of K tile kt into stage `stage`; the tensor map
+  // zero-fills the K tail and rows past the weights.
+  __device__ static void issue_weights(std::uint32_t smem_base, int stage, int kt,
+                                       const WeightBoxes& wb) {
+    constexpr int kHalves = S::BK / kTmaBoxCols, kBoxes = S::GATED ? 2 : 1;
+    PipeBarriers& pb = pipe_barriers();
+    const std::uint32_t bar = smem_u32(&pb.full[stage]);
+    const std::uint32_t b_base = smem_base + stage * S::STAGE_BYTES + S::BM * S::ROW_BYTES;
+    mbar_expect_tx(bar, S::NB * S::ROW_BYTES);
+    // Decode tiles read their weights evict-first: the stream (76 MB at Qwen3 T = 1) then
+    // leaves L2 the kernel's code, which every launch's routing fetches again, and the
+    // router weights, x, h and ypart (bench/NOTES.md, version 40: T = 1 -6%). Prefill
+    // m-tiles of one expert read the same boxes at about the same time, and an evict-first
+    // fill is dropped before the others come (+4-8%); an explicit evict-normal policy there
+    // measured +2% at Mixtral T = 256, so they load without a hint.
+    [[maybe_unused]] const std::uint64_t policy = S::WGMMA ? 0 : l2_evict_first_policy();
+#pragma unroll
+    for (int h = 0; h < kHalves; ++h)
+#pragma unroll
+      for (int b = 0; b < kBoxes; ++b) {
+        const std::uint32_t dst = b_base + (h * S::NB + b * S::BN) * 128;
+        const int col = wb.col0 + kt * S::BK + h * kTmaBoxCols;
+        if constexpr (S::WGMMA) {
+          tma_load_2d(dst, wb.map, bar, col, wb.row[b]);
+        } else {
+          tma_load_2d(dst, wb.map, bar, col, wb.row[b], policy);
+        }
+      }
+  }
+
+  // Thread 0, before run<true, true>: the weight boxes of the first kAhead stages, issued as
+  // soon as the tile's expert is known, while the block still gathers its A row pointers.
+  __device__ static void issue_weights_ahead(unsigned char* smem, const WeightBoxes& wb, int kdim) {
+    if constexpr (kDeviceHasTma) {
+      const std::uint32_t smem_base = smem_u32(smem);
+      const int ktiles = (kdim + S::BK - 1) / S::BK;
+      for (int st = 0; st < kAhead && st < ktiles; ++st) issue_weights(smem_base, st, st, wb);
+    }
+  }
+
+  template <bool TMA_B, bool B_AHEAD_ISSUED = false, class BeforeA>
   __device__ static bool run(Acc& acc, unsigned char* smem, const T* const* a_rows,
                              const T* const* b_rows, const WeightBoxes& wb, const Watchdog& wd,
                              int kdim, const T* fallback, BeforeA&& before_a) {
@@ -166,34 +211,8 @@ struct TileMma {
     [[maybe_unused]] PipeBarriers& pb = pipe_barriers();
     [[maybe_unused]] std::uint32_t phase = 0;
     if constexpr (tma) phase = pb.phase;
-    // Thread 0: the weight boxes of K tile kt into stage `stage`; the tensor map zero-fills
-    // the K tail and rows past the weights.
     auto issue_b = [&](int stage, int kt) {
-      if constexpr (tma) {
-        constexpr int kHalves = S::BK / kTmaBoxCols, kBoxes = S::GATED ? 2 : 1;
-        const std::uint32_t bar = smem_u32(&pb.full[stage]);
-        const std::uint32_t b_base = smem_base + stage * S::STAGE_BYTES + S::BM * S::ROW_BYTES;
-        mbar_expect_tx(bar, S::NB * S::ROW_BYTES);
-        // Decode tiles read their weights evict-first: the stream (76 MB at Qwen3 T = 1) then
-        // leaves L2 the kernel's code, which every launch's routing fetches again, and the
-        // router weights, x, h and ypart (bench/NOTES.md, version 40: T = 1 -6%). Prefill
-        // m-tiles of one expert read the same boxes at about the same time, and an evict-first
-        // fill is dropped before the others come (+4-8%); an explicit evict-normal policy there
-        // measured +2% at Mixtral T = 256, so they load without a hint.
-        [[maybe_unused]] const std::uint64_t policy = S::WGMMA ? 0 : l2_evict_first_policy();
-#pragma unroll
-        for (int h = 0; h < kHalves; ++h)
-#pragma unroll
-          for (int b = 0; b < kBoxes; ++b) {
-            const std::uint32_t dst = b_base + (h * S::NB + b * S::BN) * 128;
-            const int col = wb.col0 + kt * S::BK + h * kTmaBoxCols;
-            if constexpr (S::WGMMA) {
-              tma_load_2d(dst, wb.map, bar, col, wb.row[b]);
-            } else {
-              tma_load_2d(dst, wb.map, bar, col, wb.row[b], policy);
-            }
-          }
-      }
+      if constexpr (tma) issue_weights(smem_base, stage, kt, wb);
     };
     // Every thread waits for stage `stage` (the completion makes the copy visible to it).
     auto wait_b = [&](int stage) {
@@ -222,16 +241,12 @@ struct TileMma {
       }
     };
 
-    // Stages loaded ahead of the one being multiplied. The warpgroup MMA keeps one stage's
-    // MMAs in flight while the next is issued, so its stages are refilled one step later.
     constexpr bool wg = S::WGMMA && kDeviceHasWgmma;
-    constexpr int kAhead = wg ? S::STAGES - 2 : S::STAGES - 1;
-    static_assert(kAhead >= 1, "at least one stage ahead");
 #pragma unroll
     for (int s = 0; s < kAhead; ++s) {
       if (s < ktiles) {
         if constexpr (tma) {
-          if (tid == 0) issue_b(s, s);
+          if (tid == 0 && !B_AHEAD_ISSUED) issue_b(s, s);
         } else {
           load_rows(s, s, S::BM, S::BM + S::NB);
         }
