@@ -119,16 +119,6 @@ struct TileMma {
     return (threadIdx.x >> 5) % S::WARPS_N;
   }
 
-  // a_rows[BM], b_rows[NB] live in shared memory. `fallback` is any valid global address,
-  // used as the (unread) source of zero-filled chunks. The B (weight) loads of the first
-  // STAGES - 1 stages are issued before before_a() runs, the A loads after it: a tile whose A
-  // operand is produced by other blocks waits there while its weights already stream in.
-  // before_a() is called by every thread and returns false to abandon the tile (run then
-  // returns false). After a true return, warps with warp_k() == 0 hold the full sums.
-  // TMA_B (sm_90): B comes from the tensor map boxes `wb` instead of b_rows, laid out as the
-  // copy engine's 128-byte swizzle writes it: per 64-column half, NB rows of 128 bytes. The
-  // stage base must then be 1024-byte aligned. A barrier wait past `wd.timeout_ns` fails the
-  // launch (DeviceTimeout) instead of hanging.
   // Stages loaded ahead of the one being multiplied. The warpgroup MMA keeps one stage's
   // MMAs in flight while the next is issued, so its stages are refilled one step later.
   static constexpr int kAhead = (S::WGMMA && kDeviceHasWgmma) ? S::STAGES - 2 : S::STAGES - 1;
@@ -174,6 +164,18 @@ struct TileMma {
     }
   }
 
+  // a_rows[BM], b_rows[NB] live in shared memory. `fallback` is any valid global address,
+  // used as the (unread) source of zero-filled chunks. The B (weight) loads of the first
+  // kAhead stages are issued before before_a() runs, the A loads after it: a tile whose A
+  // operand is produced by other blocks waits there while its weights already stream in.
+  // before_a() is called by every thread and returns false to abandon the tile (run then
+  // returns false). After a true return, warps with warp_k() == 0 hold the full sums.
+  // TMA_B (sm_90): B comes from the tensor map boxes `wb` instead of b_rows, laid out as the
+  // copy engine's 128-byte swizzle writes it: per 64-column half, NB rows of 128 bytes. The
+  // stage base must then be 1024-byte aligned. A barrier wait past `wd.timeout_ns` fails the
+  // launch (DeviceTimeout) instead of hanging.
+  // B_AHEAD_ISSUED (TMA only): thread 0 already issued the first kAhead stages' boxes
+  // (issue_weights_ahead), so run does not issue them again.
   template <bool TMA_B, bool B_AHEAD_ISSUED = false, class BeforeA>
   __device__ static bool run(Acc& acc, unsigned char* smem, const T* const* a_rows,
                              const T* const* b_rows, const WeightBoxes& wb, const Watchdog& wd,
