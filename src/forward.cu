@@ -162,14 +162,15 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   p.scaling = c.routing.routed_scaling_factor;
   p.rsplit = router_split(num_tokens, c.hidden, c.experts, o.topk_ids != nullptr, Cfg::tile_router,
                           Cfg::BM, Down::BN, Down::BK);
+  // Every block the device holds; max_blocks may launch fewer.
+  const std::int64_t full_grid = static_cast<std::int64_t>(info.blocks_per_sm) * impl.sm_count;
   // Down tiles in K slices where a few long ones would leave blocks idle (tile_choice.hpp),
   // judged on the full grid so that max_blocks does not change results.
   int slices = down_slices_allowed(num_tokens * c.top_k, c.intermediate, Down::BN);
   if (slices > 1) {
     const double down_tiles = expected_mtiles(num_tokens, c.top_k, c.experts, Cfg::BM) *
                               ((c.hidden + Down::BN - 1) / Down::BN);
-    slices = choose_down_slices(
-        down_tiles, static_cast<std::int64_t>(info.blocks_per_sm) * impl.sm_count, slices);
+    slices = choose_down_slices(down_tiles, full_grid, slices);
   }
   p.dsplit = down_split(c.intermediate, Down::BK, slices);
   p.ctl.words = static_cast<std::uint32_t*>(at(L.control));
@@ -205,7 +206,7 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   const std::int64_t mtiles = mtile_bound(num_tokens * c.top_k, c.experts, Cfg::BM);
   const std::int64_t tiles = mtiles * ((c.intermediate + GateUp::BN - 1) / GateUp::BN +
                                        (c.hidden + Down::BN - 1) / Down::BN * p.dsplit.kslices);
-  std::int64_t grid = static_cast<std::int64_t>(info.blocks_per_sm) * impl.sm_count;
+  std::int64_t grid = full_grid;
   if (impl.options.max_blocks > 0) grid = std::min<std::int64_t>(grid, impl.options.max_blocks);
   grid = std::max<std::int64_t>(1, std::min(grid, routing + tiles));
   if (impl.trace_buffer != nullptr) {
