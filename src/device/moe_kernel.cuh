@@ -154,7 +154,7 @@ __global__ void __launch_bounds__(kThreads, 2)
           router_tile<Down>(p, smem, t0, (within / rs.kslices) * Down::BN, within % rs.kslices,
                             static_cast<int>(ticket), tr);
         } else {
-          router_logits(p, t0, within * kRouterExperts);
+          router_logits(p, reinterpret_cast<float*>(smem), t0, within * kRouterExperts);
           tr.record(TraceKind::Router, start, -1, static_cast<int>(ticket));
         }
         __syncthreads();  // every partial of the task is written before it is counted

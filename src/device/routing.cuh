@@ -15,68 +15,88 @@
 
 namespace flashmoe::detail {
 
+// One step of a warp's reduce-scatter of N values per lane: each lane keeps the half of
+// values [0, 2S) whose index agrees with its lane id on bit S, summed with its partner's, in
+// slots [0, S). After the steps S = N/2, ..., 1, slot 0 of lane l holds the sum of value l.
+template <int S, int N>
+__device__ __forceinline__ void lane_reduce_scatter(float (&a)[N], int lane) {
+  static_assert(2 * S <= N, "");
+  const bool upper = (lane & S) != 0;
+#pragma unroll
+  for (int i = 0; i < S; ++i) {
+    const float keep = upper ? a[i + S] : a[i];
+    const float send = upper ? a[i] : a[i + S];
+    a[i] = keep + __shfl_xor_sync(0xffffffffu, send, S);
+  }
+}
+
 // Decode kernels' router: logits of tokens [t0, t0 + kRouterTokens) x experts
 // [e0, e0 + kRouterExperts), fp32, on CUDA cores (a tensor-core router tile in these kernels
-// measured slower at T <= 64: bench/NOTES.md, version 16). One expert per warp; lanes stride
-// H with 16-byte loads, kLoads of them in flight per lane (the router is on the critical path
-// of every forward: it must not wait on one load at a time).
+// measured slower at T <= 64: bench/NOTES.md, version 16). The block splits H: warp w takes
+// columns [w * 256, w * 256 + 256) of each 2048-column pass, one 16-byte load per lane for every
+// expert row and token row, all issued before the first multiply-add. So a pass costs one DRAM
+// round trip, and each token row is read once per task (one expert per warp read the 4 token
+// rows from L2 one after the other, for each of the 8 experts: 5.3 us per task at T = 4).
+// The partial sums are reduced over lanes, then over warps in a fixed order through `red`
+// (shared memory, kRouterTokens * kRouterExperts * kThreads / 32 floats).
 template <typename T>
-__device__ void router_logits(const KernelParams<T>& p, int t0, int e0) {
-  static_assert(kRouterExperts == kThreads / 32, "one expert per warp");
-  constexpr int kLoads = 4;
-  const int lane = threadIdx.x & 31, e = e0 + (threadIdx.x >> 5);
+__device__ void router_logits(const KernelParams<T>& p, float* red, int t0, int e0) {
+  constexpr int kWarps = kThreads / 32, kVals = kRouterTokens * kRouterExperts;
+  static_assert(kVals == 32, "one value per lane after the reduce-scatter");
+  constexpr int kPass = kThreads * 8;  // columns of H per pass
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int H = p.hidden;
   const int nt = min(kRouterTokens, p.num_tokens - t0);
-  if (e >= p.experts) return;
-  float acc[kRouterTokens];
+  const int ne = min(kRouterExperts, p.experts - e0);
+  float acc[kVals];  // [token][expert]
 #pragma unroll
-  for (int t = 0; t < kRouterTokens; ++t) acc[t] = 0.0f;
-  const T* w_row = p.router + static_cast<std::int64_t>(e) * H;
-  const T* x0 = p.x + static_cast<std::int64_t>(t0) * H;
-  // The next step's weights are requested before this step's multiply-adds, so that a row of
-  // H = 2048 costs one DRAM round trip, not two.
-  auto load_w = [&](uint4(&w)[kLoads], int k0) {
+  for (int v = 0; v < kVals; ++v) acc[v] = 0.0f;
+  for (int c0 = 0; c0 < H; c0 += kPass) {
+    const int col = c0 + threadIdx.x * 8;  // H % 8 == 0: a load is wholly inside H or outside
+    const bool in = col < H;
+    uint4 w[kRouterExperts], xv[kRouterTokens];
 #pragma unroll
-    for (int u = 0; u < kLoads; ++u) {
-      const int k = k0 + u * 32 * 8;
-      w[u] = k < H ? __ldg(reinterpret_cast<const uint4*>(w_row + k)) : make_uint4(0, 0, 0, 0);
+    for (int e = 0; e < kRouterExperts; ++e) {
+      w[e] = in && e < ne ? __ldg(reinterpret_cast<const uint4*>(
+                                p.router + static_cast<std::int64_t>(e0 + e) * H + col))
+                          : make_uint4(0, 0, 0, 0);
     }
-  };
-  uint4 w[kLoads];
-  load_w(w, lane * 8);
-  for (int k0 = lane * 8; k0 < H; k0 += 32 * 8 * kLoads) {
-    uint4 w_next[kLoads];
-    load_w(w_next, k0 + 32 * 8 * kLoads);
 #pragma unroll
     for (int t = 0; t < kRouterTokens; ++t) {
-      if (t >= nt) break;
-      uint4 xv[kLoads];
-#pragma unroll
-      for (int u = 0; u < kLoads; ++u) {
-        const int k = k0 + u * 32 * 8;
-        // x may alias y (in-place forward), which this launch writes: not the read-only path.
-        xv[u] =
-            k < H
-                ? __ldcg(reinterpret_cast<const uint4*>(x0 + static_cast<std::int64_t>(t) * H + k))
-                : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int u = 0; u < kLoads; ++u) {
-        float wf[8], xf[8];
-        unpack8<T>(w[u], wf);
-        unpack8<T>(xv[u], xf);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc[t] = fmaf(xf[i], wf[i], acc[t]);
-      }
+      // x may alias y (in-place forward), which this launch writes: not the read-only path.
+      xv[t] = in && t < nt ? __ldcg(reinterpret_cast<const uint4*>(
+                                 p.x + static_cast<std::int64_t>(t0 + t) * H + col))
+                           : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
-    for (int u = 0; u < kLoads; ++u) w[u] = w_next[u];
+    for (int e = 0; e < kRouterExperts; ++e) {
+      float wf[8];
+      unpack8<T>(w[e], wf);
+#pragma unroll
+      for (int t = 0; t < kRouterTokens; ++t) {
+        float xf[8];
+        unpack8<T>(xv[t], xf);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          acc[t * kRouterExperts + e] = fmaf(xf[i], wf[i], acc[t * kRouterExperts + e]);
+        }
+      }
+    }
   }
+  // Reduce-scatter over the lanes: lane l ends with the warp's sum of value l.
+  lane_reduce_scatter<16>(acc, lane);
+  lane_reduce_scatter<8>(acc, lane);
+  lane_reduce_scatter<4>(acc, lane);
+  lane_reduce_scatter<2>(acc, lane);
+  lane_reduce_scatter<1>(acc, lane);
+  red[warp * kVals + lane] = acc[0];
+  __syncthreads();
+  if (threadIdx.x < kVals) {
+    const int t = threadIdx.x / kRouterExperts, e = threadIdx.x % kRouterExperts;
+    float sum = red[threadIdx.x];
 #pragma unroll
-  for (int t = 0; t < kRouterTokens; ++t) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
-    if (lane == 0 && t < nt) p.logits[static_cast<std::int64_t>(t0 + t) * p.experts + e] = acc[t];
+    for (int w = 1; w < kWarps; ++w) sum += red[w * kVals + threadIdx.x];
+    if (t < nt && e < ne) p.logits[static_cast<std::int64_t>(t0 + t) * p.experts + e0 + e] = sum;
   }
 }
 
