@@ -181,11 +181,7 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   p.pair_weight = static_cast<float*>(at(L.pair_weight));
   p.pair_pos = static_cast<std::uint32_t*>(at(L.pair_pos));
   p.sorted_pair = static_cast<std::int32_t*>(at(L.sorted_pair));
-  p.mtile_expert = static_cast<std::uint32_t*>(at(L.mtile_expert));
-  p.mtile_row0 = static_cast<std::uint32_t*>(at(L.mtile_row0));
-  p.mtile_rows = static_cast<std::uint32_t*>(at(L.mtile_rows));
-  p.mtile_first = static_cast<std::uint32_t*>(at(L.mtile_first));
-  p.mtile_count = static_cast<std::uint32_t*>(at(L.mtile_count));
+  p.mtile_info = static_cast<uint4*>(at(L.mtile_info));
   p.mtile_done = static_cast<std::uint32_t*>(at(L.mtile_done));
   p.combine_done = static_cast<std::uint32_t*>(at(L.combine_done));
   p.h = static_cast<T*>(at(L.h));

@@ -155,7 +155,6 @@ enum ControlWord : int {
   kAbort,          // this launch is being abandoned (timeout or bad input)
   kStickyError,    // StatusCode of the first device error, cleared by the host
   kErrorSite,      // where it happened (diagnostics)
-  kNumMTiles,      // m-tiles of this launch
   kControlWords
 };
 inline constexpr int kControlStride = 32;  // uint32 words per 128-byte line
@@ -176,9 +175,8 @@ struct WorkspaceLayout {
   std::int64_t router_chunks = 0;    // ceil(max_tokens / kRouterTokens): the smallest chunks
   // Byte offsets from the workspace base.
   std::size_t control = 0, expert_count = 0, router_done = 0, logits = 0, pair_expert = 0,
-              pair_weight = 0, pair_pos = 0, sorted_pair = 0, mtile_expert = 0, mtile_row0 = 0,
-              mtile_rows = 0, mtile_first = 0, mtile_count = 0, mtile_done = 0, combine_done = 0,
-              h = 0, ypart = 0, total = 0;
+              pair_weight = 0, pair_pos = 0, sorted_pair = 0, mtile_info = 0, mtile_done = 0,
+              combine_done = 0, h = 0, ypart = 0, total = 0;
 };
 
 // Assumes a validated config.
@@ -204,11 +202,7 @@ inline WorkspaceLayout plan_workspace(const Config& c) {
   w.pair_weight = take(w.max_pairs * 4);
   w.pair_pos = take(w.max_pairs * 4);
   w.sorted_pair = take(w.max_pairs * 4);
-  w.mtile_expert = take(w.max_mtiles * 4);
-  w.mtile_row0 = take(w.max_mtiles * 4);
-  w.mtile_rows = take(w.max_mtiles * 4);
-  w.mtile_first = take(w.max_mtiles * 4);
-  w.mtile_count = take(w.max_mtiles * 4);
+  w.mtile_info = take(w.max_mtiles * 16);
   w.mtile_done = take(w.max_mtiles * 4);
   w.combine_done = take(T * w.max_down_ntiles * 4);
   w.h = take(w.max_pairs * I * 2);

@@ -9,20 +9,9 @@
 #include "params.cuh"
 #include "sync.cuh"
 #include "tile_mma.cuh"
+#include "tile_table.cuh"
 
 namespace flashmoe::detail {
-
-struct MTile {
-  std::uint32_t expert, row0, rows;
-};
-
-template <typename T>
-__device__ MTile load_mtile(const KernelParams<T>& p, std::uint32_t slot) {
-  // Written by the tile-table build of this launch: read through L2, after the acquire.
-  return {__ldcg(reinterpret_cast<const unsigned*>(p.mtile_expert + slot)),
-          __ldcg(reinterpret_cast<const unsigned*>(p.mtile_row0 + slot)),
-          __ldcg(reinterpret_cast<const unsigned*>(p.mtile_rows + slot))};
-}
 
 template <class S, typename T>
 struct TileSmem {
@@ -34,11 +23,11 @@ struct TileSmem {
 
 // h[rows of m-tile, n0 : n0 + BN] = act(x W1^T) * (x W3^T) for the expert of the m-tile.
 template <class S, typename T>
-__device__ void gateup_tile(const KernelParams<T>& p, unsigned char* smem, std::uint32_t slot,
+__device__ void gateup_tile(const KernelParams<T>& p, unsigned char* smem, const MTile mt,
                             int ntile, int ntiles, Tracer& tr) {
   __shared__ TileSmem<S, T> ts;
   const std::uint64_t t0 = tr.now();
-  const MTile mt = load_mtile(p, slot);
+  const std::uint32_t slot = mt.slot;
   const int H = p.hidden, I = p.inter, n0 = ntile * S::BN;
   // Gate rows past I read up rows (and up rows past I the next expert's): their columns are
   // dropped below. The first stages' weights are requested before the token rows are looked up.
@@ -127,13 +116,13 @@ __device__ void router_tile(const KernelParams<T>& p, unsigned char* smem, int t
 // y = sum over k, then over slices, in order (+ beta * y).
 // Returns false when the launch is being abandoned.
 template <class S, typename T>
-__device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::uint32_t slot,
-                          int ntile, int kslice, int ntiles, int gateup_ntiles, Tracer& tr) {
+__device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, const MTile mt, int ntile,
+                          int kslice, int ntiles, int gateup_ntiles, Tracer& tr) {
   __shared__ TileSmem<S, T> ts;
   __shared__ bool s_ready;
   __shared__ int s_ncombine;
   std::uint64_t t0 = tr.now();
-  const MTile mt = load_mtile(p, slot);
+  const std::uint32_t slot = mt.slot;
   const int H = p.hidden, I = p.inter, n0 = ntile * S::BN;
   const int k0 = kslice * p.dsplit.klen, klen = min(p.dsplit.klen, I - k0);
   // Rows past H read the next expert's: their columns are dropped below. Columns past the
@@ -160,8 +149,9 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, std::ui
     if (threadIdx.x == 0) {
       const std::uint64_t w0 = tr.now();
       bool spun = false;
+      std::uint32_t seen = 0;
       s_ready = wait_at_least(p.ctl, &p.mtile_done[slot], static_cast<std::uint32_t>(gateup_ntiles),
-                              p.timeout_ns, kSiteMTileDone, spun);
+                              p.timeout_ns, kSiteMTileDone, spun, seen);
       if (spun) {
         tr.record(TraceKind::Wait, w0, static_cast<int>(mt.expert), static_cast<int>(slot));
         t0 = tr.now();

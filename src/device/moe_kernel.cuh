@@ -22,26 +22,10 @@
 #include "routing.cuh"
 #include "sync.cuh"
 #include "tile_mma.cuh"
+#include "tile_table.cuh"
 #include "trace.cuh"
 
 namespace flashmoe::detail {
-
-struct TileIndex {
-  std::uint32_t slot;
-  int ntile;
-};
-
-// Tile i of a phase with `ntiles` column tiles per m-tile. An expert's tiles are contiguous
-// and column-major over its m-tiles, so the m-tiles of one expert read the same weight tile
-// back to back and the later reads hit L2.
-template <typename T>
-__device__ TileIndex tile_index(const KernelParams<T>& p, std::uint32_t i, int ntiles) {
-  const std::uint32_t hint = i / ntiles;  // some m-tile of the right expert
-  const std::uint32_t first = __ldcg(reinterpret_cast<const unsigned*>(p.mtile_first + hint));
-  const std::uint32_t count = __ldcg(reinterpret_cast<const unsigned*>(p.mtile_count + hint));
-  const std::uint32_t local = i - first * ntiles;
-  return {first + local % count, static_cast<int>(local / count)};
-}
 
 constexpr int cmax(int a, int b) { return a > b ? a : b; }
 inline constexpr int kSmemAlign = 1024;
@@ -101,7 +85,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     moe_kernel(const __grid_constant__ KernelParams<T> p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((kSmemAlign - smem_u32(smem_raw) % kSmemAlign) % kSmemAlign);
-  __shared__ std::uint32_t s_ticket, s_total;
+  __shared__ std::uint32_t s_ticket, s_total, s_mtiles;
   __shared__ bool s_flag;
   constexpr std::uint32_t kStop = 0xffffffffu;
 
@@ -128,8 +112,13 @@ __global__ void __launch_bounds__(kThreads, 2)
       if (t != kStop && t >= routing_tickets && s_total == 0) {
         const std::uint64_t t0 = tr.now();
         bool spun = false;
-        if (wait_at_least(p.ctl, p.ctl.word(kTasksTotal), 1, p.timeout_ns, kSiteTasksTotal, spun)) {
-          s_total = load_acquire(p.ctl.word(kTasksTotal));
+        std::uint32_t total = 0;
+        if (wait_at_least(p.ctl, p.ctl.word(kTasksTotal), 1, p.timeout_ns, kSiteTasksTotal, spun,
+                          total)) {
+          // The total is routing + m-tiles x tiles per m-tile (build_tile_table).
+          s_mtiles =
+              (total - routing_tickets) / static_cast<std::uint32_t>(ng + nd * p.dsplit.kslices);
+          s_total = total;
         } else {
           t = kStop;  // abandoned
         }
@@ -202,16 +191,17 @@ __global__ void __launch_bounds__(kThreads, 2)
 
     if (ticket >= s_total) break;  // s_total is set: thread 0 waited for it above
 
-    const std::uint32_t mtiles = load_relaxed(p.ctl.word(kNumMTiles));
+    const std::uint32_t mtiles = s_mtiles;  // set with s_total
     const std::uint32_t task = ticket - routing_tickets;
+    int ntile = 0;
     if (task < mtiles * ng) {
-      const TileIndex ti = tile_index(p, task, ng);
-      gateup_tile<GateUp>(p, smem, ti.slot, ti.ntile, ng, tr);
+      const MTile mt = locate_tile<Cfg::BM>(p, task, ng, ntile);
+      gateup_tile<GateUp>(p, smem, mt, ntile, ng, tr);
     } else {
       // Down tasks per m-tile: column tiles x K slices, the slices of a column tile adjacent.
       const int ks = p.dsplit.kslices;
-      const TileIndex ti = tile_index(p, task - mtiles * ng, nd * ks);
-      if (!down_tile<Down>(p, smem, ti.slot, ti.ntile / ks, ti.ntile % ks, nd, ng, tr)) break;
+      const MTile mt = locate_tile<Cfg::BM>(p, task - mtiles * ng, nd * ks, ntile);
+      if (!down_tile<Down>(p, smem, mt, ntile / ks, ntile % ks, nd, ng, tr)) break;
     }
   }
   tr.finish();
@@ -232,7 +222,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     for (std::int64_t i = threadIdx.x; i < n; i += kThreads) p.combine_done[i] = 0;
   }
   if (threadIdx.x == 0) {
-    for (ControlWord w : {kQueueHead, kRoutingDone, kTasksTotal, kNumMTiles, kAbort, kExitCount}) {
+    for (ControlWord w : {kQueueHead, kRoutingDone, kTasksTotal, kAbort, kExitCount}) {
       store_relaxed(p.ctl.word(w), 0);
     }
   }

@@ -12,6 +12,7 @@
 #include "params.cuh"
 #include "sync.cuh"
 #include "tile_mma.cuh"
+#include "tile_table.cuh"
 
 namespace flashmoe::detail {
 
@@ -303,14 +304,11 @@ __device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_r
   __syncthreads();
 
   for (int e = threadIdx.x; e < E; e += kThreads) {
+    const uint4 info =
+        MTileInfo{static_cast<std::uint32_t>(e), s.mtile_offset[e], s.offset[e], s.count[e]}.bits();
     for (std::uint32_t j = 0; j * BM < s.count[e]; ++j) {
-      const std::uint32_t slot = s.mtile_offset[e] + j;
-      p.mtile_expert[slot] = e;
-      p.mtile_row0[slot] = s.offset[e] + j * BM;
-      p.mtile_rows[slot] = min(static_cast<std::uint32_t>(BM), s.count[e] - j * BM);
-      p.mtile_first[slot] = s.mtile_offset[e];
-      p.mtile_count[slot] = (s.count[e] + BM - 1) / BM;
-      p.mtile_done[slot] = 0;
+      p.mtile_info[s.mtile_offset[e] + j] = info;
+      p.mtile_done[s.mtile_offset[e] + j] = 0;
     }
   }
   const std::int64_t pairs = static_cast<std::int64_t>(p.num_tokens) * p.top_k;
@@ -322,7 +320,6 @@ __device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_r
   __syncthreads();
   if (threadIdx.x == 0) {
     const std::uint32_t m = s_mtiles;
-    store_relaxed(p.ctl.word(kNumMTiles), m);
     store_release(p.ctl.word(kTasksTotal),
                   routing_tickets + m * static_cast<std::uint32_t>(gateup_ntiles + down_ntiles));
   }

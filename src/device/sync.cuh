@@ -64,12 +64,14 @@ struct Watchdog {
   std::uint64_t timeout_ns;
 };
 
-// Spins (one thread) until *p >= target. False when the launch is abandoned instead.
-// `spun` tells whether the condition did not already hold (for the trace).
+// Spins (one thread) until *p >= target, and leaves the value it saw in `seen`. False when the
+// launch is abandoned instead. `spun` tells whether the condition did not already hold (for the
+// trace).
 __device__ inline bool wait_at_least(const Control& ctl, std::uint32_t* p, std::uint32_t target,
-                                     std::uint64_t timeout_ns, ErrorSite site, bool& spun) {
+                                     std::uint64_t timeout_ns, ErrorSite site, bool& spun,
+                                     std::uint32_t& seen) {
   spun = false;
-  if (load_acquire(p) >= target) return true;
+  if ((seen = load_acquire(p)) >= target) return true;
   spun = true;
   const std::uint64_t start = global_timer_ns();
   // Short sleeps: every microsecond a waiter oversleeps is on the critical path (all blocks
@@ -79,7 +81,7 @@ __device__ inline bool wait_at_least(const Control& ctl, std::uint32_t* p, std::
   for (unsigned polls = 1;; ++polls) {
     __nanosleep(backoff);
     if (backoff < 128) backoff *= 2;
-    if (load_acquire(p) >= target) return true;
+    if ((seen = load_acquire(p)) >= target) return true;
     if (polls % 16 == 0) {
       if (ctl.aborted()) return false;
       if (global_timer_ns() - start > timeout_ns) {
