@@ -143,6 +143,8 @@ __global__ void __launch_bounds__(kThreads, 2)
           router_tile<Down>(p, smem, t0, (within / rs.kslices) * Down::BN, within % rs.kslices,
                             static_cast<int>(ticket), tr);
         } else {
+          static_assert(sizeof(ScanSmem) >= kRouterTokens * kRouterExperts * kThreads / 32 * 4,
+                        "the router's reduction fits the dynamic shared memory");
           router_logits(p, reinterpret_cast<float*>(smem), t0, within * kRouterExperts);
           tr.record(TraceKind::Router, start, -1, static_cast<int>(ticket));
         }

@@ -48,7 +48,7 @@ struct KernelParams {
   float* pair_weight;           // [T*K]
   std::uint32_t* pair_pos;      // [T*K] position among its expert's rows
   std::int32_t* sorted_pair;    // [T*K] row (grouped by expert) -> pair index t*K+k
-  uint4* mtile_info;            // [m-tiles] MTileInfo of the m-tile's expert (expert_tiles.cuh)
+  uint4* mtile_info;            // [m-tiles] MTileInfo of the m-tile's expert (tile_table.cuh)
   std::uint32_t* mtile_done;    // gate/up tiles finished per m-tile
   std::uint32_t* combine_done;  // [T, down n-tiles] down tiles finished per token slice
   T* h;                         // [T*K, I] activations, rows grouped by expert
