@@ -27,7 +27,10 @@ inline constexpr int kMinDownTileN = 32;
 // token chunk (an m-tile of rows) x an expert slice (a down tile of columns) over one K slice
 // of H, K split while there are few chunks; the top-k step sums a logit's K-slice partials in
 // slice order, so the result does not depend on which block ran which slice.
-inline constexpr int kRouterTokens = 4;  // 8 measured 2-4% slower at T = 8-64, 1.4% faster at 256
+// Decode router tasks: 4 x 8 = 32 sums per thread, one per lane after router_logits'
+// reduce-scatter (a static_assert there). 8 tokens measured 2-4% slower at T = 8-64 with the
+// earlier one-expert-per-warp router (bench/NOTES.md, version 18).
+inline constexpr int kRouterTokens = 4;
 inline constexpr int kRouterExperts = 8;
 inline constexpr int kRouterTargetTasks = 256;
 inline constexpr int kRouterMaxKSlices = 16;
