@@ -67,10 +67,11 @@ struct KernelConfig {
 
 // Few rows per expert (decode, up to 32 on average): thin tiles, warps split K. A block's
 // streaming rate is bounded by its pipeline steps (each costs about the same whatever its
-// bytes), so the narrow gate/up tile steps 128 columns of K (24 KB, 4 stages); the wide
-// gate/up and down tiles step 64 columns (20 KB) and keep 5 stages, 100 KB, which two blocks
-// per SM still hold: one more weight stage in flight per block made T = 256 1.4-2.1% faster
-// on an H100 and an H200, and T = 8-128 0.4-1.9% on the H200 (bench/NOTES.md, version 57).
+// bytes), so the narrow gate/up tile steps 128 columns of K (24 KB, 4 stages), and so do the
+// 32- and 64-column down tiles (16 and 24 KB); the wide gate/up and the 128-column down tiles
+// step 64 columns (20 KB) and take 5 stages, 100 KB, which two blocks per SM still hold: one
+// more weight stage in flight per block made T = 256 0.9-2.1% faster on an H200 and 1.5-1.6% on
+// an H100, and T = 8-128 0.4-1.8% on the H200 (bench/NOTES.md, version 57).
 using DecodeConfig =
     KernelConfig<32, false, TileShape<32, 32, true, 1, 4, 2, 4, 128>,
                  TileShape<32, 64, true, 1, 4, 2, 5, 64>, TileShape<32, 32, false, 1, 4, 2, 4, 128>,
@@ -78,7 +79,8 @@ using DecodeConfig =
                  TileShape<32, 128, false, 1, 4, 2, 5, 64>>;
 static_assert(DecodeConfig::BM == kDecodeTileM, "runs_prefill_kernel and the workspace use it");
 // Two blocks per SM (__launch_bounds__ below) need both blocks' shared memory in the 228 KB of
-// an sm_90 SM, with the static tile state (about 4.5 KB) and 1 KB reserved per block besides.
+// an sm_90 SM, with the static tile state (up to about 4.3 KB) and 1 KB reserved per block
+// besides.
 static_assert(DecodeConfig::smem_bytes<DecodeConfig::GateUp, DecodeConfig::Down1>() <= 106 * 1024 &&
                   DecodeConfig::smem_bytes<DecodeConfig::GateUpWide, DecodeConfig::Down2>() <=
                       106 * 1024,
