@@ -149,9 +149,8 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, const M
     if (threadIdx.x == 0) {
       const std::uint64_t w0 = tr.now();
       bool spun = false;
-      std::uint32_t seen = 0;
       s_ready = wait_at_least(p.ctl, &p.mtile_done[slot], static_cast<std::uint32_t>(gateup_ntiles),
-                              p.timeout_ns, kSiteMTileDone, spun, seen);
+                              p.timeout_ns, kSiteMTileDone, spun);
       if (spun) {
         tr.record(TraceKind::Wait, w0, static_cast<int>(mt.expert), static_cast<int>(slot));
         t0 = tr.now();

@@ -104,6 +104,9 @@ __global__ void __launch_bounds__(kThreads, 2)
   const std::uint32_t routing_tickets = static_cast<std::uint32_t>(rs.tasks());
   const int ng = (p.inter + GateUp::BN - 1) / GateUp::BN;
   const int nd = (p.hidden + Down::BN - 1) / Down::BN;
+  // Tile tasks per m-tile: gate/up column tiles, then down column tiles x K slices. The tile
+  // table publishes routing + m-tiles x this as the ticket total, and the blocks divide it back.
+  const std::uint32_t tasks_per_mtile = static_cast<std::uint32_t>(ng + nd * p.dsplit.kslices);
   if (threadIdx.x == 0) {
     s_total = 0;
     pipe_barriers_init();
@@ -125,9 +128,7 @@ __global__ void __launch_bounds__(kThreads, 2)
         std::uint32_t total = 0;
         if (wait_at_least(p.ctl, p.ctl.word(kTasksTotal), 1, p.timeout_ns, kSiteTasksTotal, spun,
                           total)) {
-          // The total is routing + m-tiles x tiles per m-tile (build_tile_table).
-          s_mtiles =
-              (total - routing_tickets) / static_cast<std::uint32_t>(ng + nd * p.dsplit.kslices);
+          s_mtiles = (total - routing_tickets) / tasks_per_mtile;
           s_total = total;
         } else {
           t = kStop;  // abandoned
@@ -195,7 +196,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       __syncthreads();
       if (s_flag) {
         start = tr.now();
-        build_tile_table<T, Cfg::BM>(p, smem, routing_tickets, ng, nd * p.dsplit.kslices);
+        build_tile_table<T, Cfg::BM>(p, smem, routing_tickets, tasks_per_mtile);
         tr.record(TraceKind::Routing, start, -1, -1);
       }
       continue;

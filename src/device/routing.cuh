@@ -271,8 +271,7 @@ struct ScanSmem {
 // row -> pair map, then the task count is published (release), which starts the tiles.
 template <typename T, int BM>
 __device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_raw,
-                                 std::uint32_t routing_tickets, int gateup_ntiles,
-                                 int down_ntiles) {
+                                 std::uint32_t routing_tickets, std::uint32_t tasks_per_mtile) {
   using Scan = cub::BlockScan<std::uint32_t, kThreads>;
   constexpr int kItems = 1024 / kThreads;
   auto& s = *reinterpret_cast<ScanSmem*>(smem_raw);
@@ -320,8 +319,7 @@ __device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_r
   __syncthreads();
   if (threadIdx.x == 0) {
     const std::uint32_t m = s_mtiles;
-    store_release(p.ctl.word(kTasksTotal),
-                  routing_tickets + m * static_cast<std::uint32_t>(gateup_ntiles + down_ntiles));
+    store_release(p.ctl.word(kTasksTotal), routing_tickets + m * tasks_per_mtile);
   }
 }
 

@@ -91,5 +91,11 @@ __device__ inline bool wait_at_least(const Control& ctl, std::uint32_t* p, std::
     }
   }
 }
+// The same, for callers that need only whether the condition holds.
+__device__ inline bool wait_at_least(const Control& ctl, std::uint32_t* p, std::uint32_t target,
+                                     std::uint64_t timeout_ns, ErrorSite site, bool& spun) {
+  std::uint32_t seen = 0;
+  return wait_at_least(ctl, p, target, timeout_ns, site, spun, seen);
+}
 
 }  // namespace flashmoe::detail
