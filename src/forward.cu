@@ -116,16 +116,26 @@ Status prepare_variant(const Layer::Impl& impl, KernelVariantInfo& info) {
   return {};
 }
 
+// The four kernels of a decode variant, in the order of choose_decode_kernel.
+template <class D, typename T>
+Status prepare_decode(Layer::Impl& impl, KernelVariantInfo (&infos)[4]) {
+  Status s = prepare_variant<D, typename D::GateUp, typename D::Down0, T>(impl, infos[0]);
+  if (s.ok()) s = prepare_variant<D, typename D::GateUp, typename D::Down1, T>(impl, infos[1]);
+  if (s.ok()) s = prepare_variant<D, typename D::GateUp, typename D::Down2, T>(impl, infos[2]);
+  if (s.ok()) s = prepare_variant<D, typename D::GateUpWide, typename D::Down2, T>(impl, infos[3]);
+  return s;
+}
+
 template <typename T>
 Status prepare_typed(Layer::Impl& impl) {
-  using D = DecodeConfig;
   using P = PrefillConfig;
-  Status s = prepare_variant<D, D::GateUp, D::Down0, T>(impl, impl.decode[0]);
-  if (s.ok()) s = prepare_variant<D, D::GateUp, D::Down1, T>(impl, impl.decode[1]);
-  if (s.ok()) s = prepare_variant<D, D::GateUp, D::Down2, T>(impl, impl.decode[2]);
-  if (s.ok()) s = prepare_variant<D, D::GateUpWide, D::Down2, T>(impl, impl.decode[3]);
+  Status s = prepare_decode<DecodeConfig, T>(impl, impl.decode);
+  if (s.ok()) s = prepare_decode<ThinDecodeConfig, T>(impl, impl.thin_decode);
   static_assert(P::single_shape, "the prefill variant has one shape per phase");
   if (s.ok()) s = prepare_variant<P, P::GateUp, P::Down0, T>(impl, impl.prefill);
+  const Config& c = impl.config;
+  impl.thin_max_tokens =
+      thin_decode_max_tokens(c.max_tokens, c.top_k, c.experts, c.hidden, c.intermediate);
   return s;
 }
 
@@ -216,7 +226,7 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
                        p.user_ids != nullptr ? 0 : p.rsplit.tasks(),
                        p.user_ids != nullptr ? 0 : p.rsplit.kslices,
                        p.dsplit.kslices,
-                       std::is_same_v<Cfg, DecodeConfig>};
+                       !std::is_same_v<Cfg, PrefillConfig>};
   }
 
   moe_kernel<Cfg, GateUp, Down, T>
@@ -227,31 +237,43 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   return {};
 }
 
-// The decode kernel of a forward (tile_choice.hpp has the rule).
-int decode_kernel_for(const Layer::Impl& impl, std::int64_t num_tokens) {
-  using D = DecodeConfig;
+// The decode kernel of a forward among the four of variant D (tile_choice.hpp has the rule).
+template <class D>
+int decode_kernel_for(const Layer::Impl& impl, const KernelVariantInfo (&infos)[4],
+                      std::int64_t num_tokens) {
   const Config& c = impl.config;
-  const std::int64_t slots =
-      static_cast<std::int64_t>(impl.decode[3].blocks_per_sm) * impl.sm_count;
+  const std::int64_t slots = static_cast<std::int64_t>(infos[3].blocks_per_sm) * impl.sm_count;
   return choose_decode_kernel(num_tokens, c.hidden, c.intermediate, c.experts, c.top_k, slots,
                               {D::BM, D::GateUpWide::BN, D::Down1::BN, D::Down2::BN});
 }
 
+template <class D, typename T>
+Status launch_decode_variant(Layer::Impl& impl, const KernelVariantInfo (&infos)[4], const void* x,
+                             void* y, std::int64_t num_tokens, cudaStream_t stream,
+                             const ForwardOptions& o) {
+  using G = typename D::GateUp;
+  switch (decode_kernel_for<D>(impl, infos, num_tokens)) {
+    case 0:
+      return launch<D, G, typename D::Down0, T>(impl, infos[0], x, y, num_tokens, stream, o);
+    case 1:
+      return launch<D, G, typename D::Down1, T>(impl, infos[1], x, y, num_tokens, stream, o);
+    case 2:
+      return launch<D, G, typename D::Down2, T>(impl, infos[2], x, y, num_tokens, stream, o);
+    default:
+      return launch<D, typename D::GateUpWide, typename D::Down2, T>(impl, infos[3], x, y,
+                                                                     num_tokens, stream, o);
+  }
+}
+
+// A decode forward: the thin variant (16-row m-tiles) while experts average few rows.
 template <typename T>
 Status launch_decode(Layer::Impl& impl, const void* x, void* y, std::int64_t num_tokens,
                      cudaStream_t stream, const ForwardOptions& o) {
-  using D = DecodeConfig;
-  switch (decode_kernel_for(impl, num_tokens)) {
-    case 0:
-      return launch<D, D::GateUp, D::Down0, T>(impl, impl.decode[0], x, y, num_tokens, stream, o);
-    case 1:
-      return launch<D, D::GateUp, D::Down1, T>(impl, impl.decode[1], x, y, num_tokens, stream, o);
-    case 2:
-      return launch<D, D::GateUp, D::Down2, T>(impl, impl.decode[2], x, y, num_tokens, stream, o);
-    default:
-      return launch<D, D::GateUpWide, D::Down2, T>(impl, impl.decode[3], x, y, num_tokens, stream,
-                                                   o);
+  if (num_tokens <= impl.thin_max_tokens) {
+    return launch_decode_variant<ThinDecodeConfig, T>(impl, impl.thin_decode, x, y, num_tokens,
+                                                      stream, o);
   }
+  return launch_decode_variant<DecodeConfig, T>(impl, impl.decode, x, y, num_tokens, stream, o);
 }
 
 Status check_options(const Layer::Impl& impl, const ForwardOptions& o) {

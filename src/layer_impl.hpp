@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "flashmoe/layer.hpp"
 #include "workspace.hpp"
@@ -28,7 +29,11 @@ struct Layer::Impl {
   int sm_count = 0;
   detail::WorkspaceLayout layout;
   void* workspace = nullptr;
-  KernelVariantInfo decode[4];  // decode kernels by tile shapes (forward.cu), dtype of the layer
+  // Decode kernels by tile shapes (forward.cu), for the dtype of the layer: 32-row m-tiles, and
+  // 16-row ones (thin) for every num_tokens <= thin_max_tokens (tile_choice.hpp).
+  KernelVariantInfo decode[4];
+  KernelVariantInfo thin_decode[4];
+  std::int64_t thin_max_tokens = 0;
   KernelVariantInfo prefill;
   int fault = 0;  // test-only (testing.hpp)
 

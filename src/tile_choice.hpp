@@ -52,6 +52,35 @@ inline double expected_mtiles(std::int64_t num_tokens, int top_k, int experts, i
   return per_expert * experts;
 }
 
+// The largest T (at most max_tokens) that runs the thin decode kernels (16-row m-tiles,
+// ThinDecodeConfig) instead of the 32-row ones: every T up to it runs a decode kernel, and
+// under uniform routing needs at most `ratio` times the 32-row kernels' m-tiles. Each m-tile
+// reads its expert's weights once, so the thin kernels' faster streaming pays only while
+// almost every expert fits one 16-row m-tile (about 10 rows per expert on average). What they
+// gain sets the ratio (bench/NOTES.md, version 61, H200): 2-5% for small experts (Qwen3-30B-A3B
+// T = 160 at a ratio of 1.023: -2.0%; at 16 rows, 1.43: +8.5%), about 1% for experts of
+// kLargeExpertBytes, whose 32-row kernels already stream at the floor from T = 8
+// (Mixtral-8x7B T = 32 at 1.0006: -1.4%; T = 40 at 1.012: +1.3%). Computed once per layer: the
+// scan costs two expected_mtiles per T.
+inline constexpr double kThinMTileRatio = 1.03;
+inline constexpr double kThinMTileRatioLargeExperts = 1.005;
+inline std::int64_t thin_decode_max_tokens(std::int64_t max_tokens, int top_k, int experts,
+                                           int hidden, int intermediate) {
+  const double ratio =
+      large_experts(hidden, intermediate) ? kThinMTileRatioLargeExperts : kThinMTileRatio;
+  std::int64_t t = 0;
+  while (t < max_tokens) {
+    const std::int64_t next = t + 1;
+    if (runs_prefill_kernel(next, top_k, experts, hidden, intermediate)) break;
+    if (expected_mtiles(next, top_k, experts, kThinDecodeTileM) >
+        ratio * expected_mtiles(next, top_k, experts, kDecodeTileM)) {
+      break;
+    }
+    t = next;
+  }
+  return t;
+}
+
 // K slices of the down tiles (1 to `wanted`, down_split) from a model of the down phase:
 // `down_tiles` tiles run in waves over `slots` blocks; a wave less than kWaveFloor full takes
 // as long as one that full (a block streams at most ~1.3x its fair share of the bandwidth), and

@@ -73,13 +73,20 @@ FLASHMOE_HOST_DEVICE inline RouterSplit router_split(std::int64_t tokens, int hi
 // +7%); at 24 and 28 rows the decode kernel still wins for Mixtral (bench/NOTES.md, versions
 // 33-35). The rule only grows with T.
 inline constexpr int kDecodeTileM = 32;
+// m-tile height of the thin decode kernels (ThinDecodeConfig::BM), which run while experts
+// average few rows (thin_decode_max_tokens, tile_choice.hpp).
+inline constexpr int kThinDecodeTileM = 16;
+static_assert(kThinDecodeTileM >= kMinTileM, "the workspace tables are sized for kMinTileM");
 inline constexpr std::int64_t kLargeExpertBytes = std::int64_t{128} << 20;
 inline constexpr int kLargeExpertPrefillRows = 32;
+// Experts whose weights (gate, up and down at 2 bytes) reach kLargeExpertBytes.
+FLASHMOE_HOST_DEVICE inline bool large_experts(int hidden, int intermediate) {
+  return std::int64_t{6} * hidden * intermediate >= kLargeExpertBytes;
+}
 FLASHMOE_HOST_DEVICE inline bool runs_prefill_kernel(std::int64_t tokens, int top_k, int experts,
                                                      int hidden, int intermediate) {
   const std::int64_t pairs = tokens * top_k;
-  const std::int64_t expert_bytes = std::int64_t{6} * hidden * intermediate;
-  if (expert_bytes >= kLargeExpertBytes) {
+  if (large_experts(hidden, intermediate)) {
     return pairs >= static_cast<std::int64_t>(kLargeExpertPrefillRows) * experts;
   }
   return pairs > static_cast<std::int64_t>(kDecodeTileM) * experts;

@@ -57,6 +57,43 @@ TEST(TileChoice, DependsOnTheFullGridOnly) {
   EXPECT_EQ(choose_decode_kernel(1, 2048, 768, 128, 8, 160, kWidths), 2);
 }
 
+TEST(ThinDecode, WhileExpertsAverageAboutTenRows) {
+  using flashmoe::detail::thin_decode_max_tokens;
+  // Qwen3-30B-A3B: 8 rows per expert (T = 128) is thin, 12 (T = 192) is not.
+  const std::int64_t qwen3 = thin_decode_max_tokens(4096, 8, 128, 2048, 768);
+  EXPECT_GE(qwen3, 128);
+  EXPECT_LT(qwen3, 192);
+  // Mixtral-8x7B (large experts): 8 rows per expert (T = 32) is thin; 10 (T = 40) measured
+  // slower on 16-row m-tiles.
+  const std::int64_t mixtral = thin_decode_max_tokens(4096, 2, 8, 4096, 14336);
+  EXPECT_GE(mixtral, 32);
+  EXPECT_LT(mixtral, 40);
+  // K = E: every expert has all T rows, so one 16-row m-tile holds them up to T = 16.
+  EXPECT_EQ(thin_decode_max_tokens(4096, 4, 4, 128, 24), 16);
+  // Never past max_tokens.
+  EXPECT_EQ(thin_decode_max_tokens(8, 8, 128, 2048, 768), 8);
+  EXPECT_EQ(thin_decode_max_tokens(1, 2, 8, 4096, 14336), 1);
+}
+
+TEST(ThinDecode, OnlyWhereTheDecodeKernelsRun) {
+  using flashmoe::detail::runs_prefill_kernel;
+  using flashmoe::detail::thin_decode_max_tokens;
+  struct Shape {
+    int hidden, inter, experts, top_k;
+  };
+  for (const Shape& s :
+       {Shape{2048, 768, 128, 8}, Shape{4096, 14336, 8, 2}, Shape{2048, 1024, 64, 8},
+        Shape{2048, 1408, 64, 6}, Shape{64, 40, 1, 1}, Shape{256, 64, 512, 16},
+        Shape{128, 48, 1024, 32}, Shape{64, 16456, 4, 2}}) {
+    const std::int64_t t = thin_decode_max_tokens(4096, s.top_k, s.experts, s.hidden, s.inter);
+    EXPECT_GE(t, 1) << "one token always fits one m-tile per expert";
+    for (std::int64_t T = 1; T <= t; ++T) {
+      ASSERT_FALSE(runs_prefill_kernel(T, s.top_k, s.experts, s.hidden, s.inter))
+          << "H " << s.hidden << " E " << s.experts << " T " << T;
+    }
+  }
+}
+
 TEST(DownSlices, ExpectedMTilesUnderUniformRouting) {
   using flashmoe::detail::expected_mtiles;
   EXPECT_NEAR(expected_mtiles(1, 2, 8, 32), 2.0, 1e-12);  // one token: K experts, one row each

@@ -11,6 +11,7 @@
 
 #include "flashmoe/flashmoe.hpp"
 #include "test_util.hpp"
+#include "tile_choice.hpp"
 #include "trace_check.hpp"
 #include "workspace.hpp"
 
@@ -84,6 +85,15 @@ class TraceGpu : public ::testing::Test {
     // Router tasks: decode kernels take chunks of kRouterTokens x kRouterExperts whole rows;
     // the prefill kernel, tiles of its down shape over one or more slices of H.
     const bool decode = trace.variant == "decode";
+    // Decode forwards run on 16-row m-tiles up to thin_decode_max_tokens, 32-row ones past it.
+    ASSERT_EQ(decode, !flashmoe::detail::runs_prefill_kernel(T, c.top_k, c.experts, c.hidden,
+                                                             c.intermediate));
+    if (decode) {
+      const bool thin = T <= flashmoe::detail::thin_decode_max_tokens(
+                                 c.max_tokens, c.top_k, c.experts, c.hidden, c.intermediate);
+      EXPECT_EQ(trace.tile_m,
+                thin ? flashmoe::detail::kThinDecodeTileM : flashmoe::detail::kDecodeTileM);
+    }
     const int chunks = ceil_div(T, decode ? flashmoe::detail::kRouterTokens : trace.tile_m);
     const int eslices =
         ceil_div(c.experts, decode ? flashmoe::detail::kRouterExperts : trace.tile_n_down);
@@ -175,7 +185,8 @@ class TraceGpu : public ::testing::Test {
 
 TEST_F(TraceGpu, OneEventPerTaskInOrderAndWritersAgree) {
   SCOPED_TRACE(seed_);
-  for (int T : {1, 37, 600}) {
+  // Thin decode (1, 37), 32-row decode (200: 20 rows per expert) and prefill (600).
+  for (int T : {1, 37, 200, 600}) {
     SCOPED_TRACE(::testing::Message() << "T = " << T);
     check_traced_forward(T);
     if (HasFatalFailure()) return;

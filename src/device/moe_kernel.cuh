@@ -78,12 +78,30 @@ using DecodeConfig =
                  TileShape<32, 64, false, 1, 4, 2, 4, 128>,
                  TileShape<32, 128, false, 1, 4, 2, 5, 64>>;
 static_assert(DecodeConfig::BM == kDecodeTileM, "runs_prefill_kernel and the workspace use it");
+// The same shapes on 16-row m-tiles, while experts average at most about 10 rows
+// (thin_decode_max_tokens, tile_choice.hpp), so that almost none needs a second m-tile: a
+// stage then carries half the token rows (at T = 1, 31 of 32 were zero-filled), and the stages
+// freed go to more weight bytes in flight (5 narrow gate/up stages, 8 narrow down stages).
+// Measured against DecodeConfig (bench/NOTES.md, version 61): Qwen3-30B-A3B T = 1 to 64 -3.6
+// to -5.9% on an H200, Mixtral-8x7B T = 1 -9.8%; on an H100 -0.3 to -1.9%, Mixtral T = 1 -3.4%.
+using ThinDecodeConfig =
+    KernelConfig<16, false, TileShape<16, 32, true, 1, 4, 2, 5, 128>,
+                 TileShape<16, 64, true, 1, 4, 2, 5, 64>, TileShape<16, 32, false, 1, 4, 2, 8, 128>,
+                 TileShape<16, 64, false, 1, 4, 2, 5, 128>,
+                 TileShape<16, 128, false, 1, 4, 2, 5, 64>>;
+static_assert(ThinDecodeConfig::BM == kThinDecodeTileM, "thin_decode_max_tokens uses it");
 // Two blocks per SM (__launch_bounds__ below) need both blocks' shared memory in the 228 KB of
 // an sm_90 SM, with the static tile state (up to about 4.3 KB) and 1 KB reserved per block
 // besides.
-static_assert(DecodeConfig::smem_bytes<DecodeConfig::GateUp, DecodeConfig::Down1>() <= 106 * 1024 &&
-                  DecodeConfig::smem_bytes<DecodeConfig::GateUpWide, DecodeConfig::Down2>() <=
-                      106 * 1024,
+template <class Cfg>
+constexpr bool two_blocks_per_sm() {
+  constexpr int kLimit = 106 * 1024;
+  return Cfg::template smem_bytes<typename Cfg::GateUp, typename Cfg::Down0>() <= kLimit &&
+         Cfg::template smem_bytes<typename Cfg::GateUp, typename Cfg::Down1>() <= kLimit &&
+         Cfg::template smem_bytes<typename Cfg::GateUp, typename Cfg::Down2>() <= kLimit &&
+         Cfg::template smem_bytes<typename Cfg::GateUpWide, typename Cfg::Down2>() <= kLimit;
+}
+static_assert(two_blocks_per_sm<DecodeConfig>() && two_blocks_per_sm<ThinDecodeConfig>(),
               "two decode blocks per SM");
 // Many rows per expert (prefill): one shape each, on the warpgroup MMA where built for sm_90a.
 using PrefillGateUp = TileShape<64, 64, true, 4, 2, 1, 4, 64, true>;

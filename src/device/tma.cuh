@@ -21,7 +21,7 @@ inline constexpr int kTmaBoxCols = 64;
 // The pipeline barriers of a block, one per shared-memory stage, set up once per launch.
 // `phase` holds the parity each barrier completes next (bit s for stage s), handed from tile
 // to tile through shared memory so that no register stays live across the persistent loop.
-inline constexpr int kMaxPipeStages = 5;
+inline constexpr int kMaxPipeStages = 8;  // ThinDecodeConfig's narrow down tile
 struct PipeBarriers {
   std::uint64_t full[kMaxPipeStages];
   std::uint32_t phase;
