@@ -131,11 +131,14 @@ Status prepare_typed(Layer::Impl& impl) {
   using P = PrefillConfig;
   Status s = prepare_decode<DecodeConfig, T>(impl, impl.decode);
   if (s.ok()) s = prepare_decode<ThinDecodeConfig, T>(impl, impl.thin_decode);
+  if (s.ok()) s = prepare_decode<TallDecodeConfig, T>(impl, impl.tall_decode);
   static_assert(P::single_shape, "the prefill variant has one shape per phase");
   if (s.ok()) s = prepare_variant<P, P::GateUp, P::Down0, T>(impl, impl.prefill);
   const Config& c = impl.config;
   impl.thin_max_tokens =
       thin_decode_max_tokens(c.max_tokens, c.top_k, c.experts, c.hidden, c.intermediate);
+  impl.tall_min_tokens =
+      tall_decode_min_tokens(c.max_tokens, c.top_k, c.experts, c.hidden, c.intermediate);
   return s;
 }
 
@@ -265,15 +268,20 @@ Status launch_decode_variant(Layer::Impl& impl, const KernelVariantInfo (&infos)
   }
 }
 
-// A decode forward: the thin variant (16-row m-tiles) while experts average few rows.
+// A decode forward: the variant by m-tile height, then its kernel by tile widths.
 template <typename T>
 Status launch_decode(Layer::Impl& impl, const void* x, void* y, std::int64_t num_tokens,
                      cudaStream_t stream, const ForwardOptions& o) {
-  if (num_tokens <= impl.thin_max_tokens) {
-    return launch_decode_variant<ThinDecodeConfig, T>(impl, impl.thin_decode, x, y, num_tokens,
-                                                      stream, o);
+  switch (decode_variant(num_tokens, impl.thin_max_tokens, impl.tall_min_tokens)) {
+    case 0:
+      return launch_decode_variant<ThinDecodeConfig, T>(impl, impl.thin_decode, x, y, num_tokens,
+                                                        stream, o);
+    case 2:
+      return launch_decode_variant<TallDecodeConfig, T>(impl, impl.tall_decode, x, y, num_tokens,
+                                                        stream, o);
+    default:
+      return launch_decode_variant<DecodeConfig, T>(impl, impl.decode, x, y, num_tokens, stream, o);
   }
-  return launch_decode_variant<DecodeConfig, T>(impl, impl.decode, x, y, num_tokens, stream, o);
 }
 
 Status check_options(const Layer::Impl& impl, const ForwardOptions& o) {

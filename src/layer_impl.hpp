@@ -29,11 +29,14 @@ struct Layer::Impl {
   int sm_count = 0;
   detail::WorkspaceLayout layout;
   void* workspace = nullptr;
-  // Decode kernels by tile shapes (forward.cu), for the dtype of the layer: 32-row m-tiles, and
-  // 16-row ones (thin) for every num_tokens <= thin_max_tokens (tile_choice.hpp).
+  // Decode kernels by tile shapes (forward.cu), for the dtype of the layer: on 32-row m-tiles,
+  // 16-row ones (thin) for num_tokens <= thin_max_tokens and 48-row ones (tall) from
+  // tall_min_tokens (decode_variant, tile_choice.hpp).
   KernelVariantInfo decode[4];
   KernelVariantInfo thin_decode[4];
+  KernelVariantInfo tall_decode[4];
   std::int64_t thin_max_tokens = 0;
+  std::int64_t tall_min_tokens = 0;
   KernelVariantInfo prefill;
   int fault = 0;  // test-only (testing.hpp)
 

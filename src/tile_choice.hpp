@@ -2,6 +2,7 @@
 // rule is tested on the CPU (tests/test_tile_choice.cpp).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -56,13 +57,13 @@ inline double expected_mtiles(std::int64_t num_tokens, int top_k, int experts, i
 // ThinDecodeConfig) instead of the 32-row ones: every T up to it runs a decode kernel, and
 // under uniform routing needs at most `ratio` times the 32-row kernels' m-tiles. Each m-tile
 // reads its expert's weights once, so the thin kernels' faster streaming pays only while
-// almost every expert fits one 16-row m-tile (about 10 rows per expert on average). What they
-// gain sets the ratio (bench/NOTES.md, version 61, H200): 2-5% for small experts (Qwen3-30B-A3B
-// T = 160 at a ratio of 1.023: -2.0%; at 16 rows, 1.43: +8.5%), about 1% for experts of
-// kLargeExpertBytes, whose 32-row kernels already stream at the floor from T = 8
-// (Mixtral-8x7B T = 32 at 1.0006: -1.4%; T = 40 at 1.012: +1.3%). Computed once per layer: the
-// scan costs two expected_mtiles per T.
-inline constexpr double kThinMTileRatio = 1.03;
+// almost every expert fits one 16-row m-tile (about 11 rows per expert on average). What they
+// gain sets the ratio (bench/NOTES.md, versions 61 and 63): 2-5% for small experts on an H200
+// (Qwen3-30B-A3B T = 192 at a ratio of 1.094: -1.3%; at 16 rows, 1.43: +8.5%), about 1% for
+// experts of kLargeExpertBytes, whose 32-row kernels already stream at the floor from T = 8
+// (Mixtral-8x7B T = 32 at 1.0006: -1.4%; T = 40 at 1.012: +1.2%). Computed once per layer:
+// the scan costs two expected_mtiles per T.
+inline constexpr double kThinMTileRatio = 1.10;
 inline constexpr double kThinMTileRatioLargeExperts = 1.005;
 inline std::int64_t thin_decode_max_tokens(std::int64_t max_tokens, int top_k, int experts,
                                            int hidden, int intermediate) {
@@ -79,6 +80,37 @@ inline std::int64_t thin_decode_max_tokens(std::int64_t max_tokens, int top_k, i
     t = next;
   }
   return t;
+}
+
+// The smallest T from which every decode forward up to max_tokens runs the tall decode
+// kernels (48-row m-tiles, TallDecodeConfig); above every decode T (and max_tokens) when none
+// does. Near the switch to the prefill kernel (32 rows per expert on average) many experts
+// need a second 32-row m-tile, and each m-tile costs about the same whatever its live rows;
+// one 48-row m-tile holds them, though 48-row tiles are about 7% slower where both need the
+// same count. So the tall kernels run where the 32-row kernels would need more than
+// kTallMTileRatio times their m-tiles (bench/NOTES.md, version 62, H200: OLMoE T = 256 at
+// 1.45 -7.3%, Qwen3-30B-A3B T = 512 at 1.45 -8.0%, Mixtral-8x7B T = 112 at 1.16 -3.0%; at 1.04
+// and below +6 to +9%). The scan runs down from the last decode T.
+inline constexpr double kTallMTileRatio = 1.15;
+inline std::int64_t tall_decode_min_tokens(std::int64_t max_tokens, int top_k, int experts,
+                                           int hidden, int intermediate) {
+  std::int64_t last = std::min<std::int64_t>(
+      max_tokens, static_cast<std::int64_t>(kDecodeTileM) * experts / top_k + 1);
+  while (last > 0 && runs_prefill_kernel(last, top_k, experts, hidden, intermediate)) --last;
+  std::int64_t t = last + 1;
+  while (t > 1 && expected_mtiles(t - 1, top_k, experts, kDecodeTileM) >
+                      kTallMTileRatio * expected_mtiles(t - 1, top_k, experts, kTallDecodeTileM)) {
+    --t;
+  }
+  return t;
+}
+
+// The decode variant of a forward of T tokens (T runs a decode kernel): 0 thin (16-row
+// m-tiles), 1 the 32-row kernels, 2 tall (48-row).
+inline int decode_variant(std::int64_t num_tokens, std::int64_t thin_max_tokens,
+                          std::int64_t tall_min_tokens) {
+  if (num_tokens <= thin_max_tokens) return 0;
+  return num_tokens >= tall_min_tokens ? 2 : 1;
 }
 
 // K slices of the down tiles (1 to `wanted`, down_split) from a model of the down phase:

@@ -76,7 +76,11 @@ inline constexpr int kDecodeTileM = 32;
 // m-tile height of the thin decode kernels (ThinDecodeConfig::BM), which run while experts
 // average few rows (thin_decode_max_tokens, tile_choice.hpp).
 inline constexpr int kThinDecodeTileM = 16;
-static_assert(kThinDecodeTileM >= kMinTileM, "the workspace tables are sized for kMinTileM");
+// m-tile height of the tall decode kernels (TallDecodeConfig::BM), which run where many
+// experts would need a second 32-row m-tile (tall_decode_min_tokens, tile_choice.hpp).
+inline constexpr int kTallDecodeTileM = 48;
+static_assert(kThinDecodeTileM >= kMinTileM && kTallDecodeTileM <= kMaxTileM,
+              "the workspace tables are sized for kMinTileM .. kMaxTileM");
 inline constexpr std::int64_t kLargeExpertBytes = std::int64_t{128} << 20;
 inline constexpr int kLargeExpertPrefillRows = 32;
 // Experts whose weights (gate, up and down at 2 bytes) reach kLargeExpertBytes.

@@ -44,7 +44,8 @@ const Shape kMaxExperts{"E1024_K32", 128, 48, 1024, 32, false, 32};
 // T*K = kDownSplitMaxPairs; the last slice ends in a partial pipeline step.
 const Shape kLongInter{"I_in_K_slices", 64, 16456, 4, 2, true, 16};
 
-const int kTokenCounts[] = {1, 2, 3, 7, 16, 64, 257, 1024, 4096};
+// 500: the tall decode kernels (48-row m-tiles) for Qwen3-30B-A3B (31 rows per expert).
+const int kTokenCounts[] = {1, 2, 3, 7, 16, 64, 257, 500, 1024, 4096};
 
 Config make_config(const Shape& s, DType dt, int max_tokens) {
   Config c;

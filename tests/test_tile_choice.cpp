@@ -57,12 +57,12 @@ TEST(TileChoice, DependsOnTheFullGridOnly) {
   EXPECT_EQ(choose_decode_kernel(1, 2048, 768, 128, 8, 160, kWidths), 2);
 }
 
-TEST(ThinDecode, WhileExpertsAverageAboutTenRows) {
+TEST(ThinDecode, WhileExpertsAverageAboutTwelveRows) {
   using flashmoe::detail::thin_decode_max_tokens;
-  // Qwen3-30B-A3B: 8 rows per expert (T = 128) is thin, 12 (T = 192) is not.
+  // Qwen3-30B-A3B: 12 rows per expert (T = 192) is thin, 16 (T = 256) is not.
   const std::int64_t qwen3 = thin_decode_max_tokens(4096, 8, 128, 2048, 768);
-  EXPECT_GE(qwen3, 128);
-  EXPECT_LT(qwen3, 192);
+  EXPECT_GE(qwen3, 192);
+  EXPECT_LT(qwen3, 256);
   // Mixtral-8x7B (large experts): 8 rows per expert (T = 32) is thin; 10 (T = 40) measured
   // slower on 16-row m-tiles.
   const std::int64_t mixtral = thin_decode_max_tokens(4096, 2, 8, 4096, 14336);
@@ -75,8 +75,39 @@ TEST(ThinDecode, WhileExpertsAverageAboutTenRows) {
   EXPECT_EQ(thin_decode_max_tokens(1, 2, 8, 4096, 14336), 1);
 }
 
-TEST(ThinDecode, OnlyWhereTheDecodeKernelsRun) {
+TEST(TallDecode, WhereManyExpertsWouldNeedASecond32RowMTile) {
+  using flashmoe::detail::tall_decode_min_tokens;
+  // Measured on an H200 (bench/NOTES.md, version 62): tall faster at OLMoE T = 256, Qwen3 T = 512
+  // and Mixtral T = 112, slower at OLMoE T = 192, Qwen3 T = 256 / 384, DeepSeek T = 256, Mixtral
+  // T = 96.
+  const std::int64_t olmoe = tall_decode_min_tokens(4096, 8, 64, 2048, 1024);
+  EXPECT_GT(olmoe, 192);
+  EXPECT_LE(olmoe, 256);
+  const std::int64_t qwen3 = tall_decode_min_tokens(4096, 8, 128, 2048, 768);
+  EXPECT_GT(qwen3, 384);
+  EXPECT_LE(qwen3, 512);
+  const std::int64_t mixtral = tall_decode_min_tokens(4096, 2, 8, 4096, 14336);
+  EXPECT_GT(mixtral, 96);
+  EXPECT_LE(mixtral, 112);
+  EXPECT_GT(tall_decode_min_tokens(4096, 6, 64, 2048, 1408), 256);
+  // K = E: every m-tile count is the same at 32 and 48 rows while decode runs (T <= 32).
+  EXPECT_GT(tall_decode_min_tokens(4096, 4, 4, 128, 24), 32);
+  // A max_tokens below the range: no decode forward is tall.
+  EXPECT_GT(tall_decode_min_tokens(100, 8, 64, 2048, 1024), 100);
+}
+
+TEST(DecodeVariant, ThinThen32RowThenTall) {
+  using flashmoe::detail::decode_variant;
+  EXPECT_EQ(decode_variant(1, 10, 20), 0);
+  EXPECT_EQ(decode_variant(10, 10, 20), 0);
+  EXPECT_EQ(decode_variant(11, 10, 20), 1);
+  EXPECT_EQ(decode_variant(19, 10, 20), 1);
+  EXPECT_EQ(decode_variant(20, 10, 20), 2);
+}
+
+TEST(DecodeVariant, OnlyWhereTheDecodeKernelsRun) {
   using flashmoe::detail::runs_prefill_kernel;
+  using flashmoe::detail::tall_decode_min_tokens;
   using flashmoe::detail::thin_decode_max_tokens;
   struct Shape {
     int hidden, inter, experts, top_k;
@@ -90,6 +121,18 @@ TEST(ThinDecode, OnlyWhereTheDecodeKernelsRun) {
     for (std::int64_t T = 1; T <= t; ++T) {
       ASSERT_FALSE(runs_prefill_kernel(T, s.top_k, s.experts, s.hidden, s.inter))
           << "H " << s.hidden << " E " << s.experts << " T " << T;
+    }
+    // The tall range starts past the thin one, and every T in it up to the first prefill T
+    // runs a decode kernel.
+    const std::int64_t tall = tall_decode_min_tokens(4096, s.top_k, s.experts, s.hidden, s.inter);
+    EXPECT_GT(tall, t);
+    for (std::int64_t T = tall; T <= 4096; ++T) {
+      if (runs_prefill_kernel(T, s.top_k, s.experts, s.hidden, s.inter)) {
+        for (std::int64_t U = T; U <= 4096; ++U) {
+          ASSERT_TRUE(runs_prefill_kernel(U, s.top_k, s.experts, s.hidden, s.inter)) << U;
+        }
+        break;
+      }
     }
   }
 }

@@ -85,14 +85,19 @@ class TraceGpu : public ::testing::Test {
     // Router tasks: decode kernels take chunks of kRouterTokens x kRouterExperts whole rows;
     // the prefill kernel, tiles of its down shape over one or more slices of H.
     const bool decode = trace.variant == "decode";
-    // Decode forwards run on 16-row m-tiles up to thin_decode_max_tokens, 32-row ones past it.
+    // Decode forwards run on 16-, 32- or 48-row m-tiles (decode_variant).
     ASSERT_EQ(decode, !flashmoe::detail::runs_prefill_kernel(T, c.top_k, c.experts, c.hidden,
                                                              c.intermediate));
     if (decode) {
-      const bool thin = T <= flashmoe::detail::thin_decode_max_tokens(
-                                 c.max_tokens, c.top_k, c.experts, c.hidden, c.intermediate);
-      EXPECT_EQ(trace.tile_m,
-                thin ? flashmoe::detail::kThinDecodeTileM : flashmoe::detail::kDecodeTileM);
+      const int variant = flashmoe::detail::decode_variant(
+          T,
+          flashmoe::detail::thin_decode_max_tokens(c.max_tokens, c.top_k, c.experts, c.hidden,
+                                                   c.intermediate),
+          flashmoe::detail::tall_decode_min_tokens(c.max_tokens, c.top_k, c.experts, c.hidden,
+                                                   c.intermediate));
+      const int rows[] = {flashmoe::detail::kThinDecodeTileM, flashmoe::detail::kDecodeTileM,
+                          flashmoe::detail::kTallDecodeTileM};
+      EXPECT_EQ(trace.tile_m, rows[variant]);
     }
     const int chunks = ceil_div(T, decode ? flashmoe::detail::kRouterTokens : trace.tile_m);
     const int eslices =
@@ -185,8 +190,9 @@ class TraceGpu : public ::testing::Test {
 
 TEST_F(TraceGpu, OneEventPerTaskInOrderAndWritersAgree) {
   SCOPED_TRACE(seed_);
-  // Thin decode (1, 37), 32-row decode (200: 20 rows per expert) and prefill (600).
-  for (int T : {1, 37, 200, 600}) {
+  // Decode on 16-row m-tiles (1, 37), 32-row (200: 20 rows per expert) and 48-row (310: 31),
+  // and prefill (600).
+  for (int T : {1, 37, 200, 310, 600}) {
     SCOPED_TRACE(::testing::Message() << "T = " << T);
     check_traced_forward(T);
     if (HasFatalFailure()) return;

@@ -90,6 +90,15 @@ using ThinDecodeConfig =
                  TileShape<16, 64, false, 1, 4, 2, 5, 128>,
                  TileShape<16, 128, false, 1, 4, 2, 5, 64>>;
 static_assert(ThinDecodeConfig::BM == kThinDecodeTileM, "thin_decode_max_tokens uses it");
+// 48-row m-tiles where experts average close to 32 rows, so that most experts fit one m-tile
+// (tall_decode_min_tokens, tile_choice.hpp). A stage carries half again as many A rows, so the
+// 24 KB shapes drop to 3 stages and the 20 KB ones to 4 (bench/NOTES.md, version 62).
+using TallDecodeConfig =
+    KernelConfig<48, false, TileShape<48, 32, true, 1, 4, 2, 3, 128>,
+                 TileShape<48, 64, true, 1, 4, 2, 4, 64>, TileShape<48, 32, false, 1, 4, 2, 5, 128>,
+                 TileShape<48, 64, false, 1, 4, 2, 3, 128>,
+                 TileShape<48, 128, false, 1, 4, 2, 4, 64>>;
+static_assert(TallDecodeConfig::BM == kTallDecodeTileM, "tall_decode_min_tokens uses it");
 // Two blocks per SM (__launch_bounds__ below) need both blocks' shared memory in the 228 KB of
 // an sm_90 SM, with the static tile state (up to about 4.3 KB) and 1 KB reserved per block
 // besides.
@@ -101,7 +110,8 @@ constexpr bool two_blocks_per_sm() {
          Cfg::template smem_bytes<typename Cfg::GateUp, typename Cfg::Down2>() <= kLimit &&
          Cfg::template smem_bytes<typename Cfg::GateUpWide, typename Cfg::Down2>() <= kLimit;
 }
-static_assert(two_blocks_per_sm<DecodeConfig>() && two_blocks_per_sm<ThinDecodeConfig>(),
+static_assert(two_blocks_per_sm<DecodeConfig>() && two_blocks_per_sm<ThinDecodeConfig>() &&
+                  two_blocks_per_sm<TallDecodeConfig>(),
               "two decode blocks per SM");
 // Many rows per expert (prefill): one shape each, on the warpgroup MMA where built for sm_90a.
 using PrefillGateUp = TileShape<64, 64, true, 4, 2, 1, 4, 64, true>;
