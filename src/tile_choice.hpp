@@ -57,7 +57,7 @@ inline double expected_mtiles(std::int64_t num_tokens, int top_k, int experts, i
 // ThinDecodeConfig) instead of the 32-row ones: every T up to it runs a decode kernel, and
 // under uniform routing needs at most `ratio` times the 32-row kernels' m-tiles. Each m-tile
 // reads its expert's weights once, so the thin kernels' faster streaming pays only while
-// almost every expert fits one 16-row m-tile (about 11 rows per expert on average). What they
+// almost every expert fits one 16-row m-tile (about 12 rows per expert on average). What they
 // gain sets the ratio (bench/NOTES.md, versions 61 and 63): 2-5% for small experts on an H200
 // (Qwen3-30B-A3B T = 192 at a ratio of 1.094: -1.3%; at 16 rows, 1.43: +8.5%), about 1% for
 // experts of kLargeExpertBytes, whose 32-row kernels already stream at the floor from T = 8

@@ -78,12 +78,12 @@ using DecodeConfig =
                  TileShape<32, 64, false, 1, 4, 2, 4, 128>,
                  TileShape<32, 128, false, 1, 4, 2, 5, 64>>;
 static_assert(DecodeConfig::BM == kDecodeTileM, "runs_prefill_kernel and the workspace use it");
-// The same shapes on 16-row m-tiles, while experts average at most about 10 rows
-// (thin_decode_max_tokens, tile_choice.hpp), so that almost none needs a second m-tile: a
-// stage then carries half the token rows (at T = 1, 31 of 32 were zero-filled), and the stages
-// freed go to more weight bytes in flight (5 narrow gate/up stages, 8 narrow down stages).
-// Measured against DecodeConfig (bench/NOTES.md, version 61): Qwen3-30B-A3B T = 1 to 64 -3.6
-// to -5.9% on an H200, Mixtral-8x7B T = 1 -9.8%; on an H100 -0.3 to -1.9%, Mixtral T = 1 -3.4%.
+// The same shapes on 16-row m-tiles, while experts average at most about 12 rows
+// (thin_decode_max_tokens, tile_choice.hpp), so that few need a second m-tile: a stage then
+// carries half the token rows (at T = 1, 31 of 32 were zero-filled), and the stages freed go
+// to more weight bytes in flight (5 narrow gate/up stages, 8 narrow down stages). Measured
+// against DecodeConfig (bench/NOTES.md, version 61): Qwen3-30B-A3B T = 1 to 64 -3.3 to -5.9% on
+// an H200, Mixtral-8x7B T = 1 -9.6%; on an H100 -0.6 to -1.9%, Mixtral T = 1 -3.5%.
 using ThinDecodeConfig =
     KernelConfig<16, false, TileShape<16, 32, true, 1, 4, 2, 5, 128>,
                  TileShape<16, 64, true, 1, 4, 2, 5, 64>, TileShape<16, 32, false, 1, 4, 2, 8, 128>,
