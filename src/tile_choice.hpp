@@ -89,7 +89,7 @@ inline std::int64_t thin_decode_max_tokens(std::int64_t max_tokens, int top_k, i
 // one 48-row m-tile holds them, though 48-row tiles are about 7% slower where both need the
 // same count. So the tall kernels run where the 32-row kernels would need more than
 // kTallMTileRatio times their m-tiles (bench/NOTES.md, version 62, H200: OLMoE T = 256 at
-// 1.45 -7.3%, Qwen3-30B-A3B T = 512 at 1.45 -8.0%, Mixtral-8x7B T = 112 at 1.16 -3.0%; at 1.04
+// 1.45 -7.1%, Qwen3-30B-A3B T = 512 at 1.45 -8.0%, Mixtral-8x7B T = 112 at 1.16 -3.0%; at 1.04
 // and below +6 to +9%). The scan runs down from the last decode T.
 inline constexpr double kTallMTileRatio = 1.15;
 inline std::int64_t tall_decode_min_tokens(std::int64_t max_tokens, int top_k, int experts,

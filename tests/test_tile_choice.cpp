@@ -122,8 +122,8 @@ TEST(DecodeVariant, OnlyWhereTheDecodeKernelsRun) {
       ASSERT_FALSE(runs_prefill_kernel(T, s.top_k, s.experts, s.hidden, s.inter))
           << "H " << s.hidden << " E " << s.experts << " T " << T;
     }
-    // The tall range starts past the thin one, and every T in it up to the first prefill T
-    // runs a decode kernel.
+    // The tall range starts past the thin one, and once a T runs the prefill kernel every
+    // larger T does, so the tall range is one run of decode T's below the switch.
     const std::int64_t tall = tall_decode_min_tokens(4096, s.top_k, s.experts, s.hidden, s.inter);
     EXPECT_GT(tall, t);
     for (std::int64_t T = tall; T <= 4096; ++T) {
