@@ -116,9 +116,19 @@ Status prepare_variant(const Layer::Impl& impl, KernelVariantInfo& info) {
   return {};
 }
 
-// The four kernels of a decode variant, in the order of choose_decode_kernel.
+// Where decode variant D's kernels sit in Layer::Impl::decode: the number decode_variant gives
+// its m-tile height. Preparing and launching both go through it, so they cannot disagree.
+template <class D>
+constexpr int decode_slot() {
+  static_assert(D::BM == kThinDecodeTileM || D::BM == kDecodeTileM || D::BM == kTallDecodeTileM,
+                "one of decode_variant's heights");
+  return D::BM == kThinDecodeTileM ? 0 : D::BM == kDecodeTileM ? 1 : 2;
+}
+
+// The four kernels of decode variant D, in the order of choose_decode_kernel.
 template <class D, typename T>
-Status prepare_decode(Layer::Impl& impl, KernelVariantInfo (&infos)[4]) {
+Status prepare_decode(Layer::Impl& impl) {
+  KernelVariantInfo(&infos)[4] = impl.decode[decode_slot<D>()];
   Status s = prepare_variant<D, typename D::GateUp, typename D::Down0, T>(impl, infos[0]);
   if (s.ok()) s = prepare_variant<D, typename D::GateUp, typename D::Down1, T>(impl, infos[1]);
   if (s.ok()) s = prepare_variant<D, typename D::GateUp, typename D::Down2, T>(impl, infos[2]);
@@ -129,9 +139,9 @@ Status prepare_decode(Layer::Impl& impl, KernelVariantInfo (&infos)[4]) {
 template <typename T>
 Status prepare_typed(Layer::Impl& impl) {
   using P = PrefillConfig;
-  Status s = prepare_decode<DecodeConfig, T>(impl, impl.decode);
-  if (s.ok()) s = prepare_decode<ThinDecodeConfig, T>(impl, impl.thin_decode);
-  if (s.ok()) s = prepare_decode<TallDecodeConfig, T>(impl, impl.tall_decode);
+  Status s = prepare_decode<DecodeConfig, T>(impl);
+  if (s.ok()) s = prepare_decode<ThinDecodeConfig, T>(impl);
+  if (s.ok()) s = prepare_decode<TallDecodeConfig, T>(impl);
   static_assert(P::single_shape, "the prefill variant has one shape per phase");
   if (s.ok()) s = prepare_variant<P, P::GateUp, P::Down0, T>(impl, impl.prefill);
   const Config& c = impl.config;
@@ -251,10 +261,10 @@ int decode_kernel_for(const Layer::Impl& impl, const KernelVariantInfo (&infos)[
 }
 
 template <class D, typename T>
-Status launch_decode_variant(Layer::Impl& impl, const KernelVariantInfo (&infos)[4], const void* x,
-                             void* y, std::int64_t num_tokens, cudaStream_t stream,
-                             const ForwardOptions& o) {
+Status launch_decode_variant(Layer::Impl& impl, const void* x, void* y, std::int64_t num_tokens,
+                             cudaStream_t stream, const ForwardOptions& o) {
   using G = typename D::GateUp;
+  const KernelVariantInfo(&infos)[4] = impl.decode[decode_slot<D>()];
   switch (decode_kernel_for<D>(impl, infos, num_tokens)) {
     case 0:
       return launch<D, G, typename D::Down0, T>(impl, infos[0], x, y, num_tokens, stream, o);
@@ -272,15 +282,16 @@ Status launch_decode_variant(Layer::Impl& impl, const KernelVariantInfo (&infos)
 template <typename T>
 Status launch_decode(Layer::Impl& impl, const void* x, void* y, std::int64_t num_tokens,
                      cudaStream_t stream, const ForwardOptions& o) {
+  static_assert(decode_slot<ThinDecodeConfig>() == 0 && decode_slot<DecodeConfig>() == 1 &&
+                    decode_slot<TallDecodeConfig>() == 2,
+                "the cases below follow decode_variant");
   switch (decode_variant(num_tokens, impl.thin_max_tokens, impl.tall_min_tokens)) {
     case 0:
-      return launch_decode_variant<ThinDecodeConfig, T>(impl, impl.thin_decode, x, y, num_tokens,
-                                                        stream, o);
+      return launch_decode_variant<ThinDecodeConfig, T>(impl, x, y, num_tokens, stream, o);
     case 2:
-      return launch_decode_variant<TallDecodeConfig, T>(impl, impl.tall_decode, x, y, num_tokens,
-                                                        stream, o);
+      return launch_decode_variant<TallDecodeConfig, T>(impl, x, y, num_tokens, stream, o);
     default:
-      return launch_decode_variant<DecodeConfig, T>(impl, impl.decode, x, y, num_tokens, stream, o);
+      return launch_decode_variant<DecodeConfig, T>(impl, x, y, num_tokens, stream, o);
   }
 }
 

@@ -29,12 +29,10 @@ struct Layer::Impl {
   int sm_count = 0;
   detail::WorkspaceLayout layout;
   void* workspace = nullptr;
-  // Decode kernels by tile shapes (forward.cu), for the dtype of the layer: on 32-row m-tiles,
-  // 16-row ones (thin) for num_tokens <= thin_max_tokens and 48-row ones (tall) from
-  // tall_min_tokens (decode_variant, tile_choice.hpp).
-  KernelVariantInfo decode[4];
-  KernelVariantInfo thin_decode[4];
-  KernelVariantInfo tall_decode[4];
+  // Decode kernels (forward.cu), for the dtype of the layer, by m-tile height as decode_variant
+  // numbers them (16 rows for num_tokens <= thin_max_tokens, 48 from tall_min_tokens, 32
+  // between; tile_choice.hpp), then by tile widths as choose_decode_kernel does.
+  KernelVariantInfo decode[3][4];
   std::int64_t thin_max_tokens = 0;
   std::int64_t tall_min_tokens = 0;
   KernelVariantInfo prefill;
