@@ -10,6 +10,9 @@ enum class Fault : int {
   None = detail::kFaultNone,
   // One gate/up tile never signals completion: its down tiles wait until the watchdog fires.
   DropMTileSignal = detail::kFaultDropMTileSignal,
+  // The first weight stage of one down tile is never requested: its wait runs into the
+  // watchdog (sm_90 copy-engine path only).
+  StallWeightCopy = detail::kFaultStallWeightCopy,
 };
 
 inline void inject_fault(Layer& layer, Fault fault) {

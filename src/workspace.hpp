@@ -158,7 +158,7 @@ FLASHMOE_HOST_DEVICE inline std::int64_t mtile_bound(std::int64_t pairs, std::in
 }
 
 // Test-only faults (testing.hpp).
-enum Fault : int { kFaultNone = 0, kFaultDropMTileSignal = 1 };
+enum Fault : int { kFaultNone = 0, kFaultDropMTileSignal = 1, kFaultStallWeightCopy = 2 };
 
 // Control words, one per 128-byte line so that spinning on one never slows another.
 enum ControlWord : int {

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <random>
 #include <set>
@@ -704,6 +705,52 @@ TEST_F(Forward, WatchdogTurnsAHangIntoDeviceTimeoutAndTheLayerRecovers) {
       ASSERT_TRUE(run_forward(layer, good, stream.get()));
       check_output(m, good, sample_tokens(T, 32, rng_));
     }
+  }
+}
+
+// A copy-engine wait that never completes (one down tile's first weight stage is never
+// requested) ends the forward with DeviceTimeout after one watchdog period, not one per later
+// wait on that stage: I = 4096 gives the down tiles 32 (decode) and 64 (prefill) K steps over
+// 4-8 stages, and each later wait would be one phase behind its copy.
+TEST_F(Forward, WatchdogEndsAStalledWeightCopyOnceAndTheLayerRecovers) {
+  SCOPED_TRACE(seed_);
+  int major = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
+  if (major < 9) GTEST_SKIP() << "the weight copies use the copy engine from sm_90 on";
+  Config c;
+  c.hidden = 256;
+  c.intermediate = 4096;
+  c.experts = 16;
+  c.top_k = 4;
+  c.max_tokens = 1024;
+  const Model m = make_model(c, rng_);
+  flashmoe::LayerOptions options;
+  options.watchdog_ms = 100;
+  Layer layer;
+  ASSERT_TRUE(Layer::create(m.config, m.device_weights(), layer, options).ok());
+  StreamGuard stream;
+  for (int T : {4, 700}) {  // decode and prefill kernels
+    SCOPED_TRACE(::testing::Message() << "T = " << T);
+    ForwardRun warm = make_run(m.config, T, rng_);
+    ASSERT_TRUE(run_forward(layer, warm, stream.get()));
+
+    flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::StallWeightCopy);
+    ForwardRun hung = make_run(m.config, T, rng_);
+    DeviceBuffer dx = upload(hung.x), dy = upload(hung.y_in);
+    const auto start = std::chrono::steady_clock::now();
+    ASSERT_TRUE(flashmoe::forward(layer, dx.get(), dy.get(), T, stream.get()).ok());
+    ASSERT_EQ(cudaStreamSynchronize(stream.get()), cudaSuccess);
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    const flashmoe::Status s = layer.device_status(stream.get());
+    EXPECT_EQ(s.code(), StatusCode::DeviceTimeout) << s.to_string();
+    EXPECT_NE(s.message().find("weight copies"), std::string::npos) << s.message();
+    EXPECT_LT(ms, 1.8 * options.watchdog_ms) << "the stalled stage ran into the watchdog again";
+
+    flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::None);
+    ForwardRun good = make_run(m.config, T, rng_);
+    ASSERT_TRUE(run_forward(layer, good, stream.get()));
+    check_output(m, good, sample_tokens(T, 32, rng_));
   }
 }
 

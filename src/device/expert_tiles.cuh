@@ -129,7 +129,12 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, const M
   // slice (only the last slice has a partial step) are zero in A. The first stages' weights
   // are requested before the h rows are looked up.
   const WeightBoxes wb{&p.w2_map, {static_cast<int>(mt.expert) * H + n0, 0}, k0};
-  if (threadIdx.x == 0) TileMma<S, T>::issue_weights_ahead(smem, wb, klen);
+  if (threadIdx.x == 0) {
+    // Test fault on a down tile, which no other tile waits for, so that the weight-copy wait
+    // is the one the watchdog reports: its first stage is never requested.
+    const bool stall = p.fault == kFaultStallWeightCopy && slot == 0 && ntile == 0 && kslice == 0;
+    TileMma<S, T>::issue_weights_ahead(smem, wb, klen, stall ? 1 : 0);
+  }
   for (int r = threadIdx.x; r < S::BM; r += kThreads) {
     const bool live = r < static_cast<int>(mt.rows);
     ts.a_rows[r] = live ? p.h + static_cast<std::int64_t>(mt.row0 + r) * I + k0 : nullptr;

@@ -156,11 +156,13 @@ struct TileMma {
 
   // Thread 0, before run<true, true>: the weight boxes of the first kAhead stages, issued as
   // soon as the tile's expert is known, while the block still gathers its A row pointers.
-  __device__ static void issue_weights_ahead(unsigned char* smem, const WeightBoxes& wb, int kdim) {
+  // `first` > 0 leaves the first stages unissued (a test fault: their waits never complete).
+  __device__ static void issue_weights_ahead(unsigned char* smem, const WeightBoxes& wb, int kdim,
+                                             int first = 0) {
     if constexpr (kDeviceHasTma) {
       const std::uint32_t smem_base = smem_u32(smem);
       const int ktiles = (kdim + S::BK - 1) / S::BK;
-      for (int st = 0; st < kAhead && st < ktiles; ++st) issue_weights(smem_base, st, st, wb);
+      for (int st = first; st < kAhead && st < ktiles; ++st) issue_weights(smem_base, st, st, wb);
     }
   }
 
@@ -212,6 +214,7 @@ struct TileMma {
     // completion (read after the caller's barrier, written back by thread 0 at the end).
     [[maybe_unused]] PipeBarriers& pb = pipe_barriers();
     [[maybe_unused]] std::uint32_t phase = 0;
+    [[maybe_unused]] std::uint64_t timeout_ns = wd.timeout_ns;  // 0 once a wait timed out
     if constexpr (tma) phase = pb.phase;
     auto issue_b = [&](int stage, int kt) {
       if constexpr (tma) issue_weights(smem_base, stage, kt, wb);
@@ -224,9 +227,15 @@ struct TileMma {
         if (!mbar_try_wait(bar, parity)) {
           const std::uint64_t start = global_timer_ns();
           while (!mbar_try_wait(bar, parity)) {
-            if (global_timer_ns() - start > wd.timeout_ns) {
+            if (global_timer_ns() - start > timeout_ns) {
+              // The launch is abandoned (its output is reported incomplete) and the block
+              // leaves at its next claim. Until then this thread's later waits return at once
+              // (the stage parities no longer match the barriers), and thread 0 issues no
+              // more copies: another arrival on a barrier whose phase never completed would
+              // be undefined.
               wd.ctl.fail(StatusCode::DeviceTimeout, kSiteWeightCopy);
-              break;  // the launch is abandoned; its output is reported incomplete
+              timeout_ns = 0;
+              break;
             }
           }
         }
@@ -237,7 +246,7 @@ struct TileMma {
     auto load = [&](int stage, int kt) {
       if constexpr (tma) {
         load_rows(stage, kt, 0, S::BM);
-        if (tid == 0) issue_b(stage, kt);
+        if (tid == 0 && timeout_ns != 0) issue_b(stage, kt);
       } else {
         load_rows(stage, kt, 0, S::BM + S::NB);
       }
