@@ -147,8 +147,7 @@ Status prepare_typed(Layer::Impl& impl) {
   const Config& c = impl.config;
   impl.thin_max_tokens =
       thin_decode_max_tokens(c.max_tokens, c.top_k, c.experts, c.hidden, c.intermediate);
-  impl.tall_min_tokens =
-      tall_decode_min_tokens(c.max_tokens, c.top_k, c.experts, c.hidden, c.intermediate);
+  impl.tall_min_tokens = tall_decode_min_tokens(c.max_tokens, c.top_k, c.experts);
   return s;
 }
 
@@ -370,8 +369,7 @@ Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens, cu
   if (Status s = check_options(impl, options); !s.ok()) return s;
 
   // The decode variant while experts average few rows (workspace.hpp).
-  const bool decode =
-      !runs_prefill_kernel(num_tokens, c.top_k, c.experts, c.hidden, c.intermediate);
+  const bool decode = !runs_prefill_kernel(num_tokens, c.top_k, c.experts);
   if (c.dtype == DType::BF16) {
     return decode ? launch_decode<__nv_bfloat16>(impl, x, y, num_tokens, stream, options)
                   : launch<PrefillConfig, PrefillGateUp, PrefillConfig::Down0, __nv_bfloat16>(

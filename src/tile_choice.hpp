@@ -72,7 +72,7 @@ inline std::int64_t thin_decode_max_tokens(std::int64_t max_tokens, int top_k, i
   std::int64_t t = 0;
   while (t < max_tokens) {
     const std::int64_t next = t + 1;
-    if (runs_prefill_kernel(next, top_k, experts, hidden, intermediate)) break;
+    if (runs_prefill_kernel(next, top_k, experts)) break;
     if (expected_mtiles(next, top_k, experts, kThinDecodeTileM) >
         ratio * expected_mtiles(next, top_k, experts, kDecodeTileM)) {
       break;
@@ -92,11 +92,10 @@ inline std::int64_t thin_decode_max_tokens(std::int64_t max_tokens, int top_k, i
 // 1.45 -7.1%, Qwen3-30B-A3B T = 512 at 1.45 -8.0%, Mixtral-8x7B T = 112 at 1.16 -3.0%; at 1.04
 // and below +6 to +9%). The scan runs down from the last decode T.
 inline constexpr double kTallMTileRatio = 1.15;
-inline std::int64_t tall_decode_min_tokens(std::int64_t max_tokens, int top_k, int experts,
-                                           int hidden, int intermediate) {
+inline std::int64_t tall_decode_min_tokens(std::int64_t max_tokens, int top_k, int experts) {
   std::int64_t last = std::min<std::int64_t>(
       max_tokens, static_cast<std::int64_t>(kDecodeTileM) * experts / top_k + 1);
-  while (last > 0 && runs_prefill_kernel(last, top_k, experts, hidden, intermediate)) --last;
+  while (last > 0 && runs_prefill_kernel(last, top_k, experts)) --last;
   std::int64_t t = last + 1;
   while (t > 1 && expected_mtiles(t - 1, top_k, experts, kDecodeTileM) >
                       kTallMTileRatio * expected_mtiles(t - 1, top_k, experts, kTallDecodeTileM)) {

@@ -65,13 +65,13 @@ FLASHMOE_HOST_DEVICE inline RouterSplit router_split(std::int64_t tokens, int hi
   return r;
 }
 // m-tile height of the decode kernels (DecodeConfig::BM, which checks it). A forward runs the
-// prefill kernel when its experts average more than one such m-tile of rows; experts of at
-// least kLargeExpertBytes (gate, up and down at 2 bytes) switch at exactly one m-tile. At 32
-// rows about half the experts need a second decode m-tile, and for large experts the 64-row
-// warpgroup-MMA tiles win (Mixtral-8x7B at T = 128: -3% on an H100, -8% on an H200), while
-// for small ones the prefill kernel's longer routing prelude costs more (OLMoE at T = 256:
-// +7%); at 24 and 28 rows the decode kernel still wins for Mixtral (bench/NOTES.md, versions
-// 33-35). The rule only grows with T.
+// prefill kernel when its experts average more than one such m-tile of rows. Near that point
+// many experts need a second 32-row m-tile, which the tall decode kernels (48 rows) avoid:
+// with them the decode side wins at exactly 32 rows for large experts too (Mixtral-8x7B at
+// T = 128: -3.7% on an H100, -4 to -6% on an H200 against the 64-row warpgroup-MMA tiles),
+// while from 36-40 rows the prefill kernel does (T = 144 / 160: +1.2% H100, +2% H200 on the
+// decode side); for small experts the prefill kernel's longer routing prelude costs more
+// (OLMoE at T = 256: +7%). bench/NOTES.md, versions 33-35 and 64. The rule only grows with T.
 inline constexpr int kDecodeTileM = 32;
 // m-tile height of the thin decode kernels (ThinDecodeConfig::BM), which run while experts
 // average few rows (thin_decode_max_tokens, tile_choice.hpp).
@@ -82,18 +82,12 @@ inline constexpr int kTallDecodeTileM = 48;
 static_assert(kThinDecodeTileM >= kMinTileM && kTallDecodeTileM <= kMaxTileM,
               "the workspace tables are sized for kMinTileM .. kMaxTileM");
 inline constexpr std::int64_t kLargeExpertBytes = std::int64_t{128} << 20;
-inline constexpr int kLargeExpertPrefillRows = 32;
 // Experts whose weights (gate, up and down at 2 bytes) reach kLargeExpertBytes.
 FLASHMOE_HOST_DEVICE inline bool large_experts(int hidden, int intermediate) {
   return std::int64_t{6} * hidden * intermediate >= kLargeExpertBytes;
 }
-FLASHMOE_HOST_DEVICE inline bool runs_prefill_kernel(std::int64_t tokens, int top_k, int experts,
-                                                     int hidden, int intermediate) {
-  const std::int64_t pairs = tokens * top_k;
-  if (large_experts(hidden, intermediate)) {
-    return pairs >= static_cast<std::int64_t>(kLargeExpertPrefillRows) * experts;
-  }
-  return pairs > static_cast<std::int64_t>(kDecodeTileM) * experts;
+FLASHMOE_HOST_DEVICE inline bool runs_prefill_kernel(std::int64_t tokens, int top_k, int experts) {
+  return tokens * top_k > static_cast<std::int64_t>(kDecodeTileM) * experts;
 }
 
 // Down tiles may split K (= I) into slices when one tile's weights exceed kDownSliceBytes: a
@@ -143,9 +137,8 @@ inline std::int64_t ypart_rows(std::int64_t max_tokens, int top_k, int inter) {
 // the prefill kernel splits K, so a layer whose forwards never reach it needs T rows. With more
 // than one K slice, chunks * kslices <= kRouterTargetTasks, so kslices * T is at most that many
 // chunks of the tallest m-tile (64 rows).
-inline std::int64_t router_partial_rows(std::int64_t max_tokens, int top_k, int experts, int hidden,
-                                        int intermediate) {
-  if (!runs_prefill_kernel(max_tokens, top_k, experts, hidden, intermediate)) return max_tokens;
+inline std::int64_t router_partial_rows(std::int64_t max_tokens, int top_k, int experts) {
+  if (!runs_prefill_kernel(max_tokens, top_k, experts)) return max_tokens;
   const std::int64_t split = std::min<std::int64_t>(kRouterMaxKSlices * max_tokens,
                                                     std::int64_t{kRouterTargetTasks} * kMaxTileM);
   return std::max(max_tokens, split);
@@ -211,7 +204,7 @@ inline WorkspaceLayout plan_workspace(const Config& c) {
   w.control = take(kControlWords * kControlStride * 4);
   w.expert_count = take(E * 4);
   w.router_done = take(w.router_chunks * 4);
-  w.logits = take(router_partial_rows(T, c.top_k, c.experts, c.hidden, c.intermediate) * E * 4);
+  w.logits = take(router_partial_rows(T, c.top_k, c.experts) * E * 4);
   w.pair_expert = take(w.max_pairs * 4);
   w.pair_weight = take(w.max_pairs * 4);
   w.pair_pos = take(w.max_pairs * 4);

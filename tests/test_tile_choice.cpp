@@ -80,20 +80,20 @@ TEST(TallDecode, WhereManyExpertsWouldNeedASecond32RowMTile) {
   // Measured on an H200 (bench/NOTES.md, version 62): tall faster at OLMoE T = 256, Qwen3 T = 512
   // and Mixtral T = 112, slower at OLMoE T = 192, Qwen3 T = 256 / 384, DeepSeek T = 256, Mixtral
   // T = 96.
-  const std::int64_t olmoe = tall_decode_min_tokens(4096, 8, 64, 2048, 1024);
+  const std::int64_t olmoe = tall_decode_min_tokens(4096, 8, 64);
   EXPECT_GT(olmoe, 192);
   EXPECT_LE(olmoe, 256);
-  const std::int64_t qwen3 = tall_decode_min_tokens(4096, 8, 128, 2048, 768);
+  const std::int64_t qwen3 = tall_decode_min_tokens(4096, 8, 128);
   EXPECT_GT(qwen3, 384);
   EXPECT_LE(qwen3, 512);
-  const std::int64_t mixtral = tall_decode_min_tokens(4096, 2, 8, 4096, 14336);
+  const std::int64_t mixtral = tall_decode_min_tokens(4096, 2, 8);
   EXPECT_GT(mixtral, 96);
   EXPECT_LE(mixtral, 112);
-  EXPECT_GT(tall_decode_min_tokens(4096, 6, 64, 2048, 1408), 256);
+  EXPECT_GT(tall_decode_min_tokens(4096, 6, 64), 256);
   // K = E: every m-tile count is the same at 32 and 48 rows while decode runs (T <= 32).
-  EXPECT_GT(tall_decode_min_tokens(4096, 4, 4, 128, 24), 32);
+  EXPECT_GT(tall_decode_min_tokens(4096, 4, 4), 32);
   // A max_tokens below the range: no decode forward is tall.
-  EXPECT_GT(tall_decode_min_tokens(100, 8, 64, 2048, 1024), 100);
+  EXPECT_GT(tall_decode_min_tokens(100, 8, 64), 100);
 }
 
 TEST(DecodeVariant, ThinThen32RowThenTall) {
@@ -119,17 +119,17 @@ TEST(DecodeVariant, OnlyWhereTheDecodeKernelsRun) {
     const std::int64_t t = thin_decode_max_tokens(4096, s.top_k, s.experts, s.hidden, s.inter);
     EXPECT_GE(t, 1) << "one token always fits one m-tile per expert";
     for (std::int64_t T = 1; T <= t; ++T) {
-      ASSERT_FALSE(runs_prefill_kernel(T, s.top_k, s.experts, s.hidden, s.inter))
+      ASSERT_FALSE(runs_prefill_kernel(T, s.top_k, s.experts))
           << "H " << s.hidden << " E " << s.experts << " T " << T;
     }
     // The tall range starts past the thin one, and once a T runs the prefill kernel every
     // larger T does, so the tall range is one run of decode T's below the switch.
-    const std::int64_t tall = tall_decode_min_tokens(4096, s.top_k, s.experts, s.hidden, s.inter);
+    const std::int64_t tall = tall_decode_min_tokens(4096, s.top_k, s.experts);
     EXPECT_GT(tall, t);
     for (std::int64_t T = tall; T <= 4096; ++T) {
-      if (runs_prefill_kernel(T, s.top_k, s.experts, s.hidden, s.inter)) {
+      if (runs_prefill_kernel(T, s.top_k, s.experts)) {
         for (std::int64_t U = T; U <= 4096; ++U) {
-          ASSERT_TRUE(runs_prefill_kernel(U, s.top_k, s.experts, s.hidden, s.inter)) << U;
+          ASSERT_TRUE(runs_prefill_kernel(U, s.top_k, s.experts)) << U;
         }
         break;
       }

@@ -86,15 +86,13 @@ class TraceGpu : public ::testing::Test {
     // the prefill kernel, tiles of its down shape over one or more slices of H.
     const bool decode = trace.variant == "decode";
     // Decode forwards run on 16-, 32- or 48-row m-tiles (decode_variant).
-    ASSERT_EQ(decode, !flashmoe::detail::runs_prefill_kernel(T, c.top_k, c.experts, c.hidden,
-                                                             c.intermediate));
+    ASSERT_EQ(decode, !flashmoe::detail::runs_prefill_kernel(T, c.top_k, c.experts));
     if (decode) {
       const int variant = flashmoe::detail::decode_variant(
           T,
           flashmoe::detail::thin_decode_max_tokens(c.max_tokens, c.top_k, c.experts, c.hidden,
                                                    c.intermediate),
-          flashmoe::detail::tall_decode_min_tokens(c.max_tokens, c.top_k, c.experts, c.hidden,
-                                                   c.intermediate));
+          flashmoe::detail::tall_decode_min_tokens(c.max_tokens, c.top_k, c.experts));
       const int rows[] = {flashmoe::detail::kThinDecodeTileM, flashmoe::detail::kDecodeTileM,
                           flashmoe::detail::kTallDecodeTileM};
       EXPECT_EQ(trace.tile_m, rows[variant]);

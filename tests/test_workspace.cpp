@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "workspace.hpp"
 
@@ -83,9 +84,9 @@ TEST(RouterSplit, SlicesCoverHOnceAndFitTheBuffer) {
           // whenever T runs the prefill kernel (the only one that splits K).
           for (int top_k : {1, 8}) {
             if (top_k > experts) continue;
-            const std::int64_t rows = router_partial_rows(T, top_k, experts, hidden, 768);
+            const std::int64_t rows = router_partial_rows(T, top_k, experts);
             EXPECT_GE(rows, T);
-            if (runs_prefill_kernel(T, top_k, experts, hidden, 768)) {
+            if (runs_prefill_kernel(T, top_k, experts)) {
               EXPECT_LE(r.kslices * T, rows);
             }
           }
@@ -99,11 +100,11 @@ TEST(RouterSplit, DecodeOnlyLayersKeepOneRowPerToken) {
   // Qwen3-30B-A3B (E = 128, K = 8): T = 512 is the last decode T (4096 pairs = 32 x 128), so
   // a layer sized for it holds no K slices; one more token reaches the prefill kernel, whose
   // split needs up to 16 slices of rows (capped at 256 chunks of 64 rows).
-  EXPECT_FALSE(runs_prefill_kernel(512, 8, 128, 2048, 768));
-  EXPECT_TRUE(runs_prefill_kernel(513, 8, 128, 2048, 768));
-  EXPECT_EQ(router_partial_rows(512, 8, 128, 2048, 768), 512);
-  EXPECT_EQ(router_partial_rows(513, 8, 128, 2048, 768), 16 * 513);
-  EXPECT_EQ(router_partial_rows(4096, 8, 128, 2048, 768), kRouterTargetTasks * 64);
+  EXPECT_FALSE(runs_prefill_kernel(512, 8, 128));
+  EXPECT_TRUE(runs_prefill_kernel(513, 8, 128));
+  EXPECT_EQ(router_partial_rows(512, 8, 128), 512);
+  EXPECT_EQ(router_partial_rows(513, 8, 128), 16 * 513);
+  EXPECT_EQ(router_partial_rows(4096, 8, 128), kRouterTargetTasks * 64);
   // The workspace follows: a decode-only layer's logits region is T x E floats.
   flashmoe::Config c;
   c.hidden = 2048;
@@ -115,21 +116,20 @@ TEST(RouterSplit, DecodeOnlyLayersKeepOneRowPerToken) {
   EXPECT_EQ(w.pair_expert - w.logits, std::size_t{512} * 128 * 4);
 }
 
-TEST(KernelChoice, LargeExpertsReachThePrefillKernelEarlier) {
-  // Mixtral-8x7B (352 MB per expert): from kLargeExpertPrefillRows rows per expert on average.
-  constexpr int kRows = flashmoe::detail::kLargeExpertPrefillRows;
-  static_assert(kRows <= flashmoe::detail::kDecodeTileM);
-  EXPECT_FALSE(runs_prefill_kernel(kRows * 8 / 2 - 1, 2, 8, 4096, 14336));
-  EXPECT_TRUE(runs_prefill_kernel(kRows * 8 / 2, 2, 8, 4096, 14336));
-  // OLMoE (12.6 MB per expert) keeps the decode kernel up to one decode m-tile of rows.
-  EXPECT_FALSE(runs_prefill_kernel(256, 8, 64, 2048, 1024));
-  EXPECT_TRUE(runs_prefill_kernel(257, 8, 64, 2048, 1024));
+TEST(KernelChoice, PrefillKernelPastOneDecodeMTileOfRowsPerExpert) {
+  // Mixtral-8x7B (352 MB per expert): 32 rows per expert (T = 128) runs the tall decode
+  // kernels, which measured 4-6% faster there than the prefill kernel (bench/NOTES.md, 64).
+  EXPECT_FALSE(runs_prefill_kernel(128, 2, 8));
+  EXPECT_TRUE(runs_prefill_kernel(129, 2, 8));
+  // OLMoE (12.6 MB per expert): the same rule.
+  EXPECT_FALSE(runs_prefill_kernel(256, 8, 64));
+  EXPECT_TRUE(runs_prefill_kernel(257, 8, 64));
   // The rule grows with T for any shape (router_partial_rows relies on it).
-  for (int inter : {768, 14336, 65536}) {
+  for (const auto& [top_k, experts] : {std::pair{2, 8}, std::pair{8, 128}, std::pair{32, 1024}}) {
     bool prefill = false;
     for (std::int64_t T = 1; T <= 4096; ++T) {
-      const bool now = runs_prefill_kernel(T, 2, 8, 4096, inter);
-      EXPECT_TRUE(now || !prefill) << "T " << T << " I " << inter;
+      const bool now = runs_prefill_kernel(T, top_k, experts);
+      EXPECT_TRUE(now || !prefill) << "T " << T << " K " << top_k << " E " << experts;
       prefill = now;
     }
     EXPECT_TRUE(prefill);
