@@ -251,10 +251,10 @@ class Forward : public ::testing::Test {
     seed_ = fresh_seed();
     rng_.seed(seed_);
   }
-  Model small_model(DType dt = DType::BF16, int max_tokens = 1024) {
+  Model small_model(DType dt = DType::BF16, int max_tokens = 1024, int intermediate = 136) {
     Config c;
     c.hidden = 256;
-    c.intermediate = 136;
+    c.intermediate = intermediate;
     c.experts = 16;
     c.top_k = 4;
     c.dtype = dt;
@@ -717,13 +717,7 @@ TEST_F(Forward, WatchdogEndsAStalledWeightCopyOnceAndTheLayerRecovers) {
   int major = 0;
   ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
   if (major < 9) GTEST_SKIP() << "the weight copies use the copy engine from sm_90 on";
-  Config c;
-  c.hidden = 256;
-  c.intermediate = 4096;
-  c.experts = 16;
-  c.top_k = 4;
-  c.max_tokens = 1024;
-  const Model m = make_model(c, rng_);
+  const Model m = small_model(DType::BF16, 1024, 4096);
   flashmoe::LayerOptions options;
   options.watchdog_ms = 100;
   Layer layer;
