@@ -68,10 +68,10 @@ FLASHMOE_HOST_DEVICE inline RouterSplit router_split(std::int64_t tokens, int hi
 // prefill kernel when its experts average more than one such m-tile of rows. Near that point
 // many experts need a second 32-row m-tile, which the tall decode kernels (48 rows) avoid:
 // with them the decode side wins at exactly 32 rows for large experts too (Mixtral-8x7B at
-// T = 128: -3.7% on an H100, -4 to -6% on an H200 against the 64-row warpgroup-MMA tiles),
-// while from 36-40 rows the prefill kernel does (T = 144 / 160: +1.2% H100, +2% H200 on the
-// decode side); for small experts the prefill kernel's longer routing prelude costs more
-// (OLMoE at T = 256: +7%). bench/NOTES.md, versions 33-35 and 64. The rule only grows with T.
+// T = 128: -3.7% on an H100, -4.7 to -7.7% on an H200 against the 64-row warpgroup-MMA
+// tiles); at 36-40 rows the two are within about 1% either way, and at 48 the prefill kernel
+// wins; for small experts the prefill kernel's longer routing prelude costs more (OLMoE at
+// T = 256: +7%). bench/NOTES.md, versions 33-35 and 64. The rule only grows with T.
 inline constexpr int kDecodeTileM = 32;
 // m-tile height of the thin decode kernels (ThinDecodeConfig::BM), which run while experts
 // average few rows (thin_decode_max_tokens, tile_choice.hpp).
