@@ -76,22 +76,23 @@ Status encode_weight_map(TensorMapBytes& out, const void* base, std::int64_t row
   return {};
 }
 
-template <class Cfg, class GateUp, class Down, typename T>
-Status prepare_variant(const Layer::Impl& impl, KernelVariantInfo& info) {
-  const Config& c = impl.config;
-  const int sm_count = impl.sm_count;
-  if (Status s = encode_weight_map<T>(info.w13_map, impl.weights.w13,
+// The weight tensor maps of one kernel's tile shapes, for `weights`.
+template <class GateUp, class Down, typename T>
+Status encode_variant_maps(const Config& c, const Weights& weights, KernelVariantInfo& info) {
+  if (Status s = encode_weight_map<T>(info.w13_map, weights.w13,
                                       static_cast<std::int64_t>(c.experts) * 2 * c.intermediate,
                                       c.hidden, GateUp::BN, "w13");
       !s.ok()) {
     return s;
   }
-  if (Status s = encode_weight_map<T>(info.w2_map, impl.weights.w2,
-                                      static_cast<std::int64_t>(c.experts) * c.hidden,
-                                      c.intermediate, Down::BN, "w2");
-      !s.ok()) {
-    return s;
-  }
+  return encode_weight_map<T>(info.w2_map, weights.w2,
+                              static_cast<std::int64_t>(c.experts) * c.hidden, c.intermediate,
+                              Down::BN, "w2");
+}
+
+template <class Cfg, class GateUp, class Down, typename T>
+Status prepare_variant(const Layer::Impl& impl, KernelVariantInfo& info) {
+  const int sm_count = impl.sm_count;
   auto kernel = moe_kernel<Cfg, GateUp, Down, T>;
   info.smem_bytes = Cfg::template smem_bytes<GateUp, Down>();
   if (cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -125,25 +126,76 @@ constexpr int decode_slot() {
   return D::BM == kThinDecodeTileM ? 0 : D::BM == kDecodeTileM ? 1 : 2;
 }
 
-// The four kernels of decode variant D, in the order of choose_decode_kernel.
-template <class D, typename T>
-Status prepare_decode(Layer::Impl& impl) {
-  KernelVariantInfo(&infos)[4] = impl.decode[decode_slot<D>()];
-  Status s = prepare_variant<D, typename D::GateUp, typename D::Down0, T>(impl, infos[0]);
-  if (s.ok()) s = prepare_variant<D, typename D::GateUp, typename D::Down1, T>(impl, infos[1]);
-  if (s.ok()) s = prepare_variant<D, typename D::GateUp, typename D::Down2, T>(impl, infos[2]);
-  if (s.ok()) s = prepare_variant<D, typename D::GateUpWide, typename D::Down2, T>(impl, infos[3]);
+// Visits the four kernels of decode variant D, in the order of choose_decode_kernel:
+// fn.template operator()<Cfg, GateUp, Down>(info).
+template <class D, class Fn>
+Status for_each_decode_kernel(KernelVariantInfo (&infos)[4], Fn& fn) {
+  Status s = fn.template operator()<D, typename D::GateUp, typename D::Down0>(infos[0]);
+  if (s.ok()) s = fn.template operator()<D, typename D::GateUp, typename D::Down1>(infos[1]);
+  if (s.ok()) s = fn.template operator()<D, typename D::GateUp, typename D::Down2>(infos[2]);
+  if (s.ok()) s = fn.template operator()<D, typename D::GateUpWide, typename D::Down2>(infos[3]);
+  return s;
+}
+
+// Visits every kernel of a layer with its KernelVariantInfo in `decode` / `prefill`.
+template <class Fn>
+Status for_each_kernel(KernelVariantInfo (&decode)[3][4], KernelVariantInfo& prefill, Fn&& fn) {
+  Status s = for_each_decode_kernel<DecodeConfig>(decode[decode_slot<DecodeConfig>()], fn);
+  if (s.ok()) {
+    s = for_each_decode_kernel<ThinDecodeConfig>(decode[decode_slot<ThinDecodeConfig>()], fn);
+  }
+  if (s.ok()) {
+    s = for_each_decode_kernel<TallDecodeConfig>(decode[decode_slot<TallDecodeConfig>()], fn);
+  }
+  using P = PrefillConfig;
+  static_assert(P::single_shape, "the prefill variant has one shape per phase");
+  if (s.ok()) s = fn.template operator()<P, P::GateUp, P::Down0>(prefill);
   return s;
 }
 
 template <typename T>
+struct PrepareKernel {
+  const Layer::Impl& impl;
+  template <class Cfg, class GateUp, class Down>
+  Status operator()(KernelVariantInfo& info) const {
+    return prepare_variant<Cfg, GateUp, Down, T>(impl, info);
+  }
+};
+
+template <typename T>
+struct EncodeKernelMaps {
+  const Config& config;
+  const Weights& weights;
+  template <class Cfg, class GateUp, class Down>
+  Status operator()(KernelVariantInfo& info) const {
+    return encode_variant_maps<GateUp, Down, T>(config, weights, info);
+  }
+};
+
+template <typename T>
+Status encode_typed_maps(Layer::Impl& impl, const Weights& weights) {
+  // Into copies first: on error the layer keeps the maps of its current weights.
+  KernelVariantInfo decode[3][4];
+  KernelVariantInfo prefill;
+  if (Status s = for_each_kernel(decode, prefill, EncodeKernelMaps<T>{impl.config, weights});
+      !s.ok()) {
+    return s;
+  }
+  for (int h = 0; h < 3; ++h) {
+    for (int k = 0; k < 4; ++k) {
+      impl.decode[h][k].w13_map = decode[h][k].w13_map;
+      impl.decode[h][k].w2_map = decode[h][k].w2_map;
+    }
+  }
+  impl.prefill.w13_map = prefill.w13_map;
+  impl.prefill.w2_map = prefill.w2_map;
+  return {};
+}
+
+template <typename T>
 Status prepare_typed(Layer::Impl& impl) {
-  using P = PrefillConfig;
-  Status s = prepare_decode<DecodeConfig, T>(impl);
-  if (s.ok()) s = prepare_decode<ThinDecodeConfig, T>(impl);
-  if (s.ok()) s = prepare_decode<TallDecodeConfig, T>(impl);
-  static_assert(P::single_shape, "the prefill variant has one shape per phase");
-  if (s.ok()) s = prepare_variant<P, P::GateUp, P::Down0, T>(impl, impl.prefill);
+  Status s = for_each_kernel(impl.decode, impl.prefill, PrepareKernel<T>{impl});
+  if (s.ok()) s = encode_typed_maps<T>(impl, impl.weights);
   const Config& c = impl.config;
   impl.thin_max_tokens =
       thin_decode_max_tokens(c.max_tokens, c.top_k, c.experts, c.hidden, c.intermediate);
@@ -155,8 +207,10 @@ template <class Cfg, class GateUp, class Down, typename T>
 Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, void* y,
               std::int64_t num_tokens, cudaStream_t stream, const ForwardOptions& o) {
   const Config& c = impl.config;
-  const WorkspaceLayout& L = impl.layout;
-  auto* base = static_cast<unsigned char*>(impl.workspace);
+  const StateLayout& SL = impl.state_layout;
+  const ScratchLayout& L = impl.scratch_layout;
+  auto* state = static_cast<unsigned char*>(impl.state);
+  auto* base = static_cast<unsigned char*>(impl.scratch);
   auto at = [base](std::size_t offset) { return static_cast<void*>(base + offset); };
 
   KernelParams<T> p{};
@@ -173,6 +227,7 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   p.out_ids = o.out_topk_ids;
   p.out_weights = o.out_topk_weights;
   p.beta = o.beta;
+  p.live_tokens = o.device_num_tokens;
   p.num_tokens = static_cast<int>(num_tokens);
   p.hidden = c.hidden;
   p.inter = c.intermediate;
@@ -195,9 +250,11 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
     slices = choose_down_slices(down_tiles, full_grid, slices);
   }
   p.dsplit = down_split(c.intermediate, Down::BK, slices);
-  p.ctl.words = static_cast<std::uint32_t*>(at(L.control));
-  p.expert_count = static_cast<std::uint32_t*>(at(L.expert_count));
-  p.router_done = static_cast<std::uint32_t*>(at(L.router_done));
+  p.ctl.words = reinterpret_cast<std::uint32_t*>(state + SL.control);
+  p.ctl.status_word = o.device_status;
+  p.expert_count = reinterpret_cast<std::uint32_t*>(state + SL.expert_count);
+  p.router_done = reinterpret_cast<std::uint32_t*>(state + SL.router_done);
+  p.owner = static_cast<unsigned long long*>(at(L.owner));
   p.logits = static_cast<float*>(at(L.logits));
   p.pair_expert = static_cast<std::int32_t*>(at(L.pair_expert));
   p.pair_weight = static_cast<float*>(at(L.pair_weight));
@@ -241,6 +298,9 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
                        !std::is_same_v<Cfg, PrefillConfig>};
   }
 
+  // A non-sticky error the caller left pending would otherwise come back from the check below
+  // as if this launch had failed. (A sticky one fails the launch itself, and is reported.)
+  (void)cudaGetLastError();
   moe_kernel<Cfg, GateUp, Down, T>
       <<<static_cast<unsigned>(grid), kThreads, info.smem_bytes, stream>>>(p);
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
@@ -294,8 +354,23 @@ Status launch_decode(Layer::Impl& impl, const void* x, void* y, std::int64_t num
   }
 }
 
-Status check_options(const Layer::Impl& impl, const ForwardOptions& o) {
-  const int dev = impl.device;
+// check_device_pointer, with the driver query skipped for a pointer this Layer already found
+// on its device (Layer::Impl::checked_pointers).
+Status check_pointer(Layer::Impl& impl, const void* ptr, const char* name, std::size_t align) {
+  if (ptr != nullptr && reinterpret_cast<std::uintptr_t>(ptr) % align == 0) {
+    for (const void* known : impl.checked_pointers) {
+      if (known == ptr) return {};
+    }
+  }
+  Status s = check_device_pointer(ptr, name, impl.device, align);
+  if (s.ok()) {
+    impl.checked_pointers[impl.checked_next] = ptr;
+    impl.checked_next = (impl.checked_next + 1) % Layer::Impl::kCheckedPointers;
+  }
+  return s;
+}
+
+Status check_options(Layer::Impl& impl, const ForwardOptions& o) {
   if ((o.topk_ids == nullptr) != (o.topk_weights == nullptr)) {
     return {StatusCode::InvalidArgument,
             fmt::format("options.topk_ids = {} and options.topk_weights = {}: give both or neither",
@@ -303,19 +378,30 @@ Status check_options(const Layer::Impl& impl, const ForwardOptions& o) {
                         static_cast<const void*>(o.topk_weights))};
   }
   if (o.topk_ids != nullptr) {
-    if (Status s = check_device_pointer(o.topk_ids, "options.topk_ids", dev, 4); !s.ok()) return s;
-    if (Status s = check_device_pointer(o.topk_weights, "options.topk_weights", dev, 4); !s.ok()) {
+    if (Status s = check_pointer(impl, o.topk_ids, "options.topk_ids", 4); !s.ok()) return s;
+    if (Status s = check_pointer(impl, o.topk_weights, "options.topk_weights", 4); !s.ok()) {
       return s;
     }
   }
   if (o.out_topk_ids != nullptr) {
-    if (Status s = check_device_pointer(o.out_topk_ids, "options.out_topk_ids", dev, 4); !s.ok()) {
+    if (Status s = check_pointer(impl, o.out_topk_ids, "options.out_topk_ids", 4); !s.ok()) {
       return s;
     }
   }
   if (o.out_topk_weights != nullptr) {
-    if (Status s = check_device_pointer(o.out_topk_weights, "options.out_topk_weights", dev, 4);
+    if (Status s = check_pointer(impl, o.out_topk_weights, "options.out_topk_weights", 4);
         !s.ok()) {
+      return s;
+    }
+  }
+  if (o.device_num_tokens != nullptr) {
+    if (Status s = check_pointer(impl, o.device_num_tokens, "options.device_num_tokens", 4);
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (o.device_status != nullptr) {
+    if (Status s = check_pointer(impl, o.device_status, "options.device_status", 4); !s.ok()) {
       return s;
     }
   }
@@ -334,6 +420,11 @@ Status prepare_kernels(Layer::Impl& impl) {
                                           : prepare_typed<__half>(impl);
 }
 
+Status encode_weight_maps(Layer::Impl& impl, const Weights& weights) {
+  return impl.config.dtype == DType::BF16 ? encode_typed_maps<__nv_bfloat16>(impl, weights)
+                                          : encode_typed_maps<__half>(impl, weights);
+}
+
 }  // namespace detail
 
 Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens, cudaStream_t stream,
@@ -348,7 +439,6 @@ Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens, cu
         fmt::format("num_tokens = {} must lie in [0, max_tokens = {}]", num_tokens, c.max_tokens)};
   }
   if (num_tokens == 0) return {};
-  if (Status s = check_gpu_support(c); !s.ok()) return s;
   int current = -1;
   if (cudaError_t err = cudaGetDevice(&current); err != cudaSuccess) {
     return cuda_status(err, "cudaGetDevice");
@@ -358,8 +448,8 @@ Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens, cu
             fmt::format("the current device is {}, but the layer was created on device {}", current,
                         impl.device)};
   }
-  if (Status s = check_device_pointer(x, "x", impl.device, 16); !s.ok()) return s;
-  if (Status s = check_device_pointer(y, "y", impl.device, 16); !s.ok()) return s;
+  if (Status s = check_pointer(impl, x, "x", 16); !s.ok()) return s;
+  if (Status s = check_pointer(impl, y, "y", 16); !s.ok()) return s;
   const auto bytes = static_cast<std::uintptr_t>(num_tokens) * c.hidden * 2;
   const auto xa = reinterpret_cast<std::uintptr_t>(x), ya = reinterpret_cast<std::uintptr_t>(y);
   if (xa != ya && xa < ya + bytes && ya < xa + bytes) {

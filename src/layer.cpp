@@ -23,12 +23,13 @@ constexpr std::size_t kMaxWorkspaceBytes = std::size_t{1} << 40;
 }  // namespace
 
 Layer::Impl::~Impl() {
-  if (workspace != nullptr || trace_buffer != nullptr) {
+  if (state != nullptr || owned_scratch != nullptr || trace_buffer != nullptr) {
     int previous = 0;
     const bool switched = cudaGetDevice(&previous) == cudaSuccess && previous != device &&
                           cudaSetDevice(device) == cudaSuccess;
-    if (workspace != nullptr) (void)cudaFree(workspace);
-    if (trace_buffer != nullptr) (void)cudaFree(trace_buffer);
+    for (void* p : {state, owned_scratch, trace_buffer}) {
+      if (p != nullptr) (void)cudaFree(p);
+    }
     if (switched) (void)cudaSetDevice(previous);
   }
 }
@@ -41,21 +42,49 @@ Layer& Layer::operator=(Layer&&) noexcept = default;
 const Config& Layer::config() const noexcept { return impl_->config; }
 const Weights& Layer::weights() const noexcept { return impl_->weights; }
 const LayerOptions& Layer::options() const noexcept { return impl_->options; }
-std::size_t Layer::workspace_bytes() const noexcept { return impl_ ? impl_->layout.total : 0; }
+std::size_t Layer::workspace_bytes() const noexcept {
+  if (!impl_) return 0;
+  return impl_->state_layout.total +
+         (impl_->owned_scratch != nullptr ? impl_->scratch_layout.total : 0);
+}
+std::size_t Layer::scratch_bytes() const noexcept {
+  return impl_ ? impl_->scratch_layout.total : 0;
+}
 int Layer::device() const noexcept { return impl_ ? impl_->device : -1; }
 
-std::size_t workspace_bytes(const Config& config) noexcept {
+std::size_t scratch_bytes(const Config& config) noexcept {
   try {
     if (!detail::validate_config(config).ok()) return 0;
-    return detail::plan_workspace(config).total;
+    return detail::plan_scratch(config).total;
   } catch (...) {
     return 0;
   }
 }
 
-Status Layer::create(const Config& config, const Weights& weights, Layer& out,
-                     const LayerOptions& options) {
-  if (Status s = detail::validate_config(config); !s.ok()) return s;
+std::size_t workspace_bytes(const Config& config) noexcept {
+  try {
+    if (!detail::validate_config(config).ok()) return 0;
+    return detail::plan_state(config).total + detail::plan_scratch(config).total;
+  } catch (...) {
+    return 0;
+  }
+}
+
+namespace {
+
+Status allocate(void*& out, std::size_t bytes, const char* what, int max_tokens) {
+  if (cudaError_t err = cudaMalloc(&out, bytes); err != cudaSuccess) {
+    (void)cudaGetLastError();
+    out = nullptr;
+    return {StatusCode::OutOfMemory,
+            fmt::format("cudaMalloc of the {} byte {} (max_tokens = {}) failed: {}", bytes, what,
+                        max_tokens, cudaGetErrorString(err))};
+  }
+  return {};
+}
+
+// What needs no device: before anything touches CUDA.
+Status check_options(const LayerOptions& options) {
   if (options.max_blocks < 0) {
     return {
         StatusCode::InvalidArgument,
@@ -64,6 +93,38 @@ Status Layer::create(const Config& config, const Weights& weights, Layer& out,
   if (options.watchdog_ms == 0) {
     return {StatusCode::InvalidArgument, "options.watchdog_ms = 0 must be positive"};
   }
+  if (options.scratch == nullptr && options.scratch_bytes != 0) {
+    return {StatusCode::InvalidArgument,
+            fmt::format("options.scratch is null but options.scratch_bytes = {}",
+                        options.scratch_bytes)};
+  }
+  return {};
+}
+
+Status check_scratch(const LayerOptions& options, const Config& config, int device) {
+  if (options.scratch == nullptr) return {};
+  if (Status s = detail::check_device_pointer(options.scratch, "options.scratch", device, 256);
+      !s.ok()) {
+    return s;
+  }
+  const std::size_t needed = detail::plan_scratch(config).total;
+  if (options.scratch_bytes < needed) {
+    return {StatusCode::InvalidArgument,
+            fmt::format("options.scratch_bytes = {} is less than the {} bytes this config needs "
+                        "(flashmoe::scratch_bytes; max_tokens = {})",
+                        options.scratch_bytes, needed, config.max_tokens)};
+  }
+  return {};
+}
+
+}  // namespace
+
+Status Layer::create(const Config& config, const Weights& weights, Layer& out,
+                     const LayerOptions& options) {
+  if (Status s = detail::validate_config(config); !s.ok()) return s;
+  // Valid configurations the GPU kernel does not run fail here, before anything is allocated.
+  if (Status s = detail::check_gpu_support(config); !s.ok()) return s;
+  if (Status s = check_options(options); !s.ok()) return s;
   int count = 0;
   if (cudaError_t err = cudaGetDeviceCount(&count); err != cudaSuccess || count == 0) {
     (void)cudaGetLastError();
@@ -75,6 +136,7 @@ Status Layer::create(const Config& config, const Weights& weights, Layer& out,
   if (cudaError_t err = cudaGetDevice(&impl->device); err != cudaSuccess) {
     return cuda_status(err, "cudaGetDevice");
   }
+  if (Status s = check_scratch(options, config, impl->device); !s.ok()) return s;
   if (Status s = detail::validate_weights(config, weights, impl->device); !s.ok()) return s;
 
   cudaDeviceProp prop{};
@@ -90,24 +152,37 @@ Status Layer::create(const Config& config, const Weights& weights, Layer& out,
   impl->weights = weights;
   impl->options = options;
   impl->sm_count = prop.multiProcessorCount;
-  impl->layout = detail::plan_workspace(config);
-  if (impl->layout.total > kMaxWorkspaceBytes) {
+  impl->state_layout = detail::plan_state(config);
+  impl->scratch_layout = detail::plan_scratch(config);
+  if (impl->scratch_layout.total > kMaxWorkspaceBytes) {
     return {StatusCode::InvalidArgument,
-            fmt::format("max_tokens = {} needs a {} byte workspace, above the 1 TiB limit",
-                        config.max_tokens, impl->layout.total)};
+            fmt::format("max_tokens = {} needs a {} byte scratch, above the 1 TiB limit",
+                        config.max_tokens, impl->scratch_layout.total)};
   }
   if (Status s = detail::prepare_kernels(*impl); !s.ok()) return s;
 
-  if (cudaError_t err = cudaMalloc(&impl->workspace, impl->layout.total); err != cudaSuccess) {
-    (void)cudaGetLastError();
-    impl->workspace = nullptr;
-    return {StatusCode::OutOfMemory,
-            fmt::format("cudaMalloc of the {} byte workspace (max_tokens = {}) failed: {}",
-                        impl->layout.total, config.max_tokens, cudaGetErrorString(err))};
+  if (Status s = allocate(impl->state, impl->state_layout.total, "layer state", config.max_tokens);
+      !s.ok()) {
+    return s;
   }
   // Counters start at zero once; afterwards the kernel resets them itself.
-  if (cudaError_t err = cudaMemset(impl->workspace, 0, impl->layout.total); err != cudaSuccess) {
-    return cuda_status(err, "cudaMemset of the workspace");
+  if (cudaError_t err = cudaMemset(impl->state, 0, impl->state_layout.total); err != cudaSuccess) {
+    return cuda_status(err, "cudaMemset of the layer state");
+  }
+  if (options.scratch != nullptr) {
+    impl->scratch = options.scratch;
+  } else {
+    if (Status s =
+            allocate(impl->owned_scratch, impl->scratch_layout.total, "scratch", config.max_tokens);
+        !s.ok()) {
+      return s;
+    }
+    impl->scratch = impl->owned_scratch;
+  }
+  // The owner word starts idle; nothing else in the scratch needs a value.
+  if (cudaError_t err = cudaMemset(impl->scratch, 0, detail::kScratchHeaderBytes);
+      err != cudaSuccess) {
+    return cuda_status(err, "cudaMemset of the scratch owner word");
   }
   if (cudaError_t err = cudaDeviceSynchronize(); err != cudaSuccess) {
     return cuda_status(err, "cudaDeviceSynchronize after workspace set-up");
@@ -116,12 +191,22 @@ Status Layer::create(const Config& config, const Weights& weights, Layer& out,
   return {};
 }
 
+Status Layer::set_weights(const Weights& weights) {
+  if (!impl_) return {StatusCode::InvalidArgument, "layer is empty (not created)"};
+  if (Status s = detail::validate_weights(impl_->config, weights, impl_->device); !s.ok()) {
+    return s;
+  }
+  if (Status s = detail::encode_weight_maps(*impl_, weights); !s.ok()) return s;
+  impl_->weights = weights;
+  return {};
+}
+
 Status Layer::device_status(cudaStream_t stream) {
   if (!impl_) return {StatusCode::InvalidArgument, "layer is empty (not created)"};
   if (cudaError_t err = cudaStreamSynchronize(stream); err != cudaSuccess) {
     return cuda_status(err, "cudaStreamSynchronize");
   }
-  auto* control = static_cast<std::uint32_t*>(impl_->workspace) + impl_->layout.control / 4;
+  auto* control = static_cast<std::uint32_t*>(impl_->state) + impl_->state_layout.control / 4;
   std::uint32_t code = 0, site = 0;
   const auto word = [control](int w) { return control + w * detail::kControlStride; };
   if (cudaError_t err = cudaMemcpy(&code, word(detail::kStickyError), 4, cudaMemcpyDeviceToHost);
@@ -133,6 +218,15 @@ Status Layer::device_status(cudaStream_t stream) {
       err != cudaSuccess) {
     return cuda_status(err, "cudaMemcpy of the device status");
   }
+  if (code == static_cast<std::uint32_t>(StatusCode::WorkspaceBusy)) {
+    // The launch that overlapped may have blocks still to come on another stream: the scratch
+    // is freed only once the whole device is idle.
+    if (cudaError_t err = cudaDeviceSynchronize(); err != cudaSuccess) {
+      return cuda_status(err, "cudaDeviceSynchronize before freeing the scratch");
+    }
+    (void)cudaMemset(static_cast<unsigned char*>(impl_->scratch) + impl_->scratch_layout.owner, 0,
+                     sizeof(std::uint64_t));
+  }
   (void)cudaMemset(word(detail::kStickyError), 0, 4);
   (void)cudaMemset(word(detail::kErrorSite), 0, 4);
   if (cudaError_t err = cudaDeviceSynchronize(); err != cudaSuccess) {
@@ -142,8 +236,9 @@ Status Layer::device_status(cudaStream_t stream) {
                       : site == detail::kSiteMTileDone ? "a down tile waiting for its gate/up tiles"
                       : site == detail::kSiteRoutingIds
                           ? "a caller-supplied routing id outside [0, experts)"
-                      : site == detail::kSiteWeightCopy ? "a tile waiting for its weight copies"
-                                                        : "an unknown site";
+                      : site == detail::kSiteWeightCopy  ? "a tile waiting for its weight copies"
+                      : site == detail::kSiteScratchBusy ? "its scratch in use by another launch"
+                                                         : "an unknown site";
   if (code == static_cast<std::uint32_t>(StatusCode::DeviceTimeout)) {
     return {StatusCode::DeviceTimeout,
             fmt::format("a device-side wait exceeded watchdog_ms = {} ({}); that forward's "
@@ -152,6 +247,12 @@ Status Layer::device_status(cudaStream_t stream) {
   }
   if (code == static_cast<std::uint32_t>(StatusCode::InvalidArgument)) {
     return {StatusCode::InvalidArgument, fmt::format("forward found {}; y was not written", where)};
+  }
+  if (code == static_cast<std::uint32_t>(StatusCode::WorkspaceBusy)) {
+    return {StatusCode::WorkspaceBusy,
+            "a forward found its scratch in use by another launch (two forwards of this Layer, "
+            "or of Layers sharing its scratch, overlapped: order them on one stream or with "
+            "events); it wrote nothing. The scratch has been freed for later forwards"};
   }
   return {StatusCode::Internal, fmt::format("device recorded status code {} ({})", code, where)};
 }

@@ -27,8 +27,11 @@ struct Layer::Impl {
   LayerOptions options;
   int device = 0;
   int sm_count = 0;
-  detail::WorkspaceLayout layout;
-  void* workspace = nullptr;
+  detail::StateLayout state_layout;
+  detail::ScratchLayout scratch_layout;
+  void* state = nullptr;          // owned
+  void* scratch = nullptr;        // owned_scratch, or the caller's (LayerOptions::scratch)
+  void* owned_scratch = nullptr;  // freed with the Layer
   // Decode kernels (forward.cu), for the dtype of the layer, by m-tile height as decode_variant
   // numbers them (16 rows for num_tokens <= thin_max_tokens, 48 from tall_min_tokens, 32
   // between; tile_choice.hpp), then by tile widths as choose_decode_kernel does.
@@ -37,6 +40,13 @@ struct Layer::Impl {
   std::int64_t tall_min_tokens = 0;
   KernelVariantInfo prefill;
   int fault = 0;  // test-only (testing.hpp)
+
+  // Pointers that forwards of this Layer found to be memory of its device (x, y and the option
+  // pointers): an engine passes the same buffers call after call, and cudaPointerGetAttributes
+  // is a large part of a forward's host cost. Null and alignment are still checked every call.
+  static constexpr int kCheckedPointers = 16;
+  const void* checked_pointers[kCheckedPointers] = {};
+  int checked_next = 0;
 
   // Tracing: a slice of trace_capacity events per block, for up to trace_max_grid blocks.
   void* trace_buffer = nullptr;
@@ -57,8 +67,12 @@ struct Layer::Impl {
 };
 
 namespace detail {
-// Defined in forward.cu: reads occupancy and sets the shared-memory limit of the kernels.
+// Defined in forward.cu: reads occupancy and sets the shared-memory limit of the kernels, and
+// encodes the weight tensor maps of every variant.
 [[nodiscard]] Status prepare_kernels(Layer::Impl& impl);
+// Defined in forward.cu: the weight tensor maps of every variant for `weights`, into `impl`
+// only when all of them could be encoded.
+[[nodiscard]] Status encode_weight_maps(Layer::Impl& impl, const Weights& weights);
 // Whether this build records traces (FLASHMOE_ENABLE_TRACE).
 [[nodiscard]] bool trace_compiled_in() noexcept;
 }  // namespace detail

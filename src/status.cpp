@@ -20,6 +20,8 @@ const char* to_string(StatusCode code) noexcept {
       return "device_timeout";
     case StatusCode::Internal:
       return "internal";
+    case StatusCode::WorkspaceBusy:
+      return "workspace_busy";
   }
   return "unknown";
 }

@@ -1,5 +1,6 @@
-// Layout of a Layer's device workspace, shared by the host (sizing) and the kernel (use).
-// Every region is sized from Config::max_tokens once, at Layer::create.
+// Layout of a Layer's device memory, shared by the host (sizing) and the kernel (use): its own
+// small state and the scratch, which Layers may share. Every region is sized from
+// Config::max_tokens once, at Layer::create.
 #pragma once
 
 #include <algorithm>
@@ -153,7 +154,8 @@ FLASHMOE_HOST_DEVICE inline std::int64_t mtile_bound(std::int64_t pairs, std::in
 // Test-only faults (testing.hpp).
 enum Fault : int { kFaultNone = 0, kFaultDropMTileSignal = 1, kFaultStallWeightCopy = 2 };
 
-// Control words, one per 128-byte line so that spinning on one never slows another.
+// Control words of a Layer's state, one per 128-byte line so that spinning on one never slows
+// another.
 enum ControlWord : int {
   kQueueHead = 0,  // next ticket of the task queue
   kExitCount,      // blocks that left the kernel
@@ -169,52 +171,88 @@ inline constexpr int kControlStride = 32;  // uint32 words per 128-byte line
 // Where a device error happened (kErrorSite); reported by Layer::device_status.
 enum ErrorSite : std::uint32_t {
   kSiteNone = 0,
-  kSiteTasksTotal = 1,  // waiting for routing to publish the task count
-  kSiteMTileDone = 2,   // a down tile waiting for its gate/up tiles
-  kSiteRoutingIds = 3,  // caller-supplied routing id out of range
-  kSiteWeightCopy = 4,  // a tile waiting for its weight boxes (TMA)
+  kSiteTasksTotal = 1,   // waiting for routing to publish the task count
+  kSiteMTileDone = 2,    // a down tile waiting for its gate/up tiles
+  kSiteRoutingIds = 3,   // caller-supplied routing id out of range
+  kSiteWeightCopy = 4,   // a tile waiting for its weight boxes (TMA)
+  kSiteScratchBusy = 5,  // the scratch was owned by another launch
 };
 
-struct WorkspaceLayout {
+// The scratch's first line: which launch owns it. 0 when idle; a launch's id (from %gridid)
+// while it runs; any other value (kOwnerConflict or kOwnerPoisoned set) refuses every launch
+// until the host clears it (Layer::device_status), because a launch that overlapped another
+// may still have blocks to come.
+inline constexpr std::uint64_t kOwnerPoisoned = std::uint64_t{1} << 63;
+inline constexpr std::uint64_t kOwnerConflict = std::uint64_t{1} << 62;
+inline constexpr std::uint64_t kOwnerIdMask = kOwnerConflict - 1;
+inline constexpr std::size_t kScratchHeaderBytes = 256;
+
+// A Layer's own device state: counters that the kernel keeps at zero between launches (set to
+// zero once, at Layer::create) and the sticky error. A few KB; never shared between Layers.
+struct StateLayout {
+  std::int64_t router_chunks = 0;  // ceil(max_tokens / kRouterTokens): the smallest chunks
+  std::size_t control = 0, expert_count = 0, router_done = 0, total = 0;
+};
+
+// The scratch: everything a forward writes before it reads it, behind the owner line. Any
+// number of Layers may share one scratch of the largest size they need, as long as their
+// forwards are stream-ordered (an overlap is detected and refused, kOwnerConflict).
+struct ScratchLayout {
   std::int64_t max_pairs = 0;        // max_tokens * K
   std::int64_t max_mtiles = 0;       // bound on sum over experts of ceil(count / kMinTileM)
   std::int64_t max_down_ntiles = 0;  // ceil(H / kMinDownTileN)
-  std::int64_t router_chunks = 0;    // ceil(max_tokens / kRouterTokens): the smallest chunks
-  // Byte offsets from the workspace base.
-  std::size_t control = 0, expert_count = 0, router_done = 0, logits = 0, pair_expert = 0,
-              pair_weight = 0, pair_pos = 0, sorted_pair = 0, mtile_info = 0, mtile_done = 0,
-              combine_done = 0, h = 0, ypart = 0, total = 0;
+  // Byte offsets from the scratch base.
+  std::size_t owner = 0, logits = 0, pair_expert = 0, pair_weight = 0, pair_pos = 0,
+              sorted_pair = 0, mtile_info = 0, mtile_done = 0, combine_done = 0, h = 0, ypart = 0,
+              total = 0;
 };
 
-// Assumes a validated config.
-inline WorkspaceLayout plan_workspace(const Config& c) {
-  WorkspaceLayout w;
+// Regions of `bytes`, each starting on a 256-byte boundary.
+class RegionPlanner {
+ public:
+  std::size_t take(std::int64_t bytes) {
+    const std::size_t here = at_;
+    at_ += (static_cast<std::size_t>(bytes) + 255) / 256 * 256;
+    return here;
+  }
+  std::size_t total() const { return at_; }
+
+ private:
+  std::size_t at_ = 0;
+};
+
+// Both assume a validated config.
+inline StateLayout plan_state(const Config& c) {
+  StateLayout s;
+  static_assert(kRouterTokens <= kMinTileM, "chunks of tile_m tokens are no more");
+  s.router_chunks = (std::int64_t{c.max_tokens} + kRouterTokens - 1) / kRouterTokens;
+  RegionPlanner r;
+  s.control = r.take(kControlWords * kControlStride * 4);
+  s.expert_count = r.take(std::int64_t{c.experts} * 4);
+  s.router_done = r.take(s.router_chunks * 4);
+  s.total = r.total();
+  return s;
+}
+
+inline ScratchLayout plan_scratch(const Config& c) {
+  ScratchLayout w;
   const std::int64_t T = c.max_tokens, K = c.top_k, E = c.experts, H = c.hidden, I = c.intermediate;
   w.max_pairs = T * K;
   w.max_mtiles = mtile_bound(w.max_pairs, E, kMinTileM);
   w.max_down_ntiles = (H + kMinDownTileN - 1) / kMinDownTileN;
-  static_assert(kRouterTokens <= kMinTileM, "chunks of tile_m tokens are no more");
-  w.router_chunks = (T + kRouterTokens - 1) / kRouterTokens;
-  std::size_t at = 0;
-  auto take = [&at](std::int64_t bytes) {
-    const std::size_t here = at;
-    at += (static_cast<std::size_t>(bytes) + 255) / 256 * 256;
-    return here;
-  };
-  w.control = take(kControlWords * kControlStride * 4);
-  w.expert_count = take(E * 4);
-  w.router_done = take(w.router_chunks * 4);
-  w.logits = take(router_partial_rows(T, c.top_k, c.experts) * E * 4);
-  w.pair_expert = take(w.max_pairs * 4);
-  w.pair_weight = take(w.max_pairs * 4);
-  w.pair_pos = take(w.max_pairs * 4);
-  w.sorted_pair = take(w.max_pairs * 4);
-  w.mtile_info = take(w.max_mtiles * 16);
-  w.mtile_done = take(w.max_mtiles * 4);
-  w.combine_done = take(T * w.max_down_ntiles * 4);
-  w.h = take(w.max_pairs * I * 2);
-  w.ypart = take(ypart_rows(T, c.top_k, c.intermediate) * H * 4);
-  w.total = at;
+  RegionPlanner r;
+  w.owner = r.take(kScratchHeaderBytes);
+  w.logits = r.take(router_partial_rows(T, c.top_k, c.experts) * E * 4);
+  w.pair_expert = r.take(w.max_pairs * 4);
+  w.pair_weight = r.take(w.max_pairs * 4);
+  w.pair_pos = r.take(w.max_pairs * 4);
+  w.sorted_pair = r.take(w.max_pairs * 4);
+  w.mtile_info = r.take(w.max_mtiles * 16);
+  w.mtile_done = r.take(w.max_mtiles * 4);
+  w.combine_done = r.take(T * w.max_down_ntiles * 4);
+  w.h = r.take(w.max_pairs * I * 2);
+  w.ypart = r.take(ypart_rows(T, c.top_k, c.intermediate) * H * 4);
+  w.total = r.total();
   return w;
 }
 

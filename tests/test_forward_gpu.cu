@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "flashmoe/flashmoe.hpp"
+#include "forward_check.hpp"
 #include "test_util.hpp"
 #include "testing.hpp"
 
@@ -26,13 +27,6 @@ using flashmoe::ForwardOptions;
 using flashmoe::Layer;
 using flashmoe::StatusCode;
 using namespace flashmoe_test;
-
-struct Shape {
-  const char* name;
-  int hidden, inter, experts, top_k;
-  bool renormalize;
-  int max_check;  // tokens checked against the reference per run (all when T is smaller)
-};
 
 const Shape kQwen3{"Qwen3_30B_A3B", 2048, 768, 128, 8, true, 16};
 const Shape kMixtral{"Mixtral_8x7B", 4096, 14336, 8, 2, true, 4};
@@ -49,158 +43,6 @@ const Shape kLongInter{"I_in_K_slices", 64, 16456, 4, 2, true, 16};
 
 // 500: the tall decode kernels (48-row m-tiles) for Qwen3-30B-A3B (31 rows per expert).
 const int kTokenCounts[] = {1, 2, 3, 7, 16, 64, 257, 500, 1024, 4096};
-
-Config make_config(const Shape& s, DType dt, int max_tokens) {
-  Config c;
-  c.hidden = s.hidden;
-  c.intermediate = s.inter;
-  c.experts = s.experts;
-  c.top_k = s.top_k;
-  c.dtype = dt;
-  c.routing.renormalize = s.renormalize;
-  c.max_tokens = max_tokens;
-  return c;
-}
-
-class StreamGuard {
- public:
-  StreamGuard() { (void)cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking); }
-  ~StreamGuard() { (void)cudaStreamDestroy(s_); }
-  cudaStream_t get() const { return s_; }
-
- private:
-  cudaStream_t s_ = nullptr;
-};
-
-// One forward with its inputs and what came back.
-struct ForwardRun {
-  int tokens = 0;
-  std::vector<std::uint16_t> x, y_in, y;
-  std::vector<std::int32_t> ids;
-  std::vector<float> weights;
-};
-
-// Fresh random x, and y poisoned (NaN everywhere): every element must be written.
-ForwardRun make_run(const Config& c, int T, std::mt19937_64& rng) {
-  ForwardRun run;
-  run.tokens = T;
-  run.x = random_values(static_cast<std::size_t>(T) * c.hidden, 1.0f, c.dtype, rng);
-  run.y_in.assign(run.x.size(), kPoison);
-  return run;
-}
-
-// Uploads run.x and run.y_in, runs forward on `stream`, downloads y and the routing used.
-::testing::AssertionResult run_forward(Layer& layer, ForwardRun& run, cudaStream_t stream,
-                                       ForwardOptions options = {}) {
-  const Config& c = layer.config();
-  const std::size_t pairs = static_cast<std::size_t>(run.tokens) * c.top_k;
-  DeviceBuffer dx = upload(run.x), dy = upload(run.y_in);
-  DeviceBuffer ids(pairs * 4), wts(pairs * 4);
-  options.out_topk_ids = ids.get<std::int32_t>();
-  options.out_topk_weights = wts.get<float>();
-  const flashmoe::Status s =
-      flashmoe::forward(layer, dx.get(), dy.get(), run.tokens, stream, options);
-  if (!s.ok()) return ::testing::AssertionFailure() << "forward: " << s.to_string();
-  const flashmoe::Status d = layer.device_status(stream);
-  if (!d.ok()) return ::testing::AssertionFailure() << "device: " << d.to_string();
-  run.y = download<std::uint16_t>(dy.get(), run.x.size());
-  run.ids = download<std::int32_t>(ids.get(), pairs);
-  run.weights = download<float>(wts.get(), pairs);
-  return ::testing::AssertionSuccess();
-}
-
-std::vector<int> sample_tokens(int T, int max_check, std::mt19937_64& rng) {
-  std::vector<int> all(T);
-  for (int t = 0; t < T; ++t) all[t] = t;
-  if (T <= max_check) return all;
-  std::shuffle(all.begin() + 1, all.end() - 1, rng);
-  std::vector<int> pick(all.begin(), all.begin() + max_check - 1);
-  pick.push_back(T - 1);  // first and last always
-  std::sort(pick.begin(), pick.end());
-  return pick;
-}
-
-// The router's choice for sampled tokens against the reference's. Sets may differ only at a
-// near-tie: an expert in one set and not the other must score within 1e-5 of the K-th best.
-void check_routing(const Model& m, const ForwardRun& run, const std::vector<int>& tokens) {
-  const Config& c = m.config;
-  const int K = c.top_k, H = c.hidden;
-  for (int t : tokens) {
-    std::vector<std::int32_t> rid(K);
-    std::vector<float> rw(K);
-    ASSERT_TRUE(flashmoe::reference::route(c, m.host_weights(),
-                                           &run.x[static_cast<std::size_t>(t) * H], 1, rid.data(),
-                                           rw.data())
-                    .ok());
-    const std::set<int> gpu(run.ids.begin() + t * K, run.ids.begin() + (t + 1) * K);
-    const std::set<int> ref(rid.begin(), rid.end());
-    ASSERT_EQ(gpu.size(), static_cast<std::size_t>(K)) << "token " << t << ": repeated expert";
-    if (gpu == ref) {
-      for (int k = 0; k < K; ++k) {
-        const int pos =
-            static_cast<int>(std::find(rid.begin(), rid.end(), run.ids[t * K + k]) - rid.begin());
-        EXPECT_NEAR(run.weights[t * K + k], rw[pos], 1e-4)
-            << "token " << t << " expert " << rid[pos];
-      }
-      continue;
-    }
-    // Full ranking: all experts, unnormalised scores.
-    Config all = c;
-    all.top_k = c.experts;
-    all.routing.renormalize = false;
-    all.routing.routed_scaling_factor = 1.0f;
-    std::vector<std::int32_t> aid(c.experts);
-    std::vector<float> aw(c.experts);
-    ASSERT_TRUE(flashmoe::reference::route(all, m.host_weights(),
-                                           &run.x[static_cast<std::size_t>(t) * H], 1, aid.data(),
-                                           aw.data())
-                    .ok());
-    const float kth = aw[K - 1];
-    for (int e = 0; e < c.experts; ++e) {
-      if (gpu.count(aid[e]) != ref.count(aid[e])) {
-        EXPECT_NEAR(aw[e], kth, 1e-5)
-            << "token " << t << ": expert " << aid[e] << " chosen differently, not a near-tie";
-      }
-    }
-  }
-}
-
-// y of sampled tokens against the reference run with the routing the GPU used, and every
-// token of y written (no poison left).
-// Returns the largest relative L2 error over `tokens` (infinity where y was not written).
-double check_output(const Model& m, const ForwardRun& run, const std::vector<int>& tokens,
-                    double beta = 0.0) {
-  const Config& c = m.config;
-  const int H = c.hidden, K = c.top_k;
-  for (std::size_t i = 0; i < run.y.size(); ++i) {
-    const bool written = std::isfinite(flashmoe::reference::to_float(run.y[i], c.dtype));
-    EXPECT_TRUE(written) << "y[" << i / H << ", " << i % H
-                         << "] not written (or not finite): bits 0x" << std::hex << run.y[i]
-                         << std::dec;
-    if (!written) return INFINITY;
-  }
-  std::vector<double> err(tokens.size());
-  parallel_for(static_cast<int>(tokens.size()), [&](int j) {
-    const int t = tokens[j];
-    ForwardOptions o;
-    o.topk_ids = &run.ids[static_cast<std::size_t>(t) * K];
-    o.topk_weights = &run.weights[static_cast<std::size_t>(t) * K];
-    o.beta = static_cast<float>(beta);
-    std::vector<std::uint16_t> y(run.y_in.begin() + static_cast<std::ptrdiff_t>(t) * H,
-                                 run.y_in.begin() + static_cast<std::ptrdiff_t>(t + 1) * H);
-    std::vector<double> ref(H);
-    const flashmoe::Status s = flashmoe::reference::forward(
-        c, m.host_weights(), &run.x[static_cast<std::size_t>(t) * H], y.data(), 1, o, ref.data());
-    err[j] =
-        s.ok() ? rel_l2(&run.y[static_cast<std::size_t>(t) * H], ref.data(), H, c.dtype) : INFINITY;
-  });
-  double worst = 0.0;
-  for (std::size_t j = 0; j < tokens.size(); ++j) {
-    EXPECT_LT(err[j], tolerance(c.dtype)) << "token " << tokens[j] << " of " << run.tokens;
-    worst = std::max(worst, err[j]);
-  }
-  return worst;
-}
 
 // --- The shape x token-count x dtype matrix -------------------------------------------------
 
@@ -721,7 +563,9 @@ TEST_F(Forward, WatchdogTurnsAHangIntoDeviceTimeoutAndTheLayerRecovers) {
 // A copy-engine wait that never completes (one down tile's first weight stage is never
 // requested) ends the forward with DeviceTimeout after one watchdog period, not one per later
 // wait on that stage: I = 4096 gives the down tiles 32 (decode) and 64 (prefill) K steps over
-// 4-8 stages, and each later wait would be one phase behind its copy.
+// 4-8 stages, and each later wait would be one phase behind its copy. The abandoned tile
+// publishes nothing: every element of y is either as it was or bitwise the value a forward
+// without the fault writes (never a partial sum), x == y included. Then the Layer recovers.
 TEST_F(Forward, WatchdogEndsAStalledWeightCopyOnceAndTheLayerRecovers) {
   SCOPED_TRACE(seed_);
   int major = 0;
@@ -734,27 +578,47 @@ TEST_F(Forward, WatchdogEndsAStalledWeightCopyOnceAndTheLayerRecovers) {
   ASSERT_TRUE(Layer::create(m.config, m.device_weights(), layer, options).ok());
   StreamGuard stream;
   for (int T : {4, 700}) {  // decode and prefill kernels
-    SCOPED_TRACE(::testing::Message() << "T = " << T);
-    ForwardRun warm = make_run(m.config, T, rng_);
-    ASSERT_TRUE(run_forward(layer, warm, stream.get()));
+    for (bool in_place : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "T = " << T << (in_place ? ", x == y" : ""));
+      ForwardRun clean = make_run(m.config, T, rng_);
+      ASSERT_TRUE(run_forward(layer, clean, stream.get()));
 
-    flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::StallWeightCopy);
-    ForwardRun hung = make_run(m.config, T, rng_);
-    DeviceBuffer dx = upload(hung.x), dy = upload(hung.y_in);
-    const auto start = std::chrono::steady_clock::now();
-    ASSERT_TRUE(flashmoe::forward(layer, dx.get(), dy.get(), T, stream.get()).ok());
-    ASSERT_EQ(cudaStreamSynchronize(stream.get()), cudaSuccess);
-    const double ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    const flashmoe::Status s = layer.device_status(stream.get());
-    EXPECT_EQ(s.code(), StatusCode::DeviceTimeout) << s.to_string();
-    EXPECT_NE(s.message().find("weight copies"), std::string::npos) << s.message();
-    EXPECT_LT(ms, 1.8 * options.watchdog_ms) << "the stalled stage ran into the watchdog again";
+      flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::StallWeightCopy);
+      const std::vector<std::uint16_t> before =
+          in_place ? clean.x : std::vector<std::uint16_t>(clean.x.size(), 0x1234);
+      DeviceBuffer dx = upload(clean.x), dy = upload(before);
+      void* y = in_place ? dx.get() : dy.get();
+      const auto start = std::chrono::steady_clock::now();
+      ASSERT_TRUE(flashmoe::forward(layer, dx.get(), y, T, stream.get()).ok());
+      ASSERT_EQ(cudaStreamSynchronize(stream.get()), cudaSuccess);
+      const double ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+              .count();
+      const flashmoe::Status s = layer.device_status(stream.get());
+      EXPECT_EQ(s.code(), StatusCode::DeviceTimeout) << s.to_string();
+      EXPECT_NE(s.message().find("weight copies"), std::string::npos) << s.message();
+      EXPECT_LT(ms, 1.8 * options.watchdog_ms) << "the stalled stage ran into the watchdog again";
+      const std::vector<std::uint16_t> after = download<std::uint16_t>(y, before.size());
+      std::size_t untouched = 0, complete = 0;
+      for (std::size_t i = 0; i < after.size(); ++i) {
+        if (after[i] == before[i]) {
+          ++untouched;
+        } else if (after[i] == clean.y[i]) {
+          ++complete;
+        } else {
+          FAIL() << "y[" << i / m.config.hidden << ", " << i % m.config.hidden
+                 << "] holds neither its old value nor the final one";
+        }
+      }
+      EXPECT_GT(untouched, 0u) << "the stalled tile's columns cannot have been written";
+      std::printf("[ watchdog ] T = %d%s: %zu of %zu elements of y untouched, %zu final\n", T,
+                  in_place ? " in place" : "", untouched, after.size(), complete);
 
-    flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::None);
-    ForwardRun good = make_run(m.config, T, rng_);
-    ASSERT_TRUE(run_forward(layer, good, stream.get()));
-    check_output(m, good, sample_tokens(T, 32, rng_));
+      flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::None);
+      ForwardRun good = make_run(m.config, T, rng_);
+      ASSERT_TRUE(run_forward(layer, good, stream.get()));
+      check_output(m, good, sample_tokens(T, 32, rng_));
+    }
   }
 }
 

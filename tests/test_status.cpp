@@ -29,6 +29,7 @@ TEST(Status, EveryCodeHasAName) {
       {StatusCode::CudaError, "cuda_error"},
       {StatusCode::DeviceTimeout, "device_timeout"},
       {StatusCode::Internal, "internal"},
+      {StatusCode::WorkspaceBusy, "workspace_busy"},
   };
   for (const auto& [code, name] : names) EXPECT_STREQ(flashmoe::to_string(code), name);
   EXPECT_STREQ(flashmoe::to_string(static_cast<StatusCode>(99)), "unknown");

@@ -231,6 +231,12 @@ TEST_F(GpuValidation, ForwardArgumentsAreCheckedAndYIsUntouched) {
   host_routing.topk_weights = reinterpret_cast<const float*>(host_y.data());
   flashmoe::ForwardOptions bad_beta;
   bad_beta.beta = INFINITY;
+  flashmoe::ForwardOptions host_count;
+  const std::int32_t host_tokens = 1;
+  host_count.device_num_tokens = &host_tokens;
+  flashmoe::ForwardOptions host_status;
+  std::int32_t host_word = 0;
+  host_status.device_status = &host_word;
   const Case cases[] = {
       {"x null", nullptr, y.get(), T, {}, "x is a null pointer"},
       {"x on host", host_y.data(), y.get(), T, {}, "host memory"},
@@ -241,6 +247,8 @@ TEST_F(GpuValidation, ForwardArgumentsAreCheckedAndYIsUntouched) {
       {"half routing", x.get(), y.get(), T, half_routing, "give both or neither"},
       {"routing on host", x.get(), y.get(), T, host_routing, "options.topk_weights"},
       {"beta inf", x.get(), y.get(), T, bad_beta, "options.beta = inf"},
+      {"token count on host", x.get(), y.get(), T, host_count, "options.device_num_tokens"},
+      {"status word on host", x.get(), y.get(), T, host_status, "options.device_status"},
   };
   for (const Case& k : cases) {
     SCOPED_TRACE(k.name);
@@ -259,25 +267,90 @@ TEST_F(GpuValidation, ForwardArgumentsAreCheckedAndYIsUntouched) {
   EXPECT_TRUE(layer.device_status(nullptr).ok());
 }
 
-TEST_F(GpuValidation, FeaturesNotOnTheGpuAreNotSupported) {
+// --- Features the GPU path cannot run: refused by Layer::create, before any allocation or
+// device query, so this holds without a GPU too. ------------------------------------------
+
+TEST(LayerCreate, FeaturesNotOnTheGpuAreNotSupportedAtCreate) {
   Config grouped = small_config();
   grouped.routing.n_group = 2;
   grouped.routing.topk_group = 1;
   Config shared = small_config();
   shared.shared = {1, 32, false};
-  std::vector<std::uint16_t> sw(2 * 32 * 64 + 64 * 32);
-  DeviceBuffer d_sw = upload(sw);
   for (const Config& c : {grouped, shared}) {
-    flashmoe::Weights w = model_.device_weights();
-    w.shared_w13 = d_sw.get();
-    w.shared_w2 = d_sw.get();
     flashmoe::Layer layer;
-    ASSERT_TRUE(flashmoe::Layer::create(c, w, layer).ok());
-    DeviceBuffer x(64 * 2), y(64 * 2);
-    const flashmoe::Status s = flashmoe::forward(layer, x.get(), y.get(), 1, nullptr);
-    EXPECT_EQ(s.code(), StatusCode::NotSupported);
+    // No weights at all: the feature is refused before the weights are looked at.
+    const flashmoe::Status s = flashmoe::Layer::create(c, {}, layer);
+    EXPECT_EQ(s.code(), StatusCode::NotSupported) << s.to_string();
     EXPECT_NE(s.message().find("CPU reference only"), std::string::npos) << s.message();
+    EXPECT_FALSE(layer.valid());
+    // The config itself is valid: the CPU reference runs it, and its sizes can be queried.
+    EXPECT_TRUE(flashmoe::detail::validate_config(c).ok());
+    EXPECT_GT(flashmoe::scratch_bytes(c), 0u);
   }
+}
+
+TEST(LayerCreate, ScratchOptionsAreChecked) {
+  flashmoe::Layer layer;
+  flashmoe::LayerOptions o;
+  o.scratch_bytes = 4096;  // without a pointer: refused before any device is looked at
+  const flashmoe::Status s = flashmoe::Layer::create(small_config(), {}, layer, o);
+  EXPECT_EQ(s.code(), StatusCode::InvalidArgument) << s.to_string();
+  EXPECT_NE(s.message().find("options.scratch is null"), std::string::npos) << s.message();
+  EXPECT_FALSE(layer.valid());
+}
+
+TEST_F(GpuValidation, CallerScratchIsChecked) {
+  const Config c = small_config();
+  const std::size_t need = flashmoe::scratch_bytes(c);
+  DeviceBuffer scratch(need + 512);
+  std::vector<unsigned char> host(need + 256);
+  void* host_aligned =
+      host.data() + (256 - reinterpret_cast<std::uintptr_t>(host.data()) % 256) % 256;
+  struct Case {
+    const char* name;
+    void* ptr;
+    std::size_t bytes;
+    const char* message_part;
+  } cases[] = {
+      {"too small", scratch.get(), need - 1, "is less than"},
+      {"misaligned", scratch.get<char>() + 16, need, "not 256-byte aligned"},
+      {"host memory", host_aligned, need, "host memory"},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    flashmoe::LayerOptions o;
+    o.scratch = k.ptr;
+    o.scratch_bytes = k.bytes;
+    flashmoe::Layer layer;
+    const flashmoe::Status s = flashmoe::Layer::create(c, model_.device_weights(), layer, o);
+    EXPECT_EQ(s.code(), StatusCode::InvalidArgument);
+    EXPECT_NE(s.message().find(k.message_part), std::string::npos) << s.message();
+    EXPECT_FALSE(layer.valid());
+  }
+  flashmoe::LayerOptions o;
+  o.scratch = scratch.get();
+  o.scratch_bytes = need;
+  flashmoe::Layer layer;
+  ASSERT_TRUE(flashmoe::Layer::create(c, model_.device_weights(), layer, o).ok());
+  EXPECT_EQ(layer.scratch_bytes(), need);
+  EXPECT_LT(layer.workspace_bytes(), need) << "the Layer allocated only its state";
+  flashmoe::Layer owning;
+  ASSERT_TRUE(flashmoe::Layer::create(c, model_.device_weights(), owning).ok());
+  EXPECT_EQ(owning.workspace_bytes(), flashmoe::workspace_bytes(c));
+}
+
+TEST_F(GpuValidation, SetWeightsValidatesAndKeepsTheOldWeightsOnError) {
+  const Config c = small_config();
+  flashmoe::Layer layer;
+  ASSERT_TRUE(flashmoe::Layer::create(c, model_.device_weights(), layer).ok());
+  flashmoe::Weights bad = model_.device_weights();
+  bad.w2 = static_cast<const char*>(bad.w2) + 2;
+  const flashmoe::Status s = layer.set_weights(bad);
+  EXPECT_EQ(s.code(), StatusCode::InvalidArgument);
+  EXPECT_NE(s.message().find("weights.w2"), std::string::npos) << s.message();
+  EXPECT_EQ(layer.weights().w2, model_.device_weights().w2);
+  flashmoe::Layer empty;
+  EXPECT_EQ(empty.set_weights(model_.device_weights()).code(), StatusCode::InvalidArgument);
 }
 
 }  // namespace

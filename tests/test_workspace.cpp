@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <utility>
 
+#include "flashmoe/layer.hpp"
 #include "workspace.hpp"
 
 namespace {
@@ -112,8 +113,47 @@ TEST(RouterSplit, DecodeOnlyLayersKeepOneRowPerToken) {
   c.experts = 128;
   c.top_k = 8;
   c.max_tokens = 512;
-  const auto w = flashmoe::detail::plan_workspace(c);
+  const auto w = flashmoe::detail::plan_scratch(c);
   EXPECT_EQ(w.pair_expert - w.logits, std::size_t{512} * 128 * 4);
+}
+
+flashmoe::Config qwen3(int max_tokens) {
+  flashmoe::Config c;
+  c.hidden = 2048;
+  c.intermediate = 768;
+  c.experts = 128;
+  c.top_k = 8;
+  c.max_tokens = max_tokens;
+  return c;
+}
+
+TEST(Layout, StateIsSmallAndScratchStartsWithTheOwnerLine) {
+  // What each Layer keeps for itself is counters, not data: a few KB even at 8192 tokens, so
+  // that 48 Layers sharing one scratch cost 48 small states.
+  const auto state = flashmoe::detail::plan_state(qwen3(8192));
+  EXPECT_LE(state.total, std::size_t{64} << 10);
+  EXPECT_GE(state.router_done + state.router_chunks * 4, state.expert_count + 128 * 4);
+  const auto scratch = flashmoe::detail::plan_scratch(qwen3(8192));
+  EXPECT_EQ(scratch.owner, 0u);
+  EXPECT_GE(scratch.logits, flashmoe::detail::kScratchHeaderBytes);
+  for (std::size_t offset : {scratch.logits, scratch.pair_expert, scratch.pair_weight,
+                             scratch.pair_pos, scratch.sorted_pair, scratch.mtile_info,
+                             scratch.mtile_done, scratch.combine_done, scratch.h, scratch.ypart}) {
+    EXPECT_EQ(offset % 256, 0u);
+    EXPECT_LT(offset, scratch.total);
+  }
+  // The public queries agree with the plans.
+  EXPECT_EQ(flashmoe::scratch_bytes(qwen3(8192)), scratch.total);
+  EXPECT_EQ(flashmoe::workspace_bytes(qwen3(8192)), scratch.total + state.total);
+}
+
+TEST(Layout, ScratchGrowsWithMaxTokens) {
+  std::size_t previous = 0;
+  for (int T : {1, 16, 256, 1024, 8192}) {
+    const std::size_t bytes = flashmoe::scratch_bytes(qwen3(T));
+    EXPECT_GT(bytes, previous) << "T " << T;
+    previous = bytes;
+  }
 }
 
 TEST(KernelChoice, PrefillKernelPastOneDecodeMTileOfRowsPerExpert) {

@@ -82,6 +82,18 @@ struct ForwardOptions {
   float* out_topk_weights = nullptr;
   // y = moe(x) + beta * y. With beta == 0, y is only written, never read.
   float beta = 0.0f;
+  // Padded batches (a CUDA graph captured at a fixed num_tokens): when non-null, the kernel
+  // reads the number of live tokens n here when it starts, clamped to [0, num_tokens]. Tokens
+  // n and later are not routed and touch no expert; their rows of y and of the routing outputs
+  // are left untouched (neither read nor written). num_tokens stays the capacity that sizes
+  // the launch.
+  const int32_t* device_num_tokens = nullptr;
+  // Errors without a host synchronisation: when non-null, a forward that fails on the device
+  // (DeviceTimeout, a bad caller routing id, WorkspaceBusy) stores its StatusCode here if the
+  // word still holds 0. A forward that succeeds never writes it, so one word zeroed by the
+  // engine collects the first failure of any number of forwards, of any Layers, until the
+  // engine reads and re-zeroes it at a synchronisation point of its own.
+  int32_t* device_status = nullptr;
 };
 
 }  // namespace flashmoe

@@ -22,11 +22,23 @@ struct LayerOptions {
   // the longest legitimate wait: routing of the largest T (one block builds the tile table,
   // O(T * K / 256) steps) and the gate/up tiles of one m-tile. Keep it at 100 ms or more.
   std::uint32_t watchdog_ms = 2000;
+  // Caller-owned scratch: device memory of at least scratch_bytes(config) bytes, 256-byte
+  // aligned, on the Layer's device. When set, the Layer allocates only its own state (a few
+  // KB) and every forward runs in this scratch, so one buffer of the largest size any of them
+  // needs can serve all the Layers of a model. Layer::create zeroes its first 256 bytes (the
+  // owner word) and waits for that, so create no Layer on a scratch while a forward using it
+  // may be running. When null, the Layer allocates a scratch of its own.
+  void* scratch = nullptr;
+  std::size_t scratch_bytes = 0;
 };
 
-// One MoE layer: validated config, borrowed weights, owned workspace. Move-only.
-// A Layer's forwards must be ordered (one stream, or synchronised streams): they share its
-// workspace. Distinct Layers may run concurrently.
+// One MoE layer: validated config, borrowed weights, its own small device state and a scratch
+// (its own, or one shared through LayerOptions::scratch). Move-only.
+// Forwards that use the same scratch (one Layer's, or several Layers sharing one) must be
+// stream-ordered: one stream, or streams synchronised with events. Two that overlap are caught
+// by the kernel: the later one writes nothing and fails with WorkspaceBusy, and the scratch then
+// refuses every forward until Layer::device_status has reported and cleared it. Layers with
+// distinct scratches may run concurrently.
 class Layer {
  public:
   Layer() noexcept;
@@ -45,11 +57,24 @@ class Layer {
   [[nodiscard]] const Config& config() const noexcept;
   [[nodiscard]] const Weights& weights() const noexcept;
   [[nodiscard]] const LayerOptions& options() const noexcept;
+  // Device bytes this Layer allocated itself: its state, plus its scratch unless the caller
+  // gave one.
   [[nodiscard]] std::size_t workspace_bytes() const noexcept;
+  // Scratch bytes its forwards need (flashmoe::scratch_bytes of its config).
+  [[nodiscard]] std::size_t scratch_bytes() const noexcept;
   [[nodiscard]] int device() const noexcept;
 
+  // Replaces the weights (reload, offload, LoRA merges, expert remaps) without re-creating the
+  // Layer: validates them as create does and re-encodes what depends on the pointers, on the
+  // host, with no allocation and no device synchronisation. Forwards enqueued before keep the
+  // weights they were launched with; so do CUDA graphs captured before (capture again). On
+  // error the Layer keeps its old weights.
+  [[nodiscard]] Status set_weights(const Weights& weights);
+
   // Waits for `stream`, then reports (and clears) an error the kernel recorded in an earlier
-  // forward: DeviceTimeout, or InvalidArgument for a caller-supplied routing id out of range.
+  // forward: DeviceTimeout, InvalidArgument for a caller-supplied routing id out of range, or
+  // WorkspaceBusy for overlapping forwards. After WorkspaceBusy it waits for the whole device
+  // and then frees the scratch for later forwards.
   [[nodiscard]] Status device_status(cudaStream_t stream);
 
   // Scheduling trace (see trace.hpp). events_per_block > 0 turns it on for the following
@@ -67,13 +92,18 @@ class Layer {
   std::unique_ptr<Impl> impl_;
 };
 
-// Bytes of device workspace a Layer with this config allocates (0 if the config is invalid).
+// Bytes of scratch the forwards of a Layer with this config need (0 if the config is
+// invalid). A scratch shared by several Layers needs the largest of their sizes.
+[[nodiscard]] std::size_t scratch_bytes(const Config& config) noexcept;
+// Bytes of device memory a Layer with this config allocates when it owns its scratch: its
+// state plus scratch_bytes(config) (0 if the config is invalid).
 [[nodiscard]] std::size_t workspace_bytes(const Config& config) noexcept;
 
 // y[T, H] = MoE(x[T, H]) (+ beta * y). Enqueues exactly one kernel on `stream`; no host
 // synchronisation and no allocation, so it can be captured in a CUDA graph. x and y are device
 // pointers in the layer's dtype, 16-byte aligned. T = 0 returns Ok and does nothing. On any
-// error nothing is enqueued and y is untouched.
+// error nothing is enqueued and y is untouched. A CUDA error that the caller left pending (one
+// cudaGetLastError would return) is not reported as this call's: forward clears it first.
 [[nodiscard]] Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens,
                              cudaStream_t stream, const ForwardOptions& options = {});
 

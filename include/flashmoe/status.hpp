@@ -14,6 +14,7 @@ enum class StatusCode : int {
   CudaError = 4,        // a CUDA runtime call failed
   DeviceTimeout = 5,    // the kernel's watchdog ended a wait that never finished
   Internal = 6,         // a bug in FlashMoE: please report it
+  WorkspaceBusy = 7,    // two forwards overlapped on one Layer or one scratch (see layer.hpp)
 };
 
 // Stable lower-case name of a code ("ok", "invalid_argument", ...).

@@ -22,8 +22,9 @@ struct TileSmem {
 };
 
 // h[rows of m-tile, n0 : n0 + BN] = act(x W1^T) * (x W3^T) for the expert of the m-tile.
+// Returns false (nothing written or counted) when the tile was abandoned.
 template <class S, typename T>
-__device__ void gateup_tile(const KernelParams<T>& p, unsigned char* smem, const MTile mt,
+__device__ bool gateup_tile(const KernelParams<T>& p, unsigned char* smem, const MTile mt,
                             int ntile, int ntiles, Tracer& tr) {
   __shared__ TileSmem<S, T> ts;
   const std::uint64_t t0 = tr.now();
@@ -53,8 +54,11 @@ __device__ void gateup_tile(const KernelParams<T>& p, unsigned char* smem, const
   __syncthreads();
 
   typename TileMma<S, T>::Acc acc;
-  TileMma<S, T>::template run<true, true>(acc, smem, ts.a_rows, ts.b_rows, wb,
-                                          {p.ctl, p.timeout_ns}, H, p.w13, [] { return true; });
+  if (!TileMma<S, T>::template run<true, true>(acc, smem, ts.a_rows, ts.b_rows, wb,
+                                               {p.ctl, p.timeout_ns}, H, p.w13,
+                                               [] { return true; })) {
+    return false;
+  }
 
   T* hbase = p.h + static_cast<std::int64_t>(mt.row0) * I;
   TileMma<S, T>::for_each_pair([&](int row, int col, int f, int mi, int half) {
@@ -72,6 +76,7 @@ __device__ void gateup_tile(const KernelParams<T>& p, unsigned char* smem, const
   }
   tr.record(TraceKind::GateUp, t0, static_cast<int>(mt.expert),
             static_cast<int>(slot) * ntiles + ntile);
+  return true;
 }
 
 // Router tile: logits[kslice, t0 : t0 + BM, e0 : e0 + BN] = x Wr^T over one K slice of H
@@ -79,7 +84,7 @@ __device__ void gateup_tile(const KernelParams<T>& p, unsigned char* smem, const
 // sharing the down tile's call kept the router's extra state live across that loop and
 // pushed the kernel (at its 128-register cap) into spills that slowed every tile.
 template <class S, typename T>
-__device__ void router_tile(const KernelParams<T>& p, unsigned char* smem, int t0, int e0,
+__device__ void router_tile(const KernelParams<T>& p, unsigned char* smem, int t0, int live, int e0,
                             int kslice, int trace_tile, Tracer& tr) {
   __shared__ TileSmem<S, T> ts;
   const std::uint64_t start = tr.now();
@@ -88,7 +93,7 @@ __device__ void router_tile(const KernelParams<T>& p, unsigned char* smem, int t
     const int t = t0 + r;
     // x may alias y (in-place forward): cp.async reads through L2, and no y is written before
     // every router tile is done.
-    ts.a_rows[r] = t < p.num_tokens ? p.x + static_cast<std::int64_t>(t) * H + k0 : nullptr;
+    ts.a_rows[r] = t < live ? p.x + static_cast<std::int64_t>(t) * H + k0 : nullptr;
   }
   for (int j = threadIdx.x; j < S::NB; j += kThreads) {
     const int e = e0 + j;
@@ -102,7 +107,7 @@ __device__ void router_tile(const KernelParams<T>& p, unsigned char* smem, int t
   float* part = p.logits + static_cast<std::int64_t>(kslice) * p.num_tokens * p.experts;
   TileMma<S, T>::for_each_pair([&](int row, int col, int f, int mi, int half) {
     const int t = t0 + row, e = e0 + col;
-    if (t < p.num_tokens) {
+    if (t < live) {
       float* dst = part + static_cast<std::int64_t>(t) * p.experts + e;
       if (e < p.experts) dst[0] = acc[mi][f][2 * half];
       if (e + 1 < p.experts) dst[1] = acc[mi][f][2 * half + 1];

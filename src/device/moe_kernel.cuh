@@ -126,6 +126,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   extern __shared__ __align__(128) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((kSmemAlign - smem_u32(smem_raw) % kSmemAlign) % kSmemAlign);
   __shared__ std::uint32_t s_ticket, s_total, s_mtiles;
+  __shared__ int s_live;
   __shared__ bool s_flag;
   constexpr std::uint32_t kStop = 0xffffffffu;
 
@@ -140,7 +141,14 @@ __global__ void __launch_bounds__(kThreads, 2)
   if (threadIdx.x == 0) {
     s_total = 0;
     pipe_barriers_init();
+    s_live = live_token_count(p);
+    s_flag = claim_scratch(p.owner, launch_owner_id());
+    // Refused: another launch owns the scratch. This block writes nothing else and leaves
+    // uncounted; the owner's results are unaffected.
+    if (!s_flag) p.ctl.report(StatusCode::WorkspaceBusy, kSiteScratchBusy);
   }
+  __syncthreads();
+  if (!s_flag) return;
   Tracer tr(p.trace);
 
   for (;;) {
@@ -174,19 +182,25 @@ __global__ void __launch_bounds__(kThreads, 2)
     if (ticket < routing_tickets) {
       // Chunk-major, so that the first chunk's top-k can start while later chunks' router
       // tasks still run.
+      // Padded batches: tokens [live, num_tokens) are not routed. Chunks past the live tokens
+      // are skipped; chunk 0 always runs, so that the tile table is published even for none.
+      // (Read from shared memory here: a register held across the tile loop would spill.)
+      const int live = s_live;
+      const int live_chunks = max(1, (live + rs.chunk_tokens - 1) / rs.chunk_tokens);
       const int per_chunk = rs.eslices * rs.kslices;
       const int chunk = static_cast<int>(ticket) / per_chunk;
+      if (chunk >= live_chunks) continue;
       const int t0 = chunk * rs.chunk_tokens;
       std::uint64_t start = tr.now();
       if (!user_routing) {
         const int within = static_cast<int>(ticket) % per_chunk;
         if constexpr (Cfg::tile_router) {
-          router_tile<Down>(p, smem, t0, (within / rs.kslices) * Down::BN, within % rs.kslices,
-                            static_cast<int>(ticket), tr);
+          router_tile<Down>(p, smem, t0, live, (within / rs.kslices) * Down::BN,
+                            within % rs.kslices, static_cast<int>(ticket), tr);
         } else {
           static_assert(sizeof(ScanSmem) >= kRouterTokens * kRouterExperts * kThreads / 32 * 4,
                         "the router's reduction fits the dynamic shared memory");
-          router_logits(p, reinterpret_cast<float*>(smem), t0, within * kRouterExperts);
+          router_logits(p, reinterpret_cast<float*>(smem), t0, live, within * kRouterExperts);
           tr.record(TraceKind::Router, start, -1, static_cast<int>(ticket));
         }
         __syncthreads();  // every partial of the task is written before it is counted
@@ -201,7 +215,7 @@ __global__ void __launch_bounds__(kThreads, 2)
         __syncthreads();
         if (!s_flag) continue;
       }
-      const int t_end = min(t0 + rs.chunk_tokens, p.num_tokens);
+      const int t_end = min(t0 + rs.chunk_tokens, live);
       if (Cfg::tile_router && !user_routing) {
         sum_router_partials(p, t0, t_end);
         __syncthreads();  // the block's global writes are visible to the block after this
@@ -213,20 +227,26 @@ __global__ void __launch_bounds__(kThreads, 2)
           select_experts(p, t);
         }
       }
+      // The combine counters of the chunk's tokens start at zero: they live in the scratch,
+      // which other Layers' forwards also write. Ordered before every down tile by the
+      // routing-done count and the tile table's release.
+      for (int i = threadIdx.x; i < (t_end - t0) * nd; i += kThreads) {
+        p.combine_done[(t0 + i / nd) * p.combine_stride + i % nd] = 0;
+      }
       __syncthreads();
       if (threadIdx.x == 0) {
         // Decided by thread 0 alone: the abort flag may change while the block reads it.
         // One chunk (T <= 4): this block is the last, and its own writes need no hand-off, so
         // the device-scope round trip is skipped.
-        s_flag = (rs.chunks == 1 || fetch_add_acq_rel(p.ctl.word(kRoutingDone), 1) ==
-                                        static_cast<std::uint32_t>(rs.chunks) - 1) &&
+        s_flag = (live_chunks == 1 || fetch_add_acq_rel(p.ctl.word(kRoutingDone), 1) ==
+                                          static_cast<std::uint32_t>(live_chunks) - 1) &&
                  !p.ctl.aborted();
       }
       tr.record(TraceKind::Routing, start, -1, chunk);
       __syncthreads();
       if (s_flag) {
         start = tr.now();
-        build_tile_table<T, Cfg::BM>(p, smem, routing_tickets, tasks_per_mtile);
+        build_tile_table<T, Cfg::BM>(p, smem, live, routing_tickets, tasks_per_mtile);
         tr.record(TraceKind::Routing, start, -1, -1);
       }
       continue;
@@ -239,7 +259,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     int ntile = 0;
     if (task < mtiles * ng) {
       const MTile mt = locate_tile<Cfg::BM>(p, task, ng, ntile);
-      gateup_tile<GateUp>(p, smem, mt, ntile, ng, tr);
+      if (!gateup_tile<GateUp>(p, smem, mt, ntile, ng, tr)) break;
     } else {
       // Down tasks per m-tile: column tiles x K slices, the slices of a column tile adjacent.
       const int ks = p.dsplit.kslices;
@@ -259,15 +279,16 @@ __global__ void __launch_bounds__(kThreads, 2)
   const bool aborted = load_acquire(p.ctl.word(kAbort)) != 0;
   for (int e = threadIdx.x; e < p.experts; e += kThreads) p.expert_count[e] = 0;
   if (aborted) {
-    // Counters whose last user never came: clear all of them (error path only).
+    // Counters whose last user never came: clear all of them (error path only). The combine
+    // counters are zeroed by the next launch's routing.
     for (int i = threadIdx.x; i < rs.chunks; i += kThreads) p.router_done[i] = 0;
-    const std::int64_t n = static_cast<std::int64_t>(p.num_tokens) * p.combine_stride;
-    for (std::int64_t i = threadIdx.x; i < n; i += kThreads) p.combine_done[i] = 0;
   }
+  __syncthreads();  // the whole block's resets are ordered before the release below
   if (threadIdx.x == 0) {
     for (ControlWord w : {kQueueHead, kRoutingDone, kTasksTotal, kAbort, kExitCount}) {
       store_relaxed(p.ctl.word(w), 0);
     }
+    release_scratch(p.owner, launch_owner_id());
   }
 }
 

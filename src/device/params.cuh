@@ -29,8 +29,10 @@ struct KernelParams {
   std::int32_t* out_ids;         // [T, K] or null
   float* out_weights;            // [T, K] or null
   float beta;
+  const std::int32_t* live_tokens;  // device token count (padded batches) or null
 
-  // Shape and routing.
+  // Shape and routing. num_tokens is the launch's capacity: it sizes the grid and the strides;
+  // the tokens routed are the first live_token_count() of them.
   int num_tokens, hidden, inter, experts, top_k;
   int activation;  // flashmoe::Activation
   int scoring;     // flashmoe::Scoring
@@ -39,10 +41,12 @@ struct KernelParams {
   RouterSplit rsplit;  // router tasks of this launch (workspace.hpp)
   DownSplit dsplit;    // K slices of this launch's down tiles (workspace.hpp)
 
-  // Workspace.
+  // The Layer's state (zero between launches; workspace.hpp).
   Control ctl;
   std::uint32_t* expert_count;  // [E]
   std::uint32_t* router_done;   // [router chunks]
+  // The scratch (workspace.hpp), behind its owner word.
+  unsigned long long* owner;
   float* logits;                // [rsplit.kslices, T, E] partial sums over K slices
   std::int32_t* pair_expert;    // [T*K]
   float* pair_weight;           // [T*K]
@@ -59,5 +63,13 @@ struct KernelParams {
   int fault;
   TraceSink trace;
 };
+
+// Tokens this launch routes: all num_tokens, or the caller's device count clamped to them.
+template <typename T>
+__device__ int live_token_count(const KernelParams<T>& p) {
+  if (p.live_tokens == nullptr) return p.num_tokens;
+  const int n = *p.live_tokens;
+  return n < 0 ? 0 : n > p.num_tokens ? p.num_tokens : n;
+}
 
 }  // namespace flashmoe::detail

@@ -41,13 +41,13 @@ __device__ __forceinline__ void lane_reduce_scatter(float (&a)[N], int lane) {
 // The partial sums are reduced over lanes, then over warps in a fixed order through `red`
 // (shared memory, kRouterTokens * kRouterExperts * kThreads / 32 floats).
 template <typename T>
-__device__ void router_logits(const KernelParams<T>& p, float* red, int t0, int e0) {
+__device__ void router_logits(const KernelParams<T>& p, float* red, int t0, int live, int e0) {
   constexpr int kWarps = kThreads / 32, kVals = kRouterTokens * kRouterExperts;
   static_assert(kVals == 32, "one value per lane after the reduce-scatter");
   constexpr int kPass = kThreads * 8;  // columns of H per pass
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int H = p.hidden;
-  const int nt = min(kRouterTokens, p.num_tokens - t0);
+  const int nt = min(kRouterTokens, live - t0);
   const int ne = min(kRouterExperts, p.experts - e0);
   float acc[kVals];  // [token][expert]
 #pragma unroll
@@ -270,7 +270,7 @@ struct ScanSmem {
 // The last routing task to finish: prefix sums over experts, the m-tile table, the
 // row -> pair map, then the task count is published (release), which starts the tiles.
 template <typename T, int BM>
-__device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_raw,
+__device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_raw, int live,
                                  std::uint32_t routing_tickets, std::uint32_t tasks_per_mtile) {
   using Scan = cub::BlockScan<std::uint32_t, kThreads>;
   constexpr int kItems = 1024 / kThreads;
@@ -310,7 +310,7 @@ __device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_r
       p.mtile_done[s.mtile_offset[e] + j] = 0;
     }
   }
-  const std::int64_t pairs = static_cast<std::int64_t>(p.num_tokens) * p.top_k;
+  const std::int64_t pairs = static_cast<std::int64_t>(live) * p.top_k;
   for (std::int64_t q = threadIdx.x; q < pairs; q += kThreads) {
     const int e = __ldcg(p.pair_expert + q);
     p.sorted_pair[s.offset[e] + __ldcg(reinterpret_cast<const unsigned*>(p.pair_pos + q))] =

@@ -41,22 +41,73 @@ __device__ __forceinline__ std::uint64_t global_timer_ns() {
 }
 
 struct Control {
-  std::uint32_t* words;  // kControlWords lines of kControlStride
+  std::uint32_t* words;       // kControlWords lines of kControlStride
+  std::int32_t* status_word;  // ForwardOptions::device_status, or null
   __device__ std::uint32_t* word(ControlWord w) const { return words + w * kControlStride; }
 
   __device__ bool aborted() const { return load_relaxed(word(kAbort)) != 0; }
 
-  // Record the first error and make every block leave. Any thread may call it.
-  __device__ void fail(StatusCode code, ErrorSite site) const {
+  // Record an error where the host looks for it: the Layer's sticky error (the first one
+  // stays) and the caller's status word (if it still holds 0). Any thread may call it.
+  __device__ void report(StatusCode code, ErrorSite site) const {
     std::uint32_t none = 0;
     if (DeviceAtomicU32(*word(kStickyError))
             .compare_exchange_strong(none, static_cast<std::uint32_t>(code),
                                      cuda::memory_order_relaxed)) {
       store_relaxed(word(kErrorSite), site);
     }
+    if (status_word != nullptr) {
+      std::int32_t ok = 0;
+      cuda::atomic_ref<std::int32_t, cuda::thread_scope_device>(*status_word)
+          .compare_exchange_strong(ok, static_cast<std::int32_t>(code), cuda::memory_order_relaxed);
+    }
+  }
+
+  // Record the error and make every block of the launch leave.
+  __device__ void fail(StatusCode code, ErrorSite site) const {
+    report(code, site);
     store_release(word(kAbort), 1);
   }
 };
+
+// The scratch's owner word (workspace.hpp): a launch's blocks all carry the same nonzero id.
+__device__ __forceinline__ unsigned long long launch_owner_id() {
+  unsigned long long grid;
+  asm volatile("mov.u64 %0, %%gridid;" : "=l"(grid));
+  const unsigned long long id = (grid + 1) & kOwnerIdMask;
+  return id != 0 ? id : 1;
+}
+
+using DeviceAtomicU64 = cuda::atomic_ref<unsigned long long, cuda::thread_scope_device>;
+
+// Thread 0 of each block, before it takes a ticket. True when the scratch is this launch's:
+// idle (this block takes it) or taken by another block of the launch. Otherwise another launch
+// owns it or it is refused: the block marks the conflict (so that the owner leaves the scratch
+// refused, since more blocks of this launch may come after it) and must touch nothing.
+__device__ inline bool claim_scratch(unsigned long long* owner, unsigned long long id) {
+  DeviceAtomicU64 w(*owner);
+  // A load first: most blocks find the word already theirs, and a read of a shared line is
+  // cheaper than one more read-modify-write queued on it.
+  unsigned long long seen = w.load(cuda::memory_order_acquire);
+  if (seen == 0 &&
+      w.compare_exchange_strong(seen, id, cuda::memory_order_acquire, cuda::memory_order_acquire)) {
+    return true;
+  }
+  if ((seen & ~kOwnerConflict) == id) return true;
+  w.fetch_or(kOwnerConflict, cuda::memory_order_relaxed);
+  return false;
+}
+
+// The last block of the owning launch, after the state reset: the scratch is idle again, or
+// refused if another launch tried to take it meanwhile.
+__device__ inline void release_scratch(unsigned long long* owner, unsigned long long id) {
+  DeviceAtomicU64 w(*owner);
+  unsigned long long expected = id;
+  if (!w.compare_exchange_strong(expected, 0ull, cuda::memory_order_release,
+                                 cuda::memory_order_relaxed)) {
+    w.store(kOwnerPoisoned, cuda::memory_order_release);
+  }
+}
 
 // What a device-side wait needs to give up: the launch's control words and its time limit.
 struct Watchdog {

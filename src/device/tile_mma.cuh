@@ -171,11 +171,12 @@ struct TileMma {
   // kAhead stages are issued before before_a() runs, the A loads after it: a tile whose A
   // operand is produced by other blocks waits there while its weights already stream in.
   // before_a() is called by every thread and returns false to abandon the tile (run then
-  // returns false). After a true return, warps with warp_k() == 0 hold the full sums.
+  // returns false). After a true return, warps with warp_k() == 0 hold the full sums; after a
+  // false one the caller publishes nothing.
   // TMA_B (sm_90): B comes from the tensor map boxes `wb` instead of b_rows, laid out as the
   // copy engine's 128-byte swizzle writes it: per 64-column half, NB rows of 128 bytes. The
   // stage base must then be 1024-byte aligned. A barrier wait past `wd.timeout_ns` fails the
-  // launch (DeviceTimeout) instead of hanging.
+  // launch (DeviceTimeout) instead of hanging, and run returns false.
   // B_AHEAD_ISSUED (TMA only): thread 0 already issued the first kAhead stages' boxes
   // (issue_weights_ahead), so run does not issue them again.
   template <bool TMA_B, bool B_AHEAD_ISSUED = false, class BeforeA>
@@ -228,12 +229,14 @@ struct TileMma {
           const std::uint64_t start = global_timer_ns();
           while (!mbar_try_wait(bar, parity)) {
             if (global_timer_ns() - start > timeout_ns) {
-              // The launch is abandoned (its output is reported incomplete) and the block
-              // leaves at its next claim. Until then this thread's later waits return at once
-              // (the stage parities no longer match the barriers), and thread 0 issues no
-              // more copies: another arrival on a barrier whose phase never completed would
-              // be undefined.
+              // The launch is abandoned, and so is this tile by the whole block: the flag is
+              // read once, after the loop's last barrier, so the K loop pays nothing for it.
+              // Until then this thread's later waits return at once (the stage parities no
+              // longer match the barriers), and thread 0 issues no more copies: another
+              // arrival on a barrier whose phase never completed would be undefined. Every
+              // copy issued before this wait began has had a whole watchdog period to land.
               wd.ctl.fail(StatusCode::DeviceTimeout, kSiteWeightCopy);
+              pb.stalled = 1;
               timeout_ns = 0;
               break;
             }
@@ -306,6 +309,11 @@ struct TileMma {
     }
     cp_async_wait<0>();
     __syncthreads();  // pipeline smem is now free
+    // One decision for the block: a weight copy that ran past the watchdog in any thread
+    // abandons the tile, and the caller publishes nothing.
+    if constexpr (tma) {
+      if (pb.stalled != 0) return false;
+    }
 
     if constexpr (S::WARPS_K > 1) {
       float* red = reinterpret_cast<float*>(smem);

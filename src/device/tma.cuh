@@ -25,6 +25,7 @@ inline constexpr int kMaxPipeStages = 8;  // ThinDecodeConfig's narrow down tile
 struct PipeBarriers {
   std::uint64_t full[kMaxPipeStages];
   std::uint32_t phase;
+  std::uint32_t stalled;  // a weight copy ran past the watchdog: the block abandons its tile
 };
 
 __device__ __forceinline__ PipeBarriers& pipe_barriers() {
@@ -59,6 +60,7 @@ __device__ __forceinline__ void pipe_barriers_init() {
     FLASHMOE_TMA_ASM("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_u32(&pb.full[s])));
   }
   pb.phase = 0;
+  pb.stalled = 0;
   // The copy engine must see the initialised barriers.
   FLASHMOE_TMA_ASM("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 }

@@ -1,0 +1,184 @@
+// Helpers of the GPU forward tests: the benchmark shapes, one forward with fresh inputs and a
+// poisoned y, and its routing and output checked against the CPU reference.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "flashmoe/flashmoe.hpp"
+#include "test_util.hpp"
+
+namespace flashmoe_test {
+
+using flashmoe::Config;
+using flashmoe::DType;
+using flashmoe::ForwardOptions;
+using flashmoe::Layer;
+
+struct Shape {
+  const char* name;
+  int hidden, inter, experts, top_k;
+  bool renormalize;
+  int max_check;  // tokens checked against the reference per run (all when T is smaller)
+};
+
+inline Config make_config(const Shape& s, DType dt, int max_tokens) {
+  Config c;
+  c.hidden = s.hidden;
+  c.intermediate = s.inter;
+  c.experts = s.experts;
+  c.top_k = s.top_k;
+  c.dtype = dt;
+  c.routing.renormalize = s.renormalize;
+  c.max_tokens = max_tokens;
+  return c;
+}
+
+class StreamGuard {
+ public:
+  StreamGuard() { (void)cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking); }
+  ~StreamGuard() { (void)cudaStreamDestroy(s_); }
+  cudaStream_t get() const { return s_; }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
+// One forward with its inputs and what came back.
+struct ForwardRun {
+  int tokens = 0;
+  std::vector<std::uint16_t> x, y_in, y;
+  std::vector<std::int32_t> ids;
+  std::vector<float> weights;
+};
+
+// Fresh random x, and y poisoned (NaN everywhere): every element must be written.
+inline ForwardRun make_run(const Config& c, int T, std::mt19937_64& rng) {
+  ForwardRun run;
+  run.tokens = T;
+  run.x = random_values(static_cast<std::size_t>(T) * c.hidden, 1.0f, c.dtype, rng);
+  run.y_in.assign(run.x.size(), kPoison);
+  return run;
+}
+
+// Uploads run.x and run.y_in, runs forward on `stream`, downloads y and the routing used.
+inline ::testing::AssertionResult run_forward(Layer& layer, ForwardRun& run, cudaStream_t stream,
+                                              ForwardOptions options = {}) {
+  const Config& c = layer.config();
+  const std::size_t pairs = static_cast<std::size_t>(run.tokens) * c.top_k;
+  DeviceBuffer dx = upload(run.x), dy = upload(run.y_in);
+  DeviceBuffer ids(pairs * 4), wts(pairs * 4);
+  options.out_topk_ids = ids.get<std::int32_t>();
+  options.out_topk_weights = wts.get<float>();
+  const flashmoe::Status s =
+      flashmoe::forward(layer, dx.get(), dy.get(), run.tokens, stream, options);
+  if (!s.ok()) return ::testing::AssertionFailure() << "forward: " << s.to_string();
+  const flashmoe::Status d = layer.device_status(stream);
+  if (!d.ok()) return ::testing::AssertionFailure() << "device: " << d.to_string();
+  run.y = download<std::uint16_t>(dy.get(), run.x.size());
+  run.ids = download<std::int32_t>(ids.get(), pairs);
+  run.weights = download<float>(wts.get(), pairs);
+  return ::testing::AssertionSuccess();
+}
+
+inline std::vector<int> sample_tokens(int T, int max_check, std::mt19937_64& rng) {
+  std::vector<int> all(T);
+  for (int t = 0; t < T; ++t) all[t] = t;
+  if (T <= max_check) return all;
+  std::shuffle(all.begin() + 1, all.end() - 1, rng);
+  std::vector<int> pick(all.begin(), all.begin() + max_check - 1);
+  pick.push_back(T - 1);  // first and last always
+  std::sort(pick.begin(), pick.end());
+  return pick;
+}
+
+// The router's choice for sampled tokens against the reference's. Sets may differ only at a
+// near-tie: an expert in one set and not the other must score within 1e-5 of the K-th best.
+inline void check_routing(const Model& m, const ForwardRun& run, const std::vector<int>& tokens) {
+  const Config& c = m.config;
+  const int K = c.top_k, H = c.hidden;
+  for (int t : tokens) {
+    std::vector<std::int32_t> rid(K);
+    std::vector<float> rw(K);
+    ASSERT_TRUE(flashmoe::reference::route(c, m.host_weights(),
+                                           &run.x[static_cast<std::size_t>(t) * H], 1, rid.data(),
+                                           rw.data())
+                    .ok());
+    const std::set<int> gpu(run.ids.begin() + t * K, run.ids.begin() + (t + 1) * K);
+    const std::set<int> ref(rid.begin(), rid.end());
+    ASSERT_EQ(gpu.size(), static_cast<std::size_t>(K)) << "token " << t << ": repeated expert";
+    if (gpu == ref) {
+      for (int k = 0; k < K; ++k) {
+        const int pos =
+            static_cast<int>(std::find(rid.begin(), rid.end(), run.ids[t * K + k]) - rid.begin());
+        EXPECT_NEAR(run.weights[t * K + k], rw[pos], 1e-4)
+            << "token " << t << " expert " << rid[pos];
+      }
+      continue;
+    }
+    // Full ranking: all experts, unnormalised scores.
+    Config all = c;
+    all.top_k = c.experts;
+    all.routing.renormalize = false;
+    all.routing.routed_scaling_factor = 1.0f;
+    std::vector<std::int32_t> aid(c.experts);
+    std::vector<float> aw(c.experts);
+    ASSERT_TRUE(flashmoe::reference::route(all, m.host_weights(),
+                                           &run.x[static_cast<std::size_t>(t) * H], 1, aid.data(),
+                                           aw.data())
+                    .ok());
+    const float kth = aw[K - 1];
+    for (int e = 0; e < c.experts; ++e) {
+      if (gpu.count(aid[e]) != ref.count(aid[e])) {
+        EXPECT_NEAR(aw[e], kth, 1e-5)
+            << "token " << t << ": expert " << aid[e] << " chosen differently, not a near-tie";
+      }
+    }
+  }
+}
+
+// y of sampled tokens against the reference run with the routing the GPU used, and every
+// token of y written (no poison left).
+// Returns the largest relative L2 error over `tokens` (infinity where y was not written).
+inline double check_output(const Model& m, const ForwardRun& run, const std::vector<int>& tokens,
+                           double beta = 0.0) {
+  const Config& c = m.config;
+  const int H = c.hidden, K = c.top_k;
+  for (std::size_t i = 0; i < run.y.size(); ++i) {
+    const bool written = std::isfinite(flashmoe::reference::to_float(run.y[i], c.dtype));
+    EXPECT_TRUE(written) << "y[" << i / H << ", " << i % H
+                         << "] not written (or not finite): bits 0x" << std::hex << run.y[i]
+                         << std::dec;
+    if (!written) return INFINITY;
+  }
+  std::vector<double> err(tokens.size());
+  parallel_for(static_cast<int>(tokens.size()), [&](int j) {
+    const int t = tokens[j];
+    ForwardOptions o;
+    o.topk_ids = &run.ids[static_cast<std::size_t>(t) * K];
+    o.topk_weights = &run.weights[static_cast<std::size_t>(t) * K];
+    o.beta = static_cast<float>(beta);
+    std::vector<std::uint16_t> y(run.y_in.begin() + static_cast<std::ptrdiff_t>(t) * H,
+                                 run.y_in.begin() + static_cast<std::ptrdiff_t>(t + 1) * H);
+    std::vector<double> ref(H);
+    const flashmoe::Status s = flashmoe::reference::forward(
+        c, m.host_weights(), &run.x[static_cast<std::size_t>(t) * H], y.data(), 1, o, ref.data());
+    err[j] =
+        s.ok() ? rel_l2(&run.y[static_cast<std::size_t>(t) * H], ref.data(), H, c.dtype) : INFINITY;
+  });
+  double worst = 0.0;
+  for (std::size_t j = 0; j < tokens.size(); ++j) {
+    EXPECT_LT(err[j], tolerance(c.dtype)) << "token " << tokens[j] << " of " << run.tokens;
+    worst = std::max(worst, err[j]);
+  }
+  return worst;
+}
+
+}  // namespace flashmoe_test

@@ -1,0 +1,427 @@
+// What an inference engine does with a Layer beyond one forward: one scratch shared by many
+// Layers, weights replaced in place, padded batches with a device token count (in CUDA graphs
+// too), non-finite tokens, overlapping forwards caught, errors collected in a device word,
+// and a CUDA error left by the caller not taken for ours.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <utility>
+#include <vector>
+
+#include "flashmoe/flashmoe.hpp"
+#include "forward_check.hpp"
+#include "test_util.hpp"
+#include "testing.hpp"
+
+namespace {
+
+using flashmoe::StatusCode;
+using namespace flashmoe_test;
+
+class Engine : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    FLASHMOE_NEED_GPU();
+    seed_ = fresh_seed();
+    rng_.seed(seed_);
+  }
+  Config config(int hidden, int inter, int experts, int top_k, int max_tokens,
+                DType dt = DType::BF16) {
+    Config c;
+    c.hidden = hidden;
+    c.intermediate = inter;
+    c.experts = experts;
+    c.top_k = top_k;
+    c.dtype = dt;
+    c.max_tokens = max_tokens;
+    return c;
+  }
+  std::uint64_t seed_ = 0;
+  std::mt19937_64 rng_;
+};
+
+// Layers of different shapes run in turn in one scratch of the largest size, with decode and
+// prefill forwards interleaved: each is correct, and bitwise equal to the same Layer with a
+// scratch of its own (the scratch holds nothing from one forward to the next).
+TEST_F(Engine, OneScratchServesLayersOfDifferentShapes) {
+  SCOPED_TRACE(seed_);
+  const Model models[] = {
+      make_model(config(256, 136, 16, 4, 1024), rng_),
+      make_model(config(512, 64, 64, 8, 512, DType::FP16), rng_),
+      make_model(config(128, 200, 8, 2, 2048), rng_),
+  };
+  std::size_t need = 0;
+  for (const Model& m : models) need = std::max(need, flashmoe::scratch_bytes(m.config));
+  DeviceBuffer scratch(need);
+  // Garbage everywhere but the owner line, which create zeroes: nothing may depend on it.
+  CUDA_OK(cudaMemset(scratch.get(), 0xA5, need));
+  std::vector<Layer> shared(3), own(3);
+  for (int i = 0; i < 3; ++i) {
+    flashmoe::LayerOptions o;
+    o.scratch = scratch.get();
+    o.scratch_bytes = need;
+    ASSERT_TRUE(Layer::create(models[i].config, models[i].device_weights(), shared[i], o).ok());
+    ASSERT_TRUE(Layer::create(models[i].config, models[i].device_weights(), own[i]).ok());
+  }
+  StreamGuard stream;
+  const std::pair<int, int> order[] = {{0, 5}, {1, 300}, {2, 1},  {0, 700}, {2, 2048},
+                                       {1, 1}, {0, 64},  {2, 37}, {1, 512}, {0, 1}};
+  for (const auto& [i, T] : order) {
+    SCOPED_TRACE(::testing::Message() << "layer " << i << " T " << T);
+    ForwardRun run = make_run(models[i].config, T, rng_);
+    ForwardRun alone = run;
+    ASSERT_TRUE(run_forward(shared[i], run, stream.get()));
+    ASSERT_TRUE(run_forward(own[i], alone, stream.get()));
+    check_output(models[i], run, sample_tokens(T, 12, rng_));
+    EXPECT_EQ(run.y, alone.y) << "shared scratch changed the result";
+  }
+}
+
+TEST_F(Engine, SetWeightsThenForwardUsesTheNewWeights) {
+  SCOPED_TRACE(seed_);
+  const Config c = config(256, 136, 16, 4, 1024);
+  const Model a = make_model(c, rng_), b = make_model(c, rng_);
+  Layer layer;
+  ASSERT_TRUE(Layer::create(c, a.device_weights(), layer).ok());
+  StreamGuard stream;
+  for (int T : {3, 600}) {  // decode and prefill kernels: every variant's maps are re-encoded
+    ForwardRun run = make_run(c, T, rng_);
+    ASSERT_TRUE(run_forward(layer, run, stream.get()));
+    check_output(a, run, sample_tokens(T, 16, rng_));
+  }
+  ASSERT_TRUE(layer.set_weights(b.device_weights()).ok());
+  EXPECT_EQ(layer.weights().w13, b.device_weights().w13);
+  for (int T : {3, 600}) {
+    ForwardRun run = make_run(c, T, rng_);
+    ASSERT_TRUE(run_forward(layer, run, stream.get()));
+    check_routing(b, run, sample_tokens(T, 16, rng_));
+    check_output(b, run, sample_tokens(T, 16, rng_));
+  }
+}
+
+// The first `n` rows of a run, as a run of its own (for check_output).
+ForwardRun first_rows(const ForwardRun& run, int n, const Config& c) {
+  ForwardRun r;
+  r.tokens = n;
+  const std::size_t cells = static_cast<std::size_t>(n) * c.hidden;
+  const std::size_t pairs = static_cast<std::size_t>(n) * c.top_k;
+  r.x.assign(run.x.begin(), run.x.begin() + static_cast<std::ptrdiff_t>(cells));
+  r.y_in.assign(run.y_in.begin(), run.y_in.begin() + static_cast<std::ptrdiff_t>(cells));
+  r.y.assign(run.y.begin(), run.y.begin() + static_cast<std::ptrdiff_t>(cells));
+  r.ids.assign(run.ids.begin(), run.ids.begin() + static_cast<std::ptrdiff_t>(pairs));
+  r.weights.assign(run.weights.begin(), run.weights.begin() + static_cast<std::ptrdiff_t>(pairs));
+  return r;
+}
+
+// Padded batches: tokens past the device count are not routed and leave their rows of y and
+// of the routing outputs bitwise as they were; the live ones are correct. Decode and prefill
+// capacities, counts from 0 to past the capacity (clamped).
+TEST_F(Engine, DeviceTokenCountSkipsPaddingAndLeavesItsRowsUntouched) {
+  SCOPED_TRACE(seed_);
+  const Model m = make_model(config(256, 136, 16, 4, 1024), rng_);
+  const Config& c = m.config;
+  Layer layer;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
+  StreamGuard stream;
+  for (int capacity : {8, 64, 700}) {
+    for (int n : {0, 1, capacity / 2 + 1, capacity, capacity + 5}) {
+      SCOPED_TRACE(::testing::Message() << "capacity " << capacity << " n " << n);
+      const int live = std::min(n, capacity);
+      ForwardRun run = make_run(c, capacity, rng_);
+      // Padding rows hold a sentinel, not poison, so that "untouched" is checked bitwise.
+      for (std::size_t i = static_cast<std::size_t>(live) * c.hidden; i < run.y_in.size(); ++i) {
+        run.y_in[i] = 0x3C00;
+      }
+      DeviceBuffer count = upload(std::vector<std::int32_t>{n});
+      const std::size_t pairs = static_cast<std::size_t>(capacity) * c.top_k;
+      DeviceBuffer dx = upload(run.x), dy = upload(run.y_in);
+      DeviceBuffer ids = upload(std::vector<std::int32_t>(pairs, -7));
+      DeviceBuffer wts = upload(std::vector<float>(pairs, -7.0f));
+      ForwardOptions o;
+      o.device_num_tokens = count.get<std::int32_t>();
+      o.out_topk_ids = ids.get<std::int32_t>();
+      o.out_topk_weights = wts.get<float>();
+      ASSERT_TRUE(flashmoe::forward(layer, dx.get(), dy.get(), capacity, stream.get(), o).ok());
+      ASSERT_TRUE(layer.device_status(stream.get()).ok());
+      run.y = download<std::uint16_t>(dy.get(), run.y_in.size());
+      run.ids = download<std::int32_t>(ids.get(), pairs);
+      run.weights = download<float>(wts.get(), pairs);
+      for (std::size_t i = static_cast<std::size_t>(live) * c.hidden; i < run.y.size(); ++i) {
+        ASSERT_EQ(run.y[i], 0x3C00) << "padding row " << i / c.hidden << " was written";
+      }
+      for (std::size_t q = static_cast<std::size_t>(live) * c.top_k; q < pairs; ++q) {
+        ASSERT_EQ(run.ids[q], -7) << "padding pair " << q << " was routed";
+        ASSERT_EQ(run.weights[q], -7.0f);
+      }
+      if (live > 0) {
+        const ForwardRun head = first_rows(run, live, c);
+        check_routing(m, head, sample_tokens(live, 16, rng_));
+        check_output(m, head, sample_tokens(live, 16, rng_));
+      }
+    }
+  }
+}
+
+// The engine's pattern: one graph captured at the capacity, replayed with a different count
+// each time (written by a copy in the same stream).
+TEST_F(Engine, PaddedBatchGraphReplaysWithChangingCounts) {
+  SCOPED_TRACE(seed_);
+  const Model m = make_model(config(256, 136, 16, 4, 256), rng_);
+  const Config& c = m.config;
+  Layer layer;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
+  const int capacity = 32;
+  const std::size_t cells = static_cast<std::size_t>(capacity) * c.hidden;
+  const std::size_t pairs = static_cast<std::size_t>(capacity) * c.top_k;
+  DeviceBuffer dx(cells * 2), dy(cells * 2), ids(pairs * 4), wts(pairs * 4), count(4);
+  StreamGuard stream;
+  ForwardOptions o;
+  o.device_num_tokens = count.get<std::int32_t>();
+  o.out_topk_ids = ids.get<std::int32_t>();
+  o.out_topk_weights = wts.get<float>();
+  cudaGraph_t graph = nullptr;
+  CUDA_OK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal));
+  const flashmoe::Status s =
+      flashmoe::forward(layer, dx.get(), dy.get(), capacity, stream.get(), o);
+  CUDA_OK(cudaStreamEndCapture(stream.get(), &graph));
+  ASSERT_TRUE(s.ok()) << s.to_string();
+  std::size_t nodes = 0;
+  CUDA_OK(cudaGraphGetNodes(graph, nullptr, &nodes));
+  ASSERT_EQ(nodes, 1u);
+  cudaGraphExec_t exec = nullptr;
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int n : {1, 32, 7, 0, 19, 2, 32, 1}) {
+    SCOPED_TRACE(::testing::Message() << "n " << n);
+    ForwardRun run = make_run(c, capacity, rng_);
+    run.y_in.assign(cells, 0x1234);
+    CUDA_OK(
+        cudaMemcpyAsync(dx.get(), run.x.data(), cells * 2, cudaMemcpyHostToDevice, stream.get()));
+    CUDA_OK(cudaMemcpyAsync(dy.get(), run.y_in.data(), cells * 2, cudaMemcpyHostToDevice,
+                            stream.get()));
+    CUDA_OK(cudaMemcpyAsync(count.get(), &n, 4, cudaMemcpyHostToDevice, stream.get()));
+    CUDA_OK(cudaGraphLaunch(exec, stream.get()));
+    ASSERT_TRUE(layer.device_status(stream.get()).ok());
+    run.y = download<std::uint16_t>(dy.get(), cells);
+    run.ids = download<std::int32_t>(ids.get(), pairs);
+    run.weights = download<float>(wts.get(), pairs);
+    for (std::size_t i = static_cast<std::size_t>(n) * c.hidden; i < cells; ++i) {
+      ASSERT_EQ(run.y[i], 0x1234) << "padding row " << i / c.hidden << " was written";
+    }
+    if (n > 0) check_output(m, first_rows(run, n, c), sample_tokens(n, n, rng_));
+  }
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+}
+
+// A token with NaN or infinite entries: its experts are real ids (the lowest ones: every
+// choice score is treated as the lowest possible), its own y row may be NaN, and every other
+// token's row is bitwise what it is when the bad tokens are finite (rows are computed
+// independently and combined in a fixed order). No hang, no device error.
+TEST_F(Engine, NonFiniteTokensChangeOnlyTheirOwnRows) {
+  SCOPED_TRACE(seed_);
+  const Model m = make_model(config(256, 136, 16, 4, 1024), rng_);
+  const Config& c = m.config;
+  Layer layer;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
+  StreamGuard stream;
+  const std::uint16_t nan_bits = 0x7FC0, inf_bits = 0x7F80;  // bf16
+  for (int T : {6, 40, 700}) {
+    SCOPED_TRACE(::testing::Message() << "T " << T);
+    const std::vector<int> bad = {1, T / 2, T - 1};
+    ForwardRun clean = make_run(c, T, rng_);
+    ForwardRun dirty = clean;
+    for (std::size_t j = 0; j < bad.size(); ++j) {
+      const std::size_t row = static_cast<std::size_t>(bad[j]) * c.hidden;
+      if (j == 0) {
+        for (int h = 0; h < c.hidden; ++h) dirty.x[row + h] = nan_bits;
+      } else {
+        dirty.x[row + 3 * j] = j == 1 ? inf_bits : static_cast<std::uint16_t>(inf_bits | 0x8000);
+      }
+    }
+    ASSERT_TRUE(run_forward(layer, clean, stream.get()));
+    ASSERT_TRUE(run_forward(layer, dirty, stream.get()));
+    for (int id : dirty.ids) ASSERT_TRUE(id >= 0 && id < c.experts) << "expert id " << id;
+    for (int t = 0; t < T; ++t) {
+      if (std::find(bad.begin(), bad.end(), t) != bad.end()) continue;
+      const auto row = [&](const ForwardRun& r) {
+        return std::vector<std::uint16_t>(
+            r.y.begin() + static_cast<std::ptrdiff_t>(t) * c.hidden,
+            r.y.begin() + static_cast<std::ptrdiff_t>(t + 1) * c.hidden);
+      };
+      ASSERT_EQ(row(dirty), row(clean)) << "token " << t << " changed by another's NaN";
+    }
+    check_output(m, clean, sample_tokens(T, 8, rng_));
+  }
+}
+
+// Two forwards that overlap on one scratch: the one that finds it owned writes nothing and
+// reports WorkspaceBusy (in its device status word and through device_status); the owner's
+// result is not disturbed. The overlap is made certain by a test fault that holds the first
+// forward until its watchdog fires. Afterwards the scratch serves correct forwards again.
+// Once for two forwards of one Layer, once for two Layers sharing a scratch.
+TEST_F(Engine, OverlappingForwardsAreCaughtAndWriteNothing) {
+  SCOPED_TRACE(seed_);
+  const Config c = config(256, 136, 16, 4, 1024);
+  const Model m = make_model(c, rng_);
+  DeviceBuffer scratch(flashmoe::scratch_bytes(c));
+  flashmoe::LayerOptions shared;
+  shared.watchdog_ms = 300;
+  shared.scratch = scratch.get();
+  shared.scratch_bytes = scratch.bytes();
+  flashmoe::LayerOptions own;
+  own.watchdog_ms = 300;
+  Layer one, first, second;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), one, own).ok());
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), first, shared).ok());
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), second, shared).ok());
+  StreamGuard sa, sb;
+  struct Pair {
+    Layer* held;
+    Layer* late;
+  };
+  for (const Pair& pair : {Pair{&one, &one}, Pair{&first, &second}}) {
+    SCOPED_TRACE(pair.held == pair.late ? "one Layer" : "two Layers, one scratch");
+    const int T = 64;
+    ForwardRun a = make_run(c, T, rng_), b = make_run(c, T, rng_);
+    b.y_in.assign(b.y_in.size(), 0x1234);
+    DeviceBuffer ax = upload(a.x), ay = upload(a.y_in), bx = upload(b.x), by = upload(b.y_in);
+    DeviceBuffer words = upload(std::vector<std::int32_t>{0, 0});
+    ForwardOptions oa, ob;
+    oa.device_status = words.get<std::int32_t>();
+    ob.device_status = words.get<std::int32_t>() + 1;
+    flashmoe::testing::inject_fault(*pair.held, flashmoe::testing::Fault::DropMTileSignal);
+    ASSERT_TRUE(flashmoe::forward(*pair.held, ax.get(), ay.get(), T, sa.get(), oa).ok());
+    flashmoe::testing::inject_fault(*pair.held, flashmoe::testing::Fault::None);
+    ASSERT_TRUE(flashmoe::forward(*pair.late, bx.get(), by.get(), T, sb.get(), ob).ok());
+    CUDA_OK(cudaDeviceSynchronize());
+    const std::vector<std::int32_t> codes = download<std::int32_t>(words.get(), 2);
+    EXPECT_EQ(codes[0], static_cast<int>(StatusCode::DeviceTimeout));
+    EXPECT_EQ(codes[1], static_cast<int>(StatusCode::WorkspaceBusy));
+    EXPECT_EQ(download<std::uint16_t>(by.get(), b.y_in.size()), b.y_in)
+        << "refused forward wrote y";
+    // The late Layer reports it (and frees the scratch); the held one its timeout, if it is
+    // another Layer (one Layer keeps the first error it recorded).
+    const flashmoe::Status late = pair.late->device_status(sb.get());
+    EXPECT_EQ(late.code(), StatusCode::WorkspaceBusy) << late.to_string();
+    EXPECT_NE(late.message().find("overlapped"), std::string::npos) << late.message();
+    if (pair.held != pair.late) {
+      EXPECT_EQ(pair.held->device_status(sa.get()).code(), StatusCode::DeviceTimeout);
+    }
+    EXPECT_TRUE(pair.held->device_status(sa.get()).ok());
+    for (Layer* layer : {pair.held, pair.late}) {
+      ForwardRun good = make_run(c, 300, rng_);
+      ASSERT_TRUE(run_forward(*layer, good, sa.get()));
+      check_output(m, good, sample_tokens(300, 16, rng_));
+    }
+  }
+}
+
+// Forwards one after the other on two streams joined by events are not an overlap.
+TEST_F(Engine, EventOrderedForwardsOnTwoStreamsShareAScratch) {
+  SCOPED_TRACE(seed_);
+  const Config c = config(256, 136, 16, 4, 1024);
+  const Model m = make_model(c, rng_);
+  DeviceBuffer scratch(flashmoe::scratch_bytes(c));
+  flashmoe::LayerOptions o;
+  o.scratch = scratch.get();
+  o.scratch_bytes = scratch.bytes();
+  Layer a, b;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), a, o).ok());
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), b, o).ok());
+  StreamGuard sa, sb;
+  cudaEvent_t done_a = nullptr, done_b = nullptr;
+  CUDA_OK(cudaEventCreateWithFlags(&done_a, cudaEventDisableTiming));
+  CUDA_OK(cudaEventCreateWithFlags(&done_b, cudaEventDisableTiming));
+  std::vector<ForwardRun> runs;
+  std::vector<DeviceBuffer> xs, ys;
+  for (int i = 0; i < 8; ++i) {
+    runs.push_back(make_run(c, i % 2 ? 500 : 9, rng_));
+    xs.push_back(upload(runs.back().x));
+    ys.push_back(upload(runs.back().y_in));
+  }
+  for (int i = 0; i < 8; ++i) {
+    const bool on_a = i % 2 == 0;
+    cudaStream_t s = on_a ? sa.get() : sb.get();
+    if (i > 0) CUDA_OK(cudaStreamWaitEvent(s, on_a ? done_b : done_a, 0));
+    ASSERT_TRUE(flashmoe::forward(on_a ? a : b, xs[i].get(), ys[i].get(), runs[i].tokens, s,
+                                  ForwardOptions{})
+                    .ok());
+    CUDA_OK(cudaEventRecord(on_a ? done_a : done_b, s));
+  }
+  ASSERT_TRUE(a.device_status(sa.get()).ok());
+  ASSERT_TRUE(b.device_status(sb.get()).ok());
+  for (int i = 0; i < 8; ++i) {
+    runs[i].y = download<std::uint16_t>(ys[i].get(), runs[i].x.size());
+    // check_output needs the routing used: take the reference's (no near-ties at this scale
+    // are likely, and check_output compares with the routing it is given).
+    const int T = runs[i].tokens;
+    runs[i].ids.resize(static_cast<std::size_t>(T) * c.top_k);
+    runs[i].weights.resize(runs[i].ids.size());
+    ASSERT_TRUE(flashmoe::reference::route(c, m.host_weights(), runs[i].x.data(), T,
+                                           runs[i].ids.data(), runs[i].weights.data())
+                    .ok());
+    check_output(m, runs[i], sample_tokens(T, 8, rng_));
+  }
+  CUDA_OK(cudaEventDestroy(done_a));
+  CUDA_OK(cudaEventDestroy(done_b));
+}
+
+// The device status word: the first failure stays; a forward that succeeds leaves it alone.
+TEST_F(Engine, DeviceStatusWordKeepsTheFirstFailure) {
+  SCOPED_TRACE(seed_);
+  const Config c = config(256, 136, 16, 4, 64);
+  const Model m = make_model(c, rng_);
+  Layer layer;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
+  StreamGuard stream;
+  const int T = 4;
+  DeviceBuffer word = upload(std::vector<std::int32_t>{0});
+  ForwardOptions o;
+  o.device_status = word.get<std::int32_t>();
+  ForwardRun good = make_run(c, T, rng_);
+  ASSERT_TRUE(run_forward(layer, good, stream.get(), o));
+  EXPECT_EQ(download<std::int32_t>(word.get(), 1)[0], 0) << "a good forward wrote the word";
+
+  std::vector<std::int32_t> ids(static_cast<std::size_t>(T) * c.top_k, 1);
+  ids[5] = c.experts;  // out of range
+  DeviceBuffer d_ids = upload(ids);
+  DeviceBuffer d_wts = upload(std::vector<float>(ids.size(), 0.25f));
+  ForwardRun bad = make_run(c, T, rng_);
+  DeviceBuffer dx = upload(bad.x), dy = upload(bad.y_in);
+  ForwardOptions ob = o;
+  ob.topk_ids = d_ids.get<std::int32_t>();
+  ob.topk_weights = d_wts.get<float>();
+  ASSERT_TRUE(flashmoe::forward(layer, dx.get(), dy.get(), T, stream.get(), ob).ok());
+  EXPECT_EQ(layer.device_status(stream.get()).code(), StatusCode::InvalidArgument);
+  EXPECT_EQ(download<std::int32_t>(word.get(), 1)[0],
+            static_cast<int>(StatusCode::InvalidArgument));
+  // Later good forwards leave the first failure in place.
+  ForwardRun again = make_run(c, T, rng_);
+  ASSERT_TRUE(run_forward(layer, again, stream.get(), o));
+  EXPECT_EQ(download<std::int32_t>(word.get(), 1)[0],
+            static_cast<int>(StatusCode::InvalidArgument));
+}
+
+// A CUDA error the caller left pending (cudaGetLastError would return it) is not reported as
+// a failure of forward, whose result is still correct.
+TEST_F(Engine, PendingCallerErrorIsNotReportedAsOurs) {
+  SCOPED_TRACE(seed_);
+  const Config c = config(256, 136, 16, 4, 64);
+  const Model m = make_model(c, rng_);
+  Layer layer;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
+  void* huge = nullptr;
+  ASSERT_NE(cudaMalloc(&huge, std::numeric_limits<std::size_t>::max() / 2), cudaSuccess);
+  ASSERT_NE(cudaPeekAtLastError(), cudaSuccess) << "the error is pending";
+  StreamGuard stream;
+  ForwardRun run = make_run(c, 5, rng_);
+  ASSERT_TRUE(run_forward(layer, run, stream.get()));
+  check_output(m, run, sample_tokens(5, 5, rng_));
+}
+
+}  // namespace
