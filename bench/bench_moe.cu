@@ -394,6 +394,95 @@ void BM_Forward(benchmark::State& state, Shape shape, flashmoe::DType dt) {
   (void)cudaStreamDestroy(stream);
 }
 
+// Host time of one forward call outside a graph (what an engine pays per layer when it does
+// not capture): argument checks, variant choice, parameter set-up and the launch. Wall time on
+// the host; the stream is drained outside the timed region every kDrainEvery calls, so the
+// launch queue never blocks a call. with_options: routing outputs, a device token count and a
+// status word, each one more pointer to check.
+void BM_HostCost(benchmark::State& state, Shape shape, bool with_options) {
+  constexpr int kDrainEvery = 64;
+  Bench* b = get_bench(shape, flashmoe::DType::BF16);
+  if (!b->status.ok()) {
+    state.SkipWithError(b->status.to_string().c_str());
+    return;
+  }
+  const flashmoe::Config& c = b->config;
+  const int T = static_cast<int>(state.range(0));
+  const std::size_t act = static_cast<std::size_t>(T) * c.hidden;
+  const std::size_t pairs = static_cast<std::size_t>(T) * c.top_k;
+  DeviceMem x(act * 2), y(act * 2), ids(pairs * 4), wts(pairs * 4), words(8);
+  fill(c.dtype, x.p, act, 7, 1.0f);
+  BENCH_CUDA(cudaMemset(words.p, 0, 8));
+  const std::int32_t count = T;
+  BENCH_CUDA(cudaMemcpy(words.p, &count, 4, cudaMemcpyHostToDevice));
+  flashmoe::ForwardOptions o;
+  if (with_options) {
+    o.out_topk_ids = static_cast<std::int32_t*>(ids.p);
+    o.out_topk_weights = static_cast<float*>(wts.p);
+    o.device_num_tokens = static_cast<const std::int32_t*>(words.p);
+    o.device_status = static_cast<std::int32_t*>(words.p) + 1;
+  }
+  cudaStream_t stream;
+  BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  for (int i = 0; i < 8; ++i) (void)flashmoe::forward(b->layer, x.p, y.p, T, stream, o);
+  BENCH_CUDA(cudaStreamSynchronize(stream));
+  int calls = 0;
+  for (auto _ : state) {
+    const flashmoe::Status s = flashmoe::forward(b->layer, x.p, y.p, T, stream, o);
+    if (!s.ok()) {
+      state.SkipWithError(s.to_string().c_str());
+      break;
+    }
+    if (++calls % kDrainEvery == 0) {
+      state.PauseTiming();
+      (void)cudaStreamSynchronize(stream);
+      state.ResumeTiming();
+    }
+  }
+  BENCH_CUDA(cudaStreamSynchronize(stream));
+  if (const flashmoe::Status s = b->layer.device_status(stream); !s.ok()) {
+    state.SkipWithError(s.to_string().c_str());
+  }
+  (void)cudaStreamDestroy(stream);
+}
+
+// What the host cost of a forward is made of, to compare with BM_HostCost: a launch of an empty
+// kernel with a parameter block of the size of FlashMoE's (KernelParams, 640 bytes) on the same
+// grid, and one cudaPointerGetAttributes (forward checks x, y and each option pointer so).
+struct alignas(64) LaunchFloorParams {
+  unsigned char bytes[640];
+};
+__global__ void empty_kernel(const __grid_constant__ LaunchFloorParams p) {
+  if (p.bytes[threadIdx.x % 640] == 0xEE && blockIdx.x == 0x7fffffff) __trap();
+}
+
+void BM_HostCostFloor(benchmark::State& state, bool pointer_query) {
+  constexpr int kDrainEvery = 64;
+  DeviceMem buffer(4096);
+  cudaStream_t stream;
+  BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaDeviceProp prop{};
+  BENCH_CUDA(cudaGetDeviceProperties(&prop, 0));
+  const LaunchFloorParams params{};
+  int calls = 0;
+  for (auto _ : state) {
+    if (pointer_query) {
+      cudaPointerAttributes attr{};
+      benchmark::DoNotOptimize(cudaPointerGetAttributes(&attr, buffer.p));
+    } else {
+      empty_kernel<<<2 * prop.multiProcessorCount, 256, 0, stream>>>(params);
+      if (++calls % kDrainEvery == 0) {
+        state.PauseTiming();
+        (void)cudaStreamSynchronize(stream);
+        state.ResumeTiming();
+      }
+    }
+  }
+  BENCH_CUDA(cudaStreamSynchronize(stream));
+  BENCH_CUDA(cudaGetLastError());
+  (void)cudaStreamDestroy(stream);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -434,6 +523,19 @@ int main(int argc, char** argv) {
       bm->ArgName("T")->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.2);
     }
   }
+  for (bool with_options : {false, true}) {
+    const Shape& s = kShapes[0];
+    benchmark::RegisterBenchmark(
+        fmt::format("HostCost/{}/bf16/{}", s.name, with_options ? "with_options" : "plain").c_str(),
+        BM_HostCost, s, with_options)
+        ->Arg(1)
+        ->ArgName("T")
+        ->Unit(benchmark::kMicrosecond);
+  }
+  benchmark::RegisterBenchmark("HostCost/floor/empty_kernel_launch", BM_HostCostFloor, false)
+      ->Unit(benchmark::kMicrosecond);
+  benchmark::RegisterBenchmark("HostCost/floor/pointer_attributes", BM_HostCostFloor, true)
+      ->Unit(benchmark::kMicrosecond);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("device", prop.name);
