@@ -290,6 +290,13 @@ Status Layer::set_tracing(int events_per_block) {
             fmt::format("cudaMalloc of the {} byte trace buffer failed: {}", bytes,
                         cudaGetErrorString(err))};
   }
+  // read_trace copies whole per-block slices, most of them past the events a launch wrote:
+  // zeros there keep those bytes defined (compute-sanitizer's initcheck reports them otherwise).
+  if (cudaError_t err = cudaMemset(impl_->trace_buffer, 0, bytes); err != cudaSuccess) {
+    (void)cudaFree(impl_->trace_buffer);
+    impl_->trace_buffer = nullptr;
+    return cuda_status(err, "clearing the trace buffer");
+  }
   impl_->trace_capacity = events_per_block;
   impl_->trace_max_grid = grid;
   return {};
