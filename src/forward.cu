@@ -377,33 +377,19 @@ Status check_options(Layer::Impl& impl, const ForwardOptions& o) {
                         static_cast<const void*>(o.topk_ids),
                         static_cast<const void*>(o.topk_weights))};
   }
-  if (o.topk_ids != nullptr) {
-    if (Status s = check_pointer(impl, o.topk_ids, "options.topk_ids", 4); !s.ok()) return s;
-    if (Status s = check_pointer(impl, o.topk_weights, "options.topk_weights", 4); !s.ok()) {
-      return s;
-    }
-  }
-  if (o.out_topk_ids != nullptr) {
-    if (Status s = check_pointer(impl, o.out_topk_ids, "options.out_topk_ids", 4); !s.ok()) {
-      return s;
-    }
-  }
-  if (o.out_topk_weights != nullptr) {
-    if (Status s = check_pointer(impl, o.out_topk_weights, "options.out_topk_weights", 4);
-        !s.ok()) {
-      return s;
-    }
-  }
-  if (o.device_num_tokens != nullptr) {
-    if (Status s = check_pointer(impl, o.device_num_tokens, "options.device_num_tokens", 4);
-        !s.ok()) {
-      return s;
-    }
-  }
-  if (o.device_status != nullptr) {
-    if (Status s = check_pointer(impl, o.device_status, "options.device_status", 4); !s.ok()) {
-      return s;
-    }
+  // Every option pointer is optional (the routing pair is both or neither, checked above).
+  const struct {
+    const void* ptr;
+    const char* name;
+  } pointers[] = {{o.topk_ids, "options.topk_ids"},
+                  {o.topk_weights, "options.topk_weights"},
+                  {o.out_topk_ids, "options.out_topk_ids"},
+                  {o.out_topk_weights, "options.out_topk_weights"},
+                  {o.device_num_tokens, "options.device_num_tokens"},
+                  {o.device_status, "options.device_status"}};
+  for (const auto& [ptr, name] : pointers) {
+    if (ptr == nullptr) continue;
+    if (Status s = check_pointer(impl, ptr, name, 4); !s.ok()) return s;
   }
   if (!std::isfinite(o.beta)) {
     return {StatusCode::InvalidArgument, fmt::format("options.beta = {} must be finite", o.beta)};
