@@ -53,6 +53,7 @@ constexpr int kMaxTokens = 4096;
 
 // The cuBLAS baseline: off with FLASHMOE_BENCH_NO_CUBLAS=1 (quick kernel A/B runs).
 bool g_cublas = true;
+int g_tokens_per_launch = 0;  // LayerOptions::tokens_per_launch of every benchmarked Layer
 // Its timing: as many rounds of kInputs forwards as FlashMoE had iterations, at least
 // kCublasRounds, stopping early once they add up to kCublasBudgetMs (Mixtral at T = 4096 takes
 // tens of ms a round), but never before kCublasMinRounds.
@@ -141,7 +142,9 @@ Bench* get_bench(const Shape& s, flashmoe::DType dt) {
   w.router = b->router->p;
   w.w13 = b->w13->p;
   w.w2 = b->w2->p;
-  b->status = flashmoe::Layer::create(c, w, b->layer);
+  flashmoe::LayerOptions options;
+  options.tokens_per_launch = g_tokens_per_launch;
+  b->status = flashmoe::Layer::create(c, w, b->layer, options);
   if (g_cublas) {
     flashmoe_bench::BaselineShape bs;
     bs.hidden = c.hidden;
@@ -370,6 +373,7 @@ void BM_Forward(benchmark::State& state, Shape shape, flashmoe::DType dt) {
   const double flops =
       2.0 * pairs * 3.0 * c.hidden * c.intermediate + 2.0 * T * c.experts * c.hidden;
   state.counters["us_median"] = median_us;
+  state.counters["scratch_MB"] = static_cast<double>(b->layer.scratch_bytes()) / 1e6;
   state.counters["unique_experts"] = unique_total / kInputs;
   state.counters["floor_us"] = floor_us;
   state.counters["pct_of_floor"] = 100.0 * floor_us / median_us;
@@ -510,6 +514,18 @@ int main(int argc, char** argv) {
       }
       token_counts.push_back(static_cast<int>(T));
     }
+  }
+  // FLASHMOE_BENCH_TOKENS_PER_LAUNCH=2048: every Layer with a scratch for that many tokens, so
+  // longer forwards run one launch per chunk (LayerOptions::tokens_per_launch).
+  if (const char* v = std::getenv("FLASHMOE_BENCH_TOKENS_PER_LAUNCH"); v != nullptr && *v) {
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    if (end == v || *end != '\0' || n < 0 || n > kMaxTokens) {
+      std::fprintf(stderr, "FLASHMOE_BENCH_TOKENS_PER_LAUNCH: '%s' is not in [0, %d]\n", v,
+                   kMaxTokens);
+      return 1;
+    }
+    g_tokens_per_launch = static_cast<int>(n);
   }
   g_bandwidth = measure_bandwidth();
   std::printf("%s, %d SMs; device-to-device copy: %.0f GB/s (read + write)\n", prop.name,

@@ -148,6 +148,9 @@ Status to_cpp(const flashmoe_layer_options* options, flashmoe::LayerOptions& o) 
   if (has(*options, &flashmoe_layer_options::scratch_bytes)) {
     o.scratch_bytes = options->scratch_bytes;
   }
+  if (has(*options, &flashmoe_layer_options::tokens_per_launch)) {
+    o.tokens_per_launch = options->tokens_per_launch;
+  }
   return {};
 }
 
@@ -238,6 +241,7 @@ void flashmoe_layer_options_init_sized(flashmoe_layer_options* options, size_t s
   o.watchdog_ms = d.watchdog_ms;
   o.scratch = d.scratch;
   o.scratch_bytes = d.scratch_bytes;
+  o.tokens_per_launch = d.tokens_per_launch;
   init_sized(options, size, o);
 }
 
@@ -261,6 +265,18 @@ size_t flashmoe_scratch_bytes(const flashmoe_config* config) {
 size_t flashmoe_workspace_bytes(const flashmoe_config* config) {
   return config_bytes(config,
                       [](const flashmoe::Config& c) { return flashmoe::workspace_bytes(c); });
+}
+
+size_t flashmoe_scratch_bytes_per_launch(const flashmoe_config* config, int tokens_per_launch) {
+  return config_bytes(config, [tokens_per_launch](const flashmoe::Config& c) {
+    return flashmoe::scratch_bytes(c, tokens_per_launch);
+  });
+}
+
+int flashmoe_tokens_per_launch_for(const flashmoe_config* config, size_t scratch_bytes) {
+  return static_cast<int>(config_bytes(config, [scratch_bytes](const flashmoe::Config& c) {
+    return static_cast<std::size_t>(flashmoe::tokens_per_launch_for(c, scratch_bytes));
+  }));
 }
 
 flashmoe_status flashmoe_layer_create(const flashmoe_config* config,
@@ -295,6 +311,10 @@ size_t flashmoe_layer_workspace_bytes(const flashmoe_layer* layer) {
 
 size_t flashmoe_layer_scratch_bytes(const flashmoe_layer* layer) {
   return layer == nullptr ? 0 : layer->layer.scratch_bytes();
+}
+
+int flashmoe_layer_tokens_per_launch(const flashmoe_layer* layer) {
+  return layer == nullptr ? 0 : layer->layer.tokens_per_launch();
 }
 
 flashmoe_status flashmoe_layer_set_weights(flashmoe_layer* layer, const flashmoe_weights* weights) {

@@ -203,9 +203,15 @@ Status prepare_typed(Layer::Impl& impl) {
   return s;
 }
 
+// One launch's options: the forward's, with the routing arrays moved to the launch's chunk of
+// rows, and where that chunk starts (for the device token count).
+struct LaunchOptions : ForwardOptions {
+  int live_offset = 0;
+};
+
 template <class Cfg, class GateUp, class Down, typename T>
 Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, void* y,
-              std::int64_t num_tokens, cudaStream_t stream, const ForwardOptions& o) {
+              std::int64_t num_tokens, cudaStream_t stream, const LaunchOptions& o) {
   const Config& c = impl.config;
   const StateLayout& SL = impl.state_layout;
   const ScratchLayout& L = impl.scratch_layout;
@@ -228,6 +234,7 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   p.out_weights = o.out_topk_weights;
   p.beta = o.beta;
   p.live_tokens = o.device_num_tokens;
+  p.live_offset = o.live_offset;
   p.num_tokens = static_cast<int>(num_tokens);
   p.hidden = c.hidden;
   p.inter = c.intermediate;
@@ -321,7 +328,7 @@ int decode_kernel_for(const Layer::Impl& impl, const KernelVariantInfo (&infos)[
 
 template <class D, typename T>
 Status launch_decode_variant(Layer::Impl& impl, const void* x, void* y, std::int64_t num_tokens,
-                             cudaStream_t stream, const ForwardOptions& o) {
+                             cudaStream_t stream, const LaunchOptions& o) {
   using G = typename D::GateUp;
   const KernelVariantInfo(&infos)[4] = impl.decode[decode_slot<D>()];
   switch (decode_kernel_for<D>(impl, infos, num_tokens)) {
@@ -340,7 +347,7 @@ Status launch_decode_variant(Layer::Impl& impl, const void* x, void* y, std::int
 // A decode forward: the variant by m-tile height, then its kernel by tile widths.
 template <typename T>
 Status launch_decode(Layer::Impl& impl, const void* x, void* y, std::int64_t num_tokens,
-                     cudaStream_t stream, const ForwardOptions& o) {
+                     cudaStream_t stream, const LaunchOptions& o) {
   static_assert(decode_slot<ThinDecodeConfig>() == 0 && decode_slot<DecodeConfig>() == 1 &&
                     decode_slot<TallDecodeConfig>() == 2,
                 "the cases below follow decode_variant");
@@ -444,16 +451,38 @@ Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens, cu
   }
   if (Status s = check_options(impl, options); !s.ok()) return s;
 
-  // The decode variant while experts average few rows (workspace.hpp).
-  const bool decode = !runs_prefill_kernel(num_tokens, c.top_k, c.experts);
-  if (c.dtype == DType::BF16) {
-    return decode ? launch_decode<__nv_bfloat16>(impl, x, y, num_tokens, stream, options)
-                  : launch<PrefillConfig, PrefillGateUp, PrefillConfig::Down0, __nv_bfloat16>(
-                        impl, impl.prefill, x, y, num_tokens, stream, options);
+  // One launch per chunk of tokens_per_launch rows (one in all unless the Layer was given a
+  // smaller scratch than max_tokens needs), each on its rows of x, y and the routing arrays.
+  const std::int64_t K = c.top_k;
+  const std::size_t row_bytes = static_cast<std::size_t>(c.hidden) * 2;
+  for (std::int64_t first = 0; first < num_tokens; first += impl.tokens_per_launch) {
+    const std::int64_t rows = std::min<std::int64_t>(impl.tokens_per_launch, num_tokens - first);
+    LaunchOptions o;
+    static_cast<ForwardOptions&>(o) = options;
+    o.live_offset = static_cast<int>(first);
+    if (o.topk_ids != nullptr) {
+      o.topk_ids += first * K;
+      o.topk_weights += first * K;
+    }
+    if (o.out_topk_ids != nullptr) o.out_topk_ids += first * K;
+    if (o.out_topk_weights != nullptr) o.out_topk_weights += first * K;
+    const void* cx = static_cast<const unsigned char*>(x) + first * row_bytes;
+    void* cy = static_cast<unsigned char*>(y) + first * row_bytes;
+    // The decode variant while experts average few rows (workspace.hpp).
+    const bool decode = !runs_prefill_kernel(rows, c.top_k, c.experts);
+    Status s;
+    if (c.dtype == DType::BF16) {
+      s = decode ? launch_decode<__nv_bfloat16>(impl, cx, cy, rows, stream, o)
+                 : launch<PrefillConfig, PrefillGateUp, PrefillConfig::Down0, __nv_bfloat16>(
+                       impl, impl.prefill, cx, cy, rows, stream, o);
+    } else {
+      s = decode ? launch_decode<__half>(impl, cx, cy, rows, stream, o)
+                 : launch<PrefillConfig, PrefillGateUp, PrefillConfig::Down0, __half>(
+                       impl, impl.prefill, cx, cy, rows, stream, o);
+    }
+    if (!s.ok()) return s;
   }
-  return decode ? launch_decode<__half>(impl, x, y, num_tokens, stream, options)
-                : launch<PrefillConfig, PrefillGateUp, PrefillConfig::Down0, __half>(
-                      impl, impl.prefill, x, y, num_tokens, stream, options);
+  return {};
 }
 
 }  // namespace flashmoe

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -50,21 +51,60 @@ std::size_t Layer::workspace_bytes() const noexcept {
 std::size_t Layer::scratch_bytes() const noexcept {
   return impl_ ? impl_->scratch_layout.total : 0;
 }
+int Layer::tokens_per_launch() const noexcept { return impl_ ? impl_->tokens_per_launch : 0; }
+
+namespace detail {
+
+// LayerOptions::tokens_per_launch resolved for a valid config (negative: the caller's error).
+int resolve_tokens_per_launch(const Config& config, int tokens_per_launch) {
+  return tokens_per_launch <= 0 || tokens_per_launch > config.max_tokens ? config.max_tokens
+                                                                         : tokens_per_launch;
+}
+
+// The scratch a launch of at most `tokens` tokens needs: the config's, for that many tokens.
+ScratchLayout plan_launch_scratch(const Config& config, int tokens) {
+  Config per_launch = config;
+  per_launch.max_tokens = tokens;
+  return plan_scratch(per_launch);
+}
+
+}  // namespace detail
 int Layer::device() const noexcept { return impl_ ? impl_->device : -1; }
 
-std::size_t scratch_bytes(const Config& config) noexcept {
+std::size_t scratch_bytes(const Config& config, int tokens_per_launch) noexcept {
   try {
-    if (!detail::validate_config(config).ok()) return 0;
-    return detail::plan_scratch(config).total;
+    if (tokens_per_launch < 0 || !detail::validate_config(config).ok()) return 0;
+    return detail::plan_launch_scratch(config,
+                                       detail::resolve_tokens_per_launch(config, tokens_per_launch))
+        .total;
   } catch (...) {
     return 0;
   }
 }
 
-std::size_t workspace_bytes(const Config& config) noexcept {
+std::size_t workspace_bytes(const Config& config, int tokens_per_launch) noexcept {
+  const std::size_t scratch = scratch_bytes(config, tokens_per_launch);
+  return scratch == 0 ? 0 : detail::plan_state(config).total + scratch;
+}
+
+int tokens_per_launch_for(const Config& config, std::size_t bytes) noexcept {
   try {
     if (!detail::validate_config(config).ok()) return 0;
-    return detail::plan_state(config).total + detail::plan_scratch(config).total;
+    // The scratch grows with the tokens per launch: the largest that fits, by bisection.
+    auto fits = [&](int tokens) {
+      return detail::plan_launch_scratch(config, tokens).total <= bytes;
+    };
+    if (!fits(1)) return 0;
+    int lo = 1, hi = config.max_tokens;
+    while (lo < hi) {
+      const int mid = lo + (hi - lo + 1) / 2;
+      if (fits(mid)) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    return lo;
   } catch (...) {
     return 0;
   }
@@ -93,6 +133,11 @@ Status check_options(const LayerOptions& options) {
   if (options.watchdog_ms == 0) {
     return {StatusCode::InvalidArgument, "options.watchdog_ms = 0 must be positive"};
   }
+  if (options.tokens_per_launch < 0) {
+    return {StatusCode::InvalidArgument,
+            fmt::format("options.tokens_per_launch = {} must be 0 (max_tokens) or positive",
+                        options.tokens_per_launch)};
+  }
   if (options.scratch == nullptr && options.scratch_bytes != 0) {
     return {StatusCode::InvalidArgument,
             fmt::format("options.scratch is null but options.scratch_bytes = {}",
@@ -107,12 +152,17 @@ Status check_scratch(const LayerOptions& options, const Config& config, int devi
       !s.ok()) {
     return s;
   }
-  const std::size_t needed = detail::plan_scratch(config).total;
+  const int tokens = detail::resolve_tokens_per_launch(config, options.tokens_per_launch);
+  const std::size_t needed = detail::plan_launch_scratch(config, tokens).total;
   if (options.scratch_bytes < needed) {
     return {StatusCode::InvalidArgument,
             fmt::format("options.scratch_bytes = {} is less than the {} bytes this config needs "
-                        "(flashmoe::scratch_bytes; max_tokens = {})",
-                        options.scratch_bytes, needed, config.max_tokens)};
+                        "(flashmoe::scratch_bytes; {} tokens per launch{})",
+                        options.scratch_bytes, needed, tokens,
+                        tokens < config.max_tokens
+                            ? std::string()
+                            : fmt::format(", or fewer: flashmoe::tokens_per_launch_for gives {}",
+                                          tokens_per_launch_for(config, options.scratch_bytes)))};
   }
   return {};
 }
@@ -153,11 +203,12 @@ Status Layer::create(const Config& config, const Weights& weights, Layer& out,
   impl->options = options;
   impl->sm_count = prop.multiProcessorCount;
   impl->state_layout = detail::plan_state(config);
-  impl->scratch_layout = detail::plan_scratch(config);
+  impl->tokens_per_launch = detail::resolve_tokens_per_launch(config, options.tokens_per_launch);
+  impl->scratch_layout = detail::plan_launch_scratch(config, impl->tokens_per_launch);
   if (impl->scratch_layout.total > kMaxWorkspaceBytes) {
     return {StatusCode::InvalidArgument,
-            fmt::format("max_tokens = {} needs a {} byte scratch, above the 1 TiB limit",
-                        config.max_tokens, impl->scratch_layout.total)};
+            fmt::format("{} tokens per launch need a {} byte scratch, above the 1 TiB limit",
+                        impl->tokens_per_launch, impl->scratch_layout.total)};
   }
   if (Status s = detail::prepare_kernels(*impl); !s.ok()) return s;
 

@@ -28,6 +28,7 @@ struct Layer::Impl {
   int device = 0;
   int sm_count = 0;
   detail::StateLayout state_layout;
+  int tokens_per_launch = 0;  // 1 .. max_tokens: the scratch is planned for this many tokens
   detail::ScratchLayout scratch_layout;
   void* state = nullptr;          // owned
   void* scratch = nullptr;        // owned_scratch, or the caller's (LayerOptions::scratch)
@@ -67,6 +68,10 @@ struct Layer::Impl {
 };
 
 namespace detail {
+// LayerOptions::tokens_per_launch resolved for a valid config: 0 or above max_tokens gives
+// max_tokens. Defined in layer.cpp, with the scratch plan of a launch of that many tokens.
+[[nodiscard]] int resolve_tokens_per_launch(const Config& config, int tokens_per_launch);
+[[nodiscard]] ScratchLayout plan_launch_scratch(const Config& config, int tokens);
 // Defined in forward.cu: reads occupancy and sets the shared-memory limit of the kernels, and
 // encodes the weight tensor maps of every variant.
 [[nodiscard]] Status prepare_kernels(Layer::Impl& impl);

@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
@@ -135,6 +136,7 @@ TEST(CApi, OptionsInitMatchCppDefaults) {
   EXPECT_EQ(lo.watchdog_ms, ld.watchdog_ms);
   EXPECT_EQ(lo.scratch, nullptr);
   EXPECT_EQ(lo.scratch_bytes, 0u);
+  EXPECT_EQ(lo.tokens_per_launch, ld.tokens_per_launch);
 
   flashmoe_forward_options fo;
   std::memset(&fo, 0x7f, sizeof fo);
@@ -297,6 +299,13 @@ TEST(CApi, ByteQueriesMatchTheCppOnes) {
     const flashmoe_config c = to_c(cc);
     EXPECT_EQ(flashmoe_scratch_bytes(&c), flashmoe::scratch_bytes(cc));
     EXPECT_EQ(flashmoe_workspace_bytes(&c), flashmoe::workspace_bytes(cc));
+    for (int n : {-1, 0, 1, 33, 100000}) {
+      EXPECT_EQ(flashmoe_scratch_bytes_per_launch(&c, n), flashmoe::scratch_bytes(cc, n));
+    }
+    const std::size_t budget = flashmoe::scratch_bytes(cc, 33);
+    EXPECT_EQ(flashmoe_tokens_per_launch_for(&c, budget),
+              flashmoe::tokens_per_launch_for(cc, budget));
+    EXPECT_GE(flashmoe_tokens_per_launch_for(&c, budget), std::min(33, cc.max_tokens));
     EXPECT_GT(flashmoe_scratch_bytes(&c), 0u);
     EXPECT_GT(flashmoe_workspace_bytes(&c), flashmoe_scratch_bytes(&c));
   }
@@ -312,6 +321,9 @@ TEST(CApi, ByteQueriesMatchTheCppOnes) {
   EXPECT_EQ(flashmoe_scratch_bytes(nullptr), 0u);
   EXPECT_EQ(flashmoe_workspace_bytes(nullptr), 0u);
   EXPECT_EQ(flashmoe_layer_scratch_bytes(nullptr), 0u);
+  EXPECT_EQ(flashmoe_scratch_bytes_per_launch(nullptr, 8), 0u);
+  EXPECT_EQ(flashmoe_tokens_per_launch_for(nullptr, 1u << 30), 0);
+  EXPECT_EQ(flashmoe_layer_tokens_per_launch(nullptr), 0);
   EXPECT_EQ(last_message(), before);
 }
 
@@ -410,6 +422,36 @@ TEST(CApi, GpuRoundTripMatchesTheReference) {
   ASSERT_EQ(flashmoe_layer_create(&c, &w, &l.layer), FLASHMOE_STATUS_OK) << last_message();
   EXPECT_EQ(flashmoe_layer_workspace_bytes(l.layer), flashmoe_workspace_bytes(&c));
   EXPECT_EQ(flashmoe_layer_scratch_bytes(l.layer), flashmoe_scratch_bytes(&c));
+
+  const int T = 5;
+  const auto x = random_values(static_cast<std::size_t>(T) * c.hidden, 1.0f, cc.dtype, rng);
+  DeviceBuffer dx = upload(x);
+  DeviceBuffer dy = upload(std::vector<std::uint16_t>(x.size(), kPoison));
+  ASSERT_EQ(flashmoe_forward(l.layer, dx.get(), dy.get(), T, nullptr, nullptr), FLASHMOE_STATUS_OK)
+      << last_message();
+  ASSERT_EQ(flashmoe_layer_device_status(l.layer, nullptr), FLASHMOE_STATUS_OK);
+  expect_rows_match(download<std::uint16_t>(dy.get(), x.size()), reference(cc, m, x, T), T, cc);
+}
+
+// tokens_per_launch through the C struct: a smaller scratch, and a forward of three launches.
+TEST(CApi, GpuTokensPerLaunchRunsLongForwardsInChunks) {
+  FLASHMOE_NEED_GPU();
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE(seed);
+  std::mt19937_64 rng(seed);
+  const flashmoe::Config cc = small_config();
+  const Model m = make_model(cc, rng);
+  const flashmoe_config c = to_c(cc);
+  const flashmoe_weights w = to_c(m);
+  flashmoe_layer_options lo;
+  flashmoe_layer_options_init(&lo);
+  lo.tokens_per_launch = 2;
+  CLayer l;
+  ASSERT_EQ(flashmoe_layer_create_with_options(&c, &w, &lo, &l.layer), FLASHMOE_STATUS_OK)
+      << last_message();
+  EXPECT_EQ(flashmoe_layer_tokens_per_launch(l.layer), 2);
+  EXPECT_EQ(flashmoe_layer_scratch_bytes(l.layer), flashmoe_scratch_bytes_per_launch(&c, 2));
+  EXPECT_LT(flashmoe_layer_scratch_bytes(l.layer), flashmoe_scratch_bytes(&c));
 
   const int T = 5;
   const auto x = random_values(static_cast<std::size_t>(T) * c.hidden, 1.0f, cc.dtype, rng);

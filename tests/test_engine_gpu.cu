@@ -167,6 +167,131 @@ TEST_F(Engine, DeviceTokenCountSkipsPaddingAndLeavesItsRowsUntouched) {
   }
 }
 
+// LayerOptions::tokens_per_launch: a scratch for that many tokens, and longer forwards as one
+// launch per chunk of rows. Chunks of the decode kernels (7 tokens) and of the prefill kernel
+// with a decode remainder (300 + 300 + 100 at T = 700); each chunk's rows of y and of the
+// routing outputs are its own (the token right after every chunk boundary is checked); a
+// caller scratch of the chunked size; results stable from run to run and across grid sizes.
+TEST_F(Engine, TokensPerLaunchRunsLongForwardsAsChunksOfLaunches) {
+  SCOPED_TRACE(seed_);
+  const Model m = make_model(config(256, 136, 16, 4, 1024), rng_);
+  const Config& c = m.config;
+  StreamGuard stream;
+  for (int per_launch : {7, 300}) {
+    SCOPED_TRACE(::testing::Message() << "tokens_per_launch " << per_launch);
+    const std::size_t need = flashmoe::scratch_bytes(c, per_launch);
+    ASSERT_LT(need, flashmoe::scratch_bytes(c));
+    DeviceBuffer scratch(need);
+    CUDA_OK(cudaMemset(scratch.get(), 0xA5, need));
+    flashmoe::LayerOptions o;
+    o.tokens_per_launch = per_launch;
+    o.scratch = scratch.get();
+    o.scratch_bytes = need - 1;
+    Layer layer, small_grid;
+    const flashmoe::Status too_small = Layer::create(c, m.device_weights(), layer, o);
+    EXPECT_EQ(too_small.code(), StatusCode::InvalidArgument);
+    EXPECT_NE(too_small.message().find("options.scratch_bytes"), std::string::npos);
+    o.scratch_bytes = need;
+    ASSERT_TRUE(Layer::create(c, m.device_weights(), layer, o).ok());
+    EXPECT_EQ(layer.tokens_per_launch(), per_launch);
+    EXPECT_EQ(layer.scratch_bytes(), need);
+    flashmoe::LayerOptions few = {};
+    few.tokens_per_launch = per_launch;
+    few.max_blocks = 5;
+    ASSERT_TRUE(Layer::create(c, m.device_weights(), small_grid, few).ok());
+    for (int T : {per_launch, 2 * per_launch + 1, 700}) {
+      SCOPED_TRACE(::testing::Message() << "T " << T);
+      ForwardRun run = make_run(c, T, rng_);
+      ForwardRun again = run, other_grid = run;
+      ASSERT_TRUE(run_forward(layer, run, stream.get()));
+      std::vector<int> check = sample_tokens(T, 12, rng_);
+      for (int b = per_launch; b < T && check.size() < 40; b += per_launch) check.push_back(b);
+      std::sort(check.begin(), check.end());
+      check.erase(std::unique(check.begin(), check.end()), check.end());
+      check_routing(m, run, check);
+      check_output(m, run, check);
+      ASSERT_TRUE(run_forward(layer, again, stream.get()));
+      ASSERT_TRUE(run_forward(small_grid, other_grid, stream.get()));
+      EXPECT_EQ(run.y, again.y) << "not bitwise identical from run to run";
+      EXPECT_EQ(run.y, other_grid.y) << "not bitwise identical for another grid size";
+      EXPECT_EQ(run.ids, other_grid.ids);
+    }
+  }
+}
+
+// Chunked forwards with the routing given by the caller, beta, and a device token count that
+// ends inside a chunk (the later chunks route nothing, their rows stay as they were); a CUDA
+// graph of one forward holds one kernel node per chunk.
+TEST_F(Engine, TokensPerLaunchKeepsCallerRoutingBetaAndPaddedBatches) {
+  SCOPED_TRACE(seed_);
+  const Model m = make_model(config(256, 136, 16, 4, 1024), rng_);
+  const Config& c = m.config;
+  flashmoe::LayerOptions lo;
+  lo.tokens_per_launch = 6;
+  Layer layer;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer, lo).ok());
+  StreamGuard stream;
+  const int T = 20;
+  const std::size_t cells = static_cast<std::size_t>(T) * c.hidden;
+  const std::size_t pairs = static_cast<std::size_t>(T) * c.top_k;
+
+  // Routing from a plain chunked forward, given back by the caller, with beta = 0.5.
+  ForwardRun routed = make_run(c, T, rng_);
+  ASSERT_TRUE(run_forward(layer, routed, stream.get()));
+  ForwardRun run = make_run(c, T, rng_);
+  run.x = routed.x;
+  run.y_in = random_values(cells, 1.0f, c.dtype, rng_);
+  DeviceBuffer ids = upload(routed.ids), wts = upload(routed.weights);
+  ForwardOptions o;
+  o.topk_ids = ids.get<std::int32_t>();
+  o.topk_weights = wts.get<float>();
+  o.beta = 0.5f;
+  ASSERT_TRUE(run_forward(layer, run, stream.get(), o));
+  EXPECT_EQ(run.ids, routed.ids);
+  check_output(m, run, sample_tokens(T, T, rng_), 0.5);
+
+  // A device count of 9: chunk 0 whole, chunk 1 three rows, chunks 2 and 3 nothing.
+  ForwardRun padded = make_run(c, T, rng_);
+  const int live = 9;
+  for (std::size_t i = static_cast<std::size_t>(live) * c.hidden; i < cells; ++i) {
+    padded.y_in[i] = 0x3C00;
+  }
+  DeviceBuffer count = upload(std::vector<std::int32_t>{live});
+  DeviceBuffer dx = upload(padded.x), dy = upload(padded.y_in);
+  DeviceBuffer out_ids = upload(std::vector<std::int32_t>(pairs, -7));
+  DeviceBuffer out_wts = upload(std::vector<float>(pairs, -7.0f));
+  ForwardOptions p;
+  p.device_num_tokens = count.get<std::int32_t>();
+  p.out_topk_ids = out_ids.get<std::int32_t>();
+  p.out_topk_weights = out_wts.get<float>();
+  cudaGraph_t graph = nullptr;
+  CUDA_OK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal));
+  const flashmoe::Status s = flashmoe::forward(layer, dx.get(), dy.get(), T, stream.get(), p);
+  CUDA_OK(cudaStreamEndCapture(stream.get(), &graph));
+  ASSERT_TRUE(s.ok()) << s.to_string();
+  std::size_t nodes = 0;
+  CUDA_OK(cudaGraphGetNodes(graph, nullptr, &nodes));
+  EXPECT_EQ(nodes, 4u);  // ceil(20 / 6)
+  cudaGraphExec_t exec = nullptr;
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_OK(cudaGraphLaunch(exec, stream.get()));
+  ASSERT_TRUE(layer.device_status(stream.get()).ok());
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+  padded.y = download<std::uint16_t>(dy.get(), cells);
+  padded.ids = download<std::int32_t>(out_ids.get(), pairs);
+  padded.weights = download<float>(out_wts.get(), pairs);
+  for (std::size_t i = static_cast<std::size_t>(live) * c.hidden; i < cells; ++i) {
+    ASSERT_EQ(padded.y[i], 0x3C00) << "padding row " << i / c.hidden << " was written";
+  }
+  for (std::size_t q = static_cast<std::size_t>(live) * c.top_k; q < pairs; ++q) {
+    ASSERT_EQ(padded.ids[q], -7) << "padding pair " << q << " was routed";
+  }
+  const ForwardRun head = first_rows(padded, live, c);
+  check_routing(m, head, sample_tokens(live, live, rng_));
+  check_output(m, head, sample_tokens(live, live, rng_));
+}
+
 // The engine's pattern: one graph captured at the capacity, replayed with a different count
 // each time (written by a copy in the same stream).
 TEST_F(Engine, PaddedBatchGraphReplaysWithChangingCounts) {

@@ -127,6 +127,11 @@ TEST(LayerCreate, OptionsAreChecked) {
   o.watchdog_ms = 0;
   EXPECT_EQ(flashmoe::Layer::create(small_config(), {}, layer, o).code(),
             StatusCode::InvalidArgument);
+  o = {};
+  o.tokens_per_launch = -1;
+  const flashmoe::Status s = flashmoe::Layer::create(small_config(), {}, layer, o);
+  EXPECT_EQ(s.code(), StatusCode::InvalidArgument);
+  EXPECT_NE(s.message().find("options.tokens_per_launch = -1"), std::string::npos) << s.message();
 }
 
 // A valid config with no weights: without a GPU that is NotSupported ("no CUDA device"), with

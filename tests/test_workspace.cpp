@@ -156,6 +156,55 @@ TEST(Layout, ScratchGrowsWithMaxTokens) {
   }
 }
 
+// LayerOptions::tokens_per_launch: the scratch of a launch of that many tokens, the same as a
+// config whose max_tokens it is; 0 and anything past max_tokens mean max_tokens.
+TEST(Layout, ScratchPerLaunchFollowsTokensPerLaunch) {
+  const flashmoe::Config c = qwen3(8192);
+  EXPECT_EQ(flashmoe::scratch_bytes(c, 0), flashmoe::scratch_bytes(c));
+  EXPECT_EQ(flashmoe::scratch_bytes(c, 8192), flashmoe::scratch_bytes(c));
+  EXPECT_EQ(flashmoe::scratch_bytes(c, 100000), flashmoe::scratch_bytes(c));
+  EXPECT_EQ(flashmoe::scratch_bytes(c, -1), 0u);
+  EXPECT_EQ(flashmoe::workspace_bytes(c, -1), 0u);
+  std::size_t previous = 0;
+  for (int n : {1, 2, 16, 255, 256, 513, 1024, 2048, 4095, 8192}) {
+    const std::size_t bytes = flashmoe::scratch_bytes(c, n);
+    EXPECT_EQ(bytes, flashmoe::scratch_bytes(qwen3(n))) << "n " << n;
+    EXPECT_GE(bytes, previous) << "n " << n;
+    EXPECT_EQ(flashmoe::workspace_bytes(c, n), bytes + flashmoe::detail::plan_state(c).total);
+    previous = bytes;
+  }
+}
+
+TEST(Layout, TokensPerLaunchForABudgetIsTheLargestThatFits) {
+  const flashmoe::Config c = qwen3(8192);
+  EXPECT_EQ(flashmoe::tokens_per_launch_for(c, flashmoe::scratch_bytes(c)), 8192);
+  EXPECT_EQ(flashmoe::tokens_per_launch_for(c, std::size_t{1} << 50), 8192);
+  EXPECT_EQ(flashmoe::tokens_per_launch_for(c, 1000), 0);  // not even one token's
+  flashmoe::Config bad = c;
+  bad.top_k = 0;
+  EXPECT_EQ(flashmoe::tokens_per_launch_for(bad, std::size_t{1} << 40), 0);
+  for (int n : {1, 7, 300, 2047, 5000}) {
+    const std::size_t bytes = flashmoe::scratch_bytes(c, n);
+    const int fit = flashmoe::tokens_per_launch_for(c, bytes);
+    EXPECT_GE(fit, n);
+    EXPECT_LE(flashmoe::scratch_bytes(c, fit), bytes);
+    if (fit < 8192) {
+      EXPECT_GT(flashmoe::scratch_bytes(c, fit + 1), bytes) << "n " << n;
+    }
+  }
+}
+
+// Issue 19's target: the Qwen3-30B-A3B shape at max_tokens = 8192 in at most a quarter of the
+// bytes one launch of 8192 tokens needs, with launches of close to 2048 tokens.
+TEST(Layout, Qwen3At8192TokensFitsAQuarterOfTheOneLaunchWorkspace) {
+  const flashmoe::Config c = qwen3(8192);
+  const std::size_t quarter = flashmoe::workspace_bytes(c) / 4;
+  const std::size_t state = flashmoe::detail::plan_state(c).total;
+  const int n = flashmoe::tokens_per_launch_for(c, quarter - state);
+  EXPECT_GE(n, 1900);
+  EXPECT_LE(flashmoe::workspace_bytes(c, n), quarter);
+}
+
 TEST(KernelChoice, PrefillKernelPastOneDecodeMTileOfRowsPerExpert) {
   // Mixtral-8x7B (352 MB per expert): 32 rows per expert (T = 128) runs the tall decode
   // kernels, which measured 4-6% faster there than the prefill kernel (bench/NOTES.md, 64).

@@ -94,6 +94,9 @@ typedef struct flashmoe_layer_options {
    * NULL (with scratch_bytes 0): the layer allocates its own. */
   void* scratch;
   size_t scratch_bytes;
+  /* Tokens per kernel launch; the scratch is sized for this many and longer forwards run one
+   * launch per chunk of rows (0: max_tokens, one launch). See LayerOptions::tokens_per_launch. */
+  int tokens_per_launch;
 } flashmoe_layer_options;
 
 /* Mirrors flashmoe::ForwardOptions: device pointers. First version: struct_size to beta. */
@@ -139,6 +142,11 @@ static inline void flashmoe_forward_options_init(flashmoe_forward_options* optio
  * flashmoe::workspace_bytes). 0 for NULL, a bad struct_size or an invalid config. */
 size_t flashmoe_scratch_bytes(const flashmoe_config* config);
 size_t flashmoe_workspace_bytes(const flashmoe_config* config);
+/* The scratch of a layer created with this tokens_per_launch (flashmoe::scratch_bytes), and the
+ * largest tokens_per_launch whose scratch fits in scratch_bytes (flashmoe::tokens_per_launch_for;
+ * 0 if none fits, or for NULL, a bad struct_size or an invalid config). */
+size_t flashmoe_scratch_bytes_per_launch(const flashmoe_config* config, int tokens_per_launch);
+int flashmoe_tokens_per_launch_for(const flashmoe_config* config, size_t scratch_bytes);
 
 /* Validates and creates a layer on the current CUDA device; *out is set only on success. */
 flashmoe_status flashmoe_layer_create(const flashmoe_config* config,
@@ -152,6 +160,8 @@ void flashmoe_layer_destroy(flashmoe_layer* layer); /* NULL is allowed */
 /* Device bytes the layer allocated itself, and scratch bytes its forwards need (0 for NULL). */
 size_t flashmoe_layer_workspace_bytes(const flashmoe_layer* layer);
 size_t flashmoe_layer_scratch_bytes(const flashmoe_layer* layer);
+/* Tokens per kernel launch of the layer (1 .. max_tokens; 0 for NULL). */
+int flashmoe_layer_tokens_per_launch(const flashmoe_layer* layer);
 
 /* Replaces the weights without re-creating the layer (see Layer::set_weights); forwards
  * enqueued before keep the old ones. On error the layer keeps its old weights. */

@@ -30,6 +30,14 @@ struct LayerOptions {
   // may be running. When null, the Layer allocates a scratch of its own.
   void* scratch = nullptr;
   std::size_t scratch_bytes = 0;
+  // Tokens one kernel launch processes (0, or anything above max_tokens: max_tokens). The
+  // scratch is sized for this many tokens, and a forward of more runs one launch per chunk of
+  // this many rows (the last one shorter), in order on its stream. Less memory for long
+  // prefills, at a cost: each launch reads its experts' weights again (bench/NOTES.md has the
+  // numbers). tokens_per_launch_for picks the largest value a scratch budget allows. Results
+  // depend on it (the chunks are routed and tiled separately) but, for a given value, stay
+  // bitwise identical from run to run and for every grid size.
+  int tokens_per_launch = 0;
 };
 
 // One MoE layer: validated config, borrowed weights, its own small device state and a scratch
@@ -60,8 +68,11 @@ class Layer {
   // Device bytes this Layer allocated itself: its state, plus its scratch unless the caller
   // gave one.
   [[nodiscard]] std::size_t workspace_bytes() const noexcept;
-  // Scratch bytes its forwards need (flashmoe::scratch_bytes of its config).
+  // Scratch bytes its forwards need (flashmoe::scratch_bytes of its config and
+  // tokens_per_launch).
   [[nodiscard]] std::size_t scratch_bytes() const noexcept;
+  // Tokens per kernel launch (LayerOptions::tokens_per_launch resolved: 1 .. max_tokens).
+  [[nodiscard]] int tokens_per_launch() const noexcept;
   [[nodiscard]] int device() const noexcept;
 
   // Replaces the weights (reload, offload, LoRA merges, expert remaps) without re-creating the
@@ -92,17 +103,24 @@ class Layer {
   std::unique_ptr<Impl> impl_;
 };
 
-// Bytes of scratch the forwards of a Layer with this config need (0 if the config is
-// invalid). A scratch shared by several Layers needs the largest of their sizes.
-[[nodiscard]] std::size_t scratch_bytes(const Config& config) noexcept;
+// Bytes of scratch the forwards of a Layer with this config and LayerOptions::tokens_per_launch
+// need (0 if the config is invalid or tokens_per_launch negative). A scratch shared by several
+// Layers needs the largest of their sizes.
+[[nodiscard]] std::size_t scratch_bytes(const Config& config, int tokens_per_launch = 0) noexcept;
 // Bytes of device memory a Layer with this config allocates when it owns its scratch: its
-// state plus scratch_bytes(config) (0 if the config is invalid).
-[[nodiscard]] std::size_t workspace_bytes(const Config& config) noexcept;
+// state plus scratch_bytes(config, tokens_per_launch) (0 if either argument is invalid).
+[[nodiscard]] std::size_t workspace_bytes(const Config& config, int tokens_per_launch = 0) noexcept;
+// The largest tokens_per_launch (at most max_tokens) whose scratch fits in scratch_bytes: one
+// launch per forward when it returns max_tokens. 0 if not even one token's fits, or the config
+// is invalid.
+[[nodiscard]] int tokens_per_launch_for(const Config& config, std::size_t scratch_bytes) noexcept;
 
-// y[T, H] = MoE(x[T, H]) (+ beta * y). Enqueues exactly one kernel on `stream`; no host
-// synchronisation and no allocation, so it can be captured in a CUDA graph. x and y are device
-// pointers in the layer's dtype, 16-byte aligned. T = 0 returns Ok and does nothing. On any
-// error nothing is enqueued and y is untouched. A CUDA error that the caller left pending (one
+// y[T, H] = MoE(x[T, H]) (+ beta * y). Enqueues exactly one kernel on `stream` (one per chunk
+// of Layer::tokens_per_launch() rows when T is larger); no host synchronisation and no
+// allocation, so it can be captured in a CUDA graph. x and y are device pointers in the layer's
+// dtype, 16-byte aligned. T = 0 returns Ok and does nothing. On any error found before the
+// first launch nothing is enqueued and y is untouched (a launch that fails after earlier chunks
+// were enqueued leaves their rows written). A CUDA error that the caller left pending (one
 // cudaGetLastError would return) is not reported as this call's: forward clears it first.
 [[nodiscard]] Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens,
                              cudaStream_t stream, const ForwardOptions& options = {});

@@ -30,6 +30,7 @@ struct KernelParams {
   float* out_weights;            // [T, K] or null
   float beta;
   const std::int32_t* live_tokens;  // device token count (padded batches) or null
+  int live_offset;                  // this launch's first row in the forward (token chunks)
 
   // Shape and routing. num_tokens is the launch's capacity: it sizes the grid and the strides;
   // the tokens routed are the first live_token_count() of them.
@@ -64,12 +65,13 @@ struct KernelParams {
   TraceSink trace;
 };
 
-// Tokens this launch routes: all num_tokens, or the caller's device count clamped to them.
+// Tokens this launch routes: all num_tokens, or the caller's device count (of the whole
+// forward, whose rows from live_offset on are this launch's) clamped to them.
 template <typename T>
 __device__ int live_token_count(const KernelParams<T>& p) {
   if (p.live_tokens == nullptr) return p.num_tokens;
-  const int n = *p.live_tokens;
-  return n < 0 ? 0 : n > p.num_tokens ? p.num_tokens : n;
+  const long long n = static_cast<long long>(*p.live_tokens) - p.live_offset;
+  return n < 0 ? 0 : n > p.num_tokens ? p.num_tokens : static_cast<int>(n);
 }
 
 }  // namespace flashmoe::detail
