@@ -1,7 +1,8 @@
 // What an inference engine does with a Layer beyond one forward: one scratch shared by many
-// Layers, weights replaced in place, padded batches with a device token count (in CUDA graphs
-// too), non-finite tokens, overlapping forwards caught, errors collected in a device word,
-// and a CUDA error left by the caller not taken for ours.
+// Layers, a smaller scratch with long forwards split into launches (tokens_per_launch), weights
+// replaced in place, padded batches with a device token count (in CUDA graphs too), non-finite
+// tokens, overlapping forwards caught, errors collected in a device word, and a CUDA error left
+// by the caller not taken for ours.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
