@@ -6,7 +6,8 @@
 // max_tokens; weights bounded by M MB so that the loop sees many shapes), runs several forwards
 // on it with random engine options (token counts near the kernel switches, a device token
 // count, caller routing with repeated experts, beta, x == y, a scratch shared with a Layer of
-// another shape, weights re-bound with set_weights), and checks each forward: the device status,
+// another shape, weights re-bound with set_weights, a scratch for fewer tokens than max_tokens
+// so that long forwards run as several launches), and checks each forward: the device status,
 // every live row of y written, padding rows and their routing rows untouched, and a sample of
 // tokens against the reference run with the routing the GPU chose (near-ties in the routing make
 // the GPU's choice, not the reference's, the one to check the output against; the choice itself
@@ -244,6 +245,7 @@ struct ShapeDraw {
   float router_scale = 1.0f;  // router logits of std ~2 * router_scale
   int masked = 0;             // experts whose correction bias is -inf
   int max_blocks = 0;
+  int tokens_per_launch = 0;  // LayerOptions::tokens_per_launch (0: max_tokens)
 };
 
 ShapeDraw draw_shape(Rng& rng, double max_weight_bytes) {
@@ -289,6 +291,10 @@ ShapeDraw draw_shape(Rng& rng, double max_weight_bytes) {
   if (weight_bytes(c) <= kSmallWeightBytes && chance(rng, 0.1)) {
     s.max_blocks = pick<int>(rng, {1, 2, 3, 7, 17, 50});
   }
+  // Sometimes a smaller scratch: forwards longer than this run as several launches.
+  if (c.max_tokens > 1 && chance(rng, 0.15)) {
+    s.tokens_per_launch = log_uniform(rng, 1, c.max_tokens - 1);
+  }
   return s;
 }
 
@@ -308,6 +314,7 @@ std::string describe(const ShapeDraw& s) {
   if (s.router_scale != 1.0f) out += fmt::format(" router*{:g}", s.router_scale);
   out += fmt::format(" max_tokens={}", c.max_tokens);
   if (s.max_blocks > 0) out += fmt::format(" max_blocks={}", s.max_blocks);
+  if (s.tokens_per_launch > 0) out += fmt::format(" tokens_per_launch={}", s.tokens_per_launch);
   out += fmt::format(" weights={:.1f}MB", weight_bytes(c) / (1 << 20));
   return out;
 }
@@ -359,6 +366,7 @@ std::string create_subject(Subject& s, const ShapeDraw& draw, Rng& rng, void* sc
   flashmoe::LayerOptions options;
   options.watchdog_ms = kWatchdogMs;
   options.max_blocks = draw.max_blocks;
+  options.tokens_per_launch = draw.tokens_per_launch;
   options.scratch = scratch;
   options.scratch_bytes = scratch_bytes;
   s.shared_scratch = scratch != nullptr;
@@ -929,8 +937,9 @@ int main(int argc, char** argv) {
     guard.arm(where + " create");
     std::string error;
     if (share) {
-      const std::size_t need = std::max(flashmoe::scratch_bytes(main_draw.config),
-                                        flashmoe::scratch_bytes(comp_draw.config));
+      const std::size_t need =
+          std::max(flashmoe::scratch_bytes(main_draw.config, main_draw.tokens_per_launch),
+                   flashmoe::scratch_bytes(comp_draw.config, comp_draw.tokens_per_launch));
       scratch = DeviceBuffer(need);
       // Garbage everywhere (create zeroes only the owner line): nothing may depend on it.
       if (scratch.get() == nullptr || cudaMemset(scratch.get(), 0xA5, need) != cudaSuccess ||
