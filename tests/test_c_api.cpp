@@ -409,6 +409,8 @@ void expect_rows_match(const std::vector<std::uint16_t>& y, const std::vector<do
   }
 }
 
+// Default options, and tokens_per_launch through the C struct: a smaller scratch, and the
+// same forward as three launches.
 TEST(CApi, GpuRoundTripMatchesTheReference) {
   FLASHMOE_NEED_GPU();
   const std::uint64_t seed = fresh_seed();
@@ -418,49 +420,34 @@ TEST(CApi, GpuRoundTripMatchesTheReference) {
   const Model m = make_model(cc, rng);
   const flashmoe_config c = to_c(cc);
   const flashmoe_weights w = to_c(m);
-  CLayer l;
-  ASSERT_EQ(flashmoe_layer_create(&c, &w, &l.layer), FLASHMOE_STATUS_OK) << last_message();
-  EXPECT_EQ(flashmoe_layer_workspace_bytes(l.layer), flashmoe_workspace_bytes(&c));
-  EXPECT_EQ(flashmoe_layer_scratch_bytes(l.layer), flashmoe_scratch_bytes(&c));
+  for (int per_launch : {0, 2}) {
+    SCOPED_TRACE(per_launch);
+    flashmoe_layer_options lo;
+    flashmoe_layer_options_init(&lo);
+    lo.tokens_per_launch = per_launch;
+    CLayer l;
+    ASSERT_EQ(flashmoe_layer_create_with_options(&c, &w, &lo, &l.layer), FLASHMOE_STATUS_OK)
+        << last_message();
+    EXPECT_EQ(flashmoe_layer_tokens_per_launch(l.layer), per_launch == 0 ? c.max_tokens : 2);
+    EXPECT_EQ(flashmoe_layer_scratch_bytes(l.layer),
+              flashmoe_scratch_bytes_per_launch(&c, per_launch));
+    EXPECT_EQ(
+        flashmoe_layer_workspace_bytes(l.layer),
+        per_launch == 0 ? flashmoe_workspace_bytes(&c) : flashmoe::workspace_bytes(cc, per_launch));
+    if (per_launch > 0) {
+      EXPECT_LT(flashmoe_layer_scratch_bytes(l.layer), flashmoe_scratch_bytes(&c));
+    }
 
-  const int T = 5;
-  const auto x = random_values(static_cast<std::size_t>(T) * c.hidden, 1.0f, cc.dtype, rng);
-  DeviceBuffer dx = upload(x);
-  DeviceBuffer dy = upload(std::vector<std::uint16_t>(x.size(), kPoison));
-  ASSERT_EQ(flashmoe_forward(l.layer, dx.get(), dy.get(), T, nullptr, nullptr), FLASHMOE_STATUS_OK)
-      << last_message();
-  ASSERT_EQ(flashmoe_layer_device_status(l.layer, nullptr), FLASHMOE_STATUS_OK);
-  expect_rows_match(download<std::uint16_t>(dy.get(), x.size()), reference(cc, m, x, T), T, cc);
-}
-
-// tokens_per_launch through the C struct: a smaller scratch, and a forward of three launches.
-TEST(CApi, GpuTokensPerLaunchRunsLongForwardsInChunks) {
-  FLASHMOE_NEED_GPU();
-  const std::uint64_t seed = fresh_seed();
-  SCOPED_TRACE(seed);
-  std::mt19937_64 rng(seed);
-  const flashmoe::Config cc = small_config();
-  const Model m = make_model(cc, rng);
-  const flashmoe_config c = to_c(cc);
-  const flashmoe_weights w = to_c(m);
-  flashmoe_layer_options lo;
-  flashmoe_layer_options_init(&lo);
-  lo.tokens_per_launch = 2;
-  CLayer l;
-  ASSERT_EQ(flashmoe_layer_create_with_options(&c, &w, &lo, &l.layer), FLASHMOE_STATUS_OK)
-      << last_message();
-  EXPECT_EQ(flashmoe_layer_tokens_per_launch(l.layer), 2);
-  EXPECT_EQ(flashmoe_layer_scratch_bytes(l.layer), flashmoe_scratch_bytes_per_launch(&c, 2));
-  EXPECT_LT(flashmoe_layer_scratch_bytes(l.layer), flashmoe_scratch_bytes(&c));
-
-  const int T = 5;
-  const auto x = random_values(static_cast<std::size_t>(T) * c.hidden, 1.0f, cc.dtype, rng);
-  DeviceBuffer dx = upload(x);
-  DeviceBuffer dy = upload(std::vector<std::uint16_t>(x.size(), kPoison));
-  ASSERT_EQ(flashmoe_forward(l.layer, dx.get(), dy.get(), T, nullptr, nullptr), FLASHMOE_STATUS_OK)
-      << last_message();
-  ASSERT_EQ(flashmoe_layer_device_status(l.layer, nullptr), FLASHMOE_STATUS_OK);
-  expect_rows_match(download<std::uint16_t>(dy.get(), x.size()), reference(cc, m, x, T), T, cc);
+    const int T = 5;
+    const auto x = random_values(static_cast<std::size_t>(T) * c.hidden, 1.0f, cc.dtype, rng);
+    DeviceBuffer dx = upload(x);
+    DeviceBuffer dy = upload(std::vector<std::uint16_t>(x.size(), kPoison));
+    ASSERT_EQ(flashmoe_forward(l.layer, dx.get(), dy.get(), T, nullptr, nullptr),
+              FLASHMOE_STATUS_OK)
+        << last_message();
+    ASSERT_EQ(flashmoe_layer_device_status(l.layer, nullptr), FLASHMOE_STATUS_OK);
+    expect_rows_match(download<std::uint16_t>(dy.get(), x.size()), reference(cc, m, x, T), T, cc);
+  }
 }
 
 // Caller scratch (shared by two layers), a padded batch with device_num_tokens, the sticky

@@ -119,6 +119,50 @@ ForwardRun first_rows(const ForwardRun& run, int n, const Config& c) {
   return r;
 }
 
+// A padded batch on the device: `run` with its rows from `live` on set to a sentinel in y (not
+// poison, so that "untouched" is checked bitwise), the device token count `count`, and routing
+// outputs pre-filled with -7 (an untouched pair shows).
+struct PaddedBatch {
+  static constexpr std::uint16_t kSentinel = 0x3C00;
+  DeviceBuffer x, y, count, ids, weights;
+  ForwardOptions options;
+  int live = 0;
+
+  PaddedBatch(ForwardRun& run, int count_value, int live_rows, const Config& c) : live(live_rows) {
+    for (std::size_t i = static_cast<std::size_t>(live) * c.hidden; i < run.y_in.size(); ++i) {
+      run.y_in[i] = kSentinel;
+    }
+    const std::size_t pairs = static_cast<std::size_t>(run.tokens) * c.top_k;
+    x = upload(run.x);
+    y = upload(run.y_in);
+    count = upload(std::vector<std::int32_t>{count_value});
+    ids = upload(std::vector<std::int32_t>(pairs, -7));
+    weights = upload(std::vector<float>(pairs, -7.0f));
+    options.device_num_tokens = count.get<std::int32_t>();
+    options.out_topk_ids = ids.get<std::int32_t>();
+    options.out_topk_weights = weights.get<float>();
+  }
+
+  // Downloads y and the routing outputs into `run`, checks the padding, and returns the live
+  // rows as a run of their own (for check_routing and check_output).
+  ForwardRun live_rows(ForwardRun& run, const Config& c) const {
+    const std::size_t pairs = static_cast<std::size_t>(run.tokens) * c.top_k;
+    run.y = download<std::uint16_t>(y.get(), run.y_in.size());
+    run.ids = download<std::int32_t>(ids.get(), pairs);
+    run.weights = download<float>(weights.get(), pairs);
+    for (std::size_t i = static_cast<std::size_t>(live) * c.hidden; i < run.y.size(); ++i) {
+      EXPECT_EQ(run.y[i], kSentinel) << "padding row " << i / c.hidden << " was written";
+      if (run.y[i] != kSentinel) break;
+    }
+    for (std::size_t q = static_cast<std::size_t>(live) * c.top_k; q < pairs; ++q) {
+      EXPECT_TRUE(run.ids[q] == -7 && run.weights[q] == -7.0f)
+          << "padding pair " << q << " was routed";
+      if (run.ids[q] != -7 || run.weights[q] != -7.0f) break;
+    }
+    return first_rows(run, live, c);
+  }
+};
+
 // Padded batches: tokens past the device count are not routed and leave their rows of y and
 // of the routing outputs bitwise as they were; the live ones are correct. Decode and prefill
 // capacities, counts from 0 to past the capacity (clamped).
@@ -134,33 +178,13 @@ TEST_F(Engine, DeviceTokenCountSkipsPaddingAndLeavesItsRowsUntouched) {
       SCOPED_TRACE(::testing::Message() << "capacity " << capacity << " n " << n);
       const int live = std::min(n, capacity);
       ForwardRun run = make_run(c, capacity, rng_);
-      // Padding rows hold a sentinel, not poison, so that "untouched" is checked bitwise.
-      for (std::size_t i = static_cast<std::size_t>(live) * c.hidden; i < run.y_in.size(); ++i) {
-        run.y_in[i] = 0x3C00;
-      }
-      DeviceBuffer count = upload(std::vector<std::int32_t>{n});
-      const std::size_t pairs = static_cast<std::size_t>(capacity) * c.top_k;
-      DeviceBuffer dx = upload(run.x), dy = upload(run.y_in);
-      DeviceBuffer ids = upload(std::vector<std::int32_t>(pairs, -7));
-      DeviceBuffer wts = upload(std::vector<float>(pairs, -7.0f));
-      ForwardOptions o;
-      o.device_num_tokens = count.get<std::int32_t>();
-      o.out_topk_ids = ids.get<std::int32_t>();
-      o.out_topk_weights = wts.get<float>();
-      ASSERT_TRUE(flashmoe::forward(layer, dx.get(), dy.get(), capacity, stream.get(), o).ok());
+      const PaddedBatch batch(run, n, live, c);
+      ASSERT_TRUE(flashmoe::forward(layer, batch.x.get(), batch.y.get(), capacity, stream.get(),
+                                    batch.options)
+                      .ok());
       ASSERT_TRUE(layer.device_status(stream.get()).ok());
-      run.y = download<std::uint16_t>(dy.get(), run.y_in.size());
-      run.ids = download<std::int32_t>(ids.get(), pairs);
-      run.weights = download<float>(wts.get(), pairs);
-      for (std::size_t i = static_cast<std::size_t>(live) * c.hidden; i < run.y.size(); ++i) {
-        ASSERT_EQ(run.y[i], 0x3C00) << "padding row " << i / c.hidden << " was written";
-      }
-      for (std::size_t q = static_cast<std::size_t>(live) * c.top_k; q < pairs; ++q) {
-        ASSERT_EQ(run.ids[q], -7) << "padding pair " << q << " was routed";
-        ASSERT_EQ(run.weights[q], -7.0f);
-      }
+      const ForwardRun head = batch.live_rows(run, c);
       if (live > 0) {
-        const ForwardRun head = first_rows(run, live, c);
         check_routing(m, head, sample_tokens(live, 16, rng_));
         check_output(m, head, sample_tokens(live, 16, rng_));
       }
@@ -234,7 +258,6 @@ TEST_F(Engine, TokensPerLaunchKeepsCallerRoutingBetaAndPaddedBatches) {
   StreamGuard stream;
   const int T = 20;
   const std::size_t cells = static_cast<std::size_t>(T) * c.hidden;
-  const std::size_t pairs = static_cast<std::size_t>(T) * c.top_k;
 
   // Routing from a plain chunked forward, given back by the caller, with beta = 0.5.
   ForwardRun routed = make_run(c, T, rng_);
@@ -254,20 +277,11 @@ TEST_F(Engine, TokensPerLaunchKeepsCallerRoutingBetaAndPaddedBatches) {
   // A device count of 9: chunk 0 whole, chunk 1 three rows, chunks 2 and 3 nothing.
   ForwardRun padded = make_run(c, T, rng_);
   const int live = 9;
-  for (std::size_t i = static_cast<std::size_t>(live) * c.hidden; i < cells; ++i) {
-    padded.y_in[i] = 0x3C00;
-  }
-  DeviceBuffer count = upload(std::vector<std::int32_t>{live});
-  DeviceBuffer dx = upload(padded.x), dy = upload(padded.y_in);
-  DeviceBuffer out_ids = upload(std::vector<std::int32_t>(pairs, -7));
-  DeviceBuffer out_wts = upload(std::vector<float>(pairs, -7.0f));
-  ForwardOptions p;
-  p.device_num_tokens = count.get<std::int32_t>();
-  p.out_topk_ids = out_ids.get<std::int32_t>();
-  p.out_topk_weights = out_wts.get<float>();
+  const PaddedBatch batch(padded, live, live, c);
   cudaGraph_t graph = nullptr;
   CUDA_OK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal));
-  const flashmoe::Status s = flashmoe::forward(layer, dx.get(), dy.get(), T, stream.get(), p);
+  const flashmoe::Status s =
+      flashmoe::forward(layer, batch.x.get(), batch.y.get(), T, stream.get(), batch.options);
   CUDA_OK(cudaStreamEndCapture(stream.get(), &graph));
   ASSERT_TRUE(s.ok()) << s.to_string();
   std::size_t nodes = 0;
@@ -279,16 +293,7 @@ TEST_F(Engine, TokensPerLaunchKeepsCallerRoutingBetaAndPaddedBatches) {
   ASSERT_TRUE(layer.device_status(stream.get()).ok());
   CUDA_OK(cudaGraphExecDestroy(exec));
   CUDA_OK(cudaGraphDestroy(graph));
-  padded.y = download<std::uint16_t>(dy.get(), cells);
-  padded.ids = download<std::int32_t>(out_ids.get(), pairs);
-  padded.weights = download<float>(out_wts.get(), pairs);
-  for (std::size_t i = static_cast<std::size_t>(live) * c.hidden; i < cells; ++i) {
-    ASSERT_EQ(padded.y[i], 0x3C00) << "padding row " << i / c.hidden << " was written";
-  }
-  for (std::size_t q = static_cast<std::size_t>(live) * c.top_k; q < pairs; ++q) {
-    ASSERT_EQ(padded.ids[q], -7) << "padding pair " << q << " was routed";
-  }
-  const ForwardRun head = first_rows(padded, live, c);
+  const ForwardRun head = batch.live_rows(padded, c);
   check_routing(m, head, sample_tokens(live, live, rng_));
   check_output(m, head, sample_tokens(live, live, rng_));
 }
