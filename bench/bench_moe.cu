@@ -5,6 +5,7 @@
 // with the time of the unfused cuBLAS forward an engine would otherwise run (cublas_baseline.cuh)
 // on the same inputs.
 #include <benchmark/benchmark.h>
+#include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -185,6 +186,45 @@ double measure_bandwidth() {
   (void)cudaEventDestroy(e1);
   std::sort(ms.begin(), ms.end());
   return 2.0 * bytes / (ms[ms.size() / 2] * 1e-3);
+}
+
+double g_dense_flops = 0;  // FLOP/s of one large dense bf16 GEMM (cuBLAS), 0 when not measured
+
+// The card's dense bf16 tensor-core rate as cuBLAS reaches it: an 8192^3 GEMM (fp32
+// accumulation) on random data, median of ten after two warm-ups. The FLOP floor of a forward
+// is its FLOPs over this rate.
+double measure_dense_flops() {
+  constexpr int n = 8192;
+  const std::size_t cells = std::size_t{n} * n;
+  DeviceMem a(cells * 2), b(cells * 2), c(cells * 2);
+  if (!a.p || !b.p || !c.p) return 0;
+  fill(flashmoe::DType::BF16, a.p, cells, 11, 1.0f);
+  fill(flashmoe::DType::BF16, b.p, cells, 12, 1.0f);
+  cublasHandle_t handle = nullptr;
+  if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) return 0;
+  cudaEvent_t e0, e1;
+  (void)cudaEventCreate(&e0);
+  (void)cudaEventCreate(&e1);
+  const float one = 1.0f, zero = 0.0f;
+  std::vector<float> ms;
+  bool ok = true;
+  for (int i = 0; i < 12 && ok; ++i) {
+    (void)cudaEventRecord(e0);
+    ok = cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a.p, CUDA_R_16BF, n, b.p,
+                      CUDA_R_16BF, n, &zero, c.p, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F,
+                      CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
+    (void)cudaEventRecord(e1);
+    (void)cudaEventSynchronize(e1);
+    float t = 0;
+    (void)cudaEventElapsedTime(&t, e0, e1);
+    if (i >= 2) ms.push_back(t);
+  }
+  (void)cudaEventDestroy(e0);
+  (void)cudaEventDestroy(e1);
+  (void)cublasDestroy(handle);
+  if (!ok || ms.empty()) return 0;
+  std::sort(ms.begin(), ms.end());
+  return 2.0 * n * n * static_cast<double>(n) / (ms[ms.size() / 2] * 1e-3);
 }
 
 struct EventPair {
@@ -378,6 +418,9 @@ void BM_Forward(benchmark::State& state, Shape shape, flashmoe::DType dt) {
   state.counters["floor_us"] = floor_us;
   state.counters["pct_of_floor"] = 100.0 * floor_us / median_us;
   state.counters["TFLOPs"] = flops / (median_us * 1e-6) / 1e12;
+  if (g_dense_flops > 0) {
+    state.counters["pct_of_dense"] = 100.0 * flops / (median_us * 1e-6) / g_dense_flops;
+  }
   // The graph replays above left FlashMoE's y of input 0 in y_at(0).
   if (b->baseline && !state.error_occurred()) {
     double cublas_us = 0;
@@ -528,8 +571,11 @@ int main(int argc, char** argv) {
     g_tokens_per_launch = static_cast<int>(n);
   }
   g_bandwidth = measure_bandwidth();
-  std::printf("%s, %d SMs; device-to-device copy: %.0f GB/s (read + write)\n", prop.name,
-              prop.multiProcessorCount, g_bandwidth / 1e9);
+  if (g_cublas) g_dense_flops = measure_dense_flops();
+  std::printf("%s, %d SMs; device-to-device copy: %.0f GB/s (read + write); dense bf16 GEMM: %s\n",
+              prop.name, prop.multiProcessorCount, g_bandwidth / 1e9,
+              g_dense_flops > 0 ? fmt::format("{:.0f} TFLOP/s", g_dense_flops / 1e12).c_str()
+                                : "not measured (cuBLAS off)");
   for (const Shape& s : kShapes) {
     for (flashmoe::DType dt : {flashmoe::DType::BF16, flashmoe::DType::FP16}) {
       auto* bm = benchmark::RegisterBenchmark(
@@ -556,6 +602,7 @@ int main(int argc, char** argv) {
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("device", prop.name);
   benchmark::AddCustomContext("copy_bandwidth_GBps", fmt::format("{:.0f}", g_bandwidth / 1e9));
+  benchmark::AddCustomContext("dense_bf16_TFLOPs", fmt::format("{:.0f}", g_dense_flops / 1e12));
   benchmark::AddCustomContext("cublas_baseline",
                               g_cublas ? "on" : "off (FLASHMOE_BENCH_NO_CUBLAS is set)");
   benchmark::RunSpecifiedBenchmarks();
