@@ -165,17 +165,18 @@ Bench* get_bench(const Shape& s, flashmoe::DType dt) {
 
 double g_bandwidth = 0;  // bytes/s, device-to-device copy, read + write
 
-double measure_bandwidth() {
-  const std::size_t bytes = std::size_t{1} << 30;
-  DeviceMem a(bytes), b(bytes);
-  if (!a.p || !b.p) return 0;
+// Median time in ms of `run` (work enqueued on the default stream, returning false on failure)
+// over ten runs after two warm-ups, or 0 when a run failed.
+template <class Fn>
+double median_ms(Fn&& run) {
   cudaEvent_t e0, e1;
   (void)cudaEventCreate(&e0);
   (void)cudaEventCreate(&e1);
   std::vector<float> ms;
-  for (int i = 0; i < 12; ++i) {
+  bool ok = true;
+  for (int i = 0; i < 12 && ok; ++i) {
     (void)cudaEventRecord(e0);
-    (void)cudaMemcpyAsync(b.p, a.p, bytes, cudaMemcpyDeviceToDevice);
+    ok = run();
     (void)cudaEventRecord(e1);
     (void)cudaEventSynchronize(e1);
     float t = 0;
@@ -184,8 +185,18 @@ double measure_bandwidth() {
   }
   (void)cudaEventDestroy(e0);
   (void)cudaEventDestroy(e1);
+  if (!ok || ms.empty()) return 0;
   std::sort(ms.begin(), ms.end());
-  return 2.0 * bytes / (ms[ms.size() / 2] * 1e-3);
+  return ms[ms.size() / 2];
+}
+
+double measure_bandwidth() {
+  const std::size_t bytes = std::size_t{1} << 30;
+  DeviceMem a(bytes), b(bytes);
+  if (!a.p || !b.p) return 0;
+  const double ms = median_ms(
+      [&] { return cudaMemcpyAsync(b.p, a.p, bytes, cudaMemcpyDeviceToDevice) == cudaSuccess; });
+  return ms > 0 ? 2.0 * bytes / (ms * 1e-3) : 0;
 }
 
 double g_dense_flops = 0;  // FLOP/s of one large dense bf16 GEMM (cuBLAS), 0 when not measured
@@ -202,29 +213,14 @@ double measure_dense_flops() {
   fill(flashmoe::DType::BF16, b.p, cells, 12, 1.0f);
   cublasHandle_t handle = nullptr;
   if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) return 0;
-  cudaEvent_t e0, e1;
-  (void)cudaEventCreate(&e0);
-  (void)cudaEventCreate(&e1);
   const float one = 1.0f, zero = 0.0f;
-  std::vector<float> ms;
-  bool ok = true;
-  for (int i = 0; i < 12 && ok; ++i) {
-    (void)cudaEventRecord(e0);
-    ok = cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a.p, CUDA_R_16BF, n, b.p,
-                      CUDA_R_16BF, n, &zero, c.p, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F,
-                      CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
-    (void)cudaEventRecord(e1);
-    (void)cudaEventSynchronize(e1);
-    float t = 0;
-    (void)cudaEventElapsedTime(&t, e0, e1);
-    if (i >= 2) ms.push_back(t);
-  }
-  (void)cudaEventDestroy(e0);
-  (void)cudaEventDestroy(e1);
+  const double ms = median_ms([&] {
+    return cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a.p, CUDA_R_16BF, n, b.p,
+                        CUDA_R_16BF, n, &zero, c.p, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F,
+                        CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
+  });
   (void)cublasDestroy(handle);
-  if (!ok || ms.empty()) return 0;
-  std::sort(ms.begin(), ms.end());
-  return 2.0 * n * n * static_cast<double>(n) / (ms[ms.size() / 2] * 1e-3);
+  return ms > 0 ? 2.0 * n * n * static_cast<double>(n) / (ms * 1e-3) : 0;
 }
 
 struct EventPair {
