@@ -252,7 +252,8 @@ bool routing_near_tie(const std::int32_t* base_ids, const std::int32_t* flash_id
 // median time per forward, or what failed.
 std::string measure_cublas(flashmoe_bench::CublasBaseline& base, const flashmoe::Config& c,
                            const char* xs, const void* flash_y0, const std::int32_t* flash_ids0,
-                           int T, int wanted_rounds, cudaStream_t stream, double& median_us) {
+                           int T, int wanted_rounds, cudaStream_t stream,
+                           flashmoe_bench::ExpertGemms gemms, double& median_us) {
   const std::size_t act = static_cast<std::size_t>(T) * c.hidden;
   const std::size_t pairs = static_cast<std::size_t>(T) * c.top_k;
   DeviceMem ys(kInputs * act * 2);
@@ -260,7 +261,7 @@ std::string measure_cublas(flashmoe_bench::CublasBaseline& base, const flashmoe:
   auto x_at = [&](int i) { return xs + i * act * 2; };
   auto y_at = [&](int i) { return static_cast<char*>(ys.p) + i * act * 2; };
 
-  if (std::string e = base.forward(x_at(0), y_at(0), T, stream); !e.empty()) return e;
+  if (std::string e = base.forward(x_at(0), y_at(0), T, stream, gemms); !e.empty()) return e;
   BENCH_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream));
   std::vector<std::uint16_t> mine(act), flash(act);
   std::vector<std::int32_t> ids(pairs);
@@ -305,7 +306,7 @@ std::string measure_cublas(flashmoe_bench::CublasBaseline& base, const flashmoe:
   BENCH_RETURN_IF_CUDA_ERROR(cudaEventCreate(&ev.stop));
   for (int round = 0; round < 2; ++round) {  // warm-up
     for (int i = 0; i < kInputs; ++i) {
-      if (std::string e = base.forward(x_at(i), y_at(i), T, stream); !e.empty()) return e;
+      if (std::string e = base.forward(x_at(i), y_at(i), T, stream, gemms); !e.empty()) return e;
     }
   }
   std::vector<double> per_forward_us;
@@ -315,7 +316,7 @@ std::string measure_cublas(flashmoe_bench::CublasBaseline& base, const flashmoe:
     if (round >= kCublasMinRounds && total_ms >= kCublasBudgetMs) break;
     BENCH_RETURN_IF_CUDA_ERROR(cudaEventRecord(ev.start, stream));
     for (int i = 0; i < kInputs; ++i) {
-      if (std::string e = base.forward(x_at(i), y_at(i), T, stream); !e.empty()) return e;
+      if (std::string e = base.forward(x_at(i), y_at(i), T, stream, gemms); !e.empty()) return e;
     }
     BENCH_RETURN_IF_CUDA_ERROR(cudaEventRecord(ev.stop, stream));
     BENCH_RETURN_IF_CUDA_ERROR(cudaEventSynchronize(ev.stop));
@@ -418,16 +419,20 @@ void BM_Forward(benchmark::State& state, Shape shape, flashmoe::DType dt) {
     state.counters["pct_of_dense"] = 100.0 * flops / (median_us * 1e-6) / g_dense_flops;
   }
   // The graph replays above left FlashMoE's y of input 0 in y_at(0).
-  if (b->baseline && !state.error_occurred()) {
+  // The cuBLAS forward twice: one GEMM per expert, then the grouped API (cublas_grouped_*).
+  using flashmoe_bench::ExpertGemms;
+  for (ExpertGemms gemms : {ExpertGemms::PerExpert, ExpertGemms::Grouped}) {
+    if (!b->baseline || state.error_occurred()) break;
+    const char* name = gemms == ExpertGemms::Grouped ? "cublas_grouped" : "cublas";
     double cublas_us = 0;
     const std::string e =
         measure_cublas(*b->baseline, c, x_at(0), y_at(0), host_ids.data(), T,
-                       static_cast<int>(per_forward_us.size()), stream, cublas_us);
+                       static_cast<int>(per_forward_us.size()), stream, gemms, cublas_us);
     if (e.empty()) {
-      state.counters["cublas_us"] = cublas_us;
-      state.counters["cublas_ratio"] = cublas_us / median_us;
+      state.counters[fmt::format("{}_us", name)] = cublas_us;
+      state.counters[fmt::format("{}_ratio", name)] = cublas_us / median_us;
     } else {
-      state.SkipWithError(fmt::format("cuBLAS baseline: {}", e).c_str());
+      state.SkipWithError(fmt::format("{} baseline: {}", name, e).c_str());
     }
   }
   (void)cudaEventDestroy(e0);

@@ -257,6 +257,9 @@ void CublasBaseline::release() noexcept {
   allocations_.clear();
   if (host_offsets_) (void)cudaFreeHost(host_offsets_);
   host_offsets_ = nullptr;
+  if (host_ptrs_) (void)cudaFreeHost(static_cast<void*>(host_ptrs_));
+  host_ptrs_ = nullptr;
+  ptrs_ = nullptr;
   if (handle_) (void)cublasDestroy(handle_);
   handle_ = nullptr;
   logits_ = nullptr;
@@ -316,6 +319,7 @@ std::string CublasBaseline::create(const BaselineShape& shape, const void* route
   step(&gate_up_, pairs * 2 * I * 2, "gate/up outputs");
   step(&h_, pairs * I * 2, "activations");
   step(&out_, pairs * H * 2, "expert outputs");
+  step(reinterpret_cast<void**>(&ptrs_), 6 * E * sizeof(void*), "grouped GEMM pointers");
   if (err.empty()) {
     const cudaError_t e =
         cudaMallocHost(reinterpret_cast<void**>(&host_offsets_), (E + 1) * sizeof(std::int32_t));
@@ -324,6 +328,23 @@ std::string CublasBaseline::create(const BaselineShape& shape, const void* route
       err = fmt::format("cudaMallocHost of the expert offsets: {}", cudaGetErrorString(e));
     }
   }
+  if (err.empty()) {
+    const cudaError_t e =
+        cudaMallocHost(reinterpret_cast<void**>(&host_ptrs_), 6 * E * sizeof(void*));
+    if (e != cudaSuccess) {
+      host_ptrs_ = nullptr;
+      err = fmt::format("cudaMallocHost of the grouped GEMM pointers: {}", cudaGetErrorString(e));
+    }
+  }
+  for (auto* v :
+       {&group_m_, &group_n_, &group_k_, &group_lda_, &group_ldb_, &group_ldc_, &group_size_}) {
+    v->assign(E, 0);
+  }
+  group_transa_.assign(E, CUBLAS_OP_T);
+  group_transb_.assign(E, CUBLAS_OP_N);
+  group_alpha_.assign(E, 1.0f);
+  group_beta_.assign(E, 0.0f);
+  group_size_.assign(E, 1);
   if (err.empty()) {
     const cublasStatus_t st = cublasCreate(&handle_);
     if (st != CUBLAS_STATUS_SUCCESS) {
@@ -342,7 +363,8 @@ std::string CublasBaseline::create(const BaselineShape& shape, const void* route
   return {};
 }
 
-std::string CublasBaseline::forward(const void* x, void* y, int num_tokens, cudaStream_t stream) {
+std::string CublasBaseline::forward(const void* x, void* y, int num_tokens, cudaStream_t stream,
+                                    ExpertGemms gemms) {
   if (!handle_) return "the cuBLAS baseline was not created";
   if (num_tokens < 1 || num_tokens > shape_.max_tokens)
     return fmt::format("num_tokens = {} must lie in [1, {}]", num_tokens, shape_.max_tokens);
@@ -388,27 +410,72 @@ std::string CublasBaseline::forward(const void* x, void* y, int num_tokens, cuda
   char* h = static_cast<char*>(h_);
   char* out = static_cast<char*>(out_);
   constexpr std::size_t kBytes = 2;  // bf16 and fp16
-  for (int e = 0; e < E; ++e) {
-    const int n = host_offsets_[e + 1] - host_offsets_[e];
-    if (n == 0) continue;
-    const std::size_t row0 = static_cast<std::size_t>(host_offsets_[e]);
-    BASELINE_CUBLAS(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, 2 * I, n, H, &one,
-                                 w13 + static_cast<std::size_t>(e) * 2 * I * H * kBytes, dt, H,
-                                 xs + row0 * H * kBytes, dt, H, &zero,
-                                 gate_up + row0 * 2 * I * kBytes, dt, 2 * I, CUBLAS_COMPUTE_32F,
-                                 CUBLAS_GEMM_DEFAULT));
-  }
-  BENCH_RETURN_IF_CUDA_ERROR(bf16 ? launch_silu_mul<__nv_bfloat16>(gate_up_, pairs, I, h_, stream)
-                                  : launch_silu_mul<__half>(gate_up_, pairs, I, h_, stream));
   // Down: out_e [n_e, H] = h_e W2_e^T, column-major C^T [H, n_e] = W2_e(op T, lda I) h_e(op N).
-  for (int e = 0; e < E; ++e) {
-    const int n = host_offsets_[e + 1] - host_offsets_[e];
-    if (n == 0) continue;
-    const std::size_t row0 = static_cast<std::size_t>(host_offsets_[e]);
-    BASELINE_CUBLAS(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, H, n, I, &one,
-                                 w2 + static_cast<std::size_t>(e) * H * I * kBytes, dt, I,
-                                 h + row0 * I * kBytes, dt, I, &zero, out + row0 * H * kBytes, dt,
-                                 H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  if (gemms == ExpertGemms::Grouped) {
+    // One group per expert with rows; the pointer arrays go to the device in one copy.
+    const void** a_gu = host_ptrs_;
+    const void** b_gu = host_ptrs_ + E;
+    const void** c_gu = host_ptrs_ + 2 * E;
+    const void** a_d = host_ptrs_ + 3 * E;
+    const void** b_d = host_ptrs_ + 4 * E;
+    const void** c_d = host_ptrs_ + 5 * E;
+    int groups = 0;
+    for (int e = 0; e < E; ++e) {
+      const int n = host_offsets_[e + 1] - host_offsets_[e];
+      if (n == 0) continue;
+      const std::size_t row0 = static_cast<std::size_t>(host_offsets_[e]);
+      a_gu[groups] = w13 + static_cast<std::size_t>(e) * 2 * I * H * kBytes;
+      b_gu[groups] = xs + row0 * H * kBytes;
+      c_gu[groups] = gate_up + row0 * 2 * I * kBytes;
+      a_d[groups] = w2 + static_cast<std::size_t>(e) * H * I * kBytes;
+      b_d[groups] = h + row0 * I * kBytes;
+      c_d[groups] = out + row0 * H * kBytes;
+      group_n_[groups] = n;
+      ++groups;
+    }
+    BENCH_RETURN_IF_CUDA_ERROR(
+        cudaMemcpyAsync(ptrs_, host_ptrs_, 6 * E * sizeof(void*), cudaMemcpyHostToDevice, stream));
+    const auto grouped = [&](int m, int k, int phase) {
+      for (int g = 0; g < groups; ++g) {
+        group_m_[g] = m;
+        group_k_[g] = k;
+        group_lda_[g] = k;
+        group_ldb_[g] = k;
+        group_ldc_[g] = m;
+      }
+      return cublasGemmGroupedBatchedEx(
+          handle_, group_transa_.data(), group_transb_.data(), group_m_.data(), group_n_.data(),
+          group_k_.data(), group_alpha_.data(), ptrs_ + 3 * phase * E, dt, group_lda_.data(),
+          ptrs_ + (3 * phase + 1) * E, dt, group_ldb_.data(), group_beta_.data(),
+          const_cast<void**>(ptrs_ + (3 * phase + 2) * E), dt, group_ldc_.data(), groups,
+          group_size_.data(), CUBLAS_COMPUTE_32F);
+    };
+    BASELINE_CUBLAS(grouped(2 * I, H, 0));
+    BENCH_RETURN_IF_CUDA_ERROR(bf16 ? launch_silu_mul<__nv_bfloat16>(gate_up_, pairs, I, h_, stream)
+                                    : launch_silu_mul<__half>(gate_up_, pairs, I, h_, stream));
+    BASELINE_CUBLAS(grouped(H, I, 1));
+  } else {
+    for (int e = 0; e < E; ++e) {
+      const int n = host_offsets_[e + 1] - host_offsets_[e];
+      if (n == 0) continue;
+      const std::size_t row0 = static_cast<std::size_t>(host_offsets_[e]);
+      BASELINE_CUBLAS(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, 2 * I, n, H, &one,
+                                   w13 + static_cast<std::size_t>(e) * 2 * I * H * kBytes, dt, H,
+                                   xs + row0 * H * kBytes, dt, H, &zero,
+                                   gate_up + row0 * 2 * I * kBytes, dt, 2 * I, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
+    }
+    BENCH_RETURN_IF_CUDA_ERROR(bf16 ? launch_silu_mul<__nv_bfloat16>(gate_up_, pairs, I, h_, stream)
+                                    : launch_silu_mul<__half>(gate_up_, pairs, I, h_, stream));
+    for (int e = 0; e < E; ++e) {
+      const int n = host_offsets_[e + 1] - host_offsets_[e];
+      if (n == 0) continue;
+      const std::size_t row0 = static_cast<std::size_t>(host_offsets_[e]);
+      BASELINE_CUBLAS(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, H, n, I, &one,
+                                   w2 + static_cast<std::size_t>(e) * H * I * kBytes, dt, I,
+                                   h + row0 * I * kBytes, dt, I, &zero, out + row0 * H * kBytes, dt,
+                                   H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
   }
   // (f) Weighted sum of each token's K expert outputs.
   BENCH_RETURN_IF_CUDA_ERROR(

@@ -3,8 +3,9 @@
 // activation and combine. The benchmark times it beside FlashMoE on the same inputs.
 //
 // Not capturable in a CUDA graph: forward() copies the per-expert row counts to the host and
-// waits for them, because each expert's GEMM needs its row count as a host argument;
-// llama.cpp-style engines that launch one GEMM per expert make the same round trip.
+// waits for them, because each expert's GEMM needs its row count as a host argument (the
+// grouped API too: its sizes are host arrays); llama.cpp-style engines that launch one GEMM per
+// expert make the same round trip.
 #pragma once
 
 #include <cublas_v2.h>
@@ -30,6 +31,11 @@ struct BaselineShape {
   int max_tokens = 0;  // largest T of a forward; every scratch buffer is sized for it
 };
 
+// How the expert GEMMs are issued after the host has the per-expert row counts: one
+// cublasGemmEx per expert and phase, or one cublasGemmGroupedBatchedEx per phase (every expert
+// with rows a group of one), as an engine on cuBLAS's grouped API would.
+enum class ExpertGemms { PerExpert, Grouped };
+
 class CublasBaseline {
  public:
   CublasBaseline() = default;
@@ -45,7 +51,8 @@ class CublasBaseline {
 
   // y [T, H] = MoE(x [T, H]) for 1 <= T <= max_tokens, enqueued on `stream`, which it also
   // synchronizes once (the host needs the per-expert counts). Returns "" on success.
-  [[nodiscard]] std::string forward(const void* x, void* y, int num_tokens, cudaStream_t stream);
+  [[nodiscard]] std::string forward(const void* x, void* y, int num_tokens, cudaStream_t stream,
+                                    ExpertGemms gemms = ExpertGemms::PerExpert);
 
   // Device buffers of the last forward, for validation: top-k ids [T, K] in descending score
   // order, router logits [T, E].
@@ -73,6 +80,13 @@ class CublasBaseline {
   void* h_ = nullptr;                     // [T * K, I]
   void* out_ = nullptr;                   // [T * K, H]: each pair's expert output
   std::int32_t* host_offsets_ = nullptr;  // pinned [E + 1]
+  // Grouped GEMMs: the A, B and C pointers of the gate/up then the down groups, [6][E], written
+  // on the host (pinned) and copied to the device before the calls; the per-group arguments.
+  const void** host_ptrs_ = nullptr;
+  const void** ptrs_ = nullptr;
+  std::vector<int> group_m_, group_n_, group_k_, group_lda_, group_ldb_, group_ldc_, group_size_;
+  std::vector<cublasOperation_t> group_transa_, group_transb_;
+  std::vector<float> group_alpha_, group_beta_;
   std::vector<void*> allocations_;
 };
 
