@@ -53,22 +53,6 @@ std::size_t Layer::scratch_bytes() const noexcept {
 }
 int Layer::tokens_per_launch() const noexcept { return impl_ ? impl_->tokens_per_launch : 0; }
 
-namespace detail {
-
-// LayerOptions::tokens_per_launch resolved for a valid config (negative: the caller's error).
-int resolve_tokens_per_launch(const Config& config, int tokens_per_launch) {
-  return tokens_per_launch <= 0 || tokens_per_launch > config.max_tokens ? config.max_tokens
-                                                                         : tokens_per_launch;
-}
-
-// The scratch a launch of at most `tokens` tokens needs: the config's, for that many tokens.
-ScratchLayout plan_launch_scratch(const Config& config, int tokens) {
-  Config per_launch = config;
-  per_launch.max_tokens = tokens;
-  return plan_scratch(per_launch);
-}
-
-}  // namespace detail
 int Layer::device() const noexcept { return impl_ ? impl_->device : -1; }
 
 std::size_t scratch_bytes(const Config& config, int tokens_per_launch) noexcept {

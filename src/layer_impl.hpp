@@ -68,10 +68,6 @@ struct Layer::Impl {
 };
 
 namespace detail {
-// LayerOptions::tokens_per_launch resolved for a valid config: 0 or above max_tokens gives
-// max_tokens. Defined in layer.cpp, with the scratch plan of a launch of that many tokens.
-[[nodiscard]] int resolve_tokens_per_launch(const Config& config, int tokens_per_launch);
-[[nodiscard]] ScratchLayout plan_launch_scratch(const Config& config, int tokens);
 // Defined in forward.cu: reads occupancy and sets the shared-memory limit of the kernels, and
 // encodes the weight tensor maps of every variant.
 [[nodiscard]] Status prepare_kernels(Layer::Impl& impl);

@@ -1,6 +1,6 @@
 // Layout of a Layer's device memory, shared by the host (sizing) and the kernel (use): its own
-// small state and the scratch, which Layers may share. Every region is sized from
-// Config::max_tokens once, at Layer::create.
+// small state and the scratch, which Layers may share. Every region is sized once, at
+// Layer::create: the state from Config::max_tokens, the scratch from the tokens of one launch.
 #pragma once
 
 #include <algorithm>
@@ -255,6 +255,20 @@ inline ScratchLayout plan_scratch(const Config& c) {
   w.ypart = r.take(ypart_rows(T, c.top_k, c.intermediate) * H * 4);
   w.total = r.total();
   return w;
+}
+
+// LayerOptions::tokens_per_launch resolved for a valid config: 0, or anything above max_tokens,
+// gives max_tokens (negative is the caller's error, caught before this).
+inline int resolve_tokens_per_launch(const Config& c, int tokens_per_launch) {
+  return tokens_per_launch <= 0 || tokens_per_launch > c.max_tokens ? c.max_tokens
+                                                                    : tokens_per_launch;
+}
+
+// The scratch of a Layer whose launches take at most `tokens` tokens: the plan for that many.
+inline ScratchLayout plan_launch_scratch(const Config& c, int tokens) {
+  Config per_launch = c;
+  per_launch.max_tokens = tokens;
+  return plan_scratch(per_launch);
 }
 
 }  // namespace flashmoe::detail
