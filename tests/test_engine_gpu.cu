@@ -335,6 +335,9 @@ TEST_F(Engine, PaddedBatchGraphReplaysWithChangingCounts) {
     CUDA_OK(cudaMemcpyAsync(dy.get(), run.y_in.data(), cells * 2, cudaMemcpyHostToDevice,
                             stream.get()));
     CUDA_OK(cudaMemcpyAsync(count.get(), &n, 4, cudaMemcpyHostToDevice, stream.get()));
+    // Routing outputs poisoned (all bits set): the padding pairs must keep it.
+    CUDA_OK(cudaMemsetAsync(ids.get(), 0xff, pairs * 4, stream.get()));
+    CUDA_OK(cudaMemsetAsync(wts.get(), 0xff, pairs * 4, stream.get()));
     CUDA_OK(cudaGraphLaunch(exec, stream.get()));
     ASSERT_TRUE(layer.device_status(stream.get()).ok());
     run.y = download<std::uint16_t>(dy.get(), cells);
@@ -342,6 +345,12 @@ TEST_F(Engine, PaddedBatchGraphReplaysWithChangingCounts) {
     run.weights = download<float>(wts.get(), pairs);
     for (std::size_t i = static_cast<std::size_t>(n) * c.hidden; i < cells; ++i) {
       ASSERT_EQ(run.y[i], 0x1234) << "padding row " << i / c.hidden << " was written";
+    }
+    for (std::size_t q = static_cast<std::size_t>(n) * c.top_k; q < pairs; ++q) {
+      std::uint32_t weight_bits = 0;
+      std::memcpy(&weight_bits, &run.weights[q], 4);
+      ASSERT_TRUE(run.ids[q] == -1 && weight_bits == 0xffffffffu)
+          << "padding pair " << q << " was routed";
     }
     if (n > 0) check_output(m, first_rows(run, n, c), sample_tokens(n, n, rng_));
   }
