@@ -261,6 +261,9 @@ Status Layer::device_status(cudaStream_t stream) {
     }
     (void)cudaMemset(static_cast<unsigned char*>(impl_->scratch) + impl_->scratch_layout.owner, 0,
                      sizeof(std::uint64_t));
+    // A refused block took a ticket of this Layer's queue before it found out: the counters
+    // start over.
+    (void)cudaMemset(impl_->state, 0, impl_->state_layout.total);
   }
   (void)cudaMemset(word(detail::kStickyError), 0, 4);
   (void)cudaMemset(word(detail::kErrorSite), 0, 4);

@@ -45,8 +45,10 @@ struct LayerOptions {
 // Forwards that use the same scratch (one Layer's, or several Layers sharing one) must be
 // stream-ordered: one stream, or streams synchronised with events. Two that overlap are caught
 // by the kernel: the later one writes nothing and fails with WorkspaceBusy, and the scratch then
-// refuses every forward until Layer::device_status has reported and cleared it. Layers with
-// distinct scratches may run concurrently.
+// refuses every forward until Layer::device_status has reported and cleared it. Two overlapping
+// forwards of one Layer also share its task queue, so the earlier one may then end in
+// DeviceTimeout (both are reported; neither result is silently wrong). Layers with distinct
+// scratches may run concurrently.
 class Layer {
  public:
   Layer() noexcept;

@@ -128,6 +128,9 @@ __global__ void __launch_bounds__(kThreads, 2)
   __shared__ std::uint32_t s_ticket, s_total, s_mtiles;
   __shared__ int s_live;
   __shared__ bool s_flag;
+  // The block's scratch claim: taken with its first ticket (kClaimPending until then).
+  enum : std::uint32_t { kClaimPending, kClaimOwned, kClaimRefused };
+  __shared__ std::uint32_t s_claim;
   constexpr std::uint32_t kStop = 0xffffffffu;
 
   const bool user_routing = p.user_ids != nullptr;
@@ -142,13 +145,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     s_total = 0;
     pipe_barriers_init();
     s_live = live_token_count(p);
-    s_flag = claim_scratch(p.owner, launch_owner_id());
-    // Refused: another launch owns the scratch. This block writes nothing else and leaves
-    // uncounted; the owner's results are unaffected.
-    if (!s_flag) p.ctl.report(StatusCode::WorkspaceBusy, kSiteScratchBusy);
+    s_claim = kClaimPending;
   }
-  __syncthreads();
-  if (!s_flag) return;
   Tracer tr(p.trace);
 
   for (;;) {
@@ -160,6 +158,17 @@ __global__ void __launch_bounds__(kThreads, 2)
       // Thread 0 alone claims, and waits for the ticket total when the ticket is past routing;
       // the block reads both only after the barrier.
       std::uint32_t t = p.ctl.aborted() ? kStop : fetch_add_relaxed(p.ctl.word(kQueueHead), 1);
+      if (s_claim == kClaimPending) {
+        // The block's first ticket: the scratch claim's round trip runs beside the ticket's.
+        // Refused (another launch owns the scratch): the block writes nothing and leaves
+        // uncounted. The ticket it took is lost: its own launch is refused anyway, and when
+        // both forwards are one Layer's, the owner then ends in DeviceTimeout (layer.hpp).
+        s_claim = claim_scratch(p.owner, launch_owner_id()) ? kClaimOwned : kClaimRefused;
+        if (s_claim == kClaimRefused) {
+          p.ctl.report(StatusCode::WorkspaceBusy, kSiteScratchBusy);
+          t = kStop;
+        }
+      }
       if (t != kStop && t >= routing_tickets && s_total == 0) {
         const std::uint64_t t0 = tr.now();
         bool spun = false;
@@ -267,6 +276,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       if (!down_tile<Down>(p, smem, mt, ntile / ks, ntile % ks, nd, ng, tr)) break;
     }
   }
+  if (s_claim == kClaimRefused) return;  // read after the loop's last barrier
   tr.finish();
 
   // Exit: the last block out resets the launch state for the next forward.
@@ -288,7 +298,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     for (ControlWord w : {kQueueHead, kRoutingDone, kTasksTotal, kAbort, kExitCount}) {
       store_relaxed(p.ctl.word(w), 0);
     }
-    release_scratch(p.owner, launch_owner_id());
+    release_scratch(p.owner);
   }
 }
 

@@ -80,17 +80,19 @@ __device__ __forceinline__ unsigned long long launch_owner_id() {
 
 using DeviceAtomicU64 = cuda::atomic_ref<unsigned long long, cuda::thread_scope_device>;
 
-// Thread 0 of each block, before it takes a ticket. True when the scratch is this launch's:
-// idle (this block takes it) or taken by another block of the launch. Otherwise another launch
-// owns it or it is refused: the block marks the conflict (so that the owner leaves the scratch
-// refused, since more blocks of this launch may come after it) and must touch nothing.
+// Thread 0 of each block, beside its first ticket claim (the two round trips overlap). True
+// when the scratch is this launch's: idle (this block takes it) or taken by another block of
+// the launch. Otherwise another launch owns it or it is refused: the block marks the conflict
+// (so that the owner leaves the scratch refused, since more blocks of this launch may come
+// after it) and must touch nothing. Relaxed: a launch that may use the scratch follows the
+// previous owner in stream order, which already orders every access.
 __device__ inline bool claim_scratch(unsigned long long* owner, unsigned long long id) {
   DeviceAtomicU64 w(*owner);
   // A load first: most blocks find the word already theirs, and a read of a shared line is
   // cheaper than one more read-modify-write queued on it.
-  unsigned long long seen = w.load(cuda::memory_order_acquire);
-  if (seen == 0 &&
-      w.compare_exchange_strong(seen, id, cuda::memory_order_acquire, cuda::memory_order_acquire)) {
+  unsigned long long seen = w.load(cuda::memory_order_relaxed);
+  if (seen == 0 && w.compare_exchange_strong(seen, id, cuda::memory_order_relaxed,
+                                             cuda::memory_order_relaxed)) {
     return true;
   }
   if ((seen & ~kOwnerConflict) == id) return true;
@@ -98,15 +100,11 @@ __device__ inline bool claim_scratch(unsigned long long* owner, unsigned long lo
   return false;
 }
 
-// The last block of the owning launch, after the state reset: the scratch is idle again, or
-// refused if another launch tried to take it meanwhile.
-__device__ inline void release_scratch(unsigned long long* owner, unsigned long long id) {
-  DeviceAtomicU64 w(*owner);
-  unsigned long long expected = id;
-  if (!w.compare_exchange_strong(expected, 0ull, cuda::memory_order_release,
-                                 cuda::memory_order_relaxed)) {
-    w.store(kOwnerPoisoned, cuda::memory_order_release);
-  }
+// The last block of the owning launch, after the state reset: the scratch is idle again (the
+// word held the id alone), or refused (kOwnerConflict alone) if another launch tried to take
+// it meanwhile. No result is read back, so the launch's end does not wait for the round trip.
+__device__ inline void release_scratch(unsigned long long* owner) {
+  DeviceAtomicU64(*owner).fetch_and(kOwnerConflict, cuda::memory_order_release);
 }
 
 // What a device-side wait needs to give up: the launch's control words and its time limit.
