@@ -1,0 +1,148 @@
+// Times the warp-specialised gathered GEMM (tests/ws_gather_gemm.cuh) with each way of loading
+// the token rows, at expert-GEMM shapes, in TFLOP/s: the measurement that picks the prefill
+// engine's A path (issue 20). Run on an H100/H200; elsewhere every row is skipped.
+#include <benchmark/benchmark.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "ws_gather_gemm.cuh"
+
+namespace {
+
+using flashmoe_test::AGather;
+
+struct Buffer {
+  explicit Buffer(std::size_t n) : bytes(n) {
+    if (cudaMalloc(&ptr, n) != cudaSuccess) ptr = nullptr;
+  }
+  ~Buffer() { (void)cudaFree(ptr); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  template <typename T = void>
+  T* get() const {
+    return static_cast<T*>(ptr);
+  }
+  void* ptr = nullptr;
+  std::size_t bytes;
+};
+
+struct Shape {
+  const char* name;
+  int tokens, top_k, hidden, n_total;  // n_total: gate + up rows of one expert GEMM
+};
+
+// Gate/up of Qwen3-30B-A3B at T = 4096 (2 x 768 rows) and of Mixtral-8x7B (2 x 14336).
+constexpr Shape kShapes[] = {{"Qwen3_gateup", 4096, 8, 2048, 1536},
+                             {"Mixtral_gateup", 4096, 2, 4096, 28672}};
+
+template <int BN, int Stages, AGather G>
+void BM_WsGatherGemm(benchmark::State& state, Shape s) {
+  int major = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
+      major != 9) {
+    state.SkipWithError("needs an sm_90 GPU");
+    return;
+  }
+  const int m = s.tokens * s.top_k, mtiles = (m + flashmoe_test::kWsBM - 1) / flashmoe_test::kWsBM;
+  std::vector<__nv_bfloat16> x(static_cast<std::size_t>(s.tokens) * s.hidden),
+      w(static_cast<std::size_t>(s.n_total) * s.hidden);
+  std::mt19937_64 rng(1);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (auto& v : x) v = __float2bfloat16(u(rng));
+  for (auto& v : w) v = __float2bfloat16(u(rng));
+  // Rows in m-tile order as routing would give them: each token K times, shuffled.
+  std::vector<int> rows(static_cast<std::size_t>(mtiles) * flashmoe_test::kWsBM, -1);
+  for (int i = 0; i < m; ++i) rows[i] = i / s.top_k;
+  std::shuffle(rows.begin(), rows.begin() + m, rng);
+  Buffer dx(x.size() * 2), dw(w.size() * 2), drows(rows.size() * 4),
+      dsorted(rows.size() * s.hidden * 2), dc(rows.size() * s.n_total * 4), words(4096);
+  if (!dx.ptr || !dw.ptr || !drows.ptr || !dsorted.ptr || !dc.ptr || !words.ptr) {
+    state.SkipWithError("cudaMalloc failed");
+    return;
+  }
+  cudaMemcpy(dx.get(), x.data(), x.size() * 2, cudaMemcpyHostToDevice);
+  cudaMemcpy(dw.get(), w.data(), w.size() * 2, cudaMemcpyHostToDevice);
+  cudaMemcpy(drows.get(), rows.data(), rows.size() * 4, cudaMemcpyHostToDevice);
+  cudaMemset(dsorted.get(), 0, dsorted.bytes);  // its values do not matter for the timing
+  cudaMemset(words.get(), 0, words.bytes);
+  CUtensorMap x_map, w_map;
+  const bool ok =
+      (G == AGather::Contiguous
+           ? flashmoe_test::encode_bf16_map(x_map, dsorted.get(), static_cast<int>(rows.size()),
+                                            s.hidden, flashmoe_test::kWsBM)
+           : flashmoe_test::encode_bf16_map(x_map, dx.get(), s.tokens, s.hidden, 1)) &&
+      flashmoe_test::encode_bf16_map(w_map, dw.get(), s.n_total, s.hidden, BN);
+  if (!ok) {
+    state.SkipWithError("cuTensorMapEncodeTiled failed");
+    return;
+  }
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  const flashmoe_test::WsGemmArgs args{drows.get<int>(),
+                                       dx.get<__nv_bfloat16>(),
+                                       s.tokens,
+                                       mtiles,
+                                       (s.n_total + BN - 1) / BN,
+                                       s.hidden,
+                                       dc.get<float>(),
+                                       s.n_total,
+                                       {{words.get<std::uint32_t>(), nullptr}, 2'000'000'000ull}};
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  for (int i = 0; i < 2; ++i) {
+    if (flashmoe_test::launch_ws_gather_gemm<BN, Stages, G>(x_map, w_map, args, sms, nullptr) !=
+        cudaSuccess) {
+      state.SkipWithError("launch failed");
+      return;
+    }
+  }
+  for (auto _ : state) {
+    cudaEventRecord(start);
+    (void)flashmoe_test::launch_ws_gather_gemm<BN, Stages, G>(x_map, w_map, args, sms, nullptr);
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    float ms = 0.0f;
+    cudaEventElapsedTime(&ms, start, stop);
+    state.SetIterationTime(ms / 1e3);
+  }
+  if (cudaDeviceSynchronize() != cudaSuccess) state.SkipWithError("kernel failed");
+  const double flops = 2.0 * rows.size() * s.n_total * s.hidden;
+  state.counters["TFLOPs"] =
+      benchmark::Counter(flops / 1e12, benchmark::Counter::kIsIterationInvariantRate);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+}
+
+template <int BN, int Stages, AGather G>
+void register_rows(const char* gather) {
+  for (const Shape& s : kShapes) {
+    benchmark::RegisterBenchmark(
+        (std::string(s.name) + "/BN" + std::to_string(BN) + "/" + gather).c_str(),
+        BM_WsGatherGemm<BN, Stages, G>, s)
+        ->UseManualTime()
+        ->Iterations(10)
+        ->Unit(benchmark::kMicrosecond);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  register_rows<128, 6, AGather::RowBoxes>("row_boxes");
+  register_rows<128, 6, AGather::CpAsync>("cp_async");
+  register_rows<128, 6, AGather::Contiguous>("contiguous");
+  register_rows<256, 4, AGather::RowBoxes>("row_boxes");
+  register_rows<256, 4, AGather::CpAsync>("cp_async");
+  register_rows<256, 4, AGather::Contiguous>("contiguous");
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,196 @@
+// A persistent gathered GEMM on the warp-specialised parts (device/pipeline.cuh, the wide wgmma
+// of device/wgmma.cuh), for their test and for timing the ways of loading the token rows
+// before the prefill engine commits to one (issue 20). sm_90a only; elsewhere the kernel is
+// empty.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "device/pipeline.cuh"
+#include "device/tile_mma.cuh"
+#include "device/wgmma.cuh"
+
+namespace flashmoe_test {
+
+inline constexpr int kWsBM = 128, kWsBK = 64, kWsThreads = 384;
+inline constexpr std::uint32_t kWsRowBytes = kWsBK * 2;
+
+// How the A rows of a stage arrive: one copy-engine box per gathered row (issued by warp 8's
+// lanes), 16-byte cp.async by the 128 producer threads (one row each, arriving on the full
+// barrier), or one 128-row box of rows already in m-tile order (an expert-sorted copy of x).
+enum class AGather { RowBoxes, CpAsync, Contiguous };
+
+template <int BN, int Stages>
+struct WsGemmSmem {
+  static constexpr std::uint32_t kA = kWsBM * kWsRowBytes, kB = BN * kWsRowBytes, kStage = kA + kB;
+  static constexpr std::uint32_t kBytes = Stages * kStage + 1024;  // + alignment slack
+};
+
+struct WsGemmArgs {
+  const int* rows;                // [mtiles * 128] gathered x rows (< 0: zeros); RowBoxes, CpAsync
+  const __nv_bfloat16* x;         // [x_rows, k] (CpAsync)
+  int x_rows, mtiles, ntiles, k;  // Contiguous: x_rows of the sorted copy
+  float* c;                       // [mtiles * 128, n_total]
+  int n_total;
+  flashmoe::detail::Watchdog wd;
+};
+
+// C[m-tile rows, n0 : n0 + BN] = x[rows] W[n0 : n0 + BN]^T for each (m-tile, n-tile), tiles
+// dealt round-robin to a persistent grid. Warpgroups 0 and 1 multiply 64 rows each (the
+// engine's layout: routing keeps threads 0-255); warpgroup 2 produces.
+template <int BN, int Stages, AGather G>
+__global__ void __launch_bounds__(kWsThreads, 1)
+    ws_gather_gemm_kernel(const __grid_constant__ CUtensorMap x_map,
+                          const __grid_constant__ CUtensorMap w_map, const WsGemmArgs g) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace flashmoe::detail;
+  using Smem = WsGemmSmem<BN, Stages>;
+  constexpr bool kCp = G == AGather::CpAsync;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const std::uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  __shared__ Pipeline<Stages> pipe;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wg = warp / 4;
+  if (threadIdx.x == 0) pipe.init(kCp ? 128 : 0, 8);
+  __syncthreads();
+  const int tiles = g.mtiles * g.ntiles, ktiles = (g.k + kWsBK - 1) / kWsBK;
+
+  if (wg == 2) {
+    // The cp.async gather needs address registers in all 128 producer threads.
+    if constexpr (kCp) {
+      asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
+    } else {
+      asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+      if (warp != 8) return;
+    }
+    [[maybe_unused]] const int r = threadIdx.x - 256;  // CpAsync: this thread's m-tile row
+    PipeState<Stages> st;
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+      const int mt = tile / g.ntiles, nt = tile % g.ntiles;
+      [[maybe_unused]] int row[kWsBM / 32];
+      [[maybe_unused]] const __nv_bfloat16* src = nullptr;
+      if constexpr (G == AGather::RowBoxes) {
+#pragma unroll
+        for (int i = 0; i < kWsBM / 32; ++i) {
+          const int q = g.rows[mt * kWsBM + i * 32 + lane];
+          row[i] = q < 0 ? g.x_rows : q;  // past the tensor: the copy engine fills zeros
+        }
+      } else if constexpr (kCp) {
+        const int q = g.rows[mt * kWsBM + r];
+        src = q < 0 ? nullptr : g.x + static_cast<std::int64_t>(q) * g.k;
+      }
+      for (int kt = 0; kt < ktiles; ++kt) {
+        if (!pipe.producer_acquire(st, g.wd, kSiteWeightCopy)) return;
+        const std::uint32_t a = base + st.index * Smem::kStage, bar = pipe.full_barrier(st);
+        if (threadIdx.x == 256) {
+          pipe.producer_expect(st, kCp ? Smem::kB : Smem::kStage);
+          tma_load_2d(a + Smem::kA, &w_map, bar, kt * kWsBK, nt * BN);
+          if constexpr (G == AGather::Contiguous) {
+            tma_load_2d(a, &x_map, bar, kt * kWsBK, mt * kWsBM);
+          }
+        }
+        if constexpr (G == AGather::RowBoxes) {
+          __syncwarp();
+#pragma unroll
+          for (int i = 0; i < kWsBM / 32; ++i) {
+            tma_load_2d(a + (i * 32 + lane) * kWsRowBytes, &x_map, bar, kt * kWsBK, row[i]);
+          }
+        } else if constexpr (kCp) {
+#pragma unroll
+          for (int ch = 0; ch < 8; ++ch) {
+            const int col = kt * kWsBK + ch * 8;
+            const bool valid = src != nullptr && col < g.k;
+            cp_async_16(a + r * kWsRowBytes + ((ch ^ (r & 7)) << 4), valid ? src + col : g.x,
+                        valid ? 16 : 0);
+          }
+          cp_async_mbar_arrive(bar);
+        }
+        st.advance();
+      }
+    }
+    return;
+  }
+
+  if constexpr (kCp) {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
+  } else {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+  }
+  const int half = wg;  // rows [64 half, 64 half + 64) of each m-tile
+  PipeState<Stages> st;
+  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int mt = tile / g.ntiles, nt = tile % g.ntiles;
+    float acc[BN / 2];
+#pragma unroll
+    for (int j = 0; j < BN / 2; ++j) acc[j] = 0.0f;
+    for (int kt = 0; kt < ktiles; ++kt) {
+      if (!pipe.consumer_wait(st, g.wd, kSiteWeightCopy)) return;
+      // cp.async wrote A through the generic proxy; the MMA reads it through the async one.
+      if constexpr (kCp) fence_proxy_async_smem();
+      const std::uint32_t a = base + st.index * Smem::kStage + half * 64 * kWsRowBytes;
+      const std::uint32_t b = base + st.index * Smem::kStage + Smem::kA;
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < kWsBK / 16; ++ks) {
+        WgmmaM64K16<BN, __nv_bfloat16>::run(acc, smem_desc_sw128(a + ks * 32),
+                                            smem_desc_sw128(b + ks * 32), true);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      if (lane == 0) pipe.consumer_release(st);
+      st.advance();
+    }
+#pragma unroll
+    for (int j = 0; j < BN / 2; ++j) {
+      const int row = mt * kWsBM + half * 64 + wgmma_acc_row(j), col = nt * BN + wgmma_acc_col(j);
+      if (col < g.n_total) g.c[static_cast<std::int64_t>(row) * g.n_total + col] = acc[j];
+    }
+  }
+#else
+  (void)x_map, (void)w_map, (void)g;
+#endif
+}
+
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// A row-major bf16 [rows, cols] matrix in boxes of 64 columns by box_rows rows, 128-byte
+// swizzled, zeros outside.
+inline bool encode_bf16_map(CUtensorMap& map, const void* base, int rows, int cols, int box_rows) {
+  void* f = nullptr;
+  cudaDriverEntryPointQueryResult found{};
+  if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                       &found) != cudaSuccess ||
+      found != cudaDriverEntryPointSuccess) {
+    return false;
+  }
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * 2};
+  const cuuint32_t box[2] = {kWsBK, static_cast<cuuint32_t>(box_rows)}, elem[2] = {1, 1};
+  return reinterpret_cast<EncodeTiledFn>(f)(
+             &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims, strides, box,
+             elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// Launches the kernel on `stream` (its shared-memory size set once per instantiation).
+template <int BN, int Stages, AGather G>
+cudaError_t launch_ws_gather_gemm(const CUtensorMap& x_map, const CUtensorMap& w_map,
+                                  const WsGemmArgs& g, int grid, cudaStream_t stream) {
+  using Smem = WsGemmSmem<BN, Stages>;
+  auto kernel = ws_gather_gemm_kernel<BN, Stages, G>;
+  if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(Smem::kBytes));
+      e != cudaSuccess) {
+    return e;
+  }
+  kernel<<<grid, kWsThreads, Smem::kBytes, stream>>>(x_map, w_map, g);
+  return cudaGetLastError();
+}
+
+}  // namespace flashmoe_test
