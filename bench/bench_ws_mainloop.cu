@@ -41,7 +41,7 @@ struct Shape {
 constexpr Shape kShapes[] = {{"Qwen3_gateup", 4096, 8, 2048, 1536},
                              {"Mixtral_gateup", 4096, 2, 4096, 28672}};
 
-template <int BN, int Stages, AGather G>
+template <int BN, int Stages, AGather G, int InFlight>
 void BM_WsGatherGemm(benchmark::State& state, Shape s) {
   int major = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
@@ -97,15 +97,16 @@ void BM_WsGatherGemm(benchmark::State& state, Shape s) {
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
   for (int i = 0; i < 2; ++i) {
-    if (flashmoe_test::launch_ws_gather_gemm<BN, Stages, G>(x_map, w_map, args, sms, nullptr) !=
-        cudaSuccess) {
+    if (flashmoe_test::launch_ws_gather_gemm<BN, Stages, G, InFlight>(x_map, w_map, args, sms,
+                                                                      nullptr) != cudaSuccess) {
       state.SkipWithError("launch failed");
       return;
     }
   }
   for (auto _ : state) {
     cudaEventRecord(start);
-    (void)flashmoe_test::launch_ws_gather_gemm<BN, Stages, G>(x_map, w_map, args, sms, nullptr);
+    (void)flashmoe_test::launch_ws_gather_gemm<BN, Stages, G, InFlight>(x_map, w_map, args, sms,
+                                                                        nullptr);
     cudaEventRecord(stop);
     cudaEventSynchronize(stop);
     float ms = 0.0f;
@@ -120,12 +121,13 @@ void BM_WsGatherGemm(benchmark::State& state, Shape s) {
   cudaEventDestroy(stop);
 }
 
-template <int BN, int Stages, AGather G>
+template <int BN, int Stages, AGather G, int InFlight = 0>
 void register_rows(const char* gather) {
   for (const Shape& s : kShapes) {
-    benchmark::RegisterBenchmark(
-        (std::string(s.name) + "/BN" + std::to_string(BN) + "/" + gather).c_str(),
-        BM_WsGatherGemm<BN, Stages, G>, s)
+    benchmark::RegisterBenchmark((std::string(s.name) + "/BN" + std::to_string(BN) + "/" + gather +
+                                  (InFlight ? "/in_flight1" : ""))
+                                     .c_str(),
+                                 BM_WsGatherGemm<BN, Stages, G, InFlight>, s)
         ->UseManualTime()
         ->Iterations(10)
         ->Unit(benchmark::kMicrosecond);
@@ -141,6 +143,10 @@ int main(int argc, char** argv) {
   register_rows<256, 4, AGather::RowBoxes>("row_boxes");
   register_rows<256, 4, AGather::CpAsync>("cp_async");
   register_rows<256, 4, AGather::Contiguous>("contiguous");
+  register_rows<128, 6, AGather::CpAsync, 1>("cp_async");
+  register_rows<128, 6, AGather::Contiguous, 1>("contiguous");
+  register_rows<256, 4, AGather::CpAsync, 1>("cp_async");
+  register_rows<256, 4, AGather::Contiguous, 1>("contiguous");
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

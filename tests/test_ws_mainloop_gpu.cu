@@ -39,11 +39,12 @@ struct Case {
   int x_rows, mtiles, n_total, k, grid;
 };
 
-template <int BN, int Stages, AGather G>
+template <int BN, int Stages, AGather G, int InFlight = 0>
 void run_case(const Case& cs, std::mt19937_64& rng) {
-  SCOPED_TRACE(::testing::Message() << "A by " << static_cast<int>(G) << " BN " << BN << " stages "
-                                    << Stages << " x_rows " << cs.x_rows << " mtiles " << cs.mtiles
-                                    << " n " << cs.n_total << " k " << cs.k << " grid " << cs.grid);
+  SCOPED_TRACE(::testing::Message()
+               << "A by " << static_cast<int>(G) << " in flight " << InFlight << " BN " << BN
+               << " stages " << Stages << " x_rows " << cs.x_rows << " mtiles " << cs.mtiles
+               << " n " << cs.n_total << " k " << cs.k << " grid " << cs.grid);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   std::vector<__nv_bfloat16> x(static_cast<std::size_t>(cs.x_rows) * cs.k),
       w(static_cast<std::size_t>(cs.n_total) * cs.k);
@@ -97,9 +98,9 @@ void run_case(const Case& cs, std::mt19937_64& rng) {
       dc.get<float>(),
       cs.n_total,
       Watchdog{Control{words.get<std::uint32_t>(), nullptr}, 2'000'000'000ull}};
-  ASSERT_EQ(
-      (flashmoe_test::launch_ws_gather_gemm<BN, Stages, G>(x_map, w_map, args, cs.grid, nullptr)),
-      cudaSuccess);
+  ASSERT_EQ((flashmoe_test::launch_ws_gather_gemm<BN, Stages, G, InFlight>(x_map, w_map, args,
+                                                                           cs.grid, nullptr)),
+            cudaSuccess);
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   std::uint32_t error = 0;
@@ -156,6 +157,9 @@ TEST(WsMainloop, GatheredRowsTimesWeightBoxesMatchTheCpu) {
     run_case<128, 6, G>({300, 5, 384, 1000, 1}, rng);
     run_case<256, 4, G>({1000, 3, 512, 2048, 4}, rng);
     run_case<256, 4, G>({129, 2, 200, 72, 3}, rng);
+    // One MMA batch left running while the next stage is issued.
+    run_case<128, 6, G, 1>({1000, 3, 512, 2048, 5}, rng);
+    run_case<256, 4, G, 1>({129, 2, 200, 72, 3}, rng);
   });
 }
 

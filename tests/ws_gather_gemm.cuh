@@ -41,8 +41,10 @@ struct WsGemmArgs {
 
 // C[m-tile rows, n0 : n0 + BN] = x[rows] W[n0 : n0 + BN]^T for each (m-tile, n-tile), tiles
 // dealt round-robin to a persistent grid. Warpgroups 0 and 1 multiply 64 rows each (the
-// engine's layout: routing keeps threads 0-255); warpgroup 2 produces.
-template <int BN, int Stages, AGather G>
+// engine's layout: routing keeps threads 0-255); warpgroup 2 produces. InFlight: MMA batches a
+// consumer leaves running when it moves to the next stage (0: it waits for each stage's MMAs
+// before releasing it; 1: it releases the previous stage once the current one is issued).
+template <int BN, int Stages, AGather G, int InFlight = 0>
 __global__ void __launch_bounds__(kWsThreads, 1)
     ws_gather_gemm_kernel(const __grid_constant__ CUtensorMap x_map,
                           const __grid_constant__ CUtensorMap w_map, const WsGemmArgs g) {
@@ -119,8 +121,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
   }
+  static_assert(InFlight == 0 || InFlight == 1, "at most one MMA batch in flight");
   const int half = wg;  // rows [64 half, 64 half + 64) of each m-tile
-  PipeState<Stages> st;
+  PipeState<Stages> st, prev;
   for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const int mt = tile / g.ntiles, nt = tile % g.ntiles;
     float acc[BN / 2];
@@ -139,9 +142,18 @@ __global__ void __launch_bounds__(kWsThreads, 1)
                                             smem_desc_sw128(b + ks * 32), true);
       }
       wgmma_commit();
-      wgmma_wait<0>();
-      if (lane == 0) pipe.consumer_release(st);
+      wgmma_wait<InFlight>();
+      if (InFlight == 0) {
+        if (lane == 0) pipe.consumer_release(st);
+      } else if (kt > 0 && lane == 0) {
+        pipe.consumer_release(prev);  // its MMAs are done: at most the current batch runs
+      }
+      prev = st;
       st.advance();
+    }
+    if (InFlight > 0) {
+      wgmma_wait<0>();
+      if (lane == 0) pipe.consumer_release(prev);
     }
 #pragma unroll
     for (int j = 0; j < BN / 2; ++j) {
@@ -179,11 +191,11 @@ inline bool encode_bf16_map(CUtensorMap& map, const void* base, int rows, int co
 }
 
 // Launches the kernel on `stream` (its shared-memory size set once per instantiation).
-template <int BN, int Stages, AGather G>
+template <int BN, int Stages, AGather G, int InFlight = 0>
 cudaError_t launch_ws_gather_gemm(const CUtensorMap& x_map, const CUtensorMap& w_map,
                                   const WsGemmArgs& g, int grid, cudaStream_t stream) {
   using Smem = WsGemmSmem<BN, Stages>;
-  auto kernel = ws_gather_gemm_kernel<BN, Stages, G>;
+  auto kernel = ws_gather_gemm_kernel<BN, Stages, G, InFlight>;
   if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(Smem::kBytes));
       e != cudaSuccess) {
