@@ -41,7 +41,7 @@ struct Shape {
 constexpr Shape kShapes[] = {{"Qwen3_gateup", 4096, 8, 2048, 1536},
                              {"Mixtral_gateup", 4096, 2, 4096, 28672}};
 
-template <int BN, int Stages, AGather G, int InFlight>
+template <int BN, int Stages, AGather G, int InFlight, bool Gated>
 void BM_WsGatherGemm(benchmark::State& state, Shape s) {
   int major = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
@@ -77,36 +77,37 @@ void BM_WsGatherGemm(benchmark::State& state, Shape s) {
            ? flashmoe_test::encode_bf16_map(x_map, dsorted.get(), static_cast<int>(rows.size()),
                                             s.hidden, flashmoe_test::kWsBM)
            : flashmoe_test::encode_bf16_map(x_map, dx.get(), s.tokens, s.hidden, 1)) &&
-      flashmoe_test::encode_bf16_map(w_map, dw.get(), s.n_total, s.hidden, BN);
+      flashmoe_test::encode_bf16_map(w_map, dw.get(), s.n_total, s.hidden, Gated ? BN / 2 : BN);
   if (!ok) {
     state.SkipWithError("cuTensorMapEncodeTiled failed");
     return;
   }
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
-  const flashmoe_test::WsGemmArgs args{drows.get<int>(),
-                                       dx.get<__nv_bfloat16>(),
-                                       s.tokens,
-                                       mtiles,
-                                       (s.n_total + BN - 1) / BN,
-                                       s.hidden,
-                                       dc.get<float>(),
-                                       s.n_total,
-                                       {{words.get<std::uint32_t>(), nullptr}, 2'000'000'000ull}};
+  const flashmoe_test::WsGemmArgs args{
+      drows.get<int>(),
+      dx.get<__nv_bfloat16>(),
+      s.tokens,
+      mtiles,
+      (s.n_total + BN - 1) / BN,  // gated: n_total / 2 columns, BN / 2 a tile
+      s.hidden,
+      dc.get<float>(),
+      Gated ? s.n_total / 2 : s.n_total,
+      {{words.get<std::uint32_t>(), nullptr}, 2'000'000'000ull}};
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
   for (int i = 0; i < 2; ++i) {
-    if (flashmoe_test::launch_ws_gather_gemm<BN, Stages, G, InFlight>(x_map, w_map, args, sms,
-                                                                      nullptr) != cudaSuccess) {
+    if (flashmoe_test::launch_ws_gather_gemm<BN, Stages, G, InFlight, Gated>(
+            x_map, w_map, args, sms, nullptr) != cudaSuccess) {
       state.SkipWithError("launch failed");
       return;
     }
   }
   for (auto _ : state) {
     cudaEventRecord(start);
-    (void)flashmoe_test::launch_ws_gather_gemm<BN, Stages, G, InFlight>(x_map, w_map, args, sms,
-                                                                        nullptr);
+    (void)flashmoe_test::launch_ws_gather_gemm<BN, Stages, G, InFlight, Gated>(x_map, w_map, args,
+                                                                               sms, nullptr);
     cudaEventRecord(stop);
     cudaEventSynchronize(stop);
     float ms = 0.0f;
@@ -121,13 +122,13 @@ void BM_WsGatherGemm(benchmark::State& state, Shape s) {
   cudaEventDestroy(stop);
 }
 
-template <int BN, int Stages, AGather G, int InFlight = 0>
+template <int BN, int Stages, AGather G, int InFlight = 0, bool Gated = false>
 void register_rows(const char* gather) {
   for (const Shape& s : kShapes) {
     benchmark::RegisterBenchmark((std::string(s.name) + "/BN" + std::to_string(BN) + "/" + gather +
-                                  (InFlight ? "/in_flight1" : ""))
+                                  (InFlight ? "/in_flight1" : "") + (Gated ? "/silu" : ""))
                                      .c_str(),
-                                 BM_WsGatherGemm<BN, Stages, G, InFlight>, s)
+                                 BM_WsGatherGemm<BN, Stages, G, InFlight, Gated>, s)
         ->UseManualTime()
         ->Iterations(10)
         ->Unit(benchmark::kMicrosecond);
@@ -147,6 +148,8 @@ int main(int argc, char** argv) {
   register_rows<128, 6, AGather::Contiguous, 1>("contiguous");
   register_rows<256, 4, AGather::CpAsync, 1>("cp_async");
   register_rows<256, 4, AGather::Contiguous, 1>("contiguous");
+  register_rows<256, 4, AGather::CpAsync, 1, true>("cp_async");
+  register_rows<256, 4, AGather::Contiguous, 1, true>("contiguous");
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

@@ -39,22 +39,23 @@ struct Case {
   int x_rows, mtiles, n_total, k, grid;
 };
 
-template <int BN, int Stages, AGather G, int InFlight = 0>
+template <int BN, int Stages, AGather G, int InFlight = 0, bool Gated = false>
 void run_case(const Case& cs, std::mt19937_64& rng) {
   SCOPED_TRACE(::testing::Message()
-               << "A by " << static_cast<int>(G) << " in flight " << InFlight << " BN " << BN
-               << " stages " << Stages << " x_rows " << cs.x_rows << " mtiles " << cs.mtiles
-               << " n " << cs.n_total << " k " << cs.k << " grid " << cs.grid);
+               << "A by " << static_cast<int>(G) << " in flight " << InFlight << " gated " << Gated
+               << " BN " << BN << " stages " << Stages << " x_rows " << cs.x_rows << " mtiles "
+               << cs.mtiles << " n " << cs.n_total << " k " << cs.k << " grid " << cs.grid);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   std::vector<__nv_bfloat16> x(static_cast<std::size_t>(cs.x_rows) * cs.k),
-      w(static_cast<std::size_t>(cs.n_total) * cs.k);
+      w(static_cast<std::size_t>(cs.n_total) * (Gated ? 2 : 1) * cs.k);
   for (auto& v : x) v = __float2bfloat16(u(rng));
   for (auto& v : w) v = __float2bfloat16(u(rng));
   // Gathered rows: random, repeated, and some padding (-1, read as zeros).
   std::vector<int> rows(static_cast<std::size_t>(cs.mtiles) * kWsBM);
   std::uniform_int_distribution<int> pick(-1, cs.x_rows - 1);
   for (auto& r : rows) r = pick(rng);
-  const int ntiles = (cs.n_total + BN - 1) / BN;
+  constexpr int kCols = Gated ? BN / 2 : BN;  // output columns per tile
+  const int ntiles = (cs.n_total + kCols - 1) / kCols;
   const std::size_t cells = static_cast<std::size_t>(cs.mtiles) * kWsBM * cs.n_total;
 
   DeviceBuffer dx(x.size() * 2), dw(w.size() * 2), drows(rows.size() * 4), dc(cells * 4),
@@ -87,7 +88,8 @@ void run_case(const Case& cs, std::mt19937_64& rng) {
   } else {
     ASSERT_TRUE(flashmoe_test::encode_bf16_map(x_map, dx.get(), cs.x_rows, cs.k, 1));
   }
-  ASSERT_TRUE(flashmoe_test::encode_bf16_map(w_map, dw.get(), cs.n_total, cs.k, BN));
+  ASSERT_TRUE(
+      flashmoe_test::encode_bf16_map(w_map, dw.get(), cs.n_total * (Gated ? 2 : 1), cs.k, kCols));
   const flashmoe_test::WsGemmArgs args{
       drows.get<int>(),
       dx.get<__nv_bfloat16>(),
@@ -98,8 +100,8 @@ void run_case(const Case& cs, std::mt19937_64& rng) {
       dc.get<float>(),
       cs.n_total,
       Watchdog{Control{words.get<std::uint32_t>(), nullptr}, 2'000'000'000ull}};
-  ASSERT_EQ((flashmoe_test::launch_ws_gather_gemm<BN, Stages, G, InFlight>(x_map, w_map, args,
-                                                                           cs.grid, nullptr)),
+  ASSERT_EQ((flashmoe_test::launch_ws_gather_gemm<BN, Stages, G, InFlight, Gated>(
+                x_map, w_map, args, cs.grid, nullptr)),
             cudaSuccess);
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -116,18 +118,34 @@ void run_case(const Case& cs, std::mt19937_64& rng) {
   int bad = 0;
   for (int r = 0; r < cs.mtiles * kWsBM && bad < 5; ++r) {
     for (int n = 0; n < cs.n_total && bad < 5; ++n) {
-      double ref = 0.0, mag = 0.0;
-      if (rows[r] >= 0) {
+      // The product with W row n (and, gated, with its up row n_total + n), and the sum of the
+      // absolute terms (the fp32 accumulation's error scale).
+      auto dot = [&](int wrow, double& mag) {
+        double sum = 0.0;
+        mag = 0.0;
+        if (rows[r] < 0) return 0.0;
         for (int q = 0; q < cs.k; ++q) {
           const double p =
               static_cast<double>(__bfloat162float(x[rows[r] * std::size_t(cs.k) + q])) *
-              __bfloat162float(w[n * std::size_t(cs.k) + q]);
-          ref += p;
+              __bfloat162float(w[wrow * std::size_t(cs.k) + q]);
+          sum += p;
           mag += std::fabs(p);
         }
+        return sum;
+      };
+      double ref = 0.0, tol = 0.0, mag = 0.0;
+      if constexpr (Gated) {
+        double mag_up = 0.0;
+        const double gate = dot(n, mag), up = dot(cs.n_total + n, mag_up);
+        const double act = gate / (1.0 + std::exp(-gate));
+        ref = act * up;
+        tol = 1e-5 * (mag * (std::fabs(up) + 1.0) + mag_up * (std::fabs(act) + 1.0)) + 1e-6;
+      } else {
+        ref = dot(n, mag);
+        tol = 1e-5 * mag + 1e-6;
       }
       const float got = c[static_cast<std::size_t>(r) * cs.n_total + n];
-      if (!(std::fabs(got - ref) <= 1e-5 * mag + 1e-6)) {
+      if (!(std::fabs(got - ref) <= tol)) {
         ADD_FAILURE() << "C[" << r << ", " << n << "] = " << got << ", expected " << ref
                       << " (gathered row " << rows[r] << ")";
         ++bad;
@@ -160,6 +178,9 @@ TEST(WsMainloop, GatheredRowsTimesWeightBoxesMatchTheCpu) {
     // One MMA batch left running while the next stage is issued.
     run_case<128, 6, G, 1>({1000, 3, 512, 2048, 5}, rng);
     run_case<256, 4, G, 1>({129, 2, 200, 72, 3}, rng);
+    // The gate/up tile: SiLU(gate) * up of the same columns, N tails inside the gate half.
+    run_case<256, 4, G, 1, true>({1000, 3, 300, 2048, 5}, rng);
+    run_case<128, 6, G, 0, true>({77, 2, 200, 136, 2}, rng);
   });
 }
 

@@ -35,7 +35,7 @@ struct WsGemmArgs {
   const __nv_bfloat16* x;         // [x_rows, k] (CpAsync)
   int x_rows, mtiles, ntiles, k;  // Contiguous: x_rows of the sorted copy
   float* c;                       // [mtiles * 128, n_total]
-  int n_total;
+  int n_total;                    // columns of C (gated: W has 2 n_total rows, gate then up)
   flashmoe::detail::Watchdog wd;
 };
 
@@ -44,7 +44,10 @@ struct WsGemmArgs {
 // engine's layout: routing keeps threads 0-255); warpgroup 2 produces. InFlight: MMA batches a
 // consumer leaves running when it moves to the next stage (0: it waits for each stage's MMAs
 // before releasing it; 1: it releases the previous stage once the current one is issued).
-template <int BN, int Stages, AGather G, int InFlight = 0>
+// Gated: the gate/up tile of the engine. The stage's B rows are BN / 2 gate rows and the BN / 2
+// up rows of the same columns (two boxes), so each thread holds gate and up of its columns
+// (accumulators j and j + BN / 4), and C = SiLU(x Wg^T) * (x Wu^T) has BN / 2 columns per tile.
+template <int BN, int Stages, AGather G, int InFlight = 0, bool Gated = false>
 __global__ void __launch_bounds__(kWsThreads, 1)
     ws_gather_gemm_kernel(const __grid_constant__ CUtensorMap x_map,
                           const __grid_constant__ CUtensorMap w_map, const WsGemmArgs g) {
@@ -89,7 +92,13 @@ __global__ void __launch_bounds__(kWsThreads, 1)
         const std::uint32_t a = base + st.index * Smem::kStage, bar = pipe.full_barrier(st);
         if (threadIdx.x == 256) {
           pipe.producer_expect(st, kCp ? Smem::kB : Smem::kStage);
-          tma_load_2d(a + Smem::kA, &w_map, bar, kt * kWsBK, nt * BN);
+          if constexpr (Gated) {
+            tma_load_2d(a + Smem::kA, &w_map, bar, kt * kWsBK, nt * (BN / 2));
+            tma_load_2d(a + Smem::kA + BN / 2 * kWsRowBytes, &w_map, bar, kt * kWsBK,
+                        g.n_total + nt * (BN / 2));
+          } else {
+            tma_load_2d(a + Smem::kA, &w_map, bar, kt * kWsBK, nt * BN);
+          }
           if constexpr (G == AGather::Contiguous) {
             tma_load_2d(a, &x_map, bar, kt * kWsBK, mt * kWsBM);
           }
@@ -155,10 +164,25 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       wgmma_wait<0>();
       if (lane == 0) pipe.consumer_release(prev);
     }
+    if constexpr (Gated) {
+      // Gate columns past n_total read up rows (discarded here); up rows past 2 n_total read zeros.
 #pragma unroll
-    for (int j = 0; j < BN / 2; ++j) {
-      const int row = mt * kWsBM + half * 64 + wgmma_acc_row(j), col = nt * BN + wgmma_acc_col(j);
-      if (col < g.n_total) g.c[static_cast<std::int64_t>(row) * g.n_total + col] = acc[j];
+      for (int j = 0; j < BN / 4; ++j) {
+        const int row = mt * kWsBM + half * 64 + wgmma_acc_row(j);
+        const int col = nt * (BN / 2) + wgmma_acc_col(j);
+        const float gate = acc[j], up = acc[j + BN / 4];
+        if (col < g.n_total) {
+          g.c[static_cast<std::int64_t>(row) * g.n_total + col] =
+              gate / (1.0f + __expf(-gate)) * up;
+        }
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < BN / 2; ++j) {
+        const int row = mt * kWsBM + half * 64 + wgmma_acc_row(j);
+        const int col = nt * BN + wgmma_acc_col(j);
+        if (col < g.n_total) g.c[static_cast<std::int64_t>(row) * g.n_total + col] = acc[j];
+      }
     }
   }
 #else
@@ -191,11 +215,11 @@ inline bool encode_bf16_map(CUtensorMap& map, const void* base, int rows, int co
 }
 
 // Launches the kernel on `stream` (its shared-memory size set once per instantiation).
-template <int BN, int Stages, AGather G, int InFlight = 0>
+template <int BN, int Stages, AGather G, int InFlight = 0, bool Gated = false>
 cudaError_t launch_ws_gather_gemm(const CUtensorMap& x_map, const CUtensorMap& w_map,
                                   const WsGemmArgs& g, int grid, cudaStream_t stream) {
   using Smem = WsGemmSmem<BN, Stages>;
-  auto kernel = ws_gather_gemm_kernel<BN, Stages, G, InFlight>;
+  auto kernel = ws_gather_gemm_kernel<BN, Stages, G, InFlight, Gated>;
   if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(Smem::kBytes));
       e != cudaSuccess) {
