@@ -26,9 +26,6 @@ struct PipeState {
   }
 };
 
-__device__ __forceinline__ void mbar_init(std::uint32_t bar, std::uint32_t arrivals) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(arrivals) : "memory");
-}
 __device__ __forceinline__ void mbar_arrive(std::uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
@@ -53,7 +50,7 @@ struct Pipeline {
       mbar_init(smem_u32(&empty[s]), consumer_warps);
     }
     poisoned = 0;
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    fence_mbarrier_init();
   }
 
   // Producer: waits until the consumers have released the stage (the first lap passes at once:

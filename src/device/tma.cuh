@@ -54,15 +54,20 @@ struct WeightBoxes {
   } while (false)
 #endif
 
+__device__ __forceinline__ void mbar_init(std::uint32_t bar, std::uint32_t arrivals) {
+  FLASHMOE_TMA_ASM("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(arrivals));
+}
+// After a thread initialised barriers: the copy engine must see them initialised.
+__device__ __forceinline__ void fence_mbarrier_init() {
+  FLASHMOE_TMA_ASM("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+
 __device__ __forceinline__ void pipe_barriers_init() {
   PipeBarriers& pb = pipe_barriers();
-  for (int s = 0; s < kMaxPipeStages; ++s) {
-    FLASHMOE_TMA_ASM("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_u32(&pb.full[s])));
-  }
+  for (int s = 0; s < kMaxPipeStages; ++s) mbar_init(smem_u32(&pb.full[s]), 1);
   pb.phase = 0;
   pb.stalled = 0;
-  // The copy engine must see the initialised barriers.
-  FLASHMOE_TMA_ASM("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  fence_mbarrier_init();
 }
 
 __device__ __forceinline__ void mbar_expect_tx(std::uint32_t bar, std::uint32_t bytes) {
