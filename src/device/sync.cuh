@@ -91,8 +91,8 @@ __device__ inline bool claim_scratch(unsigned long long* owner, unsigned long lo
   // A load first: most blocks find the word already theirs, and a read of a shared line is
   // cheaper than one more read-modify-write queued on it.
   unsigned long long seen = w.load(cuda::memory_order_relaxed);
-  if (seen == 0 && w.compare_exchange_strong(seen, id, cuda::memory_order_relaxed,
-                                             cuda::memory_order_relaxed)) {
+  if (seen == 0 &&
+      w.compare_exchange_strong(seen, id, cuda::memory_order_relaxed, cuda::memory_order_relaxed)) {
     return true;
   }
   if ((seen & ~kOwnerConflict) == id) return true;
