@@ -122,6 +122,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
         st.advance();
       }
     }
+    // No copy of this thread outlives it (the consumers wait for every stage anyway).
+    if constexpr (kCp) cp_async_wait<0>();
     return;
   }
 
