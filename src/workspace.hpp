@@ -180,9 +180,9 @@ enum ErrorSite : std::uint32_t {
 
 // The scratch's first line: which launch owns it. 0 when idle; a launch's id (from %gridid)
 // while it runs, with kOwnerConflict added once another launch was refused meanwhile (the
-// owner then leaves kOwnerConflict alone behind). kOwnerConflict alone refuses
-// every launch until the host clears it (Layer::device_status), because a launch that
-// overlapped another may still have blocks to come.
+// owner then leaves kOwnerConflict alone behind). That refuses every launch until the host
+// clears it (Layer::device_status), because a launch that overlapped another may still have
+// blocks to come.
 inline constexpr std::uint64_t kOwnerConflict = std::uint64_t{1} << 62;
 inline constexpr std::uint64_t kOwnerIdMask = kOwnerConflict - 1;
 inline constexpr std::size_t kScratchHeaderBytes = 256;
