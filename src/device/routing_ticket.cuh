@@ -45,7 +45,7 @@ __device__ __forceinline__ void run_routing_ticket(const KernelParams<T>& p, uns
       router_logits(p, reinterpret_cast<float*>(smem), t0, live, within * kRouterExperts);
       tr.record(TraceKind::Router, start, -1, static_cast<int>(ticket));
     }
-    __syncthreads();  // every partial of the task is written before it is counted
+    team_sync();  // every partial of the task is written before it is counted
     start = tr.now();
     if (threadIdx.x == 0) {
       // The last of a chunk's router tasks selects that chunk's experts. Each task's logits
@@ -54,13 +54,13 @@ __device__ __forceinline__ void run_routing_ticket(const KernelParams<T>& p, uns
       s_flag = fetch_add_acq_rel(c, 1) == static_cast<std::uint32_t>(per_chunk) - 1;
       if (s_flag) store_relaxed(c, 0);
     }
-    __syncthreads();
+    team_sync();
     if (!s_flag) return;
   }
   const int t_end = min(t0 + rs.chunk_tokens, live);
   if (Cfg::tile_router && !user_routing) {
     sum_router_partials(p, t0, t_end);
-    __syncthreads();  // the block's global writes are visible to the block after this
+    team_sync();  // the block's global writes are visible to the block after this
   }
   for (int t = t0 + (threadIdx.x >> 5); t < t_end; t += kThreads / 32) {
     if (user_routing) {
@@ -75,7 +75,7 @@ __device__ __forceinline__ void run_routing_ticket(const KernelParams<T>& p, uns
   for (int i = threadIdx.x; i < (t_end - t0) * nd; i += kThreads) {
     p.combine_done[(t0 + i / nd) * p.combine_stride + i % nd] = 0;
   }
-  __syncthreads();
+  team_sync();
   if (threadIdx.x == 0) {
     // Decided by thread 0 alone: the abort flag may change while the block reads it.
     // One chunk (T <= 4): this block is the last, and its own writes need no hand-off, so
@@ -85,7 +85,7 @@ __device__ __forceinline__ void run_routing_ticket(const KernelParams<T>& p, uns
              !p.ctl.aborted();
   }
   tr.record(TraceKind::Routing, start, -1, chunk);
-  __syncthreads();
+  team_sync();
   if (s_flag) {
     start = tr.now();
     build_tile_table<T, Cfg::BM>(p, smem, live, routing_tickets, tasks_per_mtile);
