@@ -99,7 +99,7 @@ __device__ void router_tile(const KernelParams<T>& p, unsigned char* smem, int t
     const int e = e0 + j;
     ts.b_rows[j] = e < p.experts ? p.router + static_cast<std::int64_t>(e) * H + k0 : nullptr;
   }
-  __syncthreads();
+  team_sync();
   typename TileMma<S, T>::Acc acc;
   TileMma<S, T>::template run<false>(acc, smem, ts.a_rows, ts.b_rows, WeightBoxes{},
                                      {p.ctl, p.timeout_ns}, min(p.rsplit.klen, H - k0), p.router,

@@ -6,7 +6,6 @@
 
 #include <cfloat>
 #include <cstdint>
-#include <cub/block/block_scan.cuh>
 
 #include "numeric.cuh"
 #include "params.cuh"
@@ -91,7 +90,7 @@ __device__ void router_logits(const KernelParams<T>& p, float* red, int t0, int 
   lane_reduce_scatter<2>(acc, lane);
   lane_reduce_scatter<1>(acc, lane);
   red[warp * kVals + lane] = acc[0];
-  __syncthreads();
+  team_sync();
   if (threadIdx.x < kVals) {
     const int t = threadIdx.x / kRouterExperts, e = threadIdx.x % kRouterExperts;
     float sum = red[threadIdx.x];
@@ -262,6 +261,40 @@ __device__ void take_user_routing(const KernelParams<T>& p, int t) {
   register_pair(p, t, lane, e, __ldg(p.user_weights + pair));
 }
 
+// Exclusive prefix sums over the team of kItems values per thread, in thread-major order (thread
+// 0's values first), and their total. `warp_sums`: kThreads / 32 words of shared memory, free
+// again only after the caller's next team_sync. Integer sums: the order of the additions does
+// not change the result.
+template <int kItems>
+__device__ void team_exclusive_sum(const std::uint32_t (&in)[kItems], std::uint32_t (&out)[kItems],
+                                   std::uint32_t& total, std::uint32_t* warp_sums) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  std::uint32_t mine = 0;
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) mine += in[i];
+  std::uint32_t incl = mine;  // inclusive scan over the warp's lanes
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    const std::uint32_t v = __shfl_up_sync(0xffffffffu, incl, d);
+    if (lane >= d) incl += v;
+  }
+  if (lane == 31) warp_sums[warp] = incl;
+  team_sync();
+  std::uint32_t run = incl - mine;
+  total = 0;
+#pragma unroll
+  for (int w = 0; w < kThreads / 32; ++w) {
+    const std::uint32_t sum = warp_sums[w];
+    if (w < warp) run += sum;
+    total += sum;
+  }
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    out[i] = run;
+    run += in[i];
+  }
+}
+
 // Shared memory of the tile-table build.
 struct ScanSmem {
   std::uint32_t count[1024], offset[1024], mtile_offset[1024];
@@ -272,10 +305,9 @@ struct ScanSmem {
 template <typename T, int BM>
 __device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_raw, int live,
                                  std::uint32_t routing_tickets, std::uint32_t tasks_per_mtile) {
-  using Scan = cub::BlockScan<std::uint32_t, kThreads>;
   constexpr int kItems = 1024 / kThreads;
   auto& s = *reinterpret_cast<ScanSmem*>(smem_raw);
-  __shared__ typename Scan::TempStorage scan_tmp;
+  __shared__ std::uint32_t scan_warp_sums[kThreads / 32];
   __shared__ std::uint32_t s_mtiles;
   const int E = p.experts;
 
@@ -286,10 +318,10 @@ __device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_r
     cnt[i] = e < E ? __ldcg(reinterpret_cast<const unsigned*>(p.expert_count + e)) : 0u;
     mt[i] = (cnt[i] + BM - 1) / BM;
   }
-  Scan(scan_tmp).ExclusiveSum(cnt, off);
-  __syncthreads();
-  std::uint32_t total_mtiles = 0;
-  Scan(scan_tmp).ExclusiveSum(mt, moff, total_mtiles);
+  std::uint32_t total_pairs = 0, total_mtiles = 0;
+  team_exclusive_sum(cnt, off, total_pairs, scan_warp_sums);
+  team_sync();
+  team_exclusive_sum(mt, moff, total_mtiles, scan_warp_sums);
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
     const int e = threadIdx.x * kItems + i;
@@ -300,7 +332,7 @@ __device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_r
     }
   }
   if (threadIdx.x == 0) s_mtiles = total_mtiles;
-  __syncthreads();
+  team_sync();
 
   for (int e = threadIdx.x; e < E; e += kThreads) {
     const uint4 info =
@@ -316,7 +348,7 @@ __device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_r
     p.sorted_pair[s.offset[e] + __ldcg(reinterpret_cast<const unsigned*>(p.pair_pos + q))] =
         static_cast<std::int32_t>(q);
   }
-  __syncthreads();
+  team_sync();
   if (threadIdx.x == 0) {
     const std::uint32_t m = s_mtiles;
     store_release(p.ctl.word(kTasksTotal), routing_tickets + m * tasks_per_mtile);

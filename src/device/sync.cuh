@@ -40,6 +40,12 @@ __device__ __forceinline__ std::uint64_t global_timer_ns() {
   return t;
 }
 
+// The team: threads 0-255, the whole block of the 256-thread kernels and the two consumer
+// warpgroups of the warp-specialised one (its producer warpgroup takes no part). Routing and the
+// tiles of TileMma synchronise on this named barrier instead of __syncthreads, which in a
+// 256-thread block is the same barrier.
+__device__ __forceinline__ void team_sync() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
+
 struct Control {
   std::uint32_t* words;       // kControlWords lines of kControlStride
   std::int32_t* status_word;  // ForwardOptions::device_status, or null

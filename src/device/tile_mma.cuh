@@ -274,7 +274,7 @@ struct TileMma {
         for (int s = 0; s < kAhead && s < ktiles; ++s) wait_b(s);
         if (tid == 0) pb.phase = phase;
       }
-      __syncthreads();
+      team_sync();
       return false;
     }
 #pragma unroll
@@ -290,7 +290,7 @@ struct TileMma {
       if constexpr (wg) fence_proxy_async_smem();
       // Stage kt landed for all threads, and every warp is done with the stage refilled next:
       // stage kt-1 (mma.sync), or stage kt-2, whose MMAs each warpgroup waited for last step.
-      __syncthreads();
+      team_sync();
       const int next = kt + kAhead;
       if (next < ktiles) load(next % S::STAGES, next);
       cp_async_commit();
@@ -308,7 +308,7 @@ struct TileMma {
       if (tid == 0) pb.phase = phase;
     }
     cp_async_wait<0>();
-    __syncthreads();  // pipeline smem is now free
+    team_sync();  // pipeline smem is now free
     // One decision for the block: a weight copy that ran past the watchdog in any thread
     // abandons the tile, and the caller publishes nothing.
     if constexpr (tma) {
@@ -329,7 +329,7 @@ struct TileMma {
             for (int i = 0; i < 4; ++i)
               mine[((mi * S::NF + f) * 4 + i) * 32 + lane] = acc[mi][f][i];
       }
-      __syncthreads();
+      team_sync();
       if (wk == 0) {
         // Fixed order over wk: the sum is the same on every run.
         for (int w = 1; w < S::WARPS_K; ++w) {
@@ -343,7 +343,7 @@ struct TileMma {
                 acc[mi][f][i] += theirs[((mi * S::NF + f) * 4 + i) * 32 + lane];
         }
       }
-      __syncthreads();  // reduction buffer is free again
+      team_sync();  // reduction buffer is free again
     }
     return true;
   }
