@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "device/moe_kernel.cuh"
+#include "device/moe_ws_kernel.cuh"
 #include "flashmoe/layer.hpp"
 #include "layer_impl.hpp"
 #include "tile_choice.hpp"
@@ -77,17 +78,65 @@ Status encode_weight_map(TensorMapBytes& out, const void* base, std::int64_t row
 }
 
 // The weight tensor maps of one kernel's tile shapes, for `weights`.
-template <class GateUp, class Down, typename T>
-Status encode_variant_maps(const Config& c, const Weights& weights, KernelVariantInfo& info) {
+template <typename T>
+Status encode_weight_maps_rows(const Config& c, const Weights& weights, int w13_box_rows,
+                               int w2_box_rows, KernelVariantInfo& info) {
   if (Status s = encode_weight_map<T>(info.w13_map, weights.w13,
                                       static_cast<std::int64_t>(c.experts) * 2 * c.intermediate,
-                                      c.hidden, GateUp::BN, "w13");
+                                      c.hidden, w13_box_rows, "w13");
       !s.ok()) {
     return s;
   }
   return encode_weight_map<T>(info.w2_map, weights.w2,
                               static_cast<std::int64_t>(c.experts) * c.hidden, c.intermediate,
-                              Down::BN, "w2");
+                              w2_box_rows, "w2");
+}
+
+template <class GateUp, class Down, typename T>
+Status encode_variant_maps(const Config& c, const Weights& weights, KernelVariantInfo& info) {
+  return encode_weight_maps_rows<T>(c, weights, GateUp::BN, Down::BN, info);
+}
+
+// Shared memory of a warp-specialised kernel: its ring, or what its routing needs (the router
+// tiles and the tile-table build of the prefill kernel), whichever is larger.
+template <class W>
+constexpr int ws_smem_bytes() {
+  return cmax(cmax(W::RING_BYTES, WsRouterTile::SMEM_BYTES), static_cast<int>(sizeof(ScanSmem))) +
+         kSmemAlign;
+}
+
+// The warp-specialised kernels' launch facts and weight maps (sm_90a builds on sm_90 only: the
+// caller checks).
+template <class W, typename T>
+Status prepare_ws_variant(const Layer::Impl& impl, KernelVariantInfo& info) {
+  auto kernel = moe_ws_kernel<W, T>;
+  info.smem_bytes = ws_smem_bytes<W>();
+  if (cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             info.smem_bytes);
+      err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return {StatusCode::NotSupported,
+            fmt::format("the prefill kernel needs {} bytes of shared memory per block: {}",
+                        info.smem_bytes, cudaGetErrorString(err))};
+  }
+  if (cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&info.blocks_per_sm, kernel,
+                                                                      W::kThreads, info.smem_bytes);
+      err != cudaSuccess || info.blocks_per_sm < 1) {
+    (void)cudaGetLastError();
+    return {StatusCode::NotSupported, "the warp-specialised prefill kernel cannot be resident"};
+  }
+  return encode_weight_maps_rows<T>(impl.config, impl.weights, W::kGateBoxRows, W::kDownBoxRows,
+                                    info);
+}
+
+// Whether the device code loaded for the current device has the warp-specialised engine.
+bool ws_engine_compiled() {
+  int compiled = 0;
+  if (cudaMemcpyFromSymbol(&compiled, kWsEngineCompiled, sizeof compiled) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return compiled != 0;
 }
 
 template <class Cfg, class GateUp, class Down, typename T>
@@ -187,8 +236,25 @@ Status encode_typed_maps(Layer::Impl& impl, const Weights& weights) {
       impl.decode[h][k].w2_map = decode[h][k].w2_map;
     }
   }
+  KernelVariantInfo ws[2];
+  if (impl.ws_engine) {
+    if (Status s = encode_weight_maps_rows<T>(impl.config, weights, WsShape<64>::kGateBoxRows,
+                                              WsShape<64>::kDownBoxRows, ws[0]);
+        !s.ok()) {
+      return s;
+    }
+    if (Status s = encode_weight_maps_rows<T>(impl.config, weights, WsShape<128>::kGateBoxRows,
+                                              WsShape<128>::kDownBoxRows, ws[1]);
+        !s.ok()) {
+      return s;
+    }
+  }
   impl.prefill.w13_map = prefill.w13_map;
   impl.prefill.w2_map = prefill.w2_map;
+  for (int i = 0; i < 2 && impl.ws_engine; ++i) {
+    impl.ws[i].w13_map = ws[i].w13_map;
+    impl.ws[i].w2_map = ws[i].w2_map;
+  }
   return {};
 }
 
@@ -196,6 +262,16 @@ template <typename T>
 Status prepare_typed(Layer::Impl& impl) {
   Status s = for_each_kernel(impl.decode, impl.prefill, PrepareKernel<T>{impl});
   if (s.ok()) s = encode_typed_maps<T>(impl, impl.weights);
+  int major = 0;
+  if (s.ok() && impl.scratch_layout.has_x_sorted &&
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, impl.device) ==
+          cudaSuccess &&
+      major == 9 && ws_engine_compiled()) {
+    // Without it (not resident, say) forwards keep the prefill kernel.
+    Status ws = prepare_ws_variant<WsShape<64>, T>(impl, impl.ws[0]);
+    if (ws.ok()) ws = prepare_ws_variant<WsShape<128>, T>(impl, impl.ws[1]);
+    impl.ws_engine = ws.ok();
+  }
   const Config& c = impl.config;
   impl.thin_max_tokens =
       thin_decode_max_tokens(c.max_tokens, c.top_k, c.experts, c.hidden, c.intermediate);
@@ -209,19 +285,18 @@ struct LaunchOptions : ForwardOptions {
   int live_offset = 0;
 };
 
-template <class Cfg, class GateUp, class Down, typename T>
-Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, void* y,
-              std::int64_t num_tokens, cudaStream_t stream, const LaunchOptions& o) {
+// The parameters every kernel shares, but for the router and down splits.
+template <typename T>
+void fill_params(const Layer::Impl& impl, const KernelVariantInfo& info, const void* x, void* y,
+                 std::int64_t num_tokens, const LaunchOptions& o, KernelParams<T>& p) {
+  std::memcpy(&p.w13_map, info.w13_map.bytes, sizeof p.w13_map);
+  std::memcpy(&p.w2_map, info.w2_map.bytes, sizeof p.w2_map);
   const Config& c = impl.config;
   const StateLayout& SL = impl.state_layout;
   const ScratchLayout& L = impl.scratch_layout;
   auto* state = static_cast<unsigned char*>(impl.state);
   auto* base = static_cast<unsigned char*>(impl.scratch);
   auto at = [base](std::size_t offset) { return static_cast<void*>(base + offset); };
-
-  KernelParams<T> p{};
-  std::memcpy(&p.w13_map, info.w13_map.bytes, sizeof p.w13_map);
-  std::memcpy(&p.w2_map, info.w2_map.bytes, sizeof p.w2_map);
   p.x = static_cast<const T*>(x);
   p.y = static_cast<T*>(y);
   p.router = static_cast<const T*>(impl.weights.router);
@@ -244,19 +319,6 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   p.scoring = static_cast<int>(c.routing.scoring);
   p.renormalize = c.routing.renormalize;
   p.scaling = c.routing.routed_scaling_factor;
-  p.rsplit = router_split(num_tokens, c.hidden, c.experts, o.topk_ids != nullptr, Cfg::tile_router,
-                          Cfg::BM, Down::BN, Down::BK);
-  // Every block the device holds; max_blocks may launch fewer.
-  const std::int64_t full_grid = static_cast<std::int64_t>(info.blocks_per_sm) * impl.sm_count;
-  // Down tiles in K slices where a few long ones would leave blocks idle (tile_choice.hpp),
-  // judged on the full grid so that max_blocks does not change results.
-  int slices = down_slices_allowed(num_tokens * c.top_k, c.intermediate, Down::BN);
-  if (slices > 1) {
-    const double down_tiles = expected_mtiles(num_tokens, c.top_k, c.experts, Cfg::BM) *
-                              ((c.hidden + Down::BN - 1) / Down::BN);
-    slices = choose_down_slices(down_tiles, full_grid, slices);
-  }
-  p.dsplit = down_split(c.intermediate, Down::BK, slices);
   p.ctl.words = reinterpret_cast<std::uint32_t*>(state + SL.control);
   p.ctl.status_word = o.device_status;
   p.expert_count = reinterpret_cast<std::uint32_t*>(state + SL.expert_count);
@@ -282,38 +344,146 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
         reinterpret_cast<RawTraceEvent*>(tb + trace_events_offset(impl.trace_max_grid));
     p.trace.capacity = static_cast<std::uint32_t>(impl.trace_capacity);
   }
+}
+
+// K slices of a launch's down tiles (tile_m x down_n tiles, steps of down_k columns), where a few
+// long ones would leave blocks idle (tile_choice.hpp), judged on the full grid so that
+// max_blocks does not change results.
+DownSplit launch_down_split(const Config& c, std::int64_t num_tokens, int tile_m, int down_n,
+                            int down_k, std::int64_t full_grid) {
+  int slices = down_slices_allowed(num_tokens * c.top_k, c.intermediate, down_n);
+  if (slices > 1) {
+    const double down_tiles = expected_mtiles(num_tokens, c.top_k, c.experts, tile_m) *
+                              ((c.hidden + down_n - 1) / down_n);
+    slices = choose_down_slices(down_tiles, full_grid, slices);
+  }
+  return down_split(c.intermediate, down_k, slices);
+}
+
+// The launch's grid: every block the device holds, or fewer (max_blocks, tracing, no more than
+// tickets). Records the traced launch's shape.
+// The traced facts of a launch besides its parameters.
+struct TracedShape {
+  int tile_m, gateup_n, down_n;  // m-tile height, gate/up and down tile widths
+  int router_m, router_n;        // tokens and experts of one router task
+  const char* variant;
+};
+
+template <typename T>
+std::int64_t launch_grid(Layer::Impl& impl, const KernelParams<T>& p, std::int64_t full_grid,
+                         std::int64_t tickets, const TracedShape& shape) {
+  std::int64_t grid = full_grid;
+  if (impl.options.max_blocks > 0) grid = std::min<std::int64_t>(grid, impl.options.max_blocks);
+  grid = std::max<std::int64_t>(1, std::min(grid, tickets));
+  if (impl.trace_buffer != nullptr) {
+    grid = std::min<std::int64_t>(grid, impl.trace_max_grid);
+    const bool routed = p.user_ids == nullptr;
+    impl.last_trace = {true,
+                       static_cast<int>(grid),
+                       p.num_tokens,
+                       shape.tile_m,
+                       shape.gateup_n,
+                       shape.down_n,
+                       routed ? p.rsplit.tasks() : 0,
+                       routed ? p.rsplit.kslices : 0,
+                       routed ? shape.router_m : 0,
+                       routed ? shape.router_n : 0,
+                       p.dsplit.kslices,
+                       shape.variant};
+  }
+  // A non-sticky error the caller left pending would otherwise come back from the check after
+  // the launch as if it had failed. (A sticky one fails the launch itself, and is reported.)
+  (void)cudaGetLastError();
+  return grid;
+}
+
+template <class Cfg, class GateUp, class Down, typename T>
+Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, void* y,
+              std::int64_t num_tokens, cudaStream_t stream, const LaunchOptions& o) {
+  const Config& c = impl.config;
+  KernelParams<T> p{};
+  fill_params(impl, info, x, y, num_tokens, o, p);
+  p.rsplit = router_split(num_tokens, c.hidden, c.experts, o.topk_ids != nullptr, Cfg::tile_router,
+                          Cfg::BM, Down::BN, Down::BK);
+  // Every block the device holds; max_blocks may launch fewer.
+  const std::int64_t full_grid = static_cast<std::int64_t>(info.blocks_per_sm) * impl.sm_count;
+  p.dsplit = launch_down_split(c, num_tokens, Cfg::BM, Down::BN, Down::BK, full_grid);
 
   // More blocks than tickets would only spin and leave.
-  const std::int64_t routing = p.rsplit.tasks();
   const std::int64_t mtiles = mtile_bound(num_tokens * c.top_k, c.experts, Cfg::BM);
   const std::int64_t tiles = mtiles * ((c.intermediate + GateUp::BN - 1) / GateUp::BN +
                                        (c.hidden + Down::BN - 1) / Down::BN * p.dsplit.kslices);
-  std::int64_t grid = full_grid;
-  if (impl.options.max_blocks > 0) grid = std::min<std::int64_t>(grid, impl.options.max_blocks);
-  grid = std::max<std::int64_t>(1, std::min(grid, routing + tiles));
-  if (impl.trace_buffer != nullptr) {
-    grid = std::min<std::int64_t>(grid, impl.trace_max_grid);
-    impl.last_trace = {true,
-                       static_cast<int>(grid),
-                       static_cast<int>(num_tokens),
-                       Cfg::BM,
-                       GateUp::BN,
-                       Down::BN,
-                       p.user_ids != nullptr ? 0 : p.rsplit.tasks(),
-                       p.user_ids != nullptr ? 0 : p.rsplit.kslices,
-                       p.dsplit.kslices,
-                       !std::is_same_v<Cfg, PrefillConfig>};
-  }
-
-  // A non-sticky error the caller left pending would otherwise come back from the check below
-  // as if this launch had failed. (A sticky one fails the launch itself, and is reported.)
-  (void)cudaGetLastError();
+  constexpr bool decode = !std::is_same_v<Cfg, PrefillConfig>;
+  const std::int64_t grid =
+      launch_grid(impl, p, full_grid, p.rsplit.tasks() + tiles,
+                  {Cfg::BM, GateUp::BN, Down::BN, p.rsplit.chunk_tokens,
+                   Cfg::tile_router ? Down::BN : kRouterExperts, decode ? "decode" : "prefill"});
   moe_kernel<Cfg, GateUp, Down, T>
       <<<static_cast<unsigned>(grid), kThreads, info.smem_bytes, stream>>>(p);
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
     return cuda_status(err, "launching the MoE kernel");
   }
   return {};
+}
+
+// A [rows, cols] bf16/fp16 region of the scratch for the copy engine, in boxes of box_rows rows.
+template <typename T>
+Status encode_scratch_map(CUtensorMap& map, const void* base, std::int64_t rows, int cols,
+                          int box_rows, const char* what) {
+  TensorMapBytes bytes;
+  if (Status s = encode_weight_map<T>(bytes, base, rows, cols, box_rows, what); !s.ok()) return s;
+  std::memcpy(&map, bytes.bytes, sizeof map);
+  return {};
+}
+
+// A prefill forward on the warp-specialised kernel of m-tile height W::BM (sm_90a).
+template <class W, typename T>
+Status launch_ws(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, void* y,
+                 std::int64_t num_tokens, cudaStream_t stream, const LaunchOptions& o) {
+  const Config& c = impl.config;
+  WsKernelParams<T> p{};
+  fill_params(impl, info, x, y, num_tokens, o, p);
+  p.x_sorted = static_cast<T*>(
+      static_cast<void*>(static_cast<unsigned char*>(impl.scratch) + impl.scratch_layout.x_sorted));
+  const std::int64_t pairs = num_tokens * c.top_k;
+  if (Status s = encode_scratch_map<T>(p.xs_map, p.x_sorted, pairs, c.hidden, W::BM, "x_sorted");
+      !s.ok()) {
+    return s;
+  }
+  if (Status s = encode_scratch_map<T>(p.h_map, p.h, pairs, c.intermediate, W::BM, "h"); !s.ok()) {
+    return s;
+  }
+  p.rsplit = router_split(num_tokens, c.hidden, c.experts, o.topk_ids != nullptr, true,
+                          WsRouterTile::BM, WsRouterTile::BN, WsRouterTile::BK);
+  const std::int64_t full_grid = static_cast<std::int64_t>(info.blocks_per_sm) * impl.sm_count;
+  p.dsplit = launch_down_split(c, num_tokens, W::BM, W::BN, W::BK, full_grid);
+  const std::int64_t mtiles = mtile_bound(pairs, c.experts, W::BM);
+  const std::int64_t tiles = mtiles * (1 + (c.intermediate + W::kGateUpCols - 1) / W::kGateUpCols +
+                                       (c.hidden + W::BN - 1) / W::BN * p.dsplit.kslices);
+  const std::int64_t grid = launch_grid(
+      impl, p, full_grid, p.rsplit.tasks() + tiles,
+      {W::BM, W::kGateUpCols, W::BN, p.rsplit.chunk_tokens, WsRouterTile::BN, "prefill_ws"});
+  moe_ws_kernel<W, T><<<static_cast<unsigned>(grid), W::kThreads, info.smem_bytes, stream>>>(p);
+  if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
+    return cuda_status(err, "launching the MoE kernel");
+  }
+  return {};
+}
+
+// A prefill forward: the warp-specialised kernel where the device has it (128-row m-tiles once
+// experts average enough rows to fill most of one), else the prefill kernel.
+template <typename T>
+Status launch_prefill(Layer::Impl& impl, const void* x, void* y, std::int64_t num_tokens,
+                      cudaStream_t stream, const LaunchOptions& o) {
+  const Config& c = impl.config;
+  if (impl.ws_engine) {
+    if (num_tokens * c.top_k >= std::int64_t{96} * c.experts) {
+      return launch_ws<WsShape<128>, T>(impl, impl.ws[1], x, y, num_tokens, stream, o);
+    }
+    return launch_ws<WsShape<64>, T>(impl, impl.ws[0], x, y, num_tokens, stream, o);
+  }
+  return launch<PrefillConfig, PrefillGateUp, PrefillConfig::Down0, T>(impl, impl.prefill, x, y,
+                                                                       num_tokens, stream, o);
 }
 
 // The decode kernel of a forward among the four of variant D (tile_choice.hpp has the rule).
@@ -473,12 +643,10 @@ Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens, cu
     Status s;
     if (c.dtype == DType::BF16) {
       s = decode ? launch_decode<__nv_bfloat16>(impl, cx, cy, rows, stream, o)
-                 : launch<PrefillConfig, PrefillGateUp, PrefillConfig::Down0, __nv_bfloat16>(
-                       impl, impl.prefill, cx, cy, rows, stream, o);
+                 : launch_prefill<__nv_bfloat16>(impl, cx, cy, rows, stream, o);
     } else {
       s = decode ? launch_decode<__half>(impl, cx, cy, rows, stream, o)
-                 : launch<PrefillConfig, PrefillGateUp, PrefillConfig::Down0, __half>(
-                       impl, impl.prefill, cx, cy, rows, stream, o);
+                 : launch_prefill<__half>(impl, cx, cy, rows, stream, o);
     }
     if (!s.ok()) return s;
   }

@@ -376,8 +376,10 @@ Status Layer::read_trace(cudaStream_t stream, Trace& out) {
   t.tile_n_down = last.tile_n_down;
   t.router_tasks = last.router_tasks;
   t.router_k_slices = last.router_k_slices;
+  t.router_tile_m = last.router_tile_m;
+  t.router_tile_n = last.router_tile_n;
   t.down_k_slices = last.down_k_slices;
-  t.variant = last.decode ? "decode" : "prefill";
+  t.variant = last.variant;
   for (std::size_t b = 0; b < grid; ++b) {
     const detail::RawTraceBlock& rb = blocks[b];
     const std::uint32_t kept =

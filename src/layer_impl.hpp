@@ -40,6 +40,10 @@ struct Layer::Impl {
   std::int64_t thin_max_tokens = 0;
   std::int64_t tall_min_tokens = 0;
   KernelVariantInfo prefill;
+  // The warp-specialised prefill kernels (sm_90a builds on an sm_90 device), by m-tile height:
+  // [0] 64 rows, [1] 128 rows. ws_engine: they replace `prefill`.
+  KernelVariantInfo ws[2];
+  bool ws_engine = false;
   int fault = 0;  // test-only (testing.hpp)
 
   // Pointers that forwards of this Layer found to be memory of its device (x, y and the option
@@ -57,8 +61,9 @@ struct Layer::Impl {
   struct {
     bool valid = false;
     int grid = 0, num_tokens = 0, tile_m = 0, tile_n_gateup = 0, tile_n_down = 0;
-    int router_tasks = 0, router_k_slices = 0, down_k_slices = 0;
-    bool decode = true;
+    int router_tasks = 0, router_k_slices = 0, router_tile_m = 0, router_tile_n = 0;
+    int down_k_slices = 0;
+    const char* variant = "decode";
   } last_trace;
 
   Impl() = default;

@@ -35,6 +35,8 @@ const char* to_string(TraceKind kind) noexcept {
       return "combine";
     case TraceKind::Wait:
       return "wait";
+    case TraceKind::Gather:
+      return "gather";
   }
   return "unknown";
 }
@@ -219,10 +221,11 @@ std::string trace_to_chrome_json(const Trace& trace) {
   fmt::format_to(it,
                  R"(,"num_tokens":{},"grid_blocks":{},"sm_count":{},"tile_m":{},)"
                  R"("tile_n_gateup":{},"tile_n_down":{},"router_tasks":{},"router_k_slices":{},)"
-                 R"("down_k_slices":{},"base_ns":{}}},"traceEvents":[)",
+                 R"("router_tile_m":{},"router_tile_n":{},"down_k_slices":{},"base_ns":{}}},)"
+                 R"("traceEvents":[)",
                  trace.num_tokens, trace.grid_blocks, trace.sm_count, trace.tile_m,
                  trace.tile_n_gateup, trace.tile_n_down, trace.router_tasks, trace.router_k_slices,
-                 trace.down_k_slices, w.base);
+                 trace.router_tile_m, trace.router_tile_n, trace.down_k_slices, w.base);
 
   bool first = true;
   auto sep = [&] {
@@ -285,8 +288,8 @@ std::string trace_to_svg(const Trace& trace) {
   constexpr double kPlotW = kWidth - kLeft - kRight;
   constexpr double kRowsTop = 52, kPitch = 7, kTaskH = 6, kWaitH = 2;
   // Fixed palette, index = TraceKind; waits are light grey and thin so they read as bubbles.
-  static constexpr const char* kColors[kTraceKinds] = {"#4e79a7", "#f28e2b", "#59a14f",
-                                                       "#e15759", "#b07aa1", "#bab0ac"};
+  static constexpr const char* kColors[kTraceKinds] = {"#4e79a7", "#f28e2b", "#59a14f", "#e15759",
+                                                       "#b07aa1", "#bab0ac", "#76b7b2"};
 
   const Window w = window_of(trace);
   // The axis covers events that run past the last exit too; an empty trace gets 0..1 us.

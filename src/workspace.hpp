@@ -204,7 +204,8 @@ struct ScratchLayout {
   // Byte offsets from the scratch base.
   std::size_t owner = 0, logits = 0, pair_expert = 0, pair_weight = 0, pair_pos = 0,
               sorted_pair = 0, mtile_info = 0, mtile_done = 0, combine_done = 0, h = 0, ypart = 0,
-              total = 0;
+              x_sorted = 0, total = 0;
+  bool has_x_sorted = false;  // forwards of this size can reach the prefill kernels
 };
 
 // Regions of `bytes`, each starting on a 256-byte boundary.
@@ -252,6 +253,10 @@ inline ScratchLayout plan_scratch(const Config& c) {
   w.combine_done = r.take(T * w.max_down_ntiles * 4);
   w.h = r.take(w.max_pairs * I * 2);
   w.ypart = r.take(ypart_rows(T, c.top_k, c.intermediate) * H * 4);
+  // The warp-specialised prefill kernel (sm_90a) reads its token rows as boxes of an
+  // expert-sorted copy of x, [T*K, H] (the rows of sorted_pair).
+  w.has_x_sorted = runs_prefill_kernel(T, c.top_k, c.experts);
+  if (w.has_x_sorted) w.x_sorted = r.take(w.max_pairs * H * 2);
   w.total = r.total();
   return w;
 }

@@ -319,6 +319,70 @@ TEST_F(Forward, MinusInfinityBiasMasksExperts) {
 // and 48-row heights need few experts and a wide H. The shapes and token counts below reach all
 // twelve on a device of 132 SMs with two blocks each (H100, H200; worked out from
 // decode_variant and choose_decode_kernel); the trace says which kernel ran.
+// Prefill forwards on an sm_90 device run the warp-specialised kernel when the build carries
+// sm_90a code: 64-row m-tiles while experts average fewer than 96 rows, 128-row ones from there;
+// the prefill kernel otherwise. Skewed routing (every token to the same experts) and E = 1 put
+// many m-tiles on one expert.
+TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
+  SCOPED_TRACE(seed_);
+#ifdef FLASHMOE_TEST_HAS_SM90A
+  constexpr bool kBuiltForSm90a = true;
+#else
+  constexpr bool kBuiltForSm90a = false;
+#endif
+  int major = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
+  const bool ws = kBuiltForSm90a && major == 9;
+  struct Case {
+    int hidden, inter, experts, top_k, tokens, tile_m;
+    bool skewed;
+  };
+  const Case cases[] = {
+      {256, 136, 16, 4, 200, 64, false},    // 800 pairs over 16 experts: 64-row m-tiles
+      {256, 136, 16, 4, 1000, 128, false},  // 4000 pairs: 128-row m-tiles
+      {200, 88, 16, 4, 777, 128, true},     // every token on the same 4 experts; H, I odd tiles
+      {72, 40, 1, 1, 999, 128, false},      // E = 1: 8 m-tiles of one expert
+  };
+  StreamGuard stream;
+  for (const Case& k : cases) {
+    Config c;
+    c.hidden = k.hidden;
+    c.intermediate = k.inter;
+    c.experts = k.experts;
+    c.top_k = k.top_k;
+    c.max_tokens = 1024;
+    Model m = make_model(c, rng_);
+    if (k.skewed) {
+      // As in SkewedRoutingEveryTokenToTheSameExperts: experts 0..K-1 win for positive x.
+      for (int e = 0; e < c.experts; ++e)
+        for (int h = 0; h < c.hidden; ++h)
+          m.router[static_cast<std::size_t>(e) * c.hidden + h] =
+              flashmoe::reference::from_float(e < c.top_k ? 0.05f * (c.top_k - e) : 0.0f, c.dtype);
+      m.d_router = upload(m.router);
+    }
+    Layer layer;
+    ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
+    ASSERT_TRUE(layer.set_tracing(1 << 12).ok());
+    SCOPED_TRACE(::testing::Message() << "H " << c.hidden << " I " << c.intermediate << " E "
+                                      << c.experts << " T " << k.tokens);
+    ForwardRun run = make_run(c, k.tokens, rng_);
+    if (k.skewed) {
+      for (auto& v : run.x) {
+        const float f = flashmoe::reference::to_float(v, c.dtype);
+        v = flashmoe::reference::from_float(std::abs(f) + 0.1f, c.dtype);
+      }
+    }
+    ASSERT_TRUE(run_forward(layer, run, stream.get()));
+    const std::vector<int> tokens = sample_tokens(k.tokens, 32, rng_);
+    check_routing(m, run, tokens);
+    check_output(m, run, tokens);
+    flashmoe::Trace trace;
+    ASSERT_TRUE(layer.read_trace(stream.get(), trace).ok());
+    EXPECT_EQ(trace.variant, ws ? "prefill_ws" : "prefill");
+    if (ws) EXPECT_EQ(trace.tile_m, k.tile_m);
+  }
+}
+
 TEST_F(Forward, EveryDecodeKernelMatchesReference) {
   SCOPED_TRACE(seed_);
   struct Case {

@@ -97,9 +97,12 @@ class TraceGpu : public ::testing::Test {
                           flashmoe::detail::kTallDecodeTileM};
       EXPECT_EQ(trace.tile_m, rows[variant]);
     }
-    const int chunks = ceil_div(T, decode ? flashmoe::detail::kRouterTokens : trace.tile_m);
-    const int eslices =
-        ceil_div(c.experts, decode ? flashmoe::detail::kRouterExperts : trace.tile_n_down);
+    // A router task: kRouterTokens x kRouterExperts in decode, a router tile in prefill (the
+    // prefill kernel's down tile shape, which the warp-specialised kernel reuses).
+    EXPECT_EQ(trace.router_tile_m, decode ? flashmoe::detail::kRouterTokens : 64);
+    EXPECT_EQ(trace.router_tile_n, decode ? flashmoe::detail::kRouterExperts : 64);
+    const int chunks = ceil_div(T, trace.router_tile_m);
+    const int eslices = ceil_div(c.experts, trace.router_tile_n);
     if (decode) {
       EXPECT_EQ(trace.router_k_slices, 1);
     } else {
@@ -107,8 +110,8 @@ class TraceGpu : public ::testing::Test {
       EXPECT_LE(trace.router_k_slices, flashmoe::detail::kRouterMaxKSlices);
       // The split the host planned (64: the K step of the prefill down tile).
       EXPECT_EQ(trace.router_k_slices,
-                flashmoe::detail::router_split(T, c.hidden, c.experts, false, true, trace.tile_m,
-                                               trace.tile_n_down, 64)
+                flashmoe::detail::router_split(T, c.hidden, c.experts, false, true,
+                                               trace.router_tile_m, trace.router_tile_n, 64)
                     .kslices);
     }
     const int ng = ceil_div(c.intermediate, trace.tile_n_gateup);
@@ -123,6 +126,8 @@ class TraceGpu : public ::testing::Test {
     EXPECT_EQ(count[TraceKind::Router], trace.router_tasks);
     EXPECT_EQ(count[TraceKind::Routing], chunks + 1);  // top-k per chunk + the tile table
     EXPECT_EQ(count[TraceKind::GateUp], mtiles * ng);
+    // The warp-specialised kernel first copies each m-tile's token rows into expert order.
+    EXPECT_EQ(count[TraceKind::Gather], trace.variant == "prefill_ws" ? mtiles : 0);
     // Down tiles split I only when one would stream more than kDownSliceBytes of weights.
     EXPECT_GE(trace.down_k_slices, 1);
     EXPECT_LE(trace.down_k_slices,

@@ -17,10 +17,12 @@ enum class TraceKind : std::uint8_t {
   Combine = 4,  // fixed-order sum of finished token slices after a down tile: its expert,
                 //   tile = the down n-tile
   Wait = 5,     // a bounded spin-wait (expert = -1: for the tile table; else for an m-tile)
+  Gather = 6,   // copy of an m-tile's token rows into expert order (warp-specialised prefill):
+                //   expert, tile = the m-tile
 };
-inline constexpr int kTraceKinds = 6;
+inline constexpr int kTraceKinds = 7;
 
-// Stable lower-case name: "router", "routing", "gate_up", "down", "combine", "wait".
+// Stable lower-case name: "router", "routing", "gate_up", "down", "combine", "wait", "gather".
 [[nodiscard]] const char* to_string(TraceKind kind) noexcept;
 
 struct TraceEvent {
@@ -55,10 +57,14 @@ struct Trace {
   // over (1 in decode; the prefill kernel splits H while there are few token chunks); both 0
   // with caller-supplied routing.
   int router_tasks = 0, router_k_slices = 0;
+  // Tokens and experts of one router task (its token chunk and expert slice); 0 with
+  // caller-supplied routing.
+  int router_tile_m = 0, router_tile_n = 0;
   // Slices of the intermediate dimension each down tile is split into (1: none; long down
   // tiles of few-expert shapes are split so that the launch does not end on a few of them).
   int down_k_slices = 0;
-  std::string variant;  // "decode" or "prefill"
+  // "decode", "prefill", or "prefill_ws" (the warp-specialised prefill kernel of sm_90a).
+  std::string variant;
 };
 
 // Writers. Times are shown relative to the earliest block entry (without block records: the

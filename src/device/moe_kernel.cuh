@@ -22,6 +22,7 @@
 #include "routing.cuh"
 #include "routing_ticket.cuh"
 #include "sync.cuh"
+#include "task_queue.cuh"
 #include "tile_mma.cuh"
 #include "tile_table.cuh"
 #include "trace.cuh"
@@ -129,10 +130,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   __shared__ std::uint32_t s_ticket, s_total, s_mtiles;
   __shared__ int s_live;
   __shared__ bool s_flag;
-  // The block's scratch claim: taken with its first ticket (kClaimPending until then).
-  enum : std::uint32_t { kClaimPending, kClaimOwned, kClaimRefused };
-  __shared__ std::uint32_t s_claim;
-  constexpr std::uint32_t kStop = 0xffffffffu;
+  __shared__ std::uint32_t s_claim;  // ScratchClaim
 
   const RouterSplit rs = p.rsplit;  // router_split() for this kernel, by the host
   const std::uint32_t routing_tickets = static_cast<std::uint32_t>(rs.tasks());
@@ -157,36 +155,12 @@ __global__ void __launch_bounds__(kThreads, 2)
     if (threadIdx.x == 0) {
       // Thread 0 alone claims, and waits for the ticket total when the ticket is past routing;
       // the block reads both only after the barrier.
-      std::uint32_t t = p.ctl.aborted() ? kStop : fetch_add_relaxed(p.ctl.word(kQueueHead), 1);
-      if (s_claim == kClaimPending) {
-        // The block's first ticket: the scratch claim's round trip runs beside the ticket's.
-        // Refused (another launch owns the scratch): the block writes nothing and leaves
-        // uncounted. The ticket it took is lost: its own launch is refused anyway, and when
-        // both forwards are one Layer's, the owner then ends in DeviceTimeout (layer.hpp).
-        s_claim = claim_scratch(p.owner, launch_owner_id()) ? kClaimOwned : kClaimRefused;
-        if (s_claim == kClaimRefused) {
-          p.ctl.report(StatusCode::WorkspaceBusy, kSiteScratchBusy);
-          t = kStop;
-        }
-      }
-      if (t != kStop && t >= routing_tickets && s_total == 0) {
-        const std::uint64_t t0 = tr.now();
-        bool spun = false;
-        std::uint32_t total = 0;
-        if (wait_at_least(p.ctl, p.ctl.word(kTasksTotal), 1, p.timeout_ns, kSiteTasksTotal, spun,
-                          total)) {
-          s_mtiles = (total - routing_tickets) / tasks_per_mtile;
-          s_total = total;
-        } else {
-          t = kStop;  // abandoned
-        }
-        if (spun) tr.record(TraceKind::Wait, t0, -1, -1);
-      }
-      s_ticket = t;
+      s_ticket =
+          claim_ticket(p, routing_tickets, tasks_per_mtile, {s_claim, s_total, s_mtiles}, tr);
     }
     __syncthreads();
     const std::uint32_t ticket = s_ticket;
-    if (ticket == kStop) break;
+    if (ticket == kNoTicket) break;
 
     if (ticket < routing_tickets) {
       // (s_live is read here, from shared memory: a register held across the tile loop would
@@ -213,28 +187,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
   if (s_claim == kClaimRefused) return;  // read after the loop's last barrier
   tr.finish();
-
-  // Exit: the last block out resets the launch state for the next forward.
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    s_flag = fetch_add_acq_rel(p.ctl.word(kExitCount), 1) == gridDim.x - 1;
-  }
-  __syncthreads();
-  if (!s_flag) return;
-  const bool aborted = load_acquire(p.ctl.word(kAbort)) != 0;
-  for (int e = threadIdx.x; e < p.experts; e += kThreads) p.expert_count[e] = 0;
-  if (aborted) {
-    // Counters whose last user never came: clear all of them (error path only). The combine
-    // counters are zeroed by the next launch's routing.
-    for (int i = threadIdx.x; i < rs.chunks; i += kThreads) p.router_done[i] = 0;
-  }
-  __syncthreads();  // the whole block's resets are ordered before the release below
-  if (threadIdx.x == 0) {
-    for (ControlWord w : {kQueueHead, kRoutingDone, kTasksTotal, kAbort, kExitCount}) {
-      store_relaxed(p.ctl.word(w), 0);
-    }
-    release_scratch(p.owner);
-  }
+  finish_launch<kThreads>(p, rs.chunks, s_flag);
 }
 
 }  // namespace flashmoe::detail

@@ -65,6 +65,15 @@ struct KernelParams {
   TraceSink trace;
 };
 
+// The warp-specialised prefill kernel's launch (moe_ws_kernel.cuh): its A operands come through
+// the copy engine too, as boxes of the m-tile's rows of the expert-sorted copy of x and of h.
+template <typename T>
+struct WsKernelParams : KernelParams<T> {
+  CUtensorMap xs_map;  // x_sorted as [T*K, H], boxes of BM rows
+  CUtensorMap h_map;   // h as [T*K, I], boxes of BM rows
+  T* x_sorted;         // [T*K, H] token rows in expert order (the rows of sorted_pair)
+};
+
 // Tokens this launch routes: all num_tokens, or the caller's device count (of the whole
 // forward, whose rows from live_offset on are this launch's) clamped to them.
 template <typename T>

@@ -57,7 +57,7 @@ struct Pipeline {
   // a fresh barrier counts as having completed the phase before parity 0).
   __device__ bool producer_acquire(const PipeState<Stages>& st, const Watchdog& wd,
                                    ErrorSite site) {
-    return wait(smem_u32(&empty[st.index]), st.phase ^ 1u, wd, site);
+    return wait_barrier(smem_u32(&empty[st.index]), st.phase ^ 1u, wd, site);
   }
   // Producer (one thread): the stage's copy-engine bytes, before the copies are issued.
   __device__ void producer_expect(const PipeState<Stages>& st, std::uint32_t bytes) {
@@ -68,25 +68,32 @@ struct Pipeline {
   }
   // Consumers: waits until the stage's bytes have landed (and are visible to this thread).
   __device__ bool consumer_wait(const PipeState<Stages>& st, const Watchdog& wd, ErrorSite site) {
-    return wait(smem_u32(&full[st.index]), st.phase, wd, site);
+    return wait_barrier(smem_u32(&full[st.index]), st.phase, wd, site);
   }
   // Consumers (lane 0 of each warp, after the warp's last read of the stage).
   __device__ void consumer_release(const PipeState<Stages>& st) {
     mbar_arrive(smem_u32(&empty[st.index]));
   }
 
- private:
-  __device__ bool wait(std::uint32_t bar, std::uint32_t parity, const Watchdog& wd,
-                       ErrorSite site) {
+  __device__ bool is_poisoned() const {
+    return *static_cast<const volatile std::uint32_t*>(&poisoned) != 0;
+  }
+  __device__ void poison() { *static_cast<volatile std::uint32_t*>(&poisoned) = 1; }
+
+  // Any barrier of the block's roles (the stage ring's, or another ring beside it): false once
+  // the ring is poisoned or the wait ran past the watchdog (which fails the launch and poisons
+  // the ring).
+  __device__ bool wait_barrier(std::uint32_t bar, std::uint32_t parity, const Watchdog& wd,
+                               ErrorSite site) {
     if (mbar_try_wait(bar, parity)) return true;
     const std::uint64_t start = global_timer_ns();
     for (unsigned polls = 1;; ++polls) {
       if (mbar_try_wait(bar, parity)) return true;
       if (polls % 64 == 0) {
-        if (*static_cast<volatile std::uint32_t*>(&poisoned) != 0) return false;
+        if (is_poisoned()) return false;
         if (global_timer_ns() - start > wd.timeout_ns) {
           wd.ctl.fail(StatusCode::DeviceTimeout, site);
-          *static_cast<volatile std::uint32_t*>(&poisoned) = 1;
+          poison();
           return false;
         }
       }

@@ -1,0 +1,153 @@
+// Collective epilogues of the warp-specialised prefill engine, run by the 256 consumer threads:
+// the gather of an m-tile's token rows into the expert-sorted copy of x, the gate/up tile's
+// act(gate) * up into h, and the down tile's routing weight into the per-pair rows (ypart), its
+// count per token slice and the fixed-order combine of the tokens it completes. What a job
+// publishes is released only when the whole team finished it without a failed wait.
+#pragma once
+
+#include <cstdint>
+
+#include "combine.cuh"
+#include "numeric.cuh"
+#include "params.cuh"
+#include "sync.cuh"
+#include "wgmma.cuh"
+#include "ws_scheduler.cuh"
+#include "ws_shape.cuh"
+
+namespace flashmoe::detail {
+
+template <class W, typename T>
+struct WsEpilogue {
+  static constexpr int kThreads = W::kConsumerThreads;
+
+  __device__ static int warpgroup() { return threadIdx.x >> 7; }
+  // The m-tile row of this thread's accumulator j.
+  __device__ static int acc_row(int j) {
+    return wgmma_acc_row(j) + (W::kGroups == 1 ? 64 * warpgroup() : 0);
+  }
+
+  // Thread 0: the m-tile's count, released after the team's writes (ordered by the barrier
+  // before it, and for the copy engine's reads by each writer's proxy fence).
+  __device__ static void publish_mtile(const KernelParams<T>& p, const WsJob& job) {
+    if (threadIdx.x == 0) fetch_add_acq_rel(&p.mtile_done[job.slot], 1);
+  }
+
+  // x_sorted[row0 + r] = x[token of sorted row row0 + r] for the m-tile's rows: one warp per row,
+  // 16 bytes per lane, every load of a row issued before its stores. x may alias y (an in-place
+  // forward): it is read through L2, and no y row of these tokens is written before the
+  // m-tile's down tiles, which wait for this.
+  __device__ static bool gather(const WsKernelParams<T>& p, const WsJob& job) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int chunks = p.hidden / 8;  // H % 8 == 0
+    for (int r = warp; r < static_cast<int>(job.rows); r += kThreads / 32) {
+      const std::int64_t row = job.row0 + r;
+      const int token = __ldcg(p.sorted_pair + row) / p.top_k;
+      const uint4* src =
+          reinterpret_cast<const uint4*>(p.x + static_cast<std::int64_t>(token) * p.hidden);
+      uint4* dst = reinterpret_cast<uint4*>(p.x_sorted + row * p.hidden);
+      constexpr int kBatch = 8;
+      for (int c0 = 0; c0 < chunks; c0 += kBatch * 32) {
+        uint4 v[kBatch];
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i) {
+          const int c = c0 + i * 32 + lane;
+          if (c < chunks) v[i] = __ldcg(src + c);
+        }
+#pragma unroll
+        for (int i = 0; i < kBatch; ++i) {
+          const int c = c0 + i * 32 + lane;
+          if (c < chunks) dst[c] = v[i];
+        }
+      }
+    }
+    fence_proxy_async_global();
+    return true;
+  }
+
+  // h[rows of the m-tile, n0 : n0 + kGateUpCols] = act(x Wg^T) * (x Wu^T): accumulator j is a
+  // gate column, j + kAcc / 2 the up column of the same output column.
+  __device__ static void gateup(const KernelParams<T>& p, const WsJob& job,
+                                const float (&acc)[W::kAcc]) {
+    constexpr int kHalf = W::kAcc / 2;
+    const int I = p.inter;
+    const int c0 = static_cast<int>(job.ntile) * W::kGateUpCols +
+                   (W::kGroups == 1 ? 0 : warpgroup() * (W::WN / 2));
+    T* hbase = p.h + static_cast<std::int64_t>(job.row0) * I;
+#pragma unroll
+    for (int j = 0; j < kHalf; j += 2) {
+      const int row = acc_row(j), col = c0 + wgmma_acc_col(j);
+      if (row < static_cast<int>(job.rows) && col < I) {
+        *reinterpret_cast<std::uint32_t*>(hbase + static_cast<std::int64_t>(row) * I + col) =
+            pack2<T>(activate(acc[j], p.activation) * acc[j + kHalf],
+                     activate(acc[j + 1], p.activation) * acc[j + 1 + kHalf]);
+      }
+    }
+    fence_proxy_async_global();
+  }
+
+  // The pair and routing weight of this thread's two accumulator rows (r and r + 8), loaded
+  // when the job starts so that they arrive during the mainloop.
+  struct DownRows {
+    std::int32_t pair[2];
+    float weight[2];
+  };
+  __device__ static DownRows down_rows(const KernelParams<T>& p, const WsJob& job) {
+    DownRows d;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int row = acc_row(2 * i);  // rows of accumulators 0 and 2
+      d.pair[i] = row < static_cast<int>(job.rows) ? __ldcg(p.sorted_pair + job.row0 + row) : -1;
+      d.weight[i] = d.pair[i] >= 0 ? __ldcg(p.pair_weight + d.pair[i]) : 0.0f;
+    }
+    return d;
+  }
+
+  // ypart[kslice, pair, n0 : n0 + BN] = w_pair * (h W2^T) for the m-tile's rows.
+  __device__ static void down_store(const KernelParams<T>& p, const WsJob& job,
+                                    const float (&acc)[W::kAcc], const DownRows& d) {
+    const int H = p.hidden;
+    const std::int64_t pairs = static_cast<std::int64_t>(p.num_tokens) * p.top_k;
+    float* plane = p.ypart + job.kslice * pairs * H;
+    const int c0 =
+        static_cast<int>(job.ntile) * W::BN + (W::kGroups == 1 ? 0 : warpgroup() * W::WN);
+#pragma unroll
+    for (int j = 0; j < W::kAcc; j += 2) {
+      const int i = (j >> 1) & 1;  // accumulators with j % 4 >= 2 hold row r + 8
+      const int col = c0 + wgmma_acc_col(j);
+      if (d.pair[i] >= 0 && col < H) {
+        *reinterpret_cast<float2*>(plane + static_cast<std::int64_t>(d.pair[i]) * H + col) =
+            make_float2(acc[j] * d.weight[i], acc[j + 1] * d.weight[i]);
+      }
+    }
+  }
+
+  // After the team's barrier: counts each row of the tile once (lanes 0 and 1 of each quad, the
+  // rows r and r + 8 of their accumulators; one warpgroup when both hold the same rows), lists
+  // the tokens whose last part this was, and combines them.
+  __device__ static void down_combine(const KernelParams<T>& p, const WsJob& job, const DownRows& d,
+                                      std::int32_t* tokens, int* count) {
+    const int lane = threadIdx.x & 31;
+    const std::uint32_t parts = static_cast<std::uint32_t>(p.top_k * p.dsplit.kslices);
+    if ((W::kGroups == 1 || warpgroup() == 0) && (lane & 3) < 2) {
+      const std::int32_t pair = d.pair[lane & 1];
+      if (pair >= 0) {
+        const int token = pair / p.top_k;
+        std::uint32_t* c = &p.combine_done[token * p.combine_stride + job.ntile];
+        if (fetch_add_acq_rel(c, 1) == parts - 1) {
+          store_relaxed(c, 0);                  // nobody else touches it again this launch
+          tokens[atomicAdd(count, 1)] = token;  // list order is irrelevant
+        }
+      }
+    }
+    team_sync();
+    const int n = *count;
+    const int c0 = static_cast<int>(job.ntile) * W::BN;
+    // Four items a thread, four parts each in flight: 16 loads instead of the 8 of one item.
+    if (n > 0) {
+      combine_tokens<4, 4>(p, tokens, n, c0, min(W::BN, p.hidden - c0), threadIdx.x, kThreads);
+    }
+  }
+};
+
+}  // namespace flashmoe::detail

@@ -1,0 +1,107 @@
+// Collective mainloop of the warp-specialised prefill engine: the producer thread streams a
+// job's stages (the A box of the m-tile's rows and the weight boxes, 64 columns of K each)
+// into the ring; the consumer warpgroups multiply each stage on the warpgroup MMA and release
+// it. The weight format is bf16/fp16 here; other formats (fp8 with scales, 4-bit with in-register
+// dequantisation) would be other policies of this pair.
+#pragma once
+
+#include <cstdint>
+
+#include "params.cuh"
+#include "pipeline.cuh"
+#include "tma.cuh"
+#include "wgmma.cuh"
+#include "ws_scheduler.cuh"
+#include "ws_shape.cuh"
+
+namespace flashmoe::detail {
+
+template <class W, typename T>
+struct WsMainloop {
+  using Pipe = Pipeline<W::STAGES>;
+  using State = PipeState<W::STAGES>;
+
+  // Stages of K in a job: H for gate/up, the job's K slice of I for down.
+  __device__ static int ktiles(const KernelParams<T>& p, const WsJob& job) {
+    if (job.kind == kJobGateUp) return (p.hidden + W::BK - 1) / W::BK;
+    const int k0 = job.kslice * p.dsplit.klen;
+    return (min(p.dsplit.klen, p.inter - k0) + W::BK - 1) / W::BK;
+  }
+
+  // The producer thread: every stage of a gate/up or down job. Boxes past a tensor's edge are
+  // zero-filled by the copy engine (and still count their bytes). Gate rows past I read up
+  // rows, up rows past I the next expert's, down rows past H the next expert's, and A rows past
+  // the m-tile other m-tiles' rows: their outputs are dropped by the epilogue. False when the
+  // ring is poisoned (nothing more is issued).
+  __device__ static bool produce(const WsKernelParams<T>& p, Pipe& pipe, State& st,
+                                 std::uint32_t ring, const WsJob& job, const Watchdog& wd) {
+    const bool gateup = job.kind == kJobGateUp;
+    const int n = ktiles(p, job);
+    const int k0 = gateup ? 0 : job.kslice * p.dsplit.klen;
+    const int row0 = static_cast<int>(job.row0);
+    const int e = static_cast<int>(job.expert);
+    const int wrow =
+        gateup ? e * 2 * p.inter + job.ntile * W::kGateUpCols : e * p.hidden + job.ntile * W::BN;
+    // Test fault: the first stage of one down tile is never requested, so that its wait runs
+    // into the watchdog.
+    const bool stall = p.fault == kFaultStallWeightCopy && !gateup && job.slot == 0 &&
+                       job.ntile == 0 && job.kslice == 0;
+    for (int kt = 0; kt < n; ++kt) {
+      if (!pipe.producer_acquire(st, wd, kSiteWeightCopy) || pipe.is_poisoned()) return false;
+      const std::uint32_t a = ring + st.index * W::STAGE_BYTES, b = a + W::A_BYTES;
+      const std::uint32_t bar = pipe.full_barrier(st);
+      pipe.producer_expect(st, W::STAGE_BYTES);
+      const int col = k0 + kt * W::BK;
+      if (!(stall && kt == 0)) {
+        if (gateup) {
+          tma_load_2d(a, &p.xs_map, bar, col, row0);
+#pragma unroll
+          for (int g = 0; g < W::kGroups; ++g) {
+            const std::uint32_t gate = b + g * W::WN * W::kRowBytes;
+            tma_load_2d(gate, &p.w13_map, bar, col, wrow + g * W::kGateBoxRows);
+            tma_load_2d(gate + W::kGateBoxRows * W::kRowBytes, &p.w13_map, bar, col,
+                        wrow + p.inter + g * W::kGateBoxRows);
+          }
+        } else {
+          tma_load_2d(a, &p.h_map, bar, col, row0);
+          tma_load_2d(b, &p.w2_map, bar, col, wrow);
+        }
+      }
+      st.advance();
+    }
+    return true;
+  }
+
+  // A consumer thread (warpgroup g = threadIdx.x / 128): acc = its part of the job's product.
+  // Every thread runs every stage's MMAs whatever happens (the warpgroup MMA needs all 128
+  // threads): after a failed wait the rest is garbage and the result false; the caller then
+  // publishes nothing.
+  __device__ static bool consume(float (&acc)[W::kAcc], Pipe& pipe, State& st, std::uint32_t ring,
+                                 int n, const Watchdog& wd) {
+    const int wg = threadIdx.x >> 7, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int j = 0; j < W::kAcc; ++j) acc[j] = 0.0f;
+    const std::uint32_t a_off = W::kGroups == 1 ? wg * 64 * W::kRowBytes : 0;
+    const std::uint32_t b_off = W::A_BYTES + (W::kGroups == 1 ? 0 : wg * W::WN * W::kRowBytes);
+    bool ok = true;
+    for (int kt = 0; kt < n; ++kt) {
+      if (ok) ok = pipe.consumer_wait(st, wd, kSiteWeightCopy);
+      const std::uint32_t s = ring + st.index * W::STAGE_BYTES;
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < W::BK / 16; ++ks) {
+        WgmmaM64K16<W::WN, T>::run(acc, smem_desc_sw128(s + a_off + ks * 32),
+                                   smem_desc_sw128(s + b_off + ks * 32), true);
+      }
+      wgmma_commit();
+      // One batch at a time: a batch left in flight measured no faster (bench/NOTES.md,
+      // issue 20), and ptxas then guards the accumulators with waits of its own.
+      wgmma_wait<0>();
+      if (lane == 0) pipe.consumer_release(st);
+      st.advance();
+    }
+    return ok;
+  }
+};
+
+}  // namespace flashmoe::detail
