@@ -639,7 +639,10 @@ Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens, cu
     const void* cx = static_cast<const unsigned char*>(x) + first * row_bytes;
     void* cy = static_cast<unsigned char*>(y) + first * row_bytes;
     // The decode variant while experts average few rows (workspace.hpp).
-    const bool decode = !runs_prefill_kernel(rows, c.top_k, c.experts);
+    // (The test hook applies only where the scratch was planned for prefill forwards.)
+    const bool decode = impl.prefill_rows > 0 && impl.scratch_layout.has_x_sorted
+                            ? rows * c.top_k <= std::int64_t{impl.prefill_rows} * c.experts
+                            : !runs_prefill_kernel(rows, c.top_k, c.experts);
     Status s;
     if (c.dtype == DType::BF16) {
       s = decode ? launch_decode<__nv_bfloat16>(impl, cx, cy, rows, stream, o)

@@ -45,6 +45,9 @@ struct Layer::Impl {
   KernelVariantInfo ws[2];
   bool ws_engine = false;
   int fault = 0;  // test-only (testing.hpp)
+  // Test- and bench-only (testing.hpp): > 0 runs the prefill kernels once experts average more
+  // than this many rows, instead of runs_prefill_kernel's rule.
+  int prefill_rows = 0;
 
   // Pointers that forwards of this Layer found to be memory of its device (x, y and the option
   // pointers): an engine passes the same buffers call after call, and cudaPointerGetAttributes

@@ -19,4 +19,12 @@ inline void inject_fault(Layer& layer, Fault fault) {
   if (layer.valid()) layer.impl()->fault = static_cast<int>(fault);
 }
 
+// Moves the decode/prefill switch of `layer`'s forwards: prefill once experts average more than
+// rows_per_expert rows (0: the library's rule). For measuring the switch and testing prefill
+// tiles that are mostly padding. Ignored by a layer whose max_tokens never reaches prefill under
+// the library's rule (its scratch has no room for the prefill kernels).
+inline void set_prefill_switch(Layer& layer, int rows_per_expert) {
+  if (layer.valid()) layer.impl()->prefill_rows = rows_per_expert < 0 ? 0 : rows_per_expert;
+}
+
 }  // namespace flashmoe::testing

@@ -322,7 +322,8 @@ TEST_F(Forward, MinusInfinityBiasMasksExperts) {
 // Prefill forwards on an sm_90 device run the warp-specialised kernel when the build carries
 // sm_90a code: 64-row m-tiles while experts average fewer than 96 rows, 128-row ones from there;
 // the prefill kernel otherwise. Skewed routing (every token to the same experts) and E = 1 put
-// many m-tiles on one expert.
+// many m-tiles on one expert; the switch moved down to 1 row per expert (a test hook) gives
+// m-tiles that are mostly padding.
 TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
   SCOPED_TRACE(seed_);
 #ifdef FLASHMOE_TEST_HAS_SM90A
@@ -336,12 +337,14 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
   struct Case {
     int hidden, inter, experts, top_k, tokens, tile_m;
     bool skewed;
+    int prefill_rows;  // testing::set_prefill_switch (0: the library's rule)
   };
   const Case cases[] = {
-      {256, 136, 16, 4, 200, 64, false},    // 800 pairs over 16 experts: 64-row m-tiles
-      {256, 136, 16, 4, 1000, 128, false},  // 4000 pairs: 128-row m-tiles
-      {200, 88, 16, 4, 777, 128, true},     // every token on the same 4 experts; H, I odd tiles
-      {72, 40, 1, 1, 999, 128, false},      // E = 1: 8 m-tiles of one expert
+      {256, 136, 16, 4, 200, 64, false, 0},    // 800 pairs over 16 experts: 64-row m-tiles
+      {256, 136, 16, 4, 1000, 128, false, 0},  // 4000 pairs: 128-row m-tiles
+      {200, 88, 16, 4, 777, 128, true, 0},     // every token on the same 4 experts; odd H, I
+      {72, 40, 1, 1, 999, 128, false, 0},      // E = 1: 8 m-tiles of one expert
+      {256, 136, 16, 4, 9, 64, false, 1},      // 36 pairs: 2-3 rows in each 64-row m-tile
   };
   StreamGuard stream;
   for (const Case& k : cases) {
@@ -363,6 +366,7 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     Layer layer;
     ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
     ASSERT_TRUE(layer.set_tracing(1 << 12).ok());
+    flashmoe::testing::set_prefill_switch(layer, k.prefill_rows);
     SCOPED_TRACE(::testing::Message() << "H " << c.hidden << " I " << c.intermediate << " E "
                                       << c.experts << " T " << k.tokens);
     ForwardRun run = make_run(c, k.tokens, rng_);
