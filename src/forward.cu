@@ -360,6 +360,19 @@ DownSplit launch_down_split(const Config& c, std::int64_t num_tokens, int tile_m
   return down_split(c.intermediate, down_k, slices);
 }
 
+// The K-slice planes of a launch must fit the scratch's ypart (planned with the widest down tile,
+// kMaxDownTileN). A launch that would not is refused instead of writing past the region.
+Status check_ypart_fits(const Layer::Impl& impl, const DownSplit& d, std::int64_t num_tokens) {
+  const std::int64_t rows = d.kslices * num_tokens * impl.config.top_k;
+  if (rows > impl.scratch_layout.ypart_rows) {
+    return {StatusCode::Internal,
+            fmt::format("{} K slices of {} tokens need {} expert-output rows; the scratch holds {} "
+                        "(a planning bug: please report it)",
+                        d.kslices, num_tokens, rows, impl.scratch_layout.ypart_rows)};
+  }
+  return {};
+}
+
 // The launch's grid: every block the device holds, or fewer (max_blocks, tracing, no more than
 // tickets). Records the traced launch's shape.
 // The traced facts of a launch besides its parameters.
@@ -408,6 +421,7 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   // Every block the device holds; max_blocks may launch fewer.
   const std::int64_t full_grid = static_cast<std::int64_t>(info.blocks_per_sm) * impl.sm_count;
   p.dsplit = launch_down_split(c, num_tokens, Cfg::BM, Down::BN, Down::BK, full_grid);
+  if (Status s = check_ypart_fits(impl, p.dsplit, num_tokens); !s.ok()) return s;
 
   // More blocks than tickets would only spin and leave.
   const std::int64_t mtiles = mtile_bound(num_tokens * c.top_k, c.experts, Cfg::BM);
@@ -457,6 +471,7 @@ Status launch_ws(Layer::Impl& impl, const KernelVariantInfo& info, const void* x
                           WsRouterTile::BM, WsRouterTile::BN, WsRouterTile::BK);
   const std::int64_t full_grid = static_cast<std::int64_t>(info.blocks_per_sm) * impl.sm_count;
   p.dsplit = launch_down_split(c, num_tokens, W::BM, W::BN, W::BK, full_grid);
+  if (Status s = check_ypart_fits(impl, p.dsplit, num_tokens); !s.ok()) return s;
   const std::int64_t mtiles = mtile_bound(pairs, c.experts, W::BM);
   const std::int64_t tiles = mtiles * (1 + (c.intermediate + W::kGateUpCols - 1) / W::kGateUpCols +
                                        (c.hidden + W::BN - 1) / W::BN * p.dsplit.kslices);

@@ -276,7 +276,9 @@ Status Layer::device_status(cudaStream_t stream) {
                           ? "a caller-supplied routing id outside [0, experts)"
                       : site == detail::kSiteWeightCopy  ? "a tile waiting for its weight copies"
                       : site == detail::kSiteScratchBusy ? "its scratch in use by another launch"
-                                                         : "an unknown site";
+                      : site == detail::kSiteJobRing
+                          ? "a prefill block's producer and consumers waiting for each other"
+                          : "an unknown site";
   if (code == static_cast<std::uint32_t>(StatusCode::DeviceTimeout)) {
     return {StatusCode::DeviceTimeout,
             fmt::format("a device-side wait exceeded watchdog_ms = {} ({}); that forward's "

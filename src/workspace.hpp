@@ -100,7 +100,9 @@ FLASHMOE_HOST_DEVICE inline bool runs_prefill_kernel(std::int64_t tokens, int to
 inline constexpr std::int64_t kDownSliceBytes = std::int64_t{1} << 20;
 inline constexpr int kMaxDownSlices = 8;
 inline constexpr std::int64_t kDownSplitMaxPairs = 1024;
-inline constexpr int kMaxDownTileN = 128;  // the widest down tile of any variant
+// The widest down tile of any variant (the warp-specialised prefill kernel's): it wants the most
+// K slices, which size the ypart planes.
+inline constexpr int kMaxDownTileN = 256;
 struct DownSplit {
   int kslices = 1;  // K slices per down tile
   int klen = 0;     // columns of I per slice (whole pipeline steps; the last may be shorter)
@@ -176,6 +178,7 @@ enum ErrorSite : std::uint32_t {
   kSiteRoutingIds = 3,   // caller-supplied routing id out of range
   kSiteWeightCopy = 4,   // a tile waiting for its weight boxes (TMA)
   kSiteScratchBusy = 5,  // the scratch was owned by another launch
+  kSiteJobRing = 6,      // a warp-specialised block's roles waiting for each other (job ring)
 };
 
 // The scratch's first line: which launch owns it. 0 when idle; a launch's id (from %gridid)
@@ -201,6 +204,7 @@ struct ScratchLayout {
   std::int64_t max_pairs = 0;        // max_tokens * K
   std::int64_t max_mtiles = 0;       // bound on sum over experts of ceil(count / kMinTileM)
   std::int64_t max_down_ntiles = 0;  // ceil(H / kMinDownTileN)
+  std::int64_t ypart_rows = 0;       // rows of the ypart planes (K slices x pairs at most)
   // Byte offsets from the scratch base.
   std::size_t owner = 0, logits = 0, pair_expert = 0, pair_weight = 0, pair_pos = 0,
               sorted_pair = 0, mtile_info = 0, mtile_done = 0, combine_done = 0, h = 0, ypart = 0,
@@ -252,7 +256,8 @@ inline ScratchLayout plan_scratch(const Config& c) {
   w.mtile_done = r.take(w.max_mtiles * 4);
   w.combine_done = r.take(T * w.max_down_ntiles * 4);
   w.h = r.take(w.max_pairs * I * 2);
-  w.ypart = r.take(ypart_rows(T, c.top_k, c.intermediate) * H * 4);
+  w.ypart_rows = ypart_rows(T, c.top_k, c.intermediate);
+  w.ypart = r.take(w.ypart_rows * H * 4);
   // The warp-specialised prefill kernel (sm_90a) reads its token rows as boxes of an
   // expert-sorted copy of x, [T*K, H] (the rows of sorted_pair).
   w.has_x_sorted = runs_prefill_kernel(T, c.top_k, c.experts);

@@ -338,13 +338,17 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     int hidden, inter, experts, top_k, tokens, tile_m;
     bool skewed;
     int prefill_rows;  // testing::set_prefill_switch (0: the library's rule)
+    int max_tokens = 1024;
   };
   const Case cases[] = {
       {256, 136, 16, 4, 200, 64, false, 0},    // 800 pairs over 16 experts: 64-row m-tiles
       {256, 136, 16, 4, 1000, 128, false, 0},  // 4000 pairs: 128-row m-tiles
       {200, 88, 16, 4, 777, 128, true, 0},     // every token on the same 4 experts; odd H, I
       {72, 40, 1, 1, 999, 128, false, 0},      // E = 1: 8 m-tiles of one expert
+      {520, 136, 16, 4, 600, 128, false, 0},   // 3 down column tiles, the last 8 columns wide
       {256, 136, 16, 4, 9, 64, false, 1},      // 36 pairs: 2-3 rows in each 64-row m-tile
+      // Down tiles in 8 K slices of I, on a scratch planned for no more than 512 tokens.
+      {64, 16456, 4, 2, 500, 128, false, 0, 512},
   };
   StreamGuard stream;
   for (const Case& k : cases) {
@@ -353,7 +357,7 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     c.intermediate = k.inter;
     c.experts = k.experts;
     c.top_k = k.top_k;
-    c.max_tokens = 1024;
+    c.max_tokens = k.max_tokens;
     Model m = make_model(c, rng_);
     if (k.skewed) {
       // As in SkewedRoutingEveryTokenToTheSameExperts: experts 0..K-1 win for positive x.

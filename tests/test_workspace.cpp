@@ -230,7 +230,7 @@ TEST(DownSplit, SlicesCoverIOnceAndFitTheYpartPlanes) {
   using flashmoe::detail::down_split;
   using flashmoe::detail::ypart_rows;
   struct Tile {
-    int n, k;  // the down shapes of the decode and prefill kernels
+    int n, k;  // the down shapes of the decode, prefill and warp-specialised prefill kernels
   };
   for (int inter : {40, 768, 4096, 14336, 16456, 65536}) {
     for (int top_k : {1, 2, 8}) {
@@ -238,7 +238,8 @@ TEST(DownSplit, SlicesCoverIOnceAndFitTheYpartPlanes) {
         const std::int64_t rows = ypart_rows(max_tokens, top_k, inter);
         EXPECT_GE(rows, max_tokens * top_k);
         for (std::int64_t T : {std::int64_t{1}, max_tokens / 2 + 1, max_tokens}) {
-          for (const Tile tile : {Tile{32, 128}, Tile{64, 128}, Tile{128, 64}, Tile{64, 64}}) {
+          for (const Tile tile :
+               {Tile{32, 128}, Tile{64, 128}, Tile{128, 64}, Tile{64, 64}, Tile{256, 64}}) {
             const int allowed = down_slices_allowed(T * top_k, inter, tile.n);
             for (int slices = 1; slices <= allowed; ++slices) {
               const auto d = down_split(inter, tile.k, slices);

@@ -46,6 +46,7 @@ struct WsRoles {
                                  Jobs& jobs, std::uint32_t ring, std::uint32_t ticket) {
     const Watchdog wd{p.ctl, p.timeout_ns};
     typename Main::State st;
+    typename Main::Issued issued;
     PipeState<kWsJobDepth> js;
     for (;;) {
       WsJob job = decode_job<W::BM>(p, g, ticket);
@@ -58,19 +59,20 @@ struct WsRoles {
           job.kind = kJobStop;  // abandoned: the launch has failed
         }
       }
-      if (!pipe.wait_barrier(smem_u32(&jobs.empty[js.index]), js.phase ^ 1u, wd, kSiteMTileDone)) {
-        return;
+      if (!pipe.wait_barrier(smem_u32(&jobs.empty[js.index]), js.phase ^ 1u, wd, kSiteJobRing)) {
+        break;
       }
       jobs.job[js.index] = job;
       mbar_arrive(smem_u32(&jobs.full[js.index]));
       js.advance();
-      if (job.kind == kJobStop) return;
+      if (job.kind == kJobStop) break;
       // The next ticket's round trip runs while this job's stages stream.
       const std::uint32_t next =
           p.ctl.aborted() ? kNoTicket : fetch_add_relaxed(p.ctl.word(kQueueHead), 1);
-      if (job.kind != kJobGather && !Main::produce(p, pipe, st, ring, job, wd)) return;
+      if (job.kind != kJobGather && !Main::produce(p, pipe, st, issued, ring, job, wd)) break;
       ticket = next;
     }
+    Main::drain(pipe, issued, wd);
   }
 
   // The 256 consumer threads, until the stop job or a failure.
@@ -84,7 +86,7 @@ struct WsRoles {
     if (threadIdx.x == 0) s_count = 0;
     for (;;) {
       const bool got =
-          pipe.wait_barrier(smem_u32(&jobs.full[js.index]), js.phase, wd, kSiteMTileDone);
+          pipe.wait_barrier(smem_u32(&jobs.full[js.index]), js.phase, wd, kSiteJobRing);
       WsJob job{kJobStop, 0, 0, 0, 0, 0, 0};
       if (got) job = jobs.job[js.index];
       // Every thread has its copy of the job before any warp frees the slot.

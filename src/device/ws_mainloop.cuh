@@ -20,6 +20,14 @@ template <class W, typename T>
 struct WsMainloop {
   using Pipe = Pipeline<W::STAGES>;
   using State = PipeState<W::STAGES>;
+  static_assert(W::STAGES <= 32, "a bit per stage");
+
+  // The producer's record of the stages holding its copies: bit s of `mask` when the latest use
+  // of stage s had copies issued, bit s of `parity` the phase they complete. Drained before the
+  // block leaves, so that no copy lands in the shared memory of a block that has gone.
+  struct Issued {
+    std::uint32_t mask = 0, parity = 0;
+  };
 
   // Stages of K in a job: H for gate/up, the job's K slice of I for down.
   __device__ static int ktiles(const KernelParams<T>& p, const WsJob& job) {
@@ -33,7 +41,7 @@ struct WsMainloop {
   // rows, up rows past I the next expert's, down rows past H the next expert's, and A rows past
   // the m-tile other m-tiles' rows: their outputs are dropped by the epilogue. False when the
   // ring is poisoned (nothing more is issued).
-  __device__ static bool produce(const WsKernelParams<T>& p, Pipe& pipe, State& st,
+  __device__ static bool produce(const WsKernelParams<T>& p, Pipe& pipe, State& st, Issued& issued,
                                  std::uint32_t ring, const WsJob& job, const Watchdog& wd) {
     const bool gateup = job.kind == kJobGateUp;
     const int n = ktiles(p, job);
@@ -52,7 +60,11 @@ struct WsMainloop {
       const std::uint32_t bar = pipe.full_barrier(st);
       pipe.producer_expect(st, W::STAGE_BYTES);
       const int col = k0 + kt * W::BK;
+      const std::uint32_t bit = 1u << st.index;
+      issued.mask &= ~bit;
       if (!(stall && kt == 0)) {
+        issued.mask |= bit;
+        issued.parity = (issued.parity & ~bit) | (st.phase << st.index);
         if (gateup) {
           tma_load_2d(a, &p.xs_map, bar, col, row0);
 #pragma unroll
@@ -70,6 +82,19 @@ struct WsMainloop {
       st.advance();
     }
     return true;
+  }
+
+  // The producer thread, leaving: waits until every stage it filled has landed (at once when the
+  // consumers took them all; after a failure, stages they never waited for), each wait bounded
+  // by the watchdog again. A stage left without its copies (the test fault) is not waited for.
+  __device__ static void drain(Pipe& pipe, const Issued& issued, const Watchdog& wd) {
+    for (int s = 0; s < W::STAGES; ++s) {
+      if (((issued.mask >> s) & 1u) == 0) continue;
+      const std::uint32_t bar = smem_u32(&pipe.full[s]), parity = (issued.parity >> s) & 1u;
+      const std::uint64_t start = global_timer_ns();
+      while (!mbar_try_wait(bar, parity) && global_timer_ns() - start <= wd.timeout_ns) {
+      }
+    }
   }
 
   // A consumer thread (warpgroup g = threadIdx.x / 128): acc = its part of the job's product.
