@@ -1,8 +1,8 @@
 // Collective mainloop of the warp-specialised prefill engine: the producer thread streams a
 // job's stages (the A box of the m-tile's rows and the weight boxes, 64 columns of K each)
 // into the ring; the consumer warpgroups multiply each stage on the warpgroup MMA and release
-// it. The weight format is bf16/fp16 here; other formats (fp8 with scales, 4-bit with in-register
-// dequantisation) would be other policies of this pair.
+// it. What depends on how the weights are stored is the Format policy (DenseWeights: bf16/fp16);
+// what the tile does with its product is the epilogue's (ws_epilogue.cuh).
 #pragma once
 
 #include <cstdint>
@@ -16,7 +16,44 @@
 
 namespace flashmoe::detail {
 
+// The weight format of the mainloop: how the producer requests a stage's weight boxes and how a
+// consumer warpgroup multiplies a stage. Dense bf16/fp16 weights here; fp8 e4m3 with
+// per-channel or 128 x 128 block scales (the fp8 wgmma, scales applied per stage or in the
+// epilogue) and 4-bit weights dequantised in registers would be other formats with the same
+// members.
 template <class W, typename T>
+struct DenseWeights {
+  // The gate and up boxes of a gate/up stage: per warpgroup group g, kGateBoxRows gate rows from
+  // w13 row `wrow` and the up rows of the same columns (`inter` rows further), side by side.
+  __device__ static void issue_gateup(std::uint32_t b, const CUtensorMap* map, std::uint32_t bar,
+                                      int col, int wrow, int inter) {
+#pragma unroll
+    for (int g = 0; g < W::kGroups; ++g) {
+      const std::uint32_t gate = b + g * W::WN * W::kRowBytes;
+      tma_load_2d(gate, map, bar, col, wrow + g * W::kGateBoxRows);
+      tma_load_2d(gate + W::kGateBoxRows * W::kRowBytes, map, bar, col,
+                  wrow + inter + g * W::kGateBoxRows);
+    }
+  }
+  // The BN w2 rows of a down stage.
+  __device__ static void issue_down(std::uint32_t b, const CUtensorMap* map, std::uint32_t bar,
+                                    int col, int wrow) {
+    tma_load_2d(b, map, bar, col, wrow);
+  }
+  // acc += A (64 rows at `a`) x B (WN rows at `b`)^T over the stage's BK columns, committed as one
+  // batch of warpgroup MMAs (the caller waits for it).
+  __device__ static void mma(float (&acc)[W::kAcc], std::uint32_t a, std::uint32_t b) {
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < W::BK / 16; ++ks) {
+      WgmmaM64K16<W::WN, T>::run(acc, smem_desc_sw128(a + ks * 32), smem_desc_sw128(b + ks * 32),
+                                 true);
+    }
+    wgmma_commit();
+  }
+};
+
+template <class W, typename T, class Format = DenseWeights<W, T>>
 struct WsMainloop {
   using Pipe = Pipeline<W::STAGES>;
   using State = PipeState<W::STAGES>;
@@ -67,16 +104,10 @@ struct WsMainloop {
         issued.parity = (issued.parity & ~bit) | (st.phase << st.index);
         if (gateup) {
           tma_load_2d(a, &p.xs_map, bar, col, row0);
-#pragma unroll
-          for (int g = 0; g < W::kGroups; ++g) {
-            const std::uint32_t gate = b + g * W::WN * W::kRowBytes;
-            tma_load_2d(gate, &p.w13_map, bar, col, wrow + g * W::kGateBoxRows);
-            tma_load_2d(gate + W::kGateBoxRows * W::kRowBytes, &p.w13_map, bar, col,
-                        wrow + p.inter + g * W::kGateBoxRows);
-          }
+          Format::issue_gateup(b, &p.w13_map, bar, col, wrow, p.inter);
         } else {
           tma_load_2d(a, &p.h_map, bar, col, row0);
-          tma_load_2d(b, &p.w2_map, bar, col, wrow);
+          Format::issue_down(b, &p.w2_map, bar, col, wrow);
         }
       }
       st.advance();
@@ -112,13 +143,7 @@ struct WsMainloop {
     for (int kt = 0; kt < n; ++kt) {
       if (ok) ok = pipe.consumer_wait(st, wd, kSiteWeightCopy);
       const std::uint32_t s = ring + st.index * W::STAGE_BYTES;
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < W::BK / 16; ++ks) {
-        WgmmaM64K16<W::WN, T>::run(acc, smem_desc_sw128(s + a_off + ks * 32),
-                                   smem_desc_sw128(s + b_off + ks * 32), true);
-      }
-      wgmma_commit();
+      Format::mma(acc, s + a_off, s + b_off);
       // One batch at a time: a batch left in flight measured no faster (bench/NOTES.md,
       // issue 20), and ptxas then guards the accumulators with waits of its own.
       wgmma_wait<0>();
