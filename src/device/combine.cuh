@@ -18,7 +18,7 @@ namespace flashmoe::detail {
 // that kItems x kUnroll loads are in flight: the combine is a chain of memory round trips, and
 // callers with registers to spare (the warp-specialised kernel's consumers, whose accumulators
 // are free by then) take more at once.
-template <int kItems = 1, int kUnroll = 8, typename T>
+template <int kItems, int kUnroll, typename T>
 __device__ __forceinline__ void combine_tokens(const KernelParams<T>& p, const std::int32_t* tokens,
                                                int count, int c0, int cols, int tid, int threads) {
   const int H = p.hidden;
@@ -33,7 +33,7 @@ __device__ __forceinline__ void combine_tokens(const KernelParams<T>& p, const s
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       // A spare slot (past the list) repeats the last item and writes nothing.
-      const int item = kItems == 1 ? first : min(first + i * threads, items - 1);
+      const int item = min(first + i * threads, items - 1);
       const std::int64_t t = tokens[item / quads];
       const int c = c0 + (item % quads) * 4;
       src[i] = p.ypart + t * p.top_k * H + c;
@@ -60,7 +60,7 @@ __device__ __forceinline__ void combine_tokens(const KernelParams<T>& p, const s
     }
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
-      if (kItems > 1 && first + i * threads >= items) break;
+      if (first + i * threads >= items) break;
       uint2* out = reinterpret_cast<uint2*>(dst[i]);
       float4 r = sum[i];
       if (p.beta != 0.0f) {
