@@ -119,27 +119,36 @@ class Forward : public ::testing::Test {
   std::mt19937_64 rng_;
 };
 
-TEST_F(Forward, SkewedRoutingEveryTokenToTheSameExperts) {
-  SCOPED_TRACE(seed_);
-  Model m = small_model();
+// Router rows: experts 0..K-1 get (K - e) * 0.05 in every column, the others 0. With x > 0
+// (make_inputs_positive) every token's logits rank experts 0..K-1 first, in that order; experts
+// K.. get no token.
+void rig_router_to_the_first_experts(Model& m) {
   const Config& c = m.config;
-  // Router rows: experts 0..K-1 get (K - e) * 0.05 in every column, the others 0. With x > 0
-  // every token's logits rank experts 0..K-1 first, in that order; experts K.. get no token.
   for (int e = 0; e < c.experts; ++e)
     for (int h = 0; h < c.hidden; ++h)
       m.router[static_cast<std::size_t>(e) * c.hidden + h] =
           flashmoe::reference::from_float(e < c.top_k ? 0.05f * (c.top_k - e) : 0.0f, c.dtype);
   m.d_router = upload(m.router);
+}
+void make_inputs_positive(ForwardRun& run, flashmoe::DType dtype) {
+  for (auto& v : run.x) {
+    const float f = flashmoe::reference::to_float(v, dtype);
+    v = flashmoe::reference::from_float(std::abs(f) + 0.1f, dtype);
+  }
+}
+
+TEST_F(Forward, SkewedRoutingEveryTokenToTheSameExperts) {
+  SCOPED_TRACE(seed_);
+  Model m = small_model();
+  const Config& c = m.config;
+  rig_router_to_the_first_experts(m);
   Layer layer;
   ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
   StreamGuard stream;
   for (int T : {1, 64, 1024}) {
     SCOPED_TRACE(::testing::Message() << "T = " << T);
     ForwardRun run = make_run(c, T, rng_);
-    for (auto& v : run.x) {  // positive inputs, so the rigged experts win
-      const float f = flashmoe::reference::to_float(v, c.dtype);
-      v = flashmoe::reference::from_float(std::abs(f) + 0.1f, c.dtype);
-    }
+    make_inputs_positive(run, c.dtype);  // so the rigged experts win
     ASSERT_TRUE(run_forward(layer, run, stream.get()));
     for (int t = 0; t < T; ++t)
       for (int k = 0; k < c.top_k; ++k) ASSERT_EQ(run.ids[t * c.top_k + k], k) << "token " << t;
@@ -359,14 +368,7 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     c.top_k = k.top_k;
     c.max_tokens = k.max_tokens;
     Model m = make_model(c, rng_);
-    if (k.skewed) {
-      // As in SkewedRoutingEveryTokenToTheSameExperts: experts 0..K-1 win for positive x.
-      for (int e = 0; e < c.experts; ++e)
-        for (int h = 0; h < c.hidden; ++h)
-          m.router[static_cast<std::size_t>(e) * c.hidden + h] =
-              flashmoe::reference::from_float(e < c.top_k ? 0.05f * (c.top_k - e) : 0.0f, c.dtype);
-      m.d_router = upload(m.router);
-    }
+    if (k.skewed) rig_router_to_the_first_experts(m);
     Layer layer;
     ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
     ASSERT_TRUE(layer.set_tracing(1 << 12).ok());
@@ -374,12 +376,7 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     SCOPED_TRACE(::testing::Message() << "H " << c.hidden << " I " << c.intermediate << " E "
                                       << c.experts << " T " << k.tokens);
     ForwardRun run = make_run(c, k.tokens, rng_);
-    if (k.skewed) {
-      for (auto& v : run.x) {
-        const float f = flashmoe::reference::to_float(v, c.dtype);
-        v = flashmoe::reference::from_float(std::abs(f) + 0.1f, c.dtype);
-      }
-    }
+    if (k.skewed) make_inputs_positive(run, c.dtype);
     ASSERT_TRUE(run_forward(layer, run, stream.get()));
     const std::vector<int> tokens = sample_tokens(k.tokens, 32, rng_);
     check_routing(m, run, tokens);
