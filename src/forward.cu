@@ -105,25 +105,41 @@ constexpr int ws_smem_bytes() {
          kSmemAlign;
 }
 
-// The warp-specialised kernels' launch facts and weight maps (sm_90a builds on sm_90 only: the
-// caller checks).
-template <class W, typename T>
-Status prepare_ws_variant(const Layer::Impl& impl, KernelVariantInfo& info) {
-  auto kernel = moe_ws_kernel<W, T>;
-  info.smem_bytes = ws_smem_bytes<W>();
+// A kernel's launch facts: its shared-memory limit set and the blocks an SM holds.
+template <class Kernel>
+Status prepare_launch(Kernel* kernel, int threads, int smem_bytes, int sm_count,
+                      KernelVariantInfo& info) {
+  info.smem_bytes = smem_bytes;
   if (cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              info.smem_bytes);
       err != cudaSuccess) {
     (void)cudaGetLastError();
     return {StatusCode::NotSupported,
-            fmt::format("the prefill kernel needs {} bytes of shared memory per block: {}",
-                        info.smem_bytes, cudaGetErrorString(err))};
+            fmt::format("the kernel needs {} bytes of shared memory per block: {}", info.smem_bytes,
+                        cudaGetErrorString(err))};
   }
   if (cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&info.blocks_per_sm, kernel,
-                                                                      W::kThreads, info.smem_bytes);
-      err != cudaSuccess || info.blocks_per_sm < 1) {
+                                                                      threads, info.smem_bytes);
+      err != cudaSuccess) {
     (void)cudaGetLastError();
-    return {StatusCode::NotSupported, "the warp-specialised prefill kernel cannot be resident"};
+    return {StatusCode::NotSupported,
+            fmt::format("occupancy query failed ({}): is this build compiled for the device?",
+                        cudaGetErrorString(err))};
+  }
+  if (info.blocks_per_sm < 1 || sm_count < 1) {
+    return {StatusCode::NotSupported, "the kernel cannot be resident on this device"};
+  }
+  return {};
+}
+
+// The warp-specialised kernels' launch facts and weight maps (sm_90a builds on sm_90 only: the
+// caller checks).
+template <class W, typename T>
+Status prepare_ws_variant(const Layer::Impl& impl, KernelVariantInfo& info) {
+  if (Status s =
+          prepare_launch(moe_ws_kernel<W, T>, W::kThreads, ws_smem_bytes<W>(), impl.sm_count, info);
+      !s.ok()) {
+    return s;
   }
   return encode_weight_maps_rows<T>(impl.config, impl.weights, W::kGateBoxRows, W::kDownBoxRows,
                                     info);
@@ -141,29 +157,8 @@ bool ws_engine_compiled() {
 
 template <class Cfg, class GateUp, class Down, typename T>
 Status prepare_variant(const Layer::Impl& impl, KernelVariantInfo& info) {
-  const int sm_count = impl.sm_count;
-  auto kernel = moe_kernel<Cfg, GateUp, Down, T>;
-  info.smem_bytes = Cfg::template smem_bytes<GateUp, Down>();
-  if (cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             info.smem_bytes);
-      err != cudaSuccess) {
-    (void)cudaGetLastError();
-    return {StatusCode::NotSupported,
-            fmt::format("the kernel needs {} bytes of shared memory per block: {}", info.smem_bytes,
-                        cudaGetErrorString(err))};
-  }
-  if (cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&info.blocks_per_sm, kernel,
-                                                                      kThreads, info.smem_bytes);
-      err != cudaSuccess) {
-    (void)cudaGetLastError();
-    return {StatusCode::NotSupported,
-            fmt::format("occupancy query failed ({}): is this build compiled for the device?",
-                        cudaGetErrorString(err))};
-  }
-  if (info.blocks_per_sm < 1 || sm_count < 1) {
-    return {StatusCode::NotSupported, "the kernel cannot be resident on this device"};
-  }
-  return {};
+  return prepare_launch(moe_kernel<Cfg, GateUp, Down, T>, kThreads,
+                        Cfg::template smem_bytes<GateUp, Down>(), impl.sm_count, info);
 }
 
 // Where decode variant D's kernels sit in Layer::Impl::decode: the number decode_variant gives
