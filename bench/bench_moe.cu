@@ -57,6 +57,7 @@ constexpr int kMaxTokens = 4096;
 bool g_cublas = true;
 int g_tokens_per_launch = 0;  // LayerOptions::tokens_per_launch of every benchmarked Layer
 int g_prefill_rows = 0;       // testing::set_prefill_switch of every benchmarked Layer
+int g_ws_tall_rows = 0;       // testing::set_ws_tile_switch of every benchmarked Layer
 // Its timing: as many rounds of kInputs forwards as FlashMoE had iterations, at least
 // kCublasRounds, stopping early once they add up to kCublasBudgetMs (Mixtral at T = 4096 takes
 // tens of ms a round), but never before kCublasMinRounds.
@@ -149,6 +150,7 @@ Bench* get_bench(const Shape& s, flashmoe::DType dt) {
   options.tokens_per_launch = g_tokens_per_launch;
   b->status = flashmoe::Layer::create(c, w, b->layer, options);
   flashmoe::testing::set_prefill_switch(b->layer, g_prefill_rows);
+  flashmoe::testing::set_ws_tile_switch(b->layer, g_ws_tall_rows);
   if (g_cublas) {
     flashmoe_bench::BaselineShape bs;
     bs.hidden = c.hidden;
@@ -584,6 +586,17 @@ int main(int argc, char** argv) {
       return 1;
     }
     g_prefill_rows = static_cast<int>(n);
+  }
+  // FLASHMOE_BENCH_WS_TALL_ROWS=64: the warp-specialised kernel's 128-row m-tiles from 64 rows
+  // per expert (measuring that switch; testing.hpp).
+  if (const char* v = std::getenv("FLASHMOE_BENCH_WS_TALL_ROWS"); v != nullptr && *v) {
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    if (end == v || *end != '\0' || n < 0 || n > kMaxTokens) {
+      std::fprintf(stderr, "FLASHMOE_BENCH_WS_TALL_ROWS: '%s' is not in [0, %d]\n", v, kMaxTokens);
+      return 1;
+    }
+    g_ws_tall_rows = static_cast<int>(n);
   }
   g_bandwidth = measure_bandwidth();
   if (g_cublas) g_dense_flops = measure_dense_flops();

@@ -455,11 +455,13 @@ Status launch_ws(Layer::Impl& impl, const KernelVariantInfo& info, const void* x
   p.x_sorted = static_cast<T*>(
       static_cast<void*>(static_cast<unsigned char*>(impl.scratch) + impl.scratch_layout.x_sorted));
   const std::int64_t pairs = num_tokens * c.top_k;
-  if (Status s = encode_scratch_map<T>(p.xs_map, p.x_sorted, pairs, c.hidden, W::BM, "x_sorted");
+  if (Status s =
+          encode_scratch_map<T>(p.xs_map, p.x_sorted, pairs, c.hidden, W::kABoxRows, "x_sorted");
       !s.ok()) {
     return s;
   }
-  if (Status s = encode_scratch_map<T>(p.h_map, p.h, pairs, c.intermediate, W::BM, "h"); !s.ok()) {
+  if (Status s = encode_scratch_map<T>(p.h_map, p.h, pairs, c.intermediate, W::kABoxRows, "h");
+      !s.ok()) {
     return s;
   }
   p.rsplit = router_split(num_tokens, c.hidden, c.experts, o.topk_ids != nullptr, true,
@@ -480,6 +482,9 @@ Status launch_ws(Layer::Impl& impl, const KernelVariantInfo& info, const void* x
   return {};
 }
 
+// Rows per expert (on average) from which the warp-specialised kernel runs 128-row m-tiles.
+inline constexpr std::int64_t kWsTallRows = 56;
+
 // A prefill forward: the warp-specialised kernel where the device has it (128-row m-tiles once
 // experts average enough rows to fill most of one), else the prefill kernel.
 template <typename T>
@@ -487,7 +492,8 @@ Status launch_prefill(Layer::Impl& impl, const void* x, void* y, std::int64_t nu
                       cudaStream_t stream, const LaunchOptions& o) {
   const Config& c = impl.config;
   if (impl.ws_engine) {
-    if (num_tokens * c.top_k >= std::int64_t{96} * c.experts) {
+    const std::int64_t tall_rows = impl.ws_tall_rows > 0 ? impl.ws_tall_rows : kWsTallRows;
+    if (num_tokens * c.top_k >= tall_rows * c.experts) {
       return launch_ws<WsShape<128>, T>(impl, impl.ws[1], x, y, num_tokens, stream, o);
     }
     return launch_ws<WsShape<64>, T>(impl, impl.ws[0], x, y, num_tokens, stream, o);

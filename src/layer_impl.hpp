@@ -48,6 +48,9 @@ struct Layer::Impl {
   // Test- and bench-only (testing.hpp): > 0 runs the prefill kernels once experts average more
   // than this many rows, instead of runs_prefill_kernel's rule.
   int prefill_rows = 0;
+  // Test- and bench-only (testing.hpp): > 0 runs the warp-specialised kernel's 128-row m-tiles
+  // once experts average at least this many rows, instead of launch_prefill's rule.
+  int ws_tall_rows = 0;
 
   // Pointers that forwards of this Layer found to be memory of its device (x, y and the option
   // pointers): an engine passes the same buffers call after call, and cudaPointerGetAttributes

@@ -27,4 +27,11 @@ inline void set_prefill_switch(Layer& layer, int rows_per_expert) {
   if (layer.valid()) layer.impl()->prefill_rows = rows_per_expert < 0 ? 0 : rows_per_expert;
 }
 
+// Moves the switch between the warp-specialised prefill kernel's 64- and 128-row m-tiles:
+// 128-row ones once experts average at least rows_per_expert rows (0: the library's rule). For
+// measuring the switch and testing both shapes on the same forward.
+inline void set_ws_tile_switch(Layer& layer, int rows_per_expert) {
+  if (layer.valid()) layer.impl()->ws_tall_rows = rows_per_expert < 0 ? 0 : rows_per_expert;
+}
+
 }  // namespace flashmoe::testing

@@ -348,14 +348,19 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     bool skewed;
     int prefill_rows;  // testing::set_prefill_switch (0: the library's rule)
     int max_tokens = 1024;
+    int ws_tall_rows = 0;  // testing::set_ws_tile_switch (0: the library's rule)
   };
+  // Experts' last 128-row m-tiles of at most 64 rows run as half tiles: in the 4000-pair case
+  // (about 250 rows an expert), the skewed one (777 rows), the 150-row one of three down column
+  // tiles, and every m-tile of the forced 128-row case below.
   const Case cases[] = {
-      {256, 136, 16, 4, 200, 64, false, 0},    // 800 pairs over 16 experts: 64-row m-tiles
-      {256, 136, 16, 4, 1000, 128, false, 0},  // 4000 pairs: 128-row m-tiles
-      {200, 88, 16, 4, 777, 128, true, 0},     // every token on the same 4 experts; odd H, I
-      {72, 40, 1, 1, 999, 128, false, 0},      // E = 1: 8 m-tiles of one expert
-      {520, 136, 16, 4, 600, 128, false, 0},   // 3 down column tiles, the last 8 columns wide
-      {256, 136, 16, 4, 9, 64, false, 1},      // 36 pairs: 2-3 rows in each 64-row m-tile
+      {256, 136, 16, 4, 200, 64, false, 0},            // 800 pairs over 16 experts: 64-row m-tiles
+      {256, 136, 16, 4, 200, 128, false, 0, 1024, 1},  // the same as half tiles of 128-row ones
+      {256, 136, 16, 4, 1000, 128, false, 0},          // 4000 pairs: 128-row m-tiles
+      {200, 88, 16, 4, 777, 128, true, 0},    // every token on the same 4 experts; odd H, I
+      {72, 40, 1, 1, 999, 128, false, 0},     // E = 1: 8 m-tiles of one expert
+      {520, 136, 16, 4, 600, 128, false, 0},  // 3 down column tiles, the last 8 columns wide
+      {256, 136, 16, 4, 9, 64, false, 1},     // 36 pairs: 2-3 rows in each 64-row m-tile
       // Down tiles in 8 K slices of I, on a scratch planned for no more than 512 tokens.
       {64, 16456, 4, 2, 500, 128, false, 0, 512},
   };
@@ -373,6 +378,7 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
     ASSERT_TRUE(layer.set_tracing(1 << 12).ok());
     flashmoe::testing::set_prefill_switch(layer, k.prefill_rows);
+    flashmoe::testing::set_ws_tile_switch(layer, k.ws_tall_rows);
     SCOPED_TRACE(::testing::Message() << "H " << c.hidden << " I " << c.intermediate << " E "
                                       << c.experts << " T " << k.tokens);
     ForwardRun run = make_run(c, k.tokens, rng_);

@@ -105,7 +105,7 @@ struct WsRoles {
       }
       float acc[W::kAcc];
       if (job.kind == kJobGateUp) {
-        const bool ok = Main::consume(acc, pipe, st, ring, Main::ktiles(p, job), wd);
+        const bool ok = Main::consume(acc, p, job, pipe, st, ring, wd);
         Epi::gateup(p, job, acc);
         if (!team_all(ok && !pipe.is_poisoned())) return;
         // Test fault: one gate/up tile never signals, so its down tiles wait for the watchdog.
@@ -117,7 +117,7 @@ struct WsRoles {
         continue;
       }
       const typename Epi::DownRows rows = Epi::down_rows(p, job);
-      const bool ok = Main::consume(acc, pipe, st, ring, Main::ktiles(p, job), wd);
+      const bool ok = Main::consume(acc, p, job, pipe, st, ring, wd);
       Epi::down_store(p, job, acc, rows);
       if (!team_all(ok && !pipe.is_poisoned())) return;
       tr.record(TraceKind::Down, t0, static_cast<int>(job.expert),

@@ -22,9 +22,14 @@ struct WsEpilogue {
   static constexpr int kThreads = W::kConsumerThreads;
 
   __device__ static int warpgroup() { return threadIdx.x >> 7; }
+  // Whether both warpgroups hold the job's rows and split its columns: the 64-row shape, and a
+  // half tile of the 128-row one (WsShape::half_tile).
+  __device__ static bool split_columns(const WsJob& job) {
+    return W::kGroups == 2 || W::half_tile(job.rows);
+  }
   // The m-tile row of this thread's accumulator j.
-  __device__ static int acc_row(int j) {
-    return wgmma_acc_row(j) + (W::kGroups == 1 ? 64 * warpgroup() : 0);
+  __device__ static int acc_row(int j, bool split) {
+    return wgmma_acc_row(j) + (split ? 0 : 64 * warpgroup());
   }
 
   // Thread 0: the m-tile's count, released after the team's writes (ordered by the barrier
@@ -71,14 +76,17 @@ struct WsEpilogue {
                                 const float (&acc)[W::kAcc]) {
     constexpr int kHalf = W::kAcc / 2;
     const int I = p.inter;
-    const int c0 = static_cast<int>(job.ntile) * W::kGateUpCols +
-                   (W::kGroups == 1 ? 0 : warpgroup() * (W::WN / 2));
+    const bool split = split_columns(job);
+    // Columns of this warpgroup: all kGateUpCols, or its share of them (kHalf / 2 of the
+    // accumulators in a half tile).
+    const int cols = split ? W::kGateUpCols / 2 : W::kGateUpCols;
+    const int c0 = static_cast<int>(job.ntile) * W::kGateUpCols + (split ? warpgroup() * cols : 0);
     T* hbase = p.h + static_cast<std::int64_t>(job.row0) * I;
 #pragma unroll
     for (int j = 0; j < kHalf; j += 2) {
-      const int row = acc_row(j), col = c0 + wgmma_acc_col(j);
-      if (row < static_cast<int>(job.rows) && col < I) {
-        *reinterpret_cast<std::uint32_t*>(hbase + static_cast<std::int64_t>(row) * I + col) =
+      const int row = acc_row(j, split), col = wgmma_acc_col(j);
+      if (row < static_cast<int>(job.rows) && col < cols && c0 + col < I) {
+        *reinterpret_cast<std::uint32_t*>(hbase + static_cast<std::int64_t>(row) * I + c0 + col) =
             pack2<T>(activate(acc[j], p.activation) * acc[j + kHalf],
                      activate(acc[j + 1], p.activation) * acc[j + 1 + kHalf]);
       }
@@ -94,9 +102,10 @@ struct WsEpilogue {
   };
   __device__ static DownRows down_rows(const KernelParams<T>& p, const WsJob& job) {
     DownRows d;
+    const bool split = split_columns(job);
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      const int row = acc_row(2 * i);  // rows of accumulators 0 and 2
+      const int row = acc_row(2 * i, split);  // rows of accumulators 0 and 2
       d.pair[i] = row < static_cast<int>(job.rows) ? __ldcg(p.sorted_pair + job.row0 + row) : -1;
       d.weight[i] = d.pair[i] >= 0 ? __ldcg(p.pair_weight + d.pair[i]) : 0.0f;
     }
@@ -109,14 +118,15 @@ struct WsEpilogue {
     const int H = p.hidden;
     const std::int64_t pairs = static_cast<std::int64_t>(p.num_tokens) * p.top_k;
     float* plane = p.ypart + job.kslice * pairs * H;
-    const int c0 =
-        static_cast<int>(job.ntile) * W::BN + (W::kGroups == 1 ? 0 : warpgroup() * W::WN);
+    const bool split = split_columns(job);
+    const int cols = split ? W::BN / 2 : W::BN;  // this warpgroup's
+    const int c0 = static_cast<int>(job.ntile) * W::BN + (split ? warpgroup() * cols : 0);
 #pragma unroll
     for (int j = 0; j < W::kAcc; j += 2) {
       const int i = (j >> 1) & 1;  // accumulators with j % 4 >= 2 hold row r + 8
-      const int col = c0 + wgmma_acc_col(j);
-      if (d.pair[i] >= 0 && col < H) {
-        *reinterpret_cast<float2*>(plane + static_cast<std::int64_t>(d.pair[i]) * H + col) =
+      const int col = wgmma_acc_col(j);
+      if (d.pair[i] >= 0 && col < cols && c0 + col < H) {
+        *reinterpret_cast<float2*>(plane + static_cast<std::int64_t>(d.pair[i]) * H + c0 + col) =
             make_float2(acc[j] * d.weight[i], acc[j + 1] * d.weight[i]);
       }
     }
@@ -129,7 +139,7 @@ struct WsEpilogue {
                                       std::int32_t* tokens, int* count) {
     const int lane = threadIdx.x & 31;
     const std::uint32_t parts = static_cast<std::uint32_t>(p.top_k * p.dsplit.kslices);
-    if ((W::kGroups == 1 || warpgroup() == 0) && (lane & 3) < 2) {
+    if ((!split_columns(job) || warpgroup() == 0) && (lane & 3) < 2) {
       const std::int32_t pair = d.pair[lane & 1];
       if (pair >= 0) {
         const int token = pair / p.top_k;

@@ -51,6 +51,37 @@ struct DenseWeights {
     }
     wgmma_commit();
   }
+  // The same for a half tile of a 128-row shape (W::half_tile): warpgroup g multiplies the
+  // tile's 64 rows by its share of the stage's weight rows. Gate/up: its 64 gate columns
+  // [64 g, 64 g + 64) and their up rows, into accumulators 0-31 (gate) and kAcc / 2 ... + 31
+  // (up), where the epilogue pairs them as in a full tile; down: w2 rows [128 g, 128 g + 128)
+  // into accumulators 0-63.
+  __device__ static void mma_half(float (&acc)[W::kAcc], std::uint32_t a, std::uint32_t b,
+                                  bool gateup) {
+    if constexpr (W::BM == 128) {
+      const std::uint32_t g = threadIdx.x >> 7;
+      float(&lo)[64] = *reinterpret_cast<float(*)[64]>(&acc[0]);
+      float(&gate)[32] = *reinterpret_cast<float(*)[32]>(&acc[0]);
+      float(&up)[32] = *reinterpret_cast<float(*)[32]>(&acc[W::kAcc / 2]);
+      const std::uint32_t gate_b = b + g * 64 * W::kRowBytes;
+      const std::uint32_t up_b = gate_b + W::kGateBoxRows * W::kRowBytes;
+      const std::uint32_t down_b = b + g * 128 * W::kRowBytes;
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < W::BK / 16; ++ks) {
+        const std::uint64_t ad = smem_desc_sw128(a + ks * 32);
+        if (gateup) {
+          WgmmaM64K16<64, T>::run(gate, ad, smem_desc_sw128(gate_b + ks * 32), true);
+          WgmmaM64K16<64, T>::run(up, ad, smem_desc_sw128(up_b + ks * 32), true);
+        } else {
+          WgmmaM64K16<128, T>::run(lo, ad, smem_desc_sw128(down_b + ks * 32), true);
+        }
+      }
+      wgmma_commit();
+    } else {
+      (void)acc, (void)a, (void)b, (void)gateup;
+    }
+  }
 };
 
 template <class W, typename T, class Format = DenseWeights<W, T>>
@@ -89,24 +120,29 @@ struct WsMainloop {
         gateup ? e * 2 * p.inter + job.ntile * W::kGateUpCols : e * p.hidden + job.ntile * W::BN;
     // Test fault: the first stage of one down tile is never requested, so that its wait runs
     // into the watchdog.
+    const int a_boxes = W::a_boxes(job.rows);
+    const std::uint32_t stage_bytes = W::B_BYTES + a_boxes * W::kABoxRows * W::kRowBytes;
     const bool stall = p.fault == kFaultStallWeightCopy && !gateup && job.slot == 0 &&
                        job.ntile == 0 && job.kslice == 0;
     for (int kt = 0; kt < n; ++kt) {
       if (!pipe.producer_acquire(st, wd, kSiteWeightCopy) || pipe.is_poisoned()) return false;
       const std::uint32_t a = ring + st.index * W::STAGE_BYTES, b = a + W::A_BYTES;
       const std::uint32_t bar = pipe.full_barrier(st);
-      pipe.producer_expect(st, W::STAGE_BYTES);
+      pipe.producer_expect(st, stage_bytes);
       const int col = k0 + kt * W::BK;
       const std::uint32_t bit = 1u << st.index;
       issued.mask &= ~bit;
       if (!(stall && kt == 0)) {
         issued.mask |= bit;
         issued.parity = (issued.parity & ~bit) | (st.phase << st.index);
+        const CUtensorMap* a_map = gateup ? &p.xs_map : &p.h_map;
+        for (int r = 0; r < a_boxes; ++r) {
+          tma_load_2d(a + r * W::kABoxRows * W::kRowBytes, a_map, bar, col,
+                      row0 + r * W::kABoxRows);
+        }
         if (gateup) {
-          tma_load_2d(a, &p.xs_map, bar, col, row0);
           Format::issue_gateup(b, &p.w13_map, bar, col, wrow, p.inter);
         } else {
-          tma_load_2d(a, &p.h_map, bar, col, row0);
           Format::issue_down(b, &p.w2_map, bar, col, wrow);
         }
       }
@@ -132,18 +168,24 @@ struct WsMainloop {
   // Every thread runs every stage's MMAs whatever happens (the warpgroup MMA needs all 128
   // threads): after a failed wait the rest is garbage and the result false; the caller then
   // publishes nothing.
-  __device__ static bool consume(float (&acc)[W::kAcc], Pipe& pipe, State& st, std::uint32_t ring,
-                                 int n, const Watchdog& wd) {
+  __device__ static bool consume(float (&acc)[W::kAcc], const KernelParams<T>& p, const WsJob& job,
+                                 Pipe& pipe, State& st, std::uint32_t ring, const Watchdog& wd) {
     const int wg = threadIdx.x >> 7, lane = threadIdx.x & 31;
 #pragma unroll
     for (int j = 0; j < W::kAcc; ++j) acc[j] = 0.0f;
-    const std::uint32_t a_off = W::kGroups == 1 ? wg * 64 * W::kRowBytes : 0;
+    const int n = ktiles(p, job);
+    const bool half = W::half_tile(job.rows), gateup = job.kind == kJobGateUp;
+    const std::uint32_t a_off = W::kGroups == 1 && !half ? wg * 64 * W::kRowBytes : 0;
     const std::uint32_t b_off = W::A_BYTES + (W::kGroups == 1 ? 0 : wg * W::WN * W::kRowBytes);
     bool ok = true;
     for (int kt = 0; kt < n; ++kt) {
       if (ok) ok = pipe.consumer_wait(st, wd, kSiteWeightCopy);
       const std::uint32_t s = ring + st.index * W::STAGE_BYTES;
-      Format::mma(acc, s + a_off, s + b_off);
+      if (half) {
+        Format::mma_half(acc, s + a_off, s + b_off, gateup);
+      } else {
+        Format::mma(acc, s + a_off, s + b_off);
+      }
       // One batch at a time: a batch left in flight measured no faster (bench/NOTES.md,
       // issue 20), and ptxas then guards the accumulators with waits of its own.
       wgmma_wait<0>();

@@ -30,6 +30,19 @@ struct WsShape {
   static constexpr int kDownBoxRows = BN;
   static constexpr int kRowBytes = BK * 2;
   static constexpr int A_BYTES = BM * kRowBytes, B_BYTES = BN * kRowBytes;
+  // Rows of one A box (the box of the scratch maps): a 128-row m-tile's A is two, so that a half
+  // tile requests only its own rows.
+  static constexpr int kABoxRows = 64;
+  // A 128-row shape runs an m-tile of at most 64 rows (an expert's last) as a half tile: both
+  // warpgroups take its 64 rows and split the stage's weight rows as the 64-row shape does, for
+  // half the MMAs and one A box. Experts rarely fill their last m-tile, and a full tile's cost
+  // for a few rows was a quarter of the 128-row tiles at T = 2048-4096 (bench/NOTES.md).
+  __host__ __device__ static constexpr bool half_tile(unsigned rows) {
+    return BM == 128 && rows <= 64;
+  }
+  __host__ __device__ static constexpr int a_boxes(unsigned rows) {
+    return half_tile(rows) ? 1 : BM / kABoxRows;
+  }
   static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
   // 192 KB (4 x 48 KB) or 200 KB (5 x 40 KB) of the 227 KB an sm_90 block may take.
   static constexpr int STAGES = BM == 128 ? 4 : 5;
