@@ -482,11 +482,13 @@ Status launch_ws(Layer::Impl& impl, const KernelVariantInfo& info, const void* x
   return {};
 }
 
-// Rows per expert (on average) from which the warp-specialised kernel runs 128-row m-tiles.
+// Rows per expert (on average) from which the warp-specialised kernel runs 128-row m-tiles:
+// with half tiles for their last rows they win from 64 rows an expert on, and lose at 48
+// (bench/NOTES.md, row 78).
 inline constexpr std::int64_t kWsTallRows = 56;
 
-// A prefill forward: the warp-specialised kernel where the device has it (128-row m-tiles once
-// experts average enough rows to fill most of one), else the prefill kernel.
+// A prefill forward: the warp-specialised kernel where the device has it, else the prefill
+// kernel.
 template <typename T>
 Status launch_prefill(Layer::Impl& impl, const void* x, void* y, std::int64_t num_tokens,
                       cudaStream_t stream, const LaunchOptions& o) {
