@@ -41,10 +41,17 @@ struct WsRoles {
   using Pipe = typename Main::Pipe;
   using Jobs = JobRing<kWsJobDepth>;
 
+  // The job ring's waits: one role waiting for the other, which is itself waiting (the producer
+  // for a job's inputs, the consumers for a stage) or busy. Twice the period, so that a hang is
+  // reported at the wait that caused it, whichever role started waiting first.
+  __device__ static Watchdog job_ring_watchdog(const WsKernelParams<T>& p) {
+    return {p.ctl, 2 * p.timeout_ns};
+  }
+
   // The producer thread, from the block's first ticket past routing until a stop job is sent.
   __device__ static void produce(const WsKernelParams<T>& p, const WsGrid& g, Pipe& pipe,
                                  Jobs& jobs, std::uint32_t ring, std::uint32_t ticket) {
-    const Watchdog wd{p.ctl, p.timeout_ns};
+    const Watchdog wd{p.ctl, p.timeout_ns}, ring_wd = job_ring_watchdog(p);
     typename Main::State st;
     typename Main::Issued issued;
     PipeState<kWsJobDepth> js;
@@ -59,7 +66,8 @@ struct WsRoles {
           job.kind = kJobStop;  // abandoned: the launch has failed
         }
       }
-      if (!pipe.wait_barrier(smem_u32(&jobs.empty[js.index]), js.phase ^ 1u, wd, kSiteJobRing)) {
+      if (!pipe.wait_barrier(smem_u32(&jobs.empty[js.index]), js.phase ^ 1u, ring_wd,
+                             kSiteJobRing)) {
         break;
       }
       jobs.job[js.index] = job;
@@ -80,13 +88,13 @@ struct WsRoles {
                                  Jobs& jobs, std::uint32_t ring, Tracer& tr) {
     __shared__ std::int32_t s_tokens[W::BM];
     __shared__ int s_count;
-    const Watchdog wd{p.ctl, p.timeout_ns};
+    const Watchdog wd{p.ctl, p.timeout_ns}, ring_wd = job_ring_watchdog(p);
     typename Main::State st;
     PipeState<kWsJobDepth> js;
     if (threadIdx.x == 0) s_count = 0;
     for (;;) {
       const bool got =
-          pipe.wait_barrier(smem_u32(&jobs.full[js.index]), js.phase, wd, kSiteJobRing);
+          pipe.wait_barrier(smem_u32(&jobs.full[js.index]), js.phase, ring_wd, kSiteJobRing);
       WsJob job{kJobStop, 0, 0, 0, 0, 0, 0};
       if (got) job = jobs.job[js.index];
       // Every thread has its copy of the job before any warp frees the slot.
