@@ -41,7 +41,7 @@ struct Shape {
 constexpr Shape kShapes[] = {{"Qwen3_gateup", 4096, 8, 2048, 1536},
                              {"Mixtral_gateup", 4096, 2, 4096, 28672}};
 
-template <int BN, int Stages, AGather G, int InFlight, bool Gated>
+template <int BN, int Stages, AGather G, int InFlight, bool Gated, bool Multicast>
 void BM_WsGatherGemm(benchmark::State& state, Shape s) {
   int major = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
@@ -77,7 +77,8 @@ void BM_WsGatherGemm(benchmark::State& state, Shape s) {
            ? flashmoe_test::encode_bf16_map(x_map, dsorted.get(), static_cast<int>(rows.size()),
                                             s.hidden, flashmoe_test::kWsBM)
            : flashmoe_test::encode_bf16_map(x_map, dx.get(), s.tokens, s.hidden, 1)) &&
-      flashmoe_test::encode_bf16_map(w_map, dw.get(), s.n_total, s.hidden, Gated ? BN / 2 : BN);
+      flashmoe_test::encode_bf16_map(w_map, dw.get(), s.n_total, s.hidden,
+                                     Gated || Multicast ? BN / 2 : BN);
   if (!ok) {
     state.SkipWithError("cuTensorMapEncodeTiled failed");
     return;
@@ -97,17 +98,25 @@ void BM_WsGatherGemm(benchmark::State& state, Shape s) {
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
+  int clusters = 0;
+  auto launch = [&] {
+    if constexpr (Multicast) {
+      return flashmoe_test::launch_ws_multicast_gemm<BN, Stages, InFlight, Gated>(
+          x_map, w_map, args, sms, nullptr, clusters);
+    } else {
+      return flashmoe_test::launch_ws_gather_gemm<BN, Stages, G, InFlight, Gated>(
+          x_map, w_map, args, sms, nullptr);
+    }
+  };
   for (int i = 0; i < 2; ++i) {
-    if (flashmoe_test::launch_ws_gather_gemm<BN, Stages, G, InFlight, Gated>(
-            x_map, w_map, args, sms, nullptr) != cudaSuccess) {
+    if (launch() != cudaSuccess) {
       state.SkipWithError("launch failed");
       return;
     }
   }
   for (auto _ : state) {
     cudaEventRecord(start);
-    (void)flashmoe_test::launch_ws_gather_gemm<BN, Stages, G, InFlight, Gated>(x_map, w_map, args,
-                                                                               sms, nullptr);
+    (void)launch();
     cudaEventRecord(stop);
     cudaEventSynchronize(stop);
     float ms = 0.0f;
@@ -118,17 +127,19 @@ void BM_WsGatherGemm(benchmark::State& state, Shape s) {
   const double flops = 2.0 * rows.size() * s.n_total * s.hidden;
   state.counters["TFLOPs"] =
       benchmark::Counter(flops / 1e12, benchmark::Counter::kIsIterationInvariantRate);
+  if (Multicast) state.counters["blocks"] = 2 * clusters;
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
 }
 
-template <int BN, int Stages, AGather G, int InFlight = 0, bool Gated = false>
+template <int BN, int Stages, AGather G, int InFlight = 0, bool Gated = false,
+          bool Multicast = false>
 void register_rows(const char* gather) {
   for (const Shape& s : kShapes) {
     benchmark::RegisterBenchmark((std::string(s.name) + "/BN" + std::to_string(BN) + "/" + gather +
                                   (InFlight ? "/in_flight1" : "") + (Gated ? "/silu" : ""))
                                      .c_str(),
-                                 BM_WsGatherGemm<BN, Stages, G, InFlight, Gated>, s)
+                                 BM_WsGatherGemm<BN, Stages, G, InFlight, Gated, Multicast>, s)
         ->UseManualTime()
         ->Iterations(10)
         ->Unit(benchmark::kMicrosecond);
@@ -150,6 +161,10 @@ int main(int argc, char** argv) {
   register_rows<256, 4, AGather::Contiguous, 1>("contiguous");
   register_rows<256, 4, AGather::CpAsync, 1, true>("cp_async");
   register_rows<256, 4, AGather::Contiguous, 1, true>("contiguous");
+  register_rows<256, 4, AGather::Contiguous, 0, true>("contiguous");
+  // Clusters of two blocks sharing each stage's weight rows (multicast): half the L2 reads.
+  register_rows<256, 4, AGather::Contiguous, 0, false, true>("contiguous_multicast");
+  register_rows<256, 4, AGather::Contiguous, 0, true, true>("contiguous_multicast");
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

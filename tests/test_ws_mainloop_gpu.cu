@@ -39,12 +39,16 @@ struct Case {
   int x_rows, mtiles, n_total, k, grid;
 };
 
-template <int BN, int Stages, AGather G, int InFlight = 0, bool Gated = false>
+// Multicast: the cluster kernel (ws_multicast_gemm_kernel; A contiguous, an even grid).
+template <int BN, int Stages, AGather G, int InFlight = 0, bool Gated = false,
+          bool Multicast = false>
 void run_case(const Case& cs, std::mt19937_64& rng) {
+  static_assert(!Multicast || G == AGather::Contiguous, "the cluster kernel reads sorted rows");
   SCOPED_TRACE(::testing::Message()
-               << "A by " << static_cast<int>(G) << " in flight " << InFlight << " gated " << Gated
-               << " BN " << BN << " stages " << Stages << " x_rows " << cs.x_rows << " mtiles "
-               << cs.mtiles << " n " << cs.n_total << " k " << cs.k << " grid " << cs.grid);
+               << "A by " << static_cast<int>(G) << " multicast " << Multicast << " in flight "
+               << InFlight << " gated " << Gated << " BN " << BN << " stages " << Stages
+               << " x_rows " << cs.x_rows << " mtiles " << cs.mtiles << " n " << cs.n_total << " k "
+               << cs.k << " grid " << cs.grid);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   std::vector<__nv_bfloat16> x(static_cast<std::size_t>(cs.x_rows) * cs.k),
       w(static_cast<std::size_t>(cs.n_total) * (Gated ? 2 : 1) * cs.k);
@@ -88,8 +92,9 @@ void run_case(const Case& cs, std::mt19937_64& rng) {
   } else {
     ASSERT_TRUE(flashmoe_test::encode_bf16_map(x_map, dx.get(), cs.x_rows, cs.k, 1));
   }
-  ASSERT_TRUE(
-      flashmoe_test::encode_bf16_map(w_map, dw.get(), cs.n_total * (Gated ? 2 : 1), cs.k, kCols));
+  // The cluster kernel's blocks request half of a stage's weight rows each.
+  ASSERT_TRUE(flashmoe_test::encode_bf16_map(w_map, dw.get(), cs.n_total * (Gated ? 2 : 1), cs.k,
+                                             Multicast ? BN / 2 : kCols));
   const flashmoe_test::WsGemmArgs args{
       drows.get<int>(),
       dx.get<__nv_bfloat16>(),
@@ -100,9 +105,17 @@ void run_case(const Case& cs, std::mt19937_64& rng) {
       dc.get<float>(),
       cs.n_total,
       Watchdog{Control{words.get<std::uint32_t>(), nullptr}, 2'000'000'000ull}};
-  ASSERT_EQ((flashmoe_test::launch_ws_gather_gemm<BN, Stages, G, InFlight, Gated>(
-                x_map, w_map, args, cs.grid, nullptr)),
-            cudaSuccess);
+  if constexpr (Multicast) {
+    int clusters = 0;
+    ASSERT_EQ((flashmoe_test::launch_ws_multicast_gemm<BN, Stages, InFlight, Gated>(
+                  x_map, w_map, args, cs.grid, nullptr, clusters)),
+              cudaSuccess);
+    ASSERT_GE(clusters, 1);
+  } else {
+    ASSERT_EQ((flashmoe_test::launch_ws_gather_gemm<BN, Stages, G, InFlight, Gated>(
+                  x_map, w_map, args, cs.grid, nullptr)),
+              cudaSuccess);
+  }
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   std::uint32_t error = 0;
@@ -182,6 +195,22 @@ TEST(WsMainloop, GatheredRowsTimesWeightBoxesMatchTheCpu) {
     run_case<256, 4, G, 1, true>({1000, 3, 300, 2048, 5}, rng);
     run_case<128, 6, G, 0, true>({77, 2, 200, 136, 2}, rng);
   });
+}
+
+TEST(WsMainloop, ClusterPairsSharingWeightBoxesMatchTheCpu) {
+  FLASHMOE_NEED_GPU();
+  if (!is_hopper()) GTEST_SKIP() << "the warp-specialised mainloop is sm_90a only";
+  const std::uint64_t seed = flashmoe_test::fresh_seed();
+  SCOPED_TRACE(seed);
+  std::mt19937_64 rng(seed);
+  constexpr AGather kC = AGather::Contiguous;
+  // Even and odd m-tile counts (the last pair's second block multiplies zeros), one cluster and
+  // many, K and N tails, the gated tile.
+  run_case<256, 4, kC, 0, false, true>({1000, 4, 512, 2048, 4}, rng);
+  run_case<256, 4, kC, 0, false, true>({129, 3, 200, 72, 2}, rng);
+  run_case<256, 4, kC, 0, false, true>({1000, 5, 384, 1000, 132}, rng);
+  run_case<256, 4, kC, 0, true, true>({1000, 3, 300, 2048, 6}, rng);
+  run_case<256, 4, kC, 0, true, true>({77, 2, 200, 136, 2}, rng);
 }
 
 }  // namespace

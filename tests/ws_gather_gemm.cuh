@@ -8,8 +8,10 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
+#include "device/cluster.cuh"
 #include "device/pipeline.cuh"
 #include "device/tile_mma.cuh"
 #include "device/wgmma.cuh"
@@ -192,6 +194,125 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 #endif
 }
 
+// The Contiguous GEMM on clusters of two blocks (issue 20's gate/up rate: a 128 x 256 tile
+// reads 48 KB a stage from L2, 9 TB/s for the chip at the dense MMA rate). The blocks of a
+// cluster take m-tiles 2p and 2p + 1 of one n-tile: each producer requests its own A box and
+// half of the stage's weight rows (Gated: the gate box in block 0, the up box in block 1), and
+// the copy engine writes that half into both blocks' stages, so a block reads 32 KB a stage
+// from L2. A stage is refilled only once both blocks' consumers released it: a consumer warp
+// arrives on its own block's empty barrier and on the other block's (16 arrivals a phase).
+// Both blocks walk the same tiles (an odd last m-tile's partner multiplies zeros and stores
+// nothing) and meet at a cluster barrier before leaving.
+// (InFlight 1 compiles, but ptxas serialises its MMAs on the failed-wait path: measure InFlight 0.)
+template <int BN, int Stages, int InFlight = 0, bool Gated = false>
+__global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(kWsThreads, 1)
+    ws_multicast_gemm_kernel(const __grid_constant__ CUtensorMap x_map,
+                             const __grid_constant__ CUtensorMap w_map, const WsGemmArgs g) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace flashmoe::detail;
+  using Smem = WsGemmSmem<BN, Stages>;
+  constexpr std::uint32_t kHalfB = BN / 2 * kWsRowBytes;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  // The same offset in both blocks (the same kernel and layout): multicast writes there.
+  const std::uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  __shared__ Pipeline<Stages> pipe;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wg = warp / 4;
+  const std::uint32_t rank = cluster_ctarank(), peer = rank ^ 1u;
+  if (threadIdx.x == 0) pipe.init(0, 16);
+  cluster_sync();  // both blocks' barriers are initialised before any copy or remote arrival
+  const int pairs = (g.mtiles + 1) / 2 * g.ntiles, ktiles = (g.k + kWsBK - 1) / kWsBK;
+  const int cluster = static_cast<int>(blockIdx.x / 2), clusters = static_cast<int>(gridDim.x / 2);
+
+  if (wg == 2) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    if (threadIdx.x == 256) {
+      PipeState<Stages> st;
+      bool ok = true;
+      for (int pair = cluster; pair < pairs && ok; pair += clusters) {
+        const int mt = pair / g.ntiles * 2 + static_cast<int>(rank), nt = pair % g.ntiles;
+        const int wrow = Gated ? static_cast<int>(rank) * g.n_total + nt * (BN / 2)
+                               : nt * BN + static_cast<int>(rank) * (BN / 2);
+        for (int kt = 0; kt < ktiles; ++kt) {
+          if (!pipe.producer_acquire(st, g.wd, kSiteWeightCopy)) {
+            ok = false;
+            break;
+          }
+          const std::uint32_t a = base + st.index * Smem::kStage, bar = pipe.full_barrier(st);
+          pipe.producer_expect(st, Smem::kStage);  // own A, both halves of B
+          tma_load_2d(a, &x_map, bar, kt * kWsBK, mt * kWsBM);
+          tma_load_2d_multicast(a + Smem::kA + rank * kHalfB, &w_map, bar, kt * kWsBK, wrow, 0x3);
+          st.advance();
+        }
+      }
+    }
+  } else {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    static_assert(InFlight == 0 || InFlight == 1, "at most one MMA batch in flight");
+    PipeState<Stages> st, prev;
+    auto release = [&](const PipeState<Stages>& s) {
+      if (lane == 0) {
+        pipe.consumer_release(s);
+        mbar_arrive_cluster(smem_u32(&pipe.empty[s.index]), peer);
+      }
+    };
+    bool ok = true;
+    for (int pair = cluster; pair < pairs && ok; pair += clusters) {
+      const int mt = pair / g.ntiles * 2 + static_cast<int>(rank), nt = pair % g.ntiles;
+      float acc[BN / 2];
+#pragma unroll
+      for (int j = 0; j < BN / 2; ++j) acc[j] = 0.0f;
+      for (int kt = 0; kt < ktiles; ++kt) {
+        if (!pipe.consumer_wait(st, g.wd, kSiteWeightCopy)) {
+          ok = false;
+          break;
+        }
+        const std::uint32_t a = base + st.index * Smem::kStage + wg * 64 * kWsRowBytes;
+        const std::uint32_t b = base + st.index * Smem::kStage + Smem::kA;
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kWsBK / 16; ++ks) {
+          WgmmaM64K16<BN, __nv_bfloat16>::run(acc, smem_desc_sw128(a + ks * 32),
+                                              smem_desc_sw128(b + ks * 32), true);
+        }
+        wgmma_commit();
+        wgmma_wait<InFlight>();
+        if (InFlight == 0) {
+          release(st);
+        } else if (kt > 0) {
+          release(prev);
+        }
+        prev = st;
+        st.advance();
+      }
+      if (!ok) break;
+      if (InFlight > 0) {
+        wgmma_wait<0>();
+        release(prev);
+      }
+      if (mt >= g.mtiles) continue;
+      constexpr int kCols = Gated ? BN / 2 : BN;
+#pragma unroll
+      for (int j = 0; j < (Gated ? BN / 4 : BN / 2); ++j) {
+        const int row = mt * kWsBM + wg * 64 + wgmma_acc_row(j);
+        const int col = nt * kCols + wgmma_acc_col(j);
+        if (col < g.n_total) {
+          float v = acc[j];
+          if constexpr (Gated) v = v / (1.0f + __expf(-v)) * acc[j + BN / 4];
+          g.c[static_cast<std::int64_t>(row) * g.n_total + col] = v;
+        }
+      }
+    }
+    if (!ok) wgmma_wait<0>();
+  }
+  // After a failed wait the other block may still copy into this one: the cluster barrier
+  // below waits for it only while it is running, and the watchdog ends every wait.
+  __syncwarp();
+  cluster_sync();
+#else
+  (void)x_map, (void)w_map, (void)g;
+#endif
+}
+
 using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
                                    const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
                                    const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
@@ -229,6 +350,43 @@ cudaError_t launch_ws_gather_gemm(const CUtensorMap& x_map, const CUtensorMap& w
   }
   kernel<<<grid, kWsThreads, Smem::kBytes, stream>>>(x_map, w_map, g);
   return cudaGetLastError();
+}
+
+// Launches the cluster kernel on `stream` with as many clusters as can be resident at once (at
+// most grid / 2); `clusters` gets that number (0 when the launch failed).
+template <int BN, int Stages, int InFlight = 0, bool Gated = false>
+cudaError_t launch_ws_multicast_gemm(const CUtensorMap& x_map, const CUtensorMap& w_map,
+                                     const WsGemmArgs& g, int grid, cudaStream_t stream,
+                                     int& clusters) {
+  using Smem = WsGemmSmem<BN, Stages>;
+  auto kernel = ws_multicast_gemm_kernel<BN, Stages, InFlight, Gated>;
+  clusters = 0;
+  if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(Smem::kBytes));
+      e != cudaSuccess) {
+    return e;
+  }
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(grid / 2 * 2));
+  config.blockDim = dim3(kWsThreads);
+  config.dynamicSmemBytes = Smem::kBytes;
+  config.stream = stream;
+  cudaLaunchAttribute cluster{};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = 2;
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  config.attrs = &cluster;
+  config.numAttrs = 1;
+  int resident = 0;
+  if (cudaError_t e = cudaOccupancyMaxActiveClusters(&resident, kernel, &config);
+      e != cudaSuccess) {
+    return e;
+  }
+  clusters = std::min(grid / 2, resident);
+  if (clusters < 1) return cudaErrorInvalidConfiguration;
+  config.gridDim = dim3(static_cast<unsigned>(2 * clusters));
+  return cudaLaunchKernelEx(&config, kernel, x_map, w_map, g);
 }
 
 }  // namespace flashmoe_test
