@@ -41,6 +41,20 @@ struct WsGemmArgs {
   flashmoe::detail::Watchdog wd;
 };
 
+// acc += A (64 rows at shared address a) x B (BN rows at b)^T over one stage's 64 columns, as
+// one committed batch of warpgroup MMAs.
+template <int BN>
+__device__ __forceinline__ void mma_stage(float (&acc)[BN / 2], std::uint32_t a, std::uint32_t b) {
+  using namespace flashmoe::detail;
+  wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < kWsBK / 16; ++ks) {
+    WgmmaM64K16<BN, __nv_bfloat16>::run(acc, smem_desc_sw128(a + ks * 32),
+                                        smem_desc_sw128(b + ks * 32), true);
+  }
+  wgmma_commit();
+}
+
 // C[m-tile rows, n0 : n0 + BN] = x[rows] W[n0 : n0 + BN]^T for each (m-tile, n-tile), tiles
 // dealt round-robin to a persistent grid. Warpgroups 0 and 1 multiply 64 rows each (the
 // engine's layout: routing keeps threads 0-255); warpgroup 2 produces. InFlight: MMA batches a
@@ -146,15 +160,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       if (!pipe.consumer_wait(st, g.wd, kSiteWeightCopy)) return;
       // cp.async wrote A through the generic proxy; the MMA reads it through the async one.
       if constexpr (kCp) fence_proxy_async_smem();
-      const std::uint32_t a = base + st.index * Smem::kStage + half * 64 * kWsRowBytes;
-      const std::uint32_t b = base + st.index * Smem::kStage + Smem::kA;
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < kWsBK / 16; ++ks) {
-        WgmmaM64K16<BN, __nv_bfloat16>::run(acc, smem_desc_sw128(a + ks * 32),
-                                            smem_desc_sw128(b + ks * 32), true);
-      }
-      wgmma_commit();
+      mma_stage<BN>(acc, base + st.index * Smem::kStage + half * 64 * kWsRowBytes,
+                    base + st.index * Smem::kStage + Smem::kA);
       wgmma_wait<InFlight>();
       if (InFlight == 0) {
         if (lane == 0) pipe.consumer_release(st);
@@ -266,15 +273,8 @@ __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(kWsThreads, 1)
           ok = false;
           break;
         }
-        const std::uint32_t a = base + st.index * Smem::kStage + wg * 64 * kWsRowBytes;
-        const std::uint32_t b = base + st.index * Smem::kStage + Smem::kA;
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < kWsBK / 16; ++ks) {
-          WgmmaM64K16<BN, __nv_bfloat16>::run(acc, smem_desc_sw128(a + ks * 32),
-                                              smem_desc_sw128(b + ks * 32), true);
-        }
-        wgmma_commit();
+        mma_stage<BN>(acc, base + st.index * Smem::kStage + wg * 64 * kWsRowBytes,
+                      base + st.index * Smem::kStage + Smem::kA);
         wgmma_wait<InFlight>();
         if (InFlight == 0) {
           release(st);
