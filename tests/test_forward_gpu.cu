@@ -352,7 +352,7 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
   };
   // Experts' last 128-row m-tiles of at most 64 rows run as half tiles: in the 4000-pair case
   // (about 250 rows an expert), the skewed one (777 rows), the 150-row one of three down column
-  // tiles, and every m-tile of the forced 128-row case below.
+  // tiles, and the last m-tile of every expert in the forced 128-row case below.
   const Case cases[] = {
       {256, 136, 16, 4, 200, 64, false, 0},            // 800 pairs over 16 experts: 64-row m-tiles
       {256, 136, 16, 4, 200, 128, false, 0, 1024, 1},  // the same as half tiles of 128-row ones

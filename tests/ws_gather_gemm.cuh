@@ -212,7 +212,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 // nothing) and meet at a cluster barrier before leaving.
 // (InFlight 1 compiles, but ptxas serialises its MMAs on the failed-wait path: measure InFlight 0.)
 template <int BN, int Stages, int InFlight = 0, bool Gated = false>
-__global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(kWsThreads, 1)
+__global__ void __launch_bounds__(kWsThreads, 1)
     ws_multicast_gemm_kernel(const __grid_constant__ CUtensorMap x_map,
                              const __grid_constant__ CUtensorMap w_map, const WsGemmArgs g) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)

@@ -1,5 +1,5 @@
 // Collective mainloop of the warp-specialised prefill engine: the producer thread streams a
-// job's stages (the A box of the m-tile's rows and the weight boxes, 64 columns of K each)
+// job's stages (the A boxes of the m-tile's rows and the weight boxes, 64 columns of K each)
 // into the ring; the consumer warpgroups multiply each stage on the warpgroup MMA and release
 // it. What depends on how the weights are stored is the Format policy (DenseWeights: bf16/fp16);
 // what the tile does with its product is the epilogue's (ws_epilogue.cuh).
@@ -118,10 +118,10 @@ struct WsMainloop {
     const int e = static_cast<int>(job.expert);
     const int wrow =
         gateup ? e * 2 * p.inter + job.ntile * W::kGateUpCols : e * p.hidden + job.ntile * W::BN;
+    const int a_boxes = W::a_boxes(job.rows);  // a half tile's A is its 64 rows
+    const std::uint32_t stage_bytes = W::B_BYTES + a_boxes * W::kABoxRows * W::kRowBytes;
     // Test fault: the first stage of one down tile is never requested, so that its wait runs
     // into the watchdog.
-    const int a_boxes = W::a_boxes(job.rows);
-    const std::uint32_t stage_bytes = W::B_BYTES + a_boxes * W::kABoxRows * W::kRowBytes;
     const bool stall = p.fault == kFaultStallWeightCopy && !gateup && job.slot == 0 &&
                        job.ntile == 0 && job.kslice == 0;
     for (int kt = 0; kt < n; ++kt) {

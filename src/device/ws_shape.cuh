@@ -1,8 +1,8 @@
 // Tile shape of the warp-specialised prefill engine (sm_90a): a 384-thread block, one per SM,
 // whose warpgroups 0-1 multiply on the warpgroup MMA (the consumers) while warp 8 issues every
 // copy through the copy engine (the producer). Gate/up and down tiles share one ring of stages,
-// each an A box of BM token rows (the expert-sorted copy of x, or h) and BN weight rows, 64
-// columns of K (one 128-byte swizzle atom).
+// each the m-tile's token rows (the expert-sorted copy of x, or h) as 64-row A boxes and BN
+// weight rows, 64 columns of K (one 128-byte swizzle atom).
 #pragma once
 
 namespace flashmoe::detail {
