@@ -5,8 +5,8 @@
 # the filter on every build, in two interleaved rounds, cuBLAS off. Logs go to $OUT (or ./out).
 # Usage: VARIANTS="base other" bench/ab_session.sh 'benchmark filter regex'
 # Environment: TESTS=ON (also build and run the tests of the working tree), TRACE_T="1 16"
-# (trace the working tree at these T), ENV_VARIANTS="FLASHMOE_BENCH_WS_PARTIAL_BITS=16 ..."
-# (the working tree's benchmark again with each NAME=VALUE set, as variants env1, env2, ...).
+# (trace the working tree at these T), ENV_VARIANTS="A=1 A=1,B=1 ..." (the working tree's
+# benchmark again under each comma-separated list of NAME=VALUE settings, as variants env1, ...).
 set -uo pipefail
 out=${OUT:-out}
 mkdir -p "$out"
@@ -32,7 +32,8 @@ fi
 export FLASHMOE_BENCH_NO_CUBLAS=1
 env_names=()
 i=0
-for e in ${ENV_VARIANTS:-}; do
+read -r -a env_lists <<<"${ENV_VARIANTS:-}"
+for e in "${env_lists[@]}"; do
   i=$((i + 1))
   env_names+=("env$i")
   echo "env$i: $e" >>"$out/session.log"
@@ -42,14 +43,16 @@ for round in 1 2; do
     "build/$v/bench/bench_moe" --benchmark_filter="$filter" >>"$out/bench_$v.txt" 2>&1
   done
   i=0
-  for e in ${ENV_VARIANTS:-}; do
+  for e in "${env_lists[@]}"; do
     i=$((i + 1))
-    env "$e" build/gpu/bench/bench_moe --benchmark_filter="$filter" >>"$out/bench_env$i.txt" 2>&1
+    IFS=, read -r -a settings <<<"$e"
+    env "${settings[@]}" build/gpu/bench/bench_moe --benchmark_filter="$filter" \
+      >>"$out/bench_env$i.txt" 2>&1
   done
 done
 # One line per benchmark and build: the medians of the two rounds.
 for v in $variants gpu "${env_names[@]}"; do
-  echo "== $v"
+  echo "== $v $(grep -m1 "^$v: " "$out/session.log" | cut -d' ' -f2-)"
   grep -E "^(Qwen|OLMoE|Deep|Mixtral)" "$out/bench_$v.txt" |
     sed -E 's/min_time:[0-9.]+\/manual_time//' |
     awk '{for (i = 2; i <= NF; i++) if ($i ~ /^us_median=/) m[$1] = m[$1] " " substr($i, 11)}

@@ -457,6 +457,7 @@ Status launch_ws(Layer::Impl& impl, const KernelVariantInfo& info, const void* x
   const std::int64_t pairs = num_tokens * c.top_k;
   // 16-bit per-pair rows fit the fp32 rows' memory (half of it).
   p.ypart16 = impl.ws_partial_bits == 16 ? static_cast<T*>(static_cast<void*>(p.ypart)) : nullptr;
+  p.memory_combine = impl.ws_memory_combine ? 1 : 0;
   if (Status s =
           encode_scratch_map<T>(p.xs_map, p.x_sorted, pairs, c.hidden, W::kABoxRows, "x_sorted");
       !s.ok()) {

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <set>
 #include <string>
@@ -351,6 +352,7 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     int ws_tall_rows = 0;     // testing::set_ws_tile_switch (0: the library's rule)
     int ws_partial_bits = 0;  // testing::set_ws_partial_bits (0: the library's choice)
     flashmoe::DType dtype = flashmoe::DType::BF16;
+    bool memory_combine = false;  // testing::set_ws_memory_combine
   };
   // Experts' last 128-row m-tiles of at most 64 rows run as half tiles: in the 4000-pair case
   // (about 250 rows an expert), the skewed one (777 rows), the 150-row one of three down column
@@ -372,6 +374,16 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
       {200, 88, 16, 4, 777, 128, true, 0, 1024, 0, 16},
       {256, 136, 16, 4, 1000, 128, false, 0, 1024, 0, 16, flashmoe::DType::FP16},
       {64, 16456, 4, 2, 500, 128, false, 0, 512, 0, 16},
+      {256, 136, 16, 4, 200, 64, false, 0, 1024, 0, 16},   // 64-row m-tiles
+      {520, 136, 16, 4, 600, 128, false, 0, 1024, 0, 16},  // the 8-column last down tile
+      // The combine run by the spare warps: fp32 and 16-bit rows, 64-row m-tiles, skewed
+      // routing, three down column tiles, K slices.
+      {256, 136, 16, 4, 1000, 128, false, 0, 1024, 0, 0, flashmoe::DType::BF16, true},
+      {256, 136, 16, 4, 1000, 128, false, 0, 1024, 0, 16, flashmoe::DType::FP16, true},
+      {256, 136, 16, 4, 200, 64, false, 0, 1024, 0, 16, flashmoe::DType::BF16, true},
+      {200, 88, 16, 4, 777, 128, true, 0, 1024, 0, 16, flashmoe::DType::BF16, true},
+      {520, 136, 16, 4, 600, 128, false, 0, 1024, 0, 0, flashmoe::DType::BF16, true},
+      {64, 16456, 4, 2, 500, 128, false, 0, 512, 0, 16, flashmoe::DType::BF16, true},
   };
   StreamGuard stream;
   for (const Case& k : cases) {
@@ -390,10 +402,11 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     flashmoe::testing::set_prefill_switch(layer, k.prefill_rows);
     flashmoe::testing::set_ws_tile_switch(layer, k.ws_tall_rows);
     flashmoe::testing::set_ws_partial_bits(layer, k.ws_partial_bits);
+    flashmoe::testing::set_ws_memory_combine(layer, k.memory_combine);
     SCOPED_TRACE(::testing::Message()
                  << "H " << c.hidden << " I " << c.intermediate << " E " << c.experts << " T "
                  << k.tokens << " partial bits " << k.ws_partial_bits << " dtype "
-                 << static_cast<int>(c.dtype));
+                 << static_cast<int>(c.dtype) << " memory combine " << k.memory_combine);
     ForwardRun run = make_run(c, k.tokens, rng_);
     if (k.skewed) make_inputs_positive(run, c.dtype);
     ASSERT_TRUE(run_forward(layer, run, stream.get()));
@@ -403,7 +416,30 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     flashmoe::Trace trace;
     ASSERT_TRUE(layer.read_trace(stream.get(), trace).ok());
     EXPECT_EQ(trace.variant, ws ? "prefill_ws" : "prefill");
-    if (ws) EXPECT_EQ(trace.tile_m, k.tile_m);
+    if (!ws) continue;
+    EXPECT_EQ(trace.tile_m, k.tile_m);
+    // The combining warps' combines are not traced: none there, some otherwise.
+    const auto combines = std::count_if(
+        trace.events.begin(), trace.events.end(),
+        [](const flashmoe::TraceEvent& e) { return e.kind == flashmoe::TraceKind::Combine; });
+    if (k.memory_combine) {
+      EXPECT_EQ(combines, 0) << "the consumers combined";
+    } else {
+      EXPECT_GT(combines, 0);
+    }
+    if (k.ws_partial_bits == 0 && !k.memory_combine) continue;
+    // The same inputs with fp32 rows combined by the consumers: the combining warps sum the
+    // same parts in the same order (bitwise the same y), 16-bit rows round each part (some
+    // element of y differs, so the switch took effect).
+    flashmoe::testing::set_ws_partial_bits(layer, 0);
+    flashmoe::testing::set_ws_memory_combine(layer, false);
+    ForwardRun again = run;
+    ASSERT_TRUE(run_forward(layer, again, stream.get()));
+    if (k.ws_partial_bits == 16) {
+      EXPECT_NE(again.y, run.y) << "16-bit rows gave fp32 rows' result bit for bit";
+    } else {
+      EXPECT_EQ(again.y, run.y) << "the combining warps' y differs from the consumers'";
+    }
   }
 }
 
@@ -665,9 +701,13 @@ TEST_F(Forward, WatchdogEndsAStalledWeightCopyOnceAndTheLayerRecovers) {
   Layer layer;
   ASSERT_TRUE(Layer::create(m.config, m.device_weights(), layer, options).ok());
   StreamGuard stream;
-  for (int T : {4, 700}) {  // decode and prefill kernels
+  for (int T : {4, 700, -700}) {  // decode and prefill kernels; -700: the combining warps
+    const bool memory_combine = T < 0;
+    T = std::abs(T);
+    flashmoe::testing::set_ws_memory_combine(layer, memory_combine);
     for (bool in_place : {false, true}) {
-      SCOPED_TRACE(::testing::Message() << "T = " << T << (in_place ? ", x == y" : ""));
+      SCOPED_TRACE(::testing::Message() << "T = " << T << (in_place ? ", x == y" : "")
+                                        << (memory_combine ? ", combining warps" : ""));
       ForwardRun clean = make_run(m.config, T, rng_);
       ASSERT_TRUE(run_forward(layer, clean, stream.get()));
 
