@@ -427,18 +427,19 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     } else {
       EXPECT_GT(combines, 0);
     }
-    if (k.ws_partial_bits == 0 && !k.memory_combine) continue;
-    // The same inputs with fp32 rows combined by the consumers: the combining warps sum the
-    // same parts in the same order (bitwise the same y), 16-bit rows round each part (some
-    // element of y differs, so the switch took effect).
-    flashmoe::testing::set_ws_partial_bits(layer, 0);
-    flashmoe::testing::set_ws_memory_combine(layer, false);
-    ForwardRun again = run;
-    ASSERT_TRUE(run_forward(layer, again, stream.get()));
-    if (k.ws_partial_bits == 16) {
-      EXPECT_NE(again.y, run.y) << "16-bit rows gave fp32 rows' result bit for bit";
-    } else {
+    if (k.memory_combine) {
+      // The same inputs combined by the consumers: the same parts summed in the same order.
+      flashmoe::testing::set_ws_memory_combine(layer, false);
+      ForwardRun again = run;
+      ASSERT_TRUE(run_forward(layer, again, stream.get()));
       EXPECT_EQ(again.y, run.y) << "the combining warps' y differs from the consumers'";
+    }
+    if (k.ws_partial_bits == 16) {
+      // With fp32 rows: each 16-bit part was rounded, so some element of y differs.
+      flashmoe::testing::set_ws_partial_bits(layer, 0);
+      ForwardRun again = run;
+      ASSERT_TRUE(run_forward(layer, again, stream.get()));
+      EXPECT_NE(again.y, run.y) << "16-bit rows gave fp32 rows' result bit for bit";
     }
   }
 }

@@ -51,10 +51,12 @@ struct WsRoles {
   __device__ static Watchdog job_ring_watchdog(const WsKernelParams<T>& p) {
     return {p.ctl, 2 * p.timeout_ns};
   }
-  // The combining warps wait for the consumers, which may themselves be waiting on the job ring:
-  // three periods.
+  // The combining warps wait for the consumers' next list, which may legitimately take most of
+  // the launch (the gate/up phase comes first). The wait ends anyway when the consumers fail
+  // (their failed wait poisons the ring) or stop (a hang elsewhere aborts the launch, and the
+  // producer then sends the stop job): its own deadline, 64 periods, is only a backstop.
   __device__ static Watchdog combine_ring_watchdog(const WsKernelParams<T>& p) {
-    return {p.ctl, 3 * p.timeout_ns};
+    return {p.ctl, 64 * p.timeout_ns};
   }
 
   // The producer thread, from the block's first ticket past routing until a stop job is sent.
@@ -112,7 +114,10 @@ struct WsRoles {
       if ((threadIdx.x & 31) == 0) mbar_arrive(smem_u32(&jobs.empty[js.index]));
       js.advance();
       if (job.kind == kJobStop) {
-        if (p.memory_combine) pass_stop(pipe, combines, cs, ring_wd);
+        if (p.memory_combine) {
+          pass_stop(pipe, combines, cs, ring_wd);
+          __syncwarp();  // warp 0 meets the block barrier after the roles converged
+        }
         return;
       }
 
@@ -198,8 +203,9 @@ struct WsRoles {
   }
 
   // Warps 9-11 with WsKernelParams::memory_combine: the tokens each handed-over list completes,
-  // until the consumers' stop or a failure. Every thread decides together (named barrier 2), so
-  // that after a failure none of them writes y.
+  // until the consumers' stop or a failure. The threads decide together (named barrier 2) before
+  // each list, so that they leave together; a list begun is finished, and its tokens' parts are
+  // all written, so y only ever gets final values.
   __device__ static void combine(const WsKernelParams<T>& p, Pipe& pipe, Combines& combines) {
     const Watchdog wd = combine_ring_watchdog(p);
     const int tid = static_cast<int>(threadIdx.x) - kFirstCombiner;

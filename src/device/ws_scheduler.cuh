@@ -104,31 +104,23 @@ __device__ __forceinline__ std::uint32_t job_dependency(const WsJob& job, int ng
                                 : 0u;
 }
 
-// The 256 consumer threads agree: true when `v` holds in all of them. Also a barrier of the
-// team (named barrier 1), with its memory ordering.
-__device__ __forceinline__ bool team_all(bool v) {
+// The kThreads threads of named barrier kId agree: true when `v` holds in all of them. Also a
+// barrier of theirs, with its memory ordering.
+template <int kId, int kThreads>
+__device__ __forceinline__ bool named_barrier_all(bool v) {
   std::uint32_t r;
   asm volatile(
-      "{\n .reg .pred p, q;\n setp.ne.u32 p, %1, 0;\n bar.red.and.pred q, 1, 256, p;\n"
+      "{\n .reg .pred p, q;\n setp.ne.u32 p, %1, 0;\n bar.red.and.pred q, %2, %3, p;\n"
       " selp.u32 %0, 1, 0, q;\n}\n"
       : "=r"(r)
-      : "r"(static_cast<std::uint32_t>(v))
+      : "r"(static_cast<std::uint32_t>(v)), "n"(kId), "n"(kThreads)
       : "memory");
   return r != 0;
 }
-
-// The 96 combining threads (warps 9-11) agree: true when `v` holds in all of them. Also a
-// barrier of theirs (named barrier 2), with its memory ordering.
-__device__ __forceinline__ bool combiners_all(bool v) {
-  std::uint32_t r;
-  asm volatile(
-      "{\n .reg .pred p, q;\n setp.ne.u32 p, %1, 0;\n bar.red.and.pred q, 2, 96, p;\n"
-      " selp.u32 %0, 1, 0, q;\n}\n"
-      : "=r"(r)
-      : "r"(static_cast<std::uint32_t>(v))
-      : "memory");
-  return r != 0;
-}
+// The 256 consumer threads (named barrier 1, as team_sync).
+__device__ __forceinline__ bool team_all(bool v) { return named_barrier_all<1, 256>(v); }
+// The 96 combining threads, warps 9-11 (named barrier 2).
+__device__ __forceinline__ bool combiners_all(bool v) { return named_barrier_all<2, 96>(v); }
 
 // Generic-proxy writes of this thread to global memory (the sorted copy of x, h) are ordered
 // before later copy-engine reads of them, and an acquire before this fence orders the copy
