@@ -610,7 +610,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "FLASHMOE_BENCH_WS_PARTIAL_BITS: '%s' is not 16 or 32\n", v);
       return 1;
     }
-    g_ws_partial_bits = std::stoi(bits);
+    g_ws_partial_bits = bits == "16" ? 16 : 0;
   }
   // FLASHMOE_BENCH_WS_MEMORY_COMBINE=1: the warp-specialised kernel's combine run by its three
   // spare warps (testing.hpp).

@@ -8,13 +8,12 @@
 // count, caller routing with repeated experts, beta, x == y, a scratch shared with a Layer of
 // another shape, weights re-bound with set_weights, a scratch for fewer tokens than max_tokens
 // so that long forwards run as several launches; per shape, the sm_90a prefill kernel's 16-bit
-// per-pair rows and its combine in the spare warps, through test hooks), and checks each forward:
-// the device status, every live row of y written, padding rows and their routing rows untouched,
-// and a sample of tokens against the reference run with the routing the GPU chose (near-ties in the
-// routing make the GPU's choice, not the reference's, the one to check the output against; the
-// choice itself is checked up to those near-ties). Shape I of a seed is drawn from the seed and I
-// alone:
-// `--seed S --shape I` replays a failure from that shape on.
+// per-pair rows and its combine in the spare warps, through test hooks), and checks each
+// forward: the device status, every live row of y written, padding rows and their routing rows
+// untouched, and a sample of tokens against the reference run with the routing the GPU chose
+// (near-ties in the routing make the GPU's choice, not the reference's, the one to check the
+// output against; the choice itself is checked up to those near-ties). Shape I of a seed is
+// drawn from the seed and I alone: `--seed S --shape I` replays a failure from that shape on.
 // Exit status: 0 when every check passed (or there is no GPU), 1 on any mismatch or device
 // error, 2 on bad arguments.
 #include <cuda_runtime.h>

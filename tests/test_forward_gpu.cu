@@ -8,7 +8,6 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <random>
 #include <set>
 #include <string>
@@ -702,9 +701,14 @@ TEST_F(Forward, WatchdogEndsAStalledWeightCopyOnceAndTheLayerRecovers) {
   Layer layer;
   ASSERT_TRUE(Layer::create(m.config, m.device_weights(), layer, options).ok());
   StreamGuard stream;
-  for (int T : {4, 700, -700}) {  // decode and prefill kernels; -700: the combining warps
-    const bool memory_combine = T < 0;
-    T = std::abs(T);
+  struct Run {
+    int T;
+    bool memory_combine;  // testing::set_ws_memory_combine
+  };
+  // Decode and prefill kernels, the prefill one also with its combine in the spare warps.
+  for (const Run& r : {Run{4, false}, Run{700, false}, Run{700, true}}) {
+    const int T = r.T;
+    const bool memory_combine = r.memory_combine;
     flashmoe::testing::set_ws_memory_combine(layer, memory_combine);
     for (bool in_place : {false, true}) {
       SCOPED_TRACE(::testing::Message() << "T = " << T << (in_place ? ", x == y" : "")
