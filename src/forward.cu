@@ -97,14 +97,6 @@ Status encode_variant_maps(const Config& c, const Weights& weights, KernelVarian
   return encode_weight_maps_rows<T>(c, weights, GateUp::BN, Down::BN, info);
 }
 
-// Shared memory of a warp-specialised kernel: its ring, or what its routing needs (the router
-// tiles and the tile-table build of the prefill kernel), whichever is larger.
-template <class W>
-constexpr int ws_smem_bytes() {
-  return cmax(cmax(W::RING_BYTES, WsRouterTile::SMEM_BYTES), static_cast<int>(sizeof(ScanSmem))) +
-         kSmemAlign;
-}
-
 // A kernel's launch facts: its shared-memory limit set and the blocks an SM holds.
 template <class Kernel>
 Status prepare_launch(Kernel* kernel, int threads, int smem_bytes, int sm_count,

@@ -225,6 +225,15 @@ struct WsRoles {
   }
 };
 
+// Dynamic shared memory of a warp-specialised kernel: its ring, or what its routing needs (the
+// router tiles, a chunk's top-k and the tile-table build), whichever is larger, with room to
+// align the ring to the 1024 bytes the copy engine's 128-byte swizzle needs.
+template <class W>
+constexpr int ws_smem_bytes() {
+  return cmax(cmax(W::RING_BYTES, WsRouterTile::SMEM_BYTES), static_cast<int>(sizeof(ScanSmem))) +
+         kSmemAlign;
+}
+
 template <class W, typename T>
 __global__ void __launch_bounds__(W::kThreads, 1)
     moe_ws_kernel(const __grid_constant__ WsKernelParams<T> p) {
@@ -275,8 +284,8 @@ __global__ void __launch_bounds__(W::kThreads, 1)
     if (ticket == kNoTicket) break;
     if (ticket < routing_tickets) {
       if (threadIdx.x < W::kConsumerThreads) {
-        run_routing_ticket<W, WsRouterTile>(p, smem, ticket, routing_tickets, tasks_per_mtile, nd,
-                                            s_live, s_flag, tr);
+        run_routing_ticket<W, WsRouterTile, ws_smem_bytes<W>() - kSmemAlign>(
+            p, smem, ticket, routing_tickets, tasks_per_mtile, nd, s_live, s_flag, tr);
       }
       continue;
     }
