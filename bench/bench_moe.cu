@@ -55,11 +55,10 @@ constexpr int kMaxTokens = 4096;
 
 // The cuBLAS baseline: off with FLASHMOE_BENCH_NO_CUBLAS=1 (quick kernel A/B runs).
 bool g_cublas = true;
-int g_tokens_per_launch = 0;       // LayerOptions::tokens_per_launch of every benchmarked Layer
-int g_prefill_rows = 0;            // testing::set_prefill_switch of every benchmarked Layer
-int g_ws_tall_rows = 0;            // testing::set_ws_tile_switch of every benchmarked Layer
-int g_ws_partial_bits = 0;         // testing::set_ws_partial_bits of every benchmarked Layer
-bool g_ws_memory_combine = false;  // testing::set_ws_memory_combine of every benchmarked Layer
+int g_tokens_per_launch = 0;  // LayerOptions::tokens_per_launch of every benchmarked Layer
+int g_prefill_rows = 0;       // testing::set_prefill_switch of every benchmarked Layer
+int g_ws_tall_rows = 0;       // testing::set_ws_tile_switch of every benchmarked Layer
+int g_ws_partial_bits = 0;    // testing::set_ws_partial_bits of every benchmarked Layer
 // Its timing: as many rounds of kInputs forwards as FlashMoE had iterations, at least
 // kCublasRounds, stopping early once they add up to kCublasBudgetMs (Mixtral at T = 4096 takes
 // tens of ms a round), but never before kCublasMinRounds.
@@ -154,7 +153,6 @@ Bench* get_bench(const Shape& s, flashmoe::DType dt) {
   flashmoe::testing::set_prefill_switch(b->layer, g_prefill_rows);
   flashmoe::testing::set_ws_tile_switch(b->layer, g_ws_tall_rows);
   flashmoe::testing::set_ws_partial_bits(b->layer, g_ws_partial_bits);
-  flashmoe::testing::set_ws_memory_combine(b->layer, g_ws_memory_combine);
   if (g_cublas) {
     flashmoe_bench::BaselineShape bs;
     bs.hidden = c.hidden;
@@ -611,16 +609,6 @@ int main(int argc, char** argv) {
       return 1;
     }
     g_ws_partial_bits = bits == "16" ? 16 : 0;
-  }
-  // FLASHMOE_BENCH_WS_MEMORY_COMBINE=1: the warp-specialised kernel's combine run by its three
-  // spare warps (testing.hpp).
-  if (const char* v = std::getenv("FLASHMOE_BENCH_WS_MEMORY_COMBINE"); v != nullptr && *v) {
-    const std::string on = v;
-    if (on != "0" && on != "1") {
-      std::fprintf(stderr, "FLASHMOE_BENCH_WS_MEMORY_COMBINE: '%s' is not 0 or 1\n", v);
-      return 1;
-    }
-    g_ws_memory_combine = on == "1";
   }
   g_bandwidth = measure_bandwidth();
   if (g_cublas) g_dense_flops = measure_dense_flops();

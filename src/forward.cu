@@ -97,6 +97,14 @@ Status encode_variant_maps(const Config& c, const Weights& weights, KernelVarian
   return encode_weight_maps_rows<T>(c, weights, GateUp::BN, Down::BN, info);
 }
 
+// Shared memory of a warp-specialised kernel: its ring, or what its routing needs (the router
+// tiles and the tile-table build of the prefill kernel), whichever is larger.
+template <class W>
+constexpr int ws_smem_bytes() {
+  return cmax(cmax(W::RING_BYTES, WsRouterTile::SMEM_BYTES), static_cast<int>(sizeof(ScanSmem))) +
+         kSmemAlign;
+}
+
 // A kernel's launch facts: its shared-memory limit set and the blocks an SM holds.
 template <class Kernel>
 Status prepare_launch(Kernel* kernel, int threads, int smem_bytes, int sm_count,
@@ -449,7 +457,6 @@ Status launch_ws(Layer::Impl& impl, const KernelVariantInfo& info, const void* x
   const std::int64_t pairs = num_tokens * c.top_k;
   // 16-bit per-pair rows fit the fp32 rows' memory (half of it).
   p.ypart16 = impl.ws_partial_bits == 16 ? static_cast<T*>(static_cast<void*>(p.ypart)) : nullptr;
-  p.memory_combine = impl.ws_memory_combine ? 1 : 0;
   if (Status s =
           encode_scratch_map<T>(p.xs_map, p.x_sorted, pairs, c.hidden, W::kABoxRows, "x_sorted");
       !s.ok()) {

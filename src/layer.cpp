@@ -277,8 +277,7 @@ Status Layer::device_status(cudaStream_t stream) {
                       : site == detail::kSiteWeightCopy  ? "a tile waiting for its weight copies"
                       : site == detail::kSiteScratchBusy ? "its scratch in use by another launch"
                       : site == detail::kSiteJobRing
-                          ? "a prefill block's producer, consumers and combining warps waiting "
-                            "for each other"
+                          ? "a prefill block's producer and consumers waiting for each other"
                           : "an unknown site";
   if (code == static_cast<std::uint32_t>(StatusCode::DeviceTimeout)) {
     return {StatusCode::DeviceTimeout,

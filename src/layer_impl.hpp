@@ -54,8 +54,6 @@ struct Layer::Impl {
   // Test- and bench-only (testing.hpp): 16 has the warp-specialised kernel keep its per-pair
   // expert rows in the activation type instead of fp32 (0 or 32).
   int ws_partial_bits = 0;
-  // Test- and bench-only (testing.hpp): the warp-specialised kernel's combine run by warps 9-11.
-  bool ws_memory_combine = false;
 
   // Pointers that forwards of this Layer found to be memory of its device (x, y and the option
   // pointers): an engine passes the same buffers call after call, and cudaPointerGetAttributes

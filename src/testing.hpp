@@ -36,19 +36,10 @@ inline void set_ws_tile_switch(Layer& layer, int rows_per_expert) {
 
 // The warp-specialised prefill kernel's per-pair expert rows (weighted down outputs, summed by
 // the combine) in 16 bits (the activation type: half the bytes written and read back) or in
-// fp32 (32, or 0: the library's choice, fp32 today). For measuring both and testing them. An
-// fp16 row overflows to infinity past 65504 even where the sum of the token's rows would not
-// (a large routing scale, K-slice partials that cancel): a reason fp16 models may keep fp32.
+// fp32 (32, or 0: the library's choice, fp32 today). For measuring both and testing them. fp16
+// rows saturate to infinity past 65504, as y itself does.
 inline void set_ws_partial_bits(Layer& layer, int bits) {
   if (layer.valid()) layer.impl()->ws_partial_bits = bits == 16 ? 16 : 0;
-}
-
-// The warp-specialised prefill kernel's combine (the sum of each completed token's rows) run by
-// the producer warpgroup's three spare warps, handed each down tile's list through a ring, so
-// that the consumers go on to their next tile; false: the consumers combine (the library's
-// choice today). For measuring both and testing them. Combine events are then not traced.
-inline void set_ws_memory_combine(Layer& layer, bool on) {
-  if (layer.valid()) layer.impl()->ws_memory_combine = on;
 }
 
 }  // namespace flashmoe::testing

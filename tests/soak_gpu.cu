@@ -7,13 +7,12 @@
 // on it with random engine options (token counts near the kernel switches, a device token
 // count, caller routing with repeated experts, beta, x == y, a scratch shared with a Layer of
 // another shape, weights re-bound with set_weights, a scratch for fewer tokens than max_tokens
-// so that long forwards run as several launches; per shape, the sm_90a prefill kernel's 16-bit
-// per-pair rows and its combine in the spare warps, through test hooks), and checks each
-// forward: the device status, every live row of y written, padding rows and their routing rows
-// untouched, and a sample of tokens against the reference run with the routing the GPU chose
-// (near-ties in the routing make the GPU's choice, not the reference's, the one to check the
-// output against; the choice itself is checked up to those near-ties). Shape I of a seed is
-// drawn from the seed and I alone: `--seed S --shape I` replays a failure from that shape on.
+// so that long forwards run as several launches), and checks each forward: the device status,
+// every live row of y written, padding rows and their routing rows untouched, and a sample of
+// tokens against the reference run with the routing the GPU chose (near-ties in the routing make
+// the GPU's choice, not the reference's, the one to check the output against; the choice itself
+// is checked up to those near-ties). Shape I of a seed is drawn from the seed and I alone:
+// `--seed S --shape I` replays a failure from that shape on.
 // Exit status: 0 when every check passed (or there is no GPU), 1 on any mismatch or device
 // error, 2 on bad arguments.
 #include <cuda_runtime.h>
@@ -247,9 +246,8 @@ struct ShapeDraw {
   float router_scale = 1.0f;  // router logits of std ~2 * router_scale
   int masked = 0;             // experts whose correction bias is -inf
   int max_blocks = 0;
-  int tokens_per_launch = 0;    // LayerOptions::tokens_per_launch (0: max_tokens)
-  int ws_partial_bits = 0;      // testing::set_ws_partial_bits (the sm_90a prefill kernel's rows)
-  bool memory_combine = false;  // testing::set_ws_memory_combine
+  int tokens_per_launch = 0;  // LayerOptions::tokens_per_launch (0: max_tokens)
+  int ws_partial_bits = 0;    // testing::set_ws_partial_bits (the sm_90a prefill kernel's rows)
 };
 
 ShapeDraw draw_shape(Rng& rng, double max_weight_bytes) {
@@ -300,7 +298,6 @@ ShapeDraw draw_shape(Rng& rng, double max_weight_bytes) {
     s.tokens_per_launch = log_uniform(rng, 1, c.max_tokens - 1);
   }
   s.ws_partial_bits = chance(rng, 0.5) ? 16 : 0;
-  s.memory_combine = chance(rng, 0.5);
   return s;
 }
 
@@ -322,7 +319,6 @@ std::string describe(const ShapeDraw& s) {
   if (s.max_blocks > 0) out += fmt::format(" max_blocks={}", s.max_blocks);
   if (s.tokens_per_launch > 0) out += fmt::format(" tokens_per_launch={}", s.tokens_per_launch);
   if (s.ws_partial_bits == 16) out += " ws_partials=16";
-  if (s.memory_combine) out += " memory_combine";
   out += fmt::format(" weights={:.1f}MB", weight_bytes(c) / (1 << 20));
   return out;
 }
@@ -382,7 +378,6 @@ std::string create_subject(Subject& s, const ShapeDraw& draw, Rng& rng, void* sc
     return "Layer::create: " + st.to_string();
   }
   flashmoe::testing::set_ws_partial_bits(s.layer, draw.ws_partial_bits);
-  flashmoe::testing::set_ws_memory_combine(s.layer, draw.memory_combine);
   const std::size_t cells = static_cast<std::size_t>(c.max_tokens) * c.hidden;
   const std::size_t pairs = static_cast<std::size_t>(c.max_tokens) * c.top_k;
   s.x = DeviceBuffer(cells * 2);

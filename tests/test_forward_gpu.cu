@@ -351,7 +351,6 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     int ws_tall_rows = 0;     // testing::set_ws_tile_switch (0: the library's rule)
     int ws_partial_bits = 0;  // testing::set_ws_partial_bits (0: the library's choice)
     flashmoe::DType dtype = flashmoe::DType::BF16;
-    bool memory_combine = false;  // testing::set_ws_memory_combine
   };
   // Experts' last 128-row m-tiles of at most 64 rows run as half tiles: in the 4000-pair case
   // (about 250 rows an expert), the skewed one (777 rows), the 150-row one of three down column
@@ -375,14 +374,6 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
       {64, 16456, 4, 2, 500, 128, false, 0, 512, 0, 16},
       {256, 136, 16, 4, 200, 64, false, 0, 1024, 0, 16},   // 64-row m-tiles
       {520, 136, 16, 4, 600, 128, false, 0, 1024, 0, 16},  // the 8-column last down tile
-      // The combine run by the spare warps: fp32 and 16-bit rows, 64-row m-tiles, skewed
-      // routing, three down column tiles, K slices.
-      {256, 136, 16, 4, 1000, 128, false, 0, 1024, 0, 0, flashmoe::DType::BF16, true},
-      {256, 136, 16, 4, 1000, 128, false, 0, 1024, 0, 16, flashmoe::DType::FP16, true},
-      {256, 136, 16, 4, 200, 64, false, 0, 1024, 0, 16, flashmoe::DType::BF16, true},
-      {200, 88, 16, 4, 777, 128, true, 0, 1024, 0, 16, flashmoe::DType::BF16, true},
-      {520, 136, 16, 4, 600, 128, false, 0, 1024, 0, 0, flashmoe::DType::BF16, true},
-      {64, 16456, 4, 2, 500, 128, false, 0, 512, 0, 16, flashmoe::DType::BF16, true},
   };
   StreamGuard stream;
   for (const Case& k : cases) {
@@ -401,11 +392,10 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     flashmoe::testing::set_prefill_switch(layer, k.prefill_rows);
     flashmoe::testing::set_ws_tile_switch(layer, k.ws_tall_rows);
     flashmoe::testing::set_ws_partial_bits(layer, k.ws_partial_bits);
-    flashmoe::testing::set_ws_memory_combine(layer, k.memory_combine);
     SCOPED_TRACE(::testing::Message()
                  << "H " << c.hidden << " I " << c.intermediate << " E " << c.experts << " T "
                  << k.tokens << " partial bits " << k.ws_partial_bits << " dtype "
-                 << static_cast<int>(c.dtype) << " memory combine " << k.memory_combine);
+                 << static_cast<int>(c.dtype));
     ForwardRun run = make_run(c, k.tokens, rng_);
     if (k.skewed) make_inputs_positive(run, c.dtype);
     ASSERT_TRUE(run_forward(layer, run, stream.get()));
@@ -417,22 +407,6 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     EXPECT_EQ(trace.variant, ws ? "prefill_ws" : "prefill");
     if (!ws) continue;
     EXPECT_EQ(trace.tile_m, k.tile_m);
-    // The combining warps' combines are not traced: none there, some otherwise.
-    const auto combines = std::count_if(
-        trace.events.begin(), trace.events.end(),
-        [](const flashmoe::TraceEvent& e) { return e.kind == flashmoe::TraceKind::Combine; });
-    if (k.memory_combine) {
-      EXPECT_EQ(combines, 0) << "the consumers combined";
-    } else {
-      EXPECT_GT(combines, 0);
-    }
-    if (k.memory_combine) {
-      // The same inputs combined by the consumers: the same parts summed in the same order.
-      flashmoe::testing::set_ws_memory_combine(layer, false);
-      ForwardRun again = run;
-      ASSERT_TRUE(run_forward(layer, again, stream.get()));
-      EXPECT_EQ(again.y, run.y) << "the combining warps' y differs from the consumers'";
-    }
     if (k.ws_partial_bits == 16) {
       // With fp32 rows: each 16-bit part was rounded, so some element of y differs.
       flashmoe::testing::set_ws_partial_bits(layer, 0);
@@ -701,18 +675,9 @@ TEST_F(Forward, WatchdogEndsAStalledWeightCopyOnceAndTheLayerRecovers) {
   Layer layer;
   ASSERT_TRUE(Layer::create(m.config, m.device_weights(), layer, options).ok());
   StreamGuard stream;
-  struct Run {
-    int T;
-    bool memory_combine;  // testing::set_ws_memory_combine
-  };
-  // Decode and prefill kernels, the prefill one also with its combine in the spare warps.
-  for (const Run& r : {Run{4, false}, Run{700, false}, Run{700, true}}) {
-    const int T = r.T;
-    const bool memory_combine = r.memory_combine;
-    flashmoe::testing::set_ws_memory_combine(layer, memory_combine);
+  for (int T : {4, 700}) {  // decode and prefill kernels
     for (bool in_place : {false, true}) {
-      SCOPED_TRACE(::testing::Message() << "T = " << T << (in_place ? ", x == y" : "")
-                                        << (memory_combine ? ", combining warps" : ""));
+      SCOPED_TRACE(::testing::Message() << "T = " << T << (in_place ? ", x == y" : ""));
       ForwardRun clean = make_run(m.config, T, rng_);
       ASSERT_TRUE(run_forward(layer, clean, stream.get()));
 

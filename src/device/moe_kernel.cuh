@@ -132,7 +132,6 @@ __global__ void __launch_bounds__(kThreads, 2)
   __shared__ bool s_flag;
   __shared__ std::uint32_t s_claim;  // ScratchClaim
 
-  constexpr int kRoutingSmemBytes = Cfg::template smem_bytes<GateUp, Down>() - kSmemAlign;
   const RouterSplit rs = p.rsplit;  // router_split() for this kernel, by the host
   const std::uint32_t routing_tickets = static_cast<std::uint32_t>(rs.tasks());
   const int ng = (p.inter + GateUp::BN - 1) / GateUp::BN;
@@ -166,8 +165,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     if (ticket < routing_tickets) {
       // (s_live is read here, from shared memory: a register held across the tile loop would
       // spill.)
-      run_routing_ticket<Cfg, Down, kRoutingSmemBytes>(p, smem, ticket, routing_tickets,
-                                                       tasks_per_mtile, nd, s_live, s_flag, tr);
+      run_routing_ticket<Cfg, Down>(p, smem, ticket, routing_tickets, tasks_per_mtile, nd, s_live,
+                                    s_flag, tr);
       continue;
     }
 

@@ -33,7 +33,6 @@ namespace flashmoe::detail {
 // The prefill kernel's router tile shape, which the warp-specialised kernel's routing reuses.
 using WsRouterTile = PrefillConfig::Down0;
 inline constexpr int kWsJobDepth = 2;
-inline constexpr int kWsCombineDepth = 2;
 
 template <class W, typename T>
 struct WsRoles {
@@ -41,22 +40,12 @@ struct WsRoles {
   using Epi = WsEpilogue<W, T>;
   using Pipe = typename Main::Pipe;
   using Jobs = JobRing<kWsJobDepth>;
-  using Combines = CombineRing<W::BM, kWsCombineDepth>;
-  static constexpr int kCombinerThreads = Combines::kWarps * 32;
-  static constexpr int kFirstCombiner = W::kConsumerThreads + 32;  // warps 9-11
 
   // The job ring's waits: one role waiting for the other, which is itself waiting (the producer
   // for a job's inputs, the consumers for a stage) or busy. Twice the period, so that a hang is
   // reported at the wait that caused it, whichever role started waiting first.
   __device__ static Watchdog job_ring_watchdog(const WsKernelParams<T>& p) {
     return {p.ctl, 2 * p.timeout_ns};
-  }
-  // The combining warps wait for the consumers' next list, which may legitimately take most of
-  // the launch (the gate/up phase comes first). The wait ends anyway when the consumers fail
-  // (their failed wait poisons the ring) or stop (a hang elsewhere aborts the launch, and the
-  // producer then sends the stop job): its own deadline, 64 periods, is only a backstop.
-  __device__ static Watchdog combine_ring_watchdog(const WsKernelParams<T>& p) {
-    return {p.ctl, 64 * p.timeout_ns};
   }
 
   // The producer thread, from the block's first ticket past routing until a stop job is sent.
@@ -96,13 +85,12 @@ struct WsRoles {
 
   // The 256 consumer threads, until the stop job or a failure.
   __device__ static void consume(const WsKernelParams<T>& p, const WsGrid& g, Pipe& pipe,
-                                 Jobs& jobs, Combines& combines, std::uint32_t ring, Tracer& tr) {
+                                 Jobs& jobs, std::uint32_t ring, Tracer& tr) {
     __shared__ std::int32_t s_tokens[W::BM];
     __shared__ int s_count;
     const Watchdog wd{p.ctl, p.timeout_ns}, ring_wd = job_ring_watchdog(p);
     typename Main::State st;
     PipeState<kWsJobDepth> js;
-    PipeState<kWsCombineDepth> cs;
     if (threadIdx.x == 0) s_count = 0;
     for (;;) {
       const bool got =
@@ -113,13 +101,7 @@ struct WsRoles {
       if (!team_all(got)) return;
       if ((threadIdx.x & 31) == 0) mbar_arrive(smem_u32(&jobs.empty[js.index]));
       js.advance();
-      if (job.kind == kJobStop) {
-        if (p.memory_combine) {
-          pass_stop(pipe, combines, cs, ring_wd);
-          __syncwarp();  // warp 0 meets the block barrier after the roles converged
-        }
-        return;
-      }
+      if (job.kind == kJobStop) return;
 
       const std::uint64_t t0 = tr.now();
       if (job.kind == kJobGather) {
@@ -148,91 +130,15 @@ struct WsRoles {
       if (!team_all(ok && !pipe.is_poisoned())) return;
       tr.record(TraceKind::Down, t0, static_cast<int>(job.expert),
                 (static_cast<int>(job.slot) * g.nd + job.ntile) * g.kslices + job.kslice);
-      if (p.memory_combine) {
-        if (!hand_over_combine(p, job, rows, pipe, combines, cs, ring_wd)) return;
-        continue;
-      }
       const std::uint64_t t1 = tr.now();
-      Epi::down_count(p, job, rows, s_tokens, &s_count);
-      team_sync();
-      const int n = s_count;
-      Epi::template combine_listed<false>(p, s_tokens, n, job.ntile, threadIdx.x,
-                                          W::kConsumerThreads);
+      Epi::down_combine(p, job, rows, s_tokens, &s_count);
+      const bool combined = s_count > 0;
       team_sync();                        // the token list is free again
       if (threadIdx.x == 0) s_count = 0;  // ordered before the next job's counts by its barrier
-      if (n > 0) tr.record(TraceKind::Combine, t1, static_cast<int>(job.expert), job.ntile);
-    }
-  }
-
-  // The consumers, after a down tile's rows are stored: its completed tokens listed in a free
-  // slot of the combine ring and handed to the combining warps (a tile that completed none keeps
-  // the slot). False when the wait for a slot failed (the ring is poisoned).
-  __device__ static bool hand_over_combine(const WsKernelParams<T>& p, const WsJob& job,
-                                           const typename Epi::DownRows& rows, Pipe& pipe,
-                                           Combines& combines, PipeState<kWsCombineDepth>& cs,
-                                           const Watchdog& ring_wd) {
-    const bool got = pipe.wait_barrier(smem_u32(&combines.empty[cs.index]), cs.phase ^ 1u, ring_wd,
-                                       kSiteJobRing);
-    // The combining warps are done with the slot: its count restarts before anyone counts.
-    if (got && threadIdx.x == 0) combines.count[cs.index] = 0;
-    if (!team_all(got)) return false;
-    Epi::down_count(p, job, rows, combines.tokens[cs.index], &combines.count[cs.index]);
-    team_sync();
-    // Only the consumers write the count until the slot is handed over, and thread 0 resets it
-    // only after later team barriers: every consumer reads the same n.
-    if (combines.count[cs.index] > 0) {
-      if (threadIdx.x == 0) {
-        combines.ntile[cs.index] = job.ntile;
-        mbar_arrive(smem_u32(&combines.full[cs.index]));  // releases the list and the count
-      }
-      cs.advance();
-    }
-    return true;
-  }
-
-  // The consumers, leaving after the stop job: the combining warps leave too once they reach it.
-  __device__ static void pass_stop(Pipe& pipe, Combines& combines, PipeState<kWsCombineDepth>& cs,
-                                   const Watchdog& ring_wd) {
-    if (threadIdx.x != 0) return;
-    if (!pipe.wait_barrier(smem_u32(&combines.empty[cs.index]), cs.phase ^ 1u, ring_wd,
-                           kSiteJobRing)) {
-      return;  // poisoned: the combining warps leave on their own
-    }
-    combines.ntile[cs.index] = -1;
-    mbar_arrive(smem_u32(&combines.full[cs.index]));
-  }
-
-  // Warps 9-11 with WsKernelParams::memory_combine: the tokens each handed-over list completes,
-  // until the consumers' stop or a failure. The threads decide together (named barrier 2) before
-  // each list, so that they leave together; a list begun is finished, and its tokens' parts are
-  // all written, so y only ever gets final values.
-  __device__ static void combine(const WsKernelParams<T>& p, Pipe& pipe, Combines& combines) {
-    const Watchdog wd = combine_ring_watchdog(p);
-    const int tid = static_cast<int>(threadIdx.x) - kFirstCombiner;
-    PipeState<kWsCombineDepth> cs;
-    for (;;) {
-      const bool got =
-          pipe.wait_barrier(smem_u32(&combines.full[cs.index]), cs.phase, wd, kSiteJobRing);
-      if (!combiners_all(got && !pipe.is_poisoned())) return;
-      const int ntile = combines.ntile[cs.index];
-      if (ntile < 0) return;
-      Epi::template combine_listed<true>(p, combines.tokens[cs.index], combines.count[cs.index],
-                                         ntile, tid, kCombinerThreads);
-      __syncwarp();
-      if ((threadIdx.x & 31) == 0) mbar_arrive(smem_u32(&combines.empty[cs.index]));
-      cs.advance();
+      if (combined) tr.record(TraceKind::Combine, t1, static_cast<int>(job.expert), job.ntile);
     }
   }
 };
-
-// Dynamic shared memory of a warp-specialised kernel: its ring, or what its routing needs (the
-// router tiles, a chunk's top-k and the tile-table build), whichever is larger, with room to
-// align the ring to the 1024 bytes the copy engine's 128-byte swizzle needs.
-template <class W>
-constexpr int ws_smem_bytes() {
-  return cmax(cmax(W::RING_BYTES, WsRouterTile::SMEM_BYTES), static_cast<int>(sizeof(ScanSmem))) +
-         kSmemAlign;
-}
 
 template <class W, typename T>
 __global__ void __launch_bounds__(W::kThreads, 1)
@@ -243,7 +149,6 @@ __global__ void __launch_bounds__(W::kThreads, 1)
   unsigned char* smem = smem_raw + ((kSmemAlign - smem_u32(smem_raw) % kSmemAlign) % kSmemAlign);
   __shared__ typename Roles::Pipe pipe;
   __shared__ typename Roles::Jobs jobs;
-  __shared__ typename Roles::Combines combines;
   __shared__ std::uint32_t s_ticket, s_total, s_mtiles;
   __shared__ int s_live;
   __shared__ bool s_flag;
@@ -264,7 +169,6 @@ __global__ void __launch_bounds__(W::kThreads, 1)
   if (threadIdx.x == W::kConsumerThreads) {
     pipe.init(0, W::kConsumerThreads / 32);
     jobs.init(W::kConsumerThreads / 32);
-    combines.init();
     fence_mbarrier_init();
   }
   Tracer tr(p.trace);
@@ -284,8 +188,8 @@ __global__ void __launch_bounds__(W::kThreads, 1)
     if (ticket == kNoTicket) break;
     if (ticket < routing_tickets) {
       if (threadIdx.x < W::kConsumerThreads) {
-        run_routing_ticket<W, WsRouterTile, ws_smem_bytes<W>() - kSmemAlign>(
-            p, smem, ticket, routing_tickets, tasks_per_mtile, nd, s_live, s_flag, tr);
+        run_routing_ticket<W, WsRouterTile>(p, smem, ticket, routing_tickets, tasks_per_mtile, nd,
+                                            s_live, s_flag, tr);
       }
       continue;
     }
@@ -305,12 +209,10 @@ __global__ void __launch_bounds__(W::kThreads, 1)
           Roles::produce(p, g, pipe, jobs, ring, first_tile);
         }
         __syncwarp();  // the warp meets the block barrier below converged
-      } else if (p.memory_combine) {
-        Roles::combine(p, pipe, combines);
       }
     } else {
       asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-      Roles::consume(p, g, pipe, jobs, combines, ring, tr);
+      Roles::consume(p, g, pipe, jobs, ring, tr);
     }
   }
   if (s_claim == kClaimRefused) return;

@@ -75,9 +75,6 @@ struct WsKernelParams : KernelParams<T> {
   // The per-pair rows in the activation type, in ypart's memory (half its bytes), when set;
   // fp32 rows in ypart when null.
   T* ypart16;
-  // Warps 9-11 sum the tokens each down tile completes (the combine ring of moe_ws_kernel.cuh)
-  // while the consumers go on; 0: the consumers combine them.
-  int memory_combine;
 };
 
 // Tokens this launch routes: all num_tokens, or the caller's device count (of the whole

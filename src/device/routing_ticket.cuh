@@ -13,11 +13,10 @@
 #include "routing.cuh"
 #include "sync.cuh"
 #include "trace.cuh"
-#include "validate.hpp"
 
 namespace flashmoe::detail {
 
-template <class Cfg, class Down, int kSmemBytes, typename T>
+template <class Cfg, class Down, typename T>
 __device__ __forceinline__ void run_routing_ticket(const KernelParams<T>& p, unsigned char* smem,
                                                    std::uint32_t ticket,
                                                    std::uint32_t routing_tickets,
@@ -58,10 +57,18 @@ __device__ __forceinline__ void run_routing_ticket(const KernelParams<T>& p, uns
     team_sync();
     if (!s_flag) return;
   }
-  static_assert(ChunkRoutingSmem::tokens_per_pass(kSmemBytes, kMaxExperts, kMaxTopK) >= 1,
-                "a chunk's routing holds one token of the widest config in shared memory");
   const int t_end = min(t0 + rs.chunk_tokens, live);
-  route_chunk<kSmemBytes, Cfg::tile_router ? kRouterMaxKSlices : 1>(p, smem, t0, t_end);
+  if (Cfg::tile_router && !user_routing) {
+    sum_router_partials(p, t0, t_end);
+    team_sync();  // the block's global writes are visible to the block after this
+  }
+  for (int t = t0 + (threadIdx.x >> 5); t < t_end; t += kThreads / 32) {
+    if (user_routing) {
+      take_user_routing(p, t);
+    } else {
+      select_experts(p, t);
+    }
+  }
   // The combine counters of the chunk's tokens start at zero: they live in the scratch,
   // which other Layers' forwards also write. Ordered before every down tile by the
   // routing-done count and the tile table's release.

@@ -139,11 +139,10 @@ struct WsEpilogue {
   }
 
   // After the team's barrier: counts each row of the tile once (lanes 0 and 1 of each quad, the
-  // rows r and r + 8 of their accumulators; one warpgroup when both hold the same rows) and
-  // lists the tokens whose last part this was in tokens[0 : *count) (shared memory, *count
-  // zero before). The caller's next barrier orders the list before its readers.
-  __device__ static void down_count(const KernelParams<T>& p, const WsJob& job, const DownRows& d,
-                                    std::int32_t* tokens, int* count) {
+  // rows r and r + 8 of their accumulators; one warpgroup when both hold the same rows), lists
+  // the tokens whose last part this was, and combines them.
+  __device__ static void down_combine(const WsKernelParams<T>& p, const WsJob& job,
+                                      const DownRows& d, std::int32_t* tokens, int* count) {
     const int lane = threadIdx.x & 31;
     const std::uint32_t parts = static_cast<std::uint32_t>(p.top_k * p.dsplit.kslices);
     if ((!split_columns(job) || warpgroup() == 0) && (lane & 3) < 2) {
@@ -157,23 +156,15 @@ struct WsEpilogue {
         }
       }
     }
-  }
-
-  // y[token, n-tile's columns] for the n listed tokens, over `threads` threads from `tid`: the
-  // consumers (four items a thread, four parts each in flight: 16 loads), or the three
-  // combining warps, whose 40 registers hold one item and four parts of 16-bit rows (two of
-  // fp32 rows).
-  template <bool kCombiners>
-  __device__ static void combine_listed(const WsKernelParams<T>& p, const std::int32_t* tokens,
-                                        int n, int ntile, int tid, int threads) {
-    if (n <= 0) return;
-    const int c0 = ntile * W::BN;
+    team_sync();
+    const int n = *count;
+    const int c0 = static_cast<int>(job.ntile) * W::BN;
     const int cols = min(W::BN, p.hidden - c0);
-    constexpr int kItems = kCombiners ? 1 : 4;
-    if (p.ypart16 != nullptr) {
-      combine_tokens<kItems, 4>(p, p.ypart16, tokens, n, c0, cols, tid, threads);
-    } else {
-      combine_tokens<kItems, kCombiners ? 2 : 4>(p, p.ypart, tokens, n, c0, cols, tid, threads);
+    // Four items a thread, four parts each in flight: 16 loads instead of the 8 of one item.
+    if (n > 0 && p.ypart16 != nullptr) {
+      combine_tokens<4, 4>(p, p.ypart16, tokens, n, c0, cols, threadIdx.x, kThreads);
+    } else if (n > 0) {
+      combine_tokens<4, 4>(p, p.ypart, tokens, n, c0, cols, threadIdx.x, kThreads);
     }
   }
 };

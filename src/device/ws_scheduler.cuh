@@ -39,29 +39,6 @@ struct JobRing {
   }
 };
 
-// Consumers -> combining warps (WsKernelParams::memory_combine): a down tile's list of the
-// tokens whose last part it wrote, for warps 9-11 to sum while the consumers run the next tile.
-// `full` completes on consumer thread 0's arrival once the list is written; `empty` on one
-// arrival per combining warp once it is done with the list. A slot is taken only by a tile
-// that completed tokens; n-tile -1 is the consumers' stop.
-template <int BM, int Depth>
-struct CombineRing {
-  static constexpr int kWarps = 3;
-  std::uint64_t full[Depth];
-  std::uint64_t empty[Depth];
-  std::int32_t ntile[Depth];
-  std::int32_t count[Depth];
-  std::int32_t tokens[Depth][BM];
-
-  __device__ void init() {
-    for (int s = 0; s < Depth; ++s) {
-      mbar_init(smem_u32(&full[s]), 1);
-      mbar_init(smem_u32(&empty[s]), kWarps);
-      count[s] = 0;
-    }
-  }
-};
-
 // What every job of a launch needs to find its m-tile and its tiles.
 struct WsGrid {
   std::uint32_t routing_tickets, mtiles, total;
@@ -104,23 +81,18 @@ __device__ __forceinline__ std::uint32_t job_dependency(const WsJob& job, int ng
                                 : 0u;
 }
 
-// The kThreads threads of named barrier kId agree: true when `v` holds in all of them. Also a
-// barrier of theirs, with its memory ordering.
-template <int kId, int kThreads>
-__device__ __forceinline__ bool named_barrier_all(bool v) {
+// The 256 consumer threads agree: true when `v` holds in all of them. Also a barrier of the
+// team (named barrier 1), with its memory ordering.
+__device__ __forceinline__ bool team_all(bool v) {
   std::uint32_t r;
   asm volatile(
-      "{\n .reg .pred p, q;\n setp.ne.u32 p, %1, 0;\n bar.red.and.pred q, %2, %3, p;\n"
+      "{\n .reg .pred p, q;\n setp.ne.u32 p, %1, 0;\n bar.red.and.pred q, 1, 256, p;\n"
       " selp.u32 %0, 1, 0, q;\n}\n"
       : "=r"(r)
-      : "r"(static_cast<std::uint32_t>(v)), "n"(kId), "n"(kThreads)
+      : "r"(static_cast<std::uint32_t>(v))
       : "memory");
   return r != 0;
 }
-// The 256 consumer threads (named barrier 1, as team_sync).
-__device__ __forceinline__ bool team_all(bool v) { return named_barrier_all<1, 256>(v); }
-// The 96 combining threads, warps 9-11 (named barrier 2).
-__device__ __forceinline__ bool combiners_all(bool v) { return named_barrier_all<2, 96>(v); }
 
 // Generic-proxy writes of this thread to global memory (the sorted copy of x, h) are ordered
 // before later copy-engine reads of them, and an acquire before this fence orders the copy
