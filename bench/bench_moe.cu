@@ -58,7 +58,6 @@ bool g_cublas = true;
 int g_tokens_per_launch = 0;  // LayerOptions::tokens_per_launch of every benchmarked Layer
 int g_prefill_rows = 0;       // testing::set_prefill_switch of every benchmarked Layer
 int g_ws_tall_rows = 0;       // testing::set_ws_tile_switch of every benchmarked Layer
-int g_ws_partial_bits = 0;    // testing::set_ws_partial_bits of every benchmarked Layer
 // Its timing: as many rounds of kInputs forwards as FlashMoE had iterations, at least
 // kCublasRounds, stopping early once they add up to kCublasBudgetMs (Mixtral at T = 4096 takes
 // tens of ms a round), but never before kCublasMinRounds.
@@ -152,7 +151,6 @@ Bench* get_bench(const Shape& s, flashmoe::DType dt) {
   b->status = flashmoe::Layer::create(c, w, b->layer, options);
   flashmoe::testing::set_prefill_switch(b->layer, g_prefill_rows);
   flashmoe::testing::set_ws_tile_switch(b->layer, g_ws_tall_rows);
-  flashmoe::testing::set_ws_partial_bits(b->layer, g_ws_partial_bits);
   if (g_cublas) {
     flashmoe_bench::BaselineShape bs;
     bs.hidden = c.hidden;
@@ -599,16 +597,6 @@ int main(int argc, char** argv) {
       return 1;
     }
     g_ws_tall_rows = static_cast<int>(n);
-  }
-  // FLASHMOE_BENCH_WS_PARTIAL_BITS=16: the warp-specialised kernel's per-pair rows in the
-  // activation type instead of fp32 (testing.hpp).
-  if (const char* v = std::getenv("FLASHMOE_BENCH_WS_PARTIAL_BITS"); v != nullptr && *v) {
-    const std::string bits = v;
-    if (bits != "16" && bits != "32") {
-      std::fprintf(stderr, "FLASHMOE_BENCH_WS_PARTIAL_BITS: '%s' is not 16 or 32\n", v);
-      return 1;
-    }
-    g_ws_partial_bits = bits == "16" ? 16 : 0;
   }
   g_bandwidth = measure_bandwidth();
   if (g_cublas) g_dense_flops = measure_dense_flops();

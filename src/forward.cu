@@ -455,8 +455,6 @@ Status launch_ws(Layer::Impl& impl, const KernelVariantInfo& info, const void* x
   p.x_sorted = static_cast<T*>(
       static_cast<void*>(static_cast<unsigned char*>(impl.scratch) + impl.scratch_layout.x_sorted));
   const std::int64_t pairs = num_tokens * c.top_k;
-  // 16-bit per-pair rows fit the fp32 rows' memory (half of it).
-  p.ypart16 = impl.ws_partial_bits == 16 ? static_cast<T*>(static_cast<void*>(p.ypart)) : nullptr;
   if (Status s =
           encode_scratch_map<T>(p.xs_map, p.x_sorted, pairs, c.hidden, W::kABoxRows, "x_sorted");
       !s.ok()) {

@@ -51,9 +51,6 @@ struct Layer::Impl {
   // Test- and bench-only (testing.hpp): > 0 runs the warp-specialised kernel's 128-row m-tiles
   // once experts average at least this many rows, instead of launch_prefill's rule.
   int ws_tall_rows = 0;
-  // Test- and bench-only (testing.hpp): 16 has the warp-specialised kernel keep its per-pair
-  // expert rows in the activation type instead of fp32 (0 or 32).
-  int ws_partial_bits = 0;
 
   // Pointers that forwards of this Layer found to be memory of its device (x, y and the option
   // pointers): an engine passes the same buffers call after call, and cudaPointerGetAttributes

@@ -34,12 +34,4 @@ inline void set_ws_tile_switch(Layer& layer, int rows_per_expert) {
   if (layer.valid()) layer.impl()->ws_tall_rows = rows_per_expert < 0 ? 0 : rows_per_expert;
 }
 
-// The warp-specialised prefill kernel's per-pair expert rows (weighted down outputs, summed by
-// the combine) in 16 bits (the activation type: half the bytes written and read back) or in
-// fp32 (32, or 0: the library's choice, fp32 today). For measuring both and testing them. fp16
-// rows saturate to infinity past 65504, as y itself does.
-inline void set_ws_partial_bits(Layer& layer, int bits) {
-  if (layer.valid()) layer.impl()->ws_partial_bits = bits == 16 ? 16 : 0;
-}
-
 }  // namespace flashmoe::testing

@@ -40,7 +40,6 @@
 
 #include "flashmoe/flashmoe.hpp"
 #include "test_util.hpp"
-#include "testing.hpp"
 #include "tile_choice.hpp"
 
 namespace {
@@ -247,7 +246,6 @@ struct ShapeDraw {
   int masked = 0;             // experts whose correction bias is -inf
   int max_blocks = 0;
   int tokens_per_launch = 0;  // LayerOptions::tokens_per_launch (0: max_tokens)
-  int ws_partial_bits = 0;    // testing::set_ws_partial_bits (the sm_90a prefill kernel's rows)
 };
 
 ShapeDraw draw_shape(Rng& rng, double max_weight_bytes) {
@@ -297,7 +295,6 @@ ShapeDraw draw_shape(Rng& rng, double max_weight_bytes) {
   if (c.max_tokens > 1 && chance(rng, 0.15)) {
     s.tokens_per_launch = log_uniform(rng, 1, c.max_tokens - 1);
   }
-  s.ws_partial_bits = chance(rng, 0.5) ? 16 : 0;
   return s;
 }
 
@@ -318,7 +315,6 @@ std::string describe(const ShapeDraw& s) {
   out += fmt::format(" max_tokens={}", c.max_tokens);
   if (s.max_blocks > 0) out += fmt::format(" max_blocks={}", s.max_blocks);
   if (s.tokens_per_launch > 0) out += fmt::format(" tokens_per_launch={}", s.tokens_per_launch);
-  if (s.ws_partial_bits == 16) out += " ws_partials=16";
   out += fmt::format(" weights={:.1f}MB", weight_bytes(c) / (1 << 20));
   return out;
 }
@@ -377,7 +373,6 @@ std::string create_subject(Subject& s, const ShapeDraw& draw, Rng& rng, void* sc
   if (const Status st = Layer::create(c, s.model.device_weights(), s.layer, options); !st.ok()) {
     return "Layer::create: " + st.to_string();
   }
-  flashmoe::testing::set_ws_partial_bits(s.layer, draw.ws_partial_bits);
   const std::size_t cells = static_cast<std::size_t>(c.max_tokens) * c.hidden;
   const std::size_t pairs = static_cast<std::size_t>(c.max_tokens) * c.top_k;
   s.x = DeviceBuffer(cells * 2);

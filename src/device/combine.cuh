@@ -13,34 +13,21 @@
 
 namespace flashmoe::detail {
 
-// Four consecutive values of a per-pair row, as floats: fp32 rows or rows in the activation type.
-__device__ __forceinline__ float4 load_part4(const float* src) {
-  return __ldcg(reinterpret_cast<const float4*>(src));
-}
-template <typename P>
-__device__ __forceinline__ float4 load_part4(const P* src) {
-  const uint2 bits = __ldcg(reinterpret_cast<const uint2*>(src));
-  const P* v = reinterpret_cast<const P*>(&bits);
-  return make_float4(to_f32(v[0]), to_f32(v[1]), to_f32(v[2]), to_f32(v[3]));
-}
-
 // `tokens[0 : count)` (shared memory) over `threads` threads from `tid`, 4 columns per item, all
-// listed tokens at once, from the per-pair rows at `rows` (float, or the activation type T).
-// cols % 4 == 0 (H % 8 == 0). A thread sums kItems items at a time, so that kItems x kUnroll
-// loads are in flight: the combine is a chain of memory round trips, and callers with registers
-// to spare (the warp-specialised kernel's consumers, whose accumulators are free by then) take
-// more at once.
-template <int kItems, int kUnroll, typename T, typename Part>
-__device__ __forceinline__ void combine_tokens(const KernelParams<T>& p, const Part* rows,
-                                               const std::int32_t* tokens, int count, int c0,
-                                               int cols, int tid, int threads) {
+// listed tokens at once. cols % 4 == 0 (H % 8 == 0). A thread sums kItems items at a time, so
+// that kItems x kUnroll loads are in flight: the combine is a chain of memory round trips, and
+// callers with registers to spare (the warp-specialised kernel's consumers, whose accumulators
+// are free by then) take more at once.
+template <int kItems, int kUnroll, typename T>
+__device__ __forceinline__ void combine_tokens(const KernelParams<T>& p, const std::int32_t* tokens,
+                                               int count, int c0, int cols, int tid, int threads) {
   const int H = p.hidden;
   const std::int64_t pairs = static_cast<std::int64_t>(p.num_tokens) * p.top_k;
   const std::uint32_t parts = static_cast<std::uint32_t>(p.top_k * p.dsplit.kslices);
   const int quads = cols / 4;
   const int items = count * quads;
   for (int first = tid; first < items; first += threads * kItems) {
-    const Part* src[kItems];
+    const float* src[kItems];
     T* dst[kItems];
     float4 sum[kItems];
 #pragma unroll
@@ -49,7 +36,7 @@ __device__ __forceinline__ void combine_tokens(const KernelParams<T>& p, const P
       const int item = min(first + i * threads, items - 1);
       const std::int64_t t = tokens[item / quads];
       const int c = c0 + (item % quads) * 4;
-      src[i] = rows + t * p.top_k * H + c;
+      src[i] = p.ypart + t * p.top_k * H + c;
       dst[i] = p.y + t * H + c;
       sum[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
@@ -60,7 +47,7 @@ __device__ __forceinline__ void combine_tokens(const KernelParams<T>& p, const P
       const std::int64_t off = (s * pairs + k) * static_cast<std::int64_t>(H);
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
-        const float4 v = load_part4(src[i] + off);
+        const float4 v = __ldcg(reinterpret_cast<const float4*>(src[i] + off));
         sum[i].x += v.x;
         sum[i].y += v.y;
         sum[i].z += v.z;

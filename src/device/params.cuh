@@ -72,9 +72,6 @@ struct WsKernelParams : KernelParams<T> {
   CUtensorMap xs_map;  // x_sorted as [T*K, H], boxes of BM rows
   CUtensorMap h_map;   // h as [T*K, I], boxes of BM rows
   T* x_sorted;         // [T*K, H] token rows in expert order (the rows of sorted_pair)
-  // The per-pair rows in the activation type, in ypart's memory (half its bytes), when set;
-  // fp32 rows in ypart when null.
-  T* ypart16;
 };
 
 // Tokens this launch routes: all num_tokens, or the caller's device count (of the whole

@@ -112,13 +112,12 @@ struct WsEpilogue {
     return d;
   }
 
-  // ypart[kslice, pair, n0 : n0 + BN] = w_pair * (h W2^T) for the m-tile's rows: fp32, or in
-  // the activation type when p.ypart16 is set.
-  __device__ static void down_store(const WsKernelParams<T>& p, const WsJob& job,
+  // ypart[kslice, pair, n0 : n0 + BN] = w_pair * (h W2^T) for the m-tile's rows.
+  __device__ static void down_store(const KernelParams<T>& p, const WsJob& job,
                                     const float (&acc)[W::kAcc], const DownRows& d) {
     const int H = p.hidden;
     const std::int64_t pairs = static_cast<std::int64_t>(p.num_tokens) * p.top_k;
-    const std::int64_t plane = job.kslice * pairs * H;
+    float* plane = p.ypart + job.kslice * pairs * H;
     const bool split = split_columns(job);
     const int cols = split ? W::BN / 2 : W::BN;  // this warpgroup's
     const int c0 = static_cast<int>(job.ntile) * W::BN + (split ? warpgroup() * cols : 0);
@@ -127,13 +126,8 @@ struct WsEpilogue {
       const int i = (j >> 1) & 1;  // accumulators with j % 4 >= 2 hold row r + 8
       const int col = wgmma_acc_col(j);
       if (d.pair[i] >= 0 && col < cols && c0 + col < H) {
-        const std::int64_t at = plane + static_cast<std::int64_t>(d.pair[i]) * H + c0 + col;
-        const float lo = acc[j] * d.weight[i], hi = acc[j + 1] * d.weight[i];
-        if (p.ypart16 != nullptr) {
-          *reinterpret_cast<std::uint32_t*>(p.ypart16 + at) = pack2<T>(lo, hi);
-        } else {
-          *reinterpret_cast<float2*>(p.ypart + at) = make_float2(lo, hi);
-        }
+        *reinterpret_cast<float2*>(plane + static_cast<std::int64_t>(d.pair[i]) * H + c0 + col) =
+            make_float2(acc[j] * d.weight[i], acc[j + 1] * d.weight[i]);
       }
     }
   }
@@ -141,8 +135,8 @@ struct WsEpilogue {
   // After the team's barrier: counts each row of the tile once (lanes 0 and 1 of each quad, the
   // rows r and r + 8 of their accumulators; one warpgroup when both hold the same rows), lists
   // the tokens whose last part this was, and combines them.
-  __device__ static void down_combine(const WsKernelParams<T>& p, const WsJob& job,
-                                      const DownRows& d, std::int32_t* tokens, int* count) {
+  __device__ static void down_combine(const KernelParams<T>& p, const WsJob& job, const DownRows& d,
+                                      std::int32_t* tokens, int* count) {
     const int lane = threadIdx.x & 31;
     const std::uint32_t parts = static_cast<std::uint32_t>(p.top_k * p.dsplit.kslices);
     if ((!split_columns(job) || warpgroup() == 0) && (lane & 3) < 2) {
@@ -159,12 +153,9 @@ struct WsEpilogue {
     team_sync();
     const int n = *count;
     const int c0 = static_cast<int>(job.ntile) * W::BN;
-    const int cols = min(W::BN, p.hidden - c0);
     // Four items a thread, four parts each in flight: 16 loads instead of the 8 of one item.
-    if (n > 0 && p.ypart16 != nullptr) {
-      combine_tokens<4, 4>(p, p.ypart16, tokens, n, c0, cols, threadIdx.x, kThreads);
-    } else if (n > 0) {
-      combine_tokens<4, 4>(p, p.ypart, tokens, n, c0, cols, threadIdx.x, kThreads);
+    if (n > 0) {
+      combine_tokens<4, 4>(p, tokens, n, c0, min(W::BN, p.hidden - c0), threadIdx.x, kThreads);
     }
   }
 };
