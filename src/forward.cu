@@ -392,7 +392,7 @@ std::int64_t launch_grid(Layer::Impl& impl, const KernelParams<T>& p, std::int64
                        shape.tile_m,
                        shape.gateup_n,
                        shape.down_n,
-                       routed ? p.rsplit.tasks() : 0,
+                       routed ? p.rsplit.router_tasks() : 0,
                        routed ? p.rsplit.kslices : 0,
                        routed ? shape.router_m : 0,
                        routed ? shape.router_n : 0,

@@ -270,15 +270,16 @@ Status Layer::device_status(cudaStream_t stream) {
   if (cudaError_t err = cudaDeviceSynchronize(); err != cudaSuccess) {
     return cuda_status(err, "clearing the device status");
   }
-  const char* where = site == detail::kSiteTasksTotal  ? "waiting for routing to publish the tiles"
-                      : site == detail::kSiteMTileDone ? "a down tile waiting for its gate/up tiles"
-                      : site == detail::kSiteRoutingIds
-                          ? "a caller-supplied routing id outside [0, experts)"
-                      : site == detail::kSiteWeightCopy  ? "a tile waiting for its weight copies"
-                      : site == detail::kSiteScratchBusy ? "its scratch in use by another launch"
-                      : site == detail::kSiteJobRing
-                          ? "a prefill block's producer and consumers waiting for each other"
-                          : "an unknown site";
+  const char* where =
+      site == detail::kSiteTasksTotal    ? "waiting for routing to publish the tiles"
+      : site == detail::kSiteMTileDone   ? "a down tile waiting for its gate/up tiles"
+      : site == detail::kSiteRoutingIds  ? "a caller-supplied routing id outside [0, experts)"
+      : site == detail::kSiteWeightCopy  ? "a tile waiting for its weight copies"
+      : site == detail::kSiteScratchBusy ? "its scratch in use by another launch"
+      : site == detail::kSiteJobRing
+          ? "a prefill block's producer and consumers waiting for each other"
+      : site == detail::kSiteRouterDone ? "a top-k selection waiting for its tokens' router logits"
+                                        : "an unknown site";
   if (code == static_cast<std::uint32_t>(StatusCode::DeviceTimeout)) {
     return {StatusCode::DeviceTimeout,
             fmt::format("a device-side wait exceeded watchdog_ms = {} ({}); that forward's "

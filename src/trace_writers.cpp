@@ -91,6 +91,7 @@ bool kind_valid(TraceKind kind) { return static_cast<int>(kind) < kTraceKinds; }
 std::string event_label(const TraceEvent& e) {
   const char* kind = to_string(e.kind);
   if (e.kind == TraceKind::Wait) {
+    if (e.expert == -2) return fmt::format("wait router chunk {}", e.tile);
     if (e.expert < 0) return "wait tile table";
     return fmt::format("wait e{} m-tile {}", e.expert, e.tile);
   }
@@ -519,8 +520,10 @@ std::string trace_summary_text(const Trace& trace) {
   if (!s.longest_waits.empty()) {
     out.append(std::string_view("\n  longest waits\n"));
     for (const TraceEvent& e : s.longest_waits) {
-      const std::string what = e.expert < 0 ? std::string("tile table")
-                                            : fmt::format("expert {} m-tile {}", e.expert, e.tile);
+      const std::string what = e.expert == -2 ? fmt::format("router chunk {}", e.tile)
+                               : e.expert < 0
+                                   ? std::string("tile table")
+                                   : fmt::format("expert {} m-tile {}", e.expert, e.tile);
       fmt::format_to(it, "  {:>10.3f} us  block {:<4} SM {:<4} {:<24} at +{:.3f} us\n",
                      static_cast<double>(duration_ns(e)) / 1000.0, e.block, e.sm, what,
                      rel_us(e.start_ns, w.base));

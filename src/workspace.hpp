@@ -24,24 +24,38 @@ inline constexpr int kMaxTileM = 64;
 inline constexpr int kMinDownTileN = 32;
 
 // Router tasks. Decode kernels: logits of kRouterTokens tokens x kRouterExperts experts on CUDA
-// cores, whole rows of H. The prefill kernel: tensor-core tiles of its down shape, logits of a
-// token chunk (an m-tile of rows) x an expert slice (a down tile of columns) over one K slice
-// of H, K split while there are few chunks; the top-k step sums a logit's K-slice partials in
-// slice order, so the result does not depend on which block ran which slice.
+// cores, whole rows of H; the last router task of a chunk selects its tokens' experts. The
+// prefill kernels: tensor-core tiles of their down shape, logits of a token chunk (an m-tile of
+// rows) x an expert slice (a down tile of columns) over one K slice of H, K split while there
+// are few chunks, so that the router fills one wave; then select tickets of select_tokens
+// tokens each (one warp a token) sum a logit's K-slice partials in slice order and select, so
+// that the top-k of a chunk is spread over many blocks instead of one warp taking 8 tokens one
+// after another. Neither result depends on which block ran which task.
 // Decode router tasks: 4 x 8 = 32 sums per thread, one per lane after router_logits'
 // reduce-scatter (a static_assert there). 8 tokens measured 2-4% slower at T = 8-64 with the
 // earlier one-expert-per-warp router (bench/NOTES.md, version 18).
 inline constexpr int kRouterTokens = 4;
 inline constexpr int kRouterExperts = 8;
-inline constexpr int kRouterTargetTasks = 256;
+// About one wave of an H100/H200 (132 SMs): a router task is a chain of pipeline steps whose
+// length barely depends on K, so a second wave costs a whole task.
+inline constexpr int kRouterTargetTasks = 128;
 inline constexpr int kRouterMaxKSlices = 16;
+// Select tickets: 8 tokens (one per warp) each, more once that would need more tickets than this.
+inline constexpr int kSelectTargetTickets = 128;
+inline constexpr int kSelectMinTokens = 8;
 struct RouterSplit {
-  int chunk_tokens = 0;  // tokens per chunk (its top-k is one task)
+  int chunk_tokens = 0;  // tokens per router chunk
   int chunks = 0;
-  int eslices = 0;  // expert slices (1 with caller routing)
+  int eslices = 0;  // expert slices (decode with caller routing: 1; prefill with it: 0, no router)
   int kslices = 1;  // K slices of klen columns of H
   int klen = 0;
-  FLASHMOE_HOST_DEVICE int tasks() const { return chunks * eslices * kslices; }
+  // Prefill kernels: tokens per select ticket (divides chunk_tokens) and the tickets; both 0 in
+  // decode, where each chunk's last router task selects.
+  int select_tokens = 0;
+  int selects = 0;
+  int tickets = 0;  // routing tickets of the launch: router tasks, then select tickets
+  FLASHMOE_HOST_DEVICE int router_tasks() const { return chunks * eslices * kslices; }
+  FLASHMOE_HOST_DEVICE int tasks() const { return tickets; }
 };
 // tile_*: the prefill kernel's down tile (tile_router), else unused.
 FLASHMOE_HOST_DEVICE inline RouterSplit router_split(std::int64_t tokens, int hidden, int experts,
@@ -51,9 +65,19 @@ FLASHMOE_HOST_DEVICE inline RouterSplit router_split(std::int64_t tokens, int hi
   r.chunk_tokens = tile_router ? tile_m : kRouterTokens;
   r.chunks = static_cast<int>((tokens + r.chunk_tokens - 1) / r.chunk_tokens);
   const int slice = tile_router ? tile_n : kRouterExperts;
-  r.eslices = user_routing ? 1 : (experts + slice - 1) / slice;
+  r.eslices = user_routing ? (tile_router ? 0 : 1) : (experts + slice - 1) / slice;
   r.klen = hidden;
-  if (user_routing || !tile_router) return r;
+  r.tickets = r.router_tasks();
+  if (!tile_router) return r;
+  int st = kSelectMinTokens;
+  while (2 * st <= r.chunk_tokens && r.chunk_tokens % (2 * st) == 0 &&
+         tokens > static_cast<std::int64_t>(st) * kSelectTargetTickets) {
+    st *= 2;
+  }
+  r.select_tokens = st;
+  r.selects = static_cast<int>((tokens + st - 1) / st);
+  r.tickets = r.selects;
+  if (user_routing) return r;
   int ks = 1;
   while (2 * ks <= kRouterMaxKSlices && 2 * ks * tile_k <= hidden &&
          static_cast<std::int64_t>(r.chunks) * r.eslices * 2 * ks <= kRouterTargetTasks) {
@@ -63,6 +87,7 @@ FLASHMOE_HOST_DEVICE inline RouterSplit router_split(std::int64_t tokens, int hi
   const int steps = (hidden + tile_k - 1) / tile_k;
   r.klen = (steps + ks - 1) / ks * tile_k;
   r.kslices = (hidden + r.klen - 1) / r.klen;
+  r.tickets = r.router_tasks() + r.selects;
   return r;
 }
 // m-tile height of the decode kernels (DecodeConfig::BM, which checks it). A forward runs the
@@ -179,6 +204,7 @@ enum ErrorSite : std::uint32_t {
   kSiteWeightCopy = 4,   // a tile waiting for its weight boxes (TMA)
   kSiteScratchBusy = 5,  // the scratch was owned by another launch
   kSiteJobRing = 6,      // a warp-specialised block's roles waiting for each other (job ring)
+  kSiteRouterDone = 7,   // a select ticket waiting for its chunk's router tasks
 };
 
 // The scratch's first line: which launch owns it. 0 when idle; a launch's id (from %gridid)

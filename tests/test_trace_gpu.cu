@@ -124,7 +124,13 @@ class TraceGpu : public ::testing::Test {
     }
     EXPECT_EQ(trace.router_tasks, chunks * eslices * trace.router_k_slices);
     EXPECT_EQ(count[TraceKind::Router], trace.router_tasks);
-    EXPECT_EQ(count[TraceKind::Routing], chunks + 1);  // top-k per chunk + the tile table
+    // The top-k of each chunk (decode) or select ticket (prefill), and the tile table.
+    const int selects =
+        decode ? chunks
+               : flashmoe::detail::router_split(T, c.hidden, c.experts, false, true,
+                                                trace.router_tile_m, trace.router_tile_n, 64)
+                     .selects;
+    EXPECT_EQ(count[TraceKind::Routing], selects + 1);
     EXPECT_EQ(count[TraceKind::GateUp], mtiles * ng);
     // The warp-specialised kernel first copies each m-tile's token rows into expert order.
     EXPECT_EQ(count[TraceKind::Gather], trace.variant == "prefill_ws" ? mtiles : 0);

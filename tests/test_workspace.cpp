@@ -24,6 +24,10 @@ TEST(RouterSplit, DecodeRouterTakesWholeRows) {
   EXPECT_EQ(r.eslices, 128 / flashmoe::detail::kRouterExperts);
   EXPECT_EQ(r.kslices, 1);
   EXPECT_EQ(r.klen, 2048);
+  // The chunk's last router task selects: no select tickets.
+  EXPECT_EQ(r.select_tokens, 0);
+  EXPECT_EQ(r.selects, 0);
+  EXPECT_EQ(r.tasks(), r.router_tasks());
 }
 
 TEST(RouterSplit, FewChunksSpreadOverKSlices) {
@@ -35,27 +39,57 @@ TEST(RouterSplit, FewChunksSpreadOverKSlices) {
   EXPECT_EQ(r.eslices, 1);
   EXPECT_EQ(r.kslices, 16);
   EXPECT_EQ(r.klen, 256);
-  EXPECT_EQ(r.tasks(), 48);
+  EXPECT_EQ(r.router_tasks(), 48);
+  // Then one select ticket per 8 tokens.
+  EXPECT_EQ(r.select_tokens, 8);
+  EXPECT_EQ(r.selects, 17);
+  EXPECT_EQ(r.tasks(), 48 + 17);
 }
 
 TEST(RouterSplit, ManyChunksSplitLess) {
-  // 4096 tokens in 64-row chunks are 64 chunks x 2 expert slices: two K slices reach the
-  // 256-task target; 16384 tokens keep whole rows.
-  const RouterSplit r = router_split(4096, 2048, 128, false, true, 64, 64, 64);
-  EXPECT_EQ(r.chunks, 64);
-  EXPECT_EQ(r.kslices, 2);
-  EXPECT_EQ(r.tasks(), 256);
+  // 1024 tokens in 64-row chunks are 16 chunks x 2 expert slices: four K slices reach the
+  // 128-task target (one wave); 4096 tokens (64 chunks) keep whole rows, and so do 16384.
+  const RouterSplit r = router_split(1024, 2048, 128, false, true, 64, 64, 64);
+  EXPECT_EQ(r.chunks, 16);
+  EXPECT_EQ(r.kslices, 4);
+  EXPECT_EQ(r.router_tasks(), 128);
+  const RouterSplit r4096 = router_split(4096, 2048, 128, false, true, 64, 64, 64);
+  EXPECT_EQ(r4096.chunks, 64);
+  EXPECT_EQ(r4096.kslices, 1);
+  EXPECT_EQ(r4096.router_tasks(), 128);
   const RouterSplit big = router_split(16384, 2048, 128, false, true, 64, 64, 64);
   EXPECT_EQ(big.kslices, 1);
   EXPECT_EQ(big.klen, 2048);
 }
 
-TEST(RouterSplit, CallerRoutingIsOneTaskPerChunk) {
+TEST(RouterSplit, SelectTicketsGrowToStayNearTheTarget) {
+  // 8 tokens a ticket (one a warp) up to 1024 tokens, then more tokens a ticket, up to a whole
+  // 64-token chunk, so that the select tickets stay about one wave.
+  const int expected[][3] = {{1, 8, 1},       {100, 8, 13},    {1024, 8, 128},  {1025, 16, 65},
+                             {2048, 16, 128}, {4096, 32, 128}, {8192, 64, 128}, {16384, 64, 256}};
+  for (const auto& e : expected) {
+    const RouterSplit r = router_split(e[0], 2048, 128, false, true, 64, 64, 64);
+    SCOPED_TRACE(testing::Message() << "T " << e[0]);
+    EXPECT_EQ(r.select_tokens, e[1]);
+    EXPECT_EQ(r.selects, e[2]);
+    EXPECT_EQ(r.tasks(), r.router_tasks() + r.selects);
+  }
+}
+
+TEST(RouterSplit, CallerRoutingIsOneTaskPerChunkInDecodeAndSelectTicketsInPrefill) {
+  const RouterSplit d = router_split(100, 2048, 128, true, false, 32, 64, 128);
+  EXPECT_EQ(d.chunks, 25);
+  EXPECT_EQ(d.eslices, 1);
+  EXPECT_EQ(d.kslices, 1);
+  EXPECT_EQ(d.tasks(), 25);
+  // Prefill: no router tasks, only select tickets taking the caller's ids.
   const RouterSplit r = router_split(100, 2048, 128, true, true, 32, 64, 128);
   EXPECT_EQ(r.chunks, 4);
-  EXPECT_EQ(r.eslices, 1);
+  EXPECT_EQ(r.eslices, 0);
+  EXPECT_EQ(r.router_tasks(), 0);
   EXPECT_EQ(r.kslices, 1);
-  EXPECT_EQ(r.tasks(), 4);
+  EXPECT_EQ(r.selects, 13);
+  EXPECT_EQ(r.tasks(), 13);
 }
 
 TEST(RouterSplit, SlicesCoverHOnceAndFitTheBuffer) {
@@ -79,8 +113,18 @@ TEST(RouterSplit, SlicesCoverHOnceAndFitTheBuffer) {
           EXPECT_LT(static_cast<std::int64_t>(r.kslices - 1) * r.klen, hidden) << "empty slice";
           EXPECT_GE(static_cast<std::int64_t>(r.kslices) * r.klen, hidden) << "H not covered";
           if (r.kslices > 1) {
-            EXPECT_LE(r.tasks(), kRouterTargetTasks);
+            EXPECT_LE(r.router_tasks(), kRouterTargetTasks);
           }
+          // Select tickets cover the tokens once, in whole warps' worth of tokens; a ticket
+          // lies within one router chunk whenever chunks are whole tickets.
+          ASSERT_GE(r.select_tokens, 8);
+          EXPECT_EQ(r.select_tokens % 8, 0);
+          EXPECT_GE(static_cast<std::int64_t>(r.selects) * r.select_tokens, T);
+          EXPECT_LT(static_cast<std::int64_t>(r.selects - 1) * r.select_tokens, T);
+          if (tile.m % 8 == 0) {
+            EXPECT_EQ(tile.m % r.select_tokens, 0);
+          }
+          EXPECT_EQ(r.tasks(), r.router_tasks() + r.selects);
           // The buffer of a layer sized for exactly T (the tightest) holds kslices x T rows
           // whenever T runs the prefill kernel (the only one that splits K).
           for (int top_k : {1, 8}) {
@@ -100,11 +144,12 @@ TEST(RouterSplit, SlicesCoverHOnceAndFitTheBuffer) {
 TEST(RouterSplit, DecodeOnlyLayersKeepOneRowPerToken) {
   // Qwen3-30B-A3B (E = 128, K = 8): T = 512 is the last decode T (4096 pairs = 32 x 128), so
   // a layer sized for it holds no K slices; one more token reaches the prefill kernel, whose
-  // split needs up to 16 slices of rows (capped at 256 chunks of 64 rows).
+  // split needs up to 16 slices of rows (capped at 128 chunks of 64 rows).
   EXPECT_FALSE(runs_prefill_kernel(512, 8, 128));
   EXPECT_TRUE(runs_prefill_kernel(513, 8, 128));
   EXPECT_EQ(router_partial_rows(512, 8, 128), 512);
-  EXPECT_EQ(router_partial_rows(513, 8, 128), 16 * 513);
+  EXPECT_EQ(router_partial_rows(300, 8, 8), 16 * 300);
+  EXPECT_EQ(router_partial_rows(513, 8, 128), kRouterTargetTasks * 64);
   EXPECT_EQ(router_partial_rows(4096, 8, 128), kRouterTargetTasks * 64);
   // The workspace follows: a decode-only layer's logits region is T x E floats.
   flashmoe::Config c;

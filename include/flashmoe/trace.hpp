@@ -10,13 +10,15 @@ namespace flashmoe {
 
 enum class TraceKind : std::uint8_t {
   Router = 0,   // router logits of a token chunk x expert slice (x K slice in prefill)
-  Routing = 1,  // top-k of a token chunk, or the tile-table build (tile = -1)
+  Routing = 1,  // top-k of a token chunk (decode; tile = the chunk) or of a select ticket's
+                //   tokens (prefill; tile = the ticket), or the tile-table build (tile = -1)
   GateUp = 2,   // gate/up tile: expert, tile = m-tile * gate/up n-tiles + n-tile
   Down = 3,     // down tile: expert,
                 //   tile = (m-tile * down n-tiles + n-tile) * down K slices + K slice
   Combine = 4,  // fixed-order sum of finished token slices after a down tile: its expert,
                 //   tile = the down n-tile
-  Wait = 5,     // a bounded spin-wait (expert = -1: for the tile table; else for an m-tile)
+  Wait = 5,     // a bounded spin-wait (expert = -1: for the tile table; -2: a select ticket
+                //   for its router chunk, tile = the chunk; else for an m-tile)
   Gather = 6,   // copy of an m-tile's token rows into expert order (warp-specialised prefill):
                 //   expert, tile = the m-tile
 };

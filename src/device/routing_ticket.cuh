@@ -1,9 +1,10 @@
-// One routing ticket of the persistent kernel (moe_kernel.cuh has the ticket order): a router
-// task of a token chunk (CUDA-core logits in the decode kernels, a tensor-core tile over a K
-// slice in the prefill kernel), then, by the chunk's last router task (or at once with caller
-// routing), the chunk's top-k; the last chunk's block builds the tile table and publishes the
-// ticket total. Every thread of the 256-thread block calls it; `flag` is the block's shared
-// decision word.
+// One routing ticket of the persistent kernels (moe_kernel.cuh has the ticket order).
+// Decode kernels: a router task of a token chunk (CUDA-core logits), then, by the chunk's last
+// router task (or at once with caller routing), the chunk's top-k. Prefill kernels: a router
+// task is a tensor-core tile over a K slice; then select tickets, each waiting for its tokens'
+// router tasks, sum the partials and select (or take the caller's routing). The last routing
+// ticket to finish builds the tile table and publishes the ticket total. Every thread of the
+// 256-thread team calls it; `flag` is the block's shared decision word.
 #pragma once
 
 #include <cstdint>
@@ -16,49 +17,92 @@
 
 namespace flashmoe::detail {
 
+// The end of a ticket that routed tokens [t0, t_end): their combine counters zeroed, the ticket
+// counted, and the tile table built by the last of `live_tickets`. `start`: the routing event's
+// start. `chunks_to_reset`: router_done words the table's builder clears (the prefill kernels'
+// select tickets read them until then; 0 in decode, where each chunk's last task clears its own).
+template <class Cfg, typename T>
+__device__ __forceinline__ void finish_routing(const KernelParams<T>& p, unsigned char* smem,
+                                               int t0, int t_end, int nd, int live,
+                                               int live_tickets, int trace_tile,
+                                               int chunks_to_reset, std::uint32_t routing_tickets,
+                                               std::uint32_t tasks_per_mtile, bool& s_flag,
+                                               std::uint64_t start, Tracer& tr) {
+  // The combine counters of the tokens start at zero: they live in the scratch, which other
+  // Layers' forwards also write. Ordered before every down tile by the routing-done count and
+  // the tile table's release.
+  for (int i = threadIdx.x; i < (t_end - t0) * nd; i += kThreads) {
+    p.combine_done[(t0 + i / nd) * p.combine_stride + i % nd] = 0;
+  }
+  team_sync();
+  if (threadIdx.x == 0) {
+    // Decided by thread 0 alone: the abort flag may change while the block reads it.
+    // One ticket: this block is the last, and its own writes need no hand-off, so the
+    // device-scope round trip is skipped.
+    s_flag = (live_tickets == 1 || fetch_add_acq_rel(p.ctl.word(kRoutingDone), 1) ==
+                                       static_cast<std::uint32_t>(live_tickets) - 1) &&
+             !p.ctl.aborted();
+  }
+  tr.record(TraceKind::Routing, start, -1, trace_tile);
+  team_sync();
+  if (s_flag) {
+    start = tr.now();
+    for (int i = threadIdx.x; i < chunks_to_reset; i += kThreads) p.router_done[i] = 0;
+    build_tile_table<T, Cfg::BM>(p, smem, live, routing_tickets, tasks_per_mtile);
+    tr.record(TraceKind::Routing, start, -1, -1);
+  }
+}
+
+// Prefill kernels (tile router): router task `ticket` (chunk-major, so that the first chunks'
+// select tickets can start while later chunks' router tasks still run) or select ticket
+// `ticket - router tasks`.
 template <class Cfg, class Down, typename T>
-__device__ __forceinline__ void run_routing_ticket(const KernelParams<T>& p, unsigned char* smem,
-                                                   std::uint32_t ticket,
-                                                   std::uint32_t routing_tickets,
-                                                   std::uint32_t tasks_per_mtile, int nd, int live,
-                                                   bool& s_flag, Tracer& tr) {
+__device__ __forceinline__ void run_tile_routing_ticket(const KernelParams<T>& p,
+                                                        unsigned char* smem, std::uint32_t ticket,
+                                                        std::uint32_t routing_tickets,
+                                                        std::uint32_t tasks_per_mtile, int nd,
+                                                        int live, bool& s_flag, Tracer& tr) {
   const RouterSplit rs = p.rsplit;
-  const bool user_routing = p.user_ids != nullptr;
-  // Chunk-major, so that the first chunk's top-k can start while later chunks' router
-  // tasks still run.
-  // Padded batches: tokens [live, num_tokens) are not routed. Chunks past the live tokens
-  // are skipped; chunk 0 always runs, so that the tile table is published even for none.
   const int live_chunks = max(1, (live + rs.chunk_tokens - 1) / rs.chunk_tokens);
   const int per_chunk = rs.eslices * rs.kslices;
-  const int chunk = static_cast<int>(ticket) / per_chunk;
-  if (chunk >= live_chunks) return;
-  const int t0 = chunk * rs.chunk_tokens;
+  const int router_tasks = rs.router_tasks();
+  // Padded batches: tokens [live, num_tokens) are not routed. Chunks and select tickets past
+  // the live tokens are skipped; the first of each always runs, so that the tile table is
+  // published even for none.
+  if (static_cast<int>(ticket) < router_tasks) {
+    const int chunk = static_cast<int>(ticket) / per_chunk;
+    if (chunk >= live_chunks) return;
+    const int within = static_cast<int>(ticket) % per_chunk;
+    router_tile<Down>(p, smem, chunk * rs.chunk_tokens, live, (within / rs.kslices) * Down::BN,
+                      within % rs.kslices, static_cast<int>(ticket), tr);
+    team_sync();  // every partial of the task is written before it is counted
+    if (threadIdx.x == 0) add_release(&p.router_done[chunk], 1);
+    return;
+  }
+  const int select = static_cast<int>(ticket) - router_tasks;
+  const int live_selects = max(1, (live + rs.select_tokens - 1) / rs.select_tokens);
+  if (select >= live_selects) return;
+  const int t0 = select * rs.select_tokens, t_end = min(t0 + rs.select_tokens, live);
+  const bool user_routing = p.user_ids != nullptr;
   std::uint64_t start = tr.now();
   if (!user_routing) {
-    const int within = static_cast<int>(ticket) % per_chunk;
-    if constexpr (Cfg::tile_router) {
-      router_tile<Down>(p, smem, t0, live, (within / rs.kslices) * Down::BN, within % rs.kslices,
-                        static_cast<int>(ticket), tr);
-    } else {
-      static_assert(sizeof(ScanSmem) >= kRouterTokens * kRouterExperts * kThreads / 32 * 4,
-                    "the router's reduction fits the dynamic shared memory");
-      router_logits(p, reinterpret_cast<float*>(smem), t0, live, within * kRouterExperts);
-      tr.record(TraceKind::Router, start, -1, static_cast<int>(ticket));
-    }
-    team_sync();  // every partial of the task is written before it is counted
-    start = tr.now();
     if (threadIdx.x == 0) {
-      // The last of a chunk's router tasks selects that chunk's experts. Each task's logits
-      // were all written before its release (the barrier above).
-      std::uint32_t* c = &p.router_done[chunk];
-      s_flag = fetch_add_acq_rel(c, 1) == static_cast<std::uint32_t>(per_chunk) - 1;
-      if (s_flag) store_relaxed(c, 0);
+      // Every router task of the chunks holding the ticket's tokens (one chunk unless a chunk
+      // is shorter than a ticket).
+      bool ok = true, spun = false;
+      const int last = t_end > t0 ? (t_end - 1) / rs.chunk_tokens : t0 / rs.chunk_tokens;
+      for (int c = t0 / rs.chunk_tokens; ok && c <= last; ++c) {
+        bool s = false;
+        ok = wait_at_least(p.ctl, &p.router_done[c], static_cast<std::uint32_t>(per_chunk),
+                           p.timeout_ns, kSiteRouterDone, s);
+        spun = spun || s;
+      }
+      s_flag = ok;
+      if (spun) tr.record(TraceKind::Wait, start, -2, t0 / rs.chunk_tokens);
     }
     team_sync();
-    if (!s_flag) return;
-  }
-  const int t_end = min(t0 + rs.chunk_tokens, live);
-  if (Cfg::tile_router && !user_routing) {
+    if (!s_flag) return;  // abandoned: the launch has failed
+    start = tr.now();
     sum_router_partials(p, t0, t_end);
     team_sync();  // the block's global writes are visible to the block after this
   }
@@ -69,27 +113,61 @@ __device__ __forceinline__ void run_routing_ticket(const KernelParams<T>& p, uns
       select_experts(p, t);
     }
   }
-  // The combine counters of the chunk's tokens start at zero: they live in the scratch,
-  // which other Layers' forwards also write. Ordered before every down tile by the
-  // routing-done count and the tile table's release.
-  for (int i = threadIdx.x; i < (t_end - t0) * nd; i += kThreads) {
-    p.combine_done[(t0 + i / nd) * p.combine_stride + i % nd] = 0;
-  }
-  team_sync();
-  if (threadIdx.x == 0) {
-    // Decided by thread 0 alone: the abort flag may change while the block reads it.
-    // One chunk (T <= 4): this block is the last, and its own writes need no hand-off, so
-    // the device-scope round trip is skipped.
-    s_flag = (live_chunks == 1 || fetch_add_acq_rel(p.ctl.word(kRoutingDone), 1) ==
-                                      static_cast<std::uint32_t>(live_chunks) - 1) &&
-             !p.ctl.aborted();
-  }
-  tr.record(TraceKind::Routing, start, -1, chunk);
-  team_sync();
-  if (s_flag) {
-    start = tr.now();
-    build_tile_table<T, Cfg::BM>(p, smem, live, routing_tickets, tasks_per_mtile);
-    tr.record(TraceKind::Routing, start, -1, -1);
+  finish_routing<Cfg>(p, smem, t0, t_end, nd, live, live_selects, select,
+                      user_routing ? 0 : live_chunks, routing_tickets, tasks_per_mtile, s_flag,
+                      start, tr);
+}
+
+template <class Cfg, class Down, typename T>
+__device__ __forceinline__ void run_routing_ticket(const KernelParams<T>& p, unsigned char* smem,
+                                                   std::uint32_t ticket,
+                                                   std::uint32_t routing_tickets,
+                                                   std::uint32_t tasks_per_mtile, int nd, int live,
+                                                   bool& s_flag, Tracer& tr) {
+  if constexpr (Cfg::tile_router) {
+    run_tile_routing_ticket<Cfg, Down>(p, smem, ticket, routing_tickets, tasks_per_mtile, nd, live,
+                                       s_flag, tr);
+  } else {
+    const RouterSplit rs = p.rsplit;
+    const bool user_routing = p.user_ids != nullptr;
+    // Chunk-major, so that the first chunk's top-k can start while later chunks' router
+    // tasks still run.
+    // Padded batches: tokens [live, num_tokens) are not routed. Chunks past the live tokens
+    // are skipped; chunk 0 always runs, so that the tile table is published even for none.
+    const int live_chunks = max(1, (live + rs.chunk_tokens - 1) / rs.chunk_tokens);
+    const int per_chunk = rs.eslices * rs.kslices;
+    const int chunk = static_cast<int>(ticket) / per_chunk;
+    if (chunk >= live_chunks) return;
+    const int t0 = chunk * rs.chunk_tokens;
+    std::uint64_t start = tr.now();
+    if (!user_routing) {
+      static_assert(sizeof(ScanSmem) >= kRouterTokens * kRouterExperts * kThreads / 32 * 4,
+                    "the router's reduction fits the dynamic shared memory");
+      router_logits(p, reinterpret_cast<float*>(smem), t0, live,
+                    (static_cast<int>(ticket) % per_chunk) * kRouterExperts);
+      tr.record(TraceKind::Router, start, -1, static_cast<int>(ticket));
+      team_sync();  // every partial of the task is written before it is counted
+      start = tr.now();
+      if (threadIdx.x == 0) {
+        // The last of a chunk's router tasks selects that chunk's experts. Each task's logits
+        // were all written before its release (the barrier above).
+        std::uint32_t* c = &p.router_done[chunk];
+        s_flag = fetch_add_acq_rel(c, 1) == static_cast<std::uint32_t>(per_chunk) - 1;
+        if (s_flag) store_relaxed(c, 0);
+      }
+      team_sync();
+      if (!s_flag) return;
+    }
+    const int t_end = min(t0 + rs.chunk_tokens, live);
+    for (int t = t0 + (threadIdx.x >> 5); t < t_end; t += kThreads / 32) {
+      if (user_routing) {
+        take_user_routing(p, t);
+      } else {
+        select_experts(p, t);
+      }
+    }
+    finish_routing<Cfg>(p, smem, t0, t_end, nd, live, live_chunks, chunk, 0, routing_tickets,
+                        tasks_per_mtile, s_flag, start, tr);
   }
 }
 

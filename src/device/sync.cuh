@@ -33,6 +33,11 @@ __device__ __forceinline__ std::uint32_t fetch_add_acq_rel(std::uint32_t* p, std
 __device__ __forceinline__ std::uint32_t fetch_add_relaxed(std::uint32_t* p, std::uint32_t v) {
   return DeviceAtomicU32(*p).fetch_add(v, cuda::memory_order_relaxed);
 }
+// Publishes this block's writes (ordered before by a barrier) to whoever acquires the count;
+// the old value is not needed.
+__device__ __forceinline__ void add_release(std::uint32_t* p, std::uint32_t v) {
+  DeviceAtomicU32(*p).fetch_add(v, cuda::memory_order_release);
+}
 
 __device__ __forceinline__ std::uint64_t global_timer_ns() {
   std::uint64_t t;
