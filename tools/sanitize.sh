@@ -15,8 +15,9 @@
 # Prints one result line per tool and a final line; exits 1 if any tool reported an error, a
 # test failed or a run timed out. Every finding is reported, including ones that may be false
 # positives of the tools on this kernel (copy-engine writes to shared memory completed through
-# mbarriers, for racecheck; workspace reads initcheck cannot prove initialised); the logs say
-# which test and kernel they came from.
+# mbarriers, and thread 0 / warps 8-11 across __syncthreads in the warp-specialised kernel, which
+# tools/racecheck_model.cu reproduces on a race-free kernel, for racecheck; workspace reads
+# initcheck cannot prove initialised); the logs say which test and kernel they came from.
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
