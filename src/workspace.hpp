@@ -49,11 +49,15 @@ struct RouterSplit {
   int eslices = 0;  // expert slices (decode with caller routing: 1; prefill with it: 0, no router)
   int kslices = 1;  // K slices of klen columns of H
   int klen = 0;
-  // Prefill kernels: tokens per select ticket (divides chunk_tokens) and the tickets; both 0 in
-  // decode, where each chunk's last router task selects.
+  // Prefill kernels: tokens per select ticket (a multiple of 8 that divides chunk_tokens when
+  // that is one too) and the tickets; both 0 in decode, where each chunk's last router task
+  // selects.
   int select_tokens = 0;
   int selects = 0;
-  int tickets = 0;  // routing tickets of the launch: router tasks, then select tickets
+  // Routing tickets of the launch: router tasks, then select tickets. Stored although derivable:
+  // with two ints instead of three here ptxas serialised the engine's wgmma (bench/NOTES.md,
+  // row 85), so change this struct only with the C7511 check.
+  int tickets = 0;
   FLASHMOE_HOST_DEVICE int router_tasks() const { return chunks * eslices * kslices; }
   FLASHMOE_HOST_DEVICE int tasks() const { return tickets; }
 };
