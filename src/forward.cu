@@ -324,6 +324,7 @@ void fill_params(const Layer::Impl& impl, const KernelVariantInfo& info, const v
   p.pair_weight = static_cast<float*>(at(L.pair_weight));
   p.pair_pos = static_cast<std::uint32_t*>(at(L.pair_pos));
   p.sorted_pair = static_cast<std::int32_t*>(at(L.sorted_pair));
+  p.expert_row0 = static_cast<std::uint32_t*>(at(L.expert_row0));
   p.mtile_info = static_cast<uint4*>(at(L.mtile_info));
   p.mtile_done = static_cast<std::uint32_t*>(at(L.mtile_done));
   p.combine_done = static_cast<std::uint32_t*>(at(L.combine_done));

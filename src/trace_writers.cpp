@@ -96,6 +96,8 @@ std::string event_label(const TraceEvent& e) {
     return fmt::format("wait e{} m-tile {}", e.expert, e.tile);
   }
   if (e.kind == TraceKind::Routing && e.tile < 0) return "routing tile table";
+  if (e.kind == TraceKind::Routing && e.expert == -3)
+    return fmt::format("routing row map t{}", e.tile);
   std::string label = kind;
   if (e.expert >= 0) label += fmt::format(" e{}", e.expert);
   if (e.tile >= 0) label += fmt::format(" t{}", e.tile);

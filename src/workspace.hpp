@@ -30,7 +30,9 @@ inline constexpr int kMinDownTileN = 32;
 // are few chunks, so that the router fills one wave; then select tickets of select_tokens
 // tokens each (one warp a token) sum a logit's K-slice partials in slice order and select, so
 // that the top-k of a chunk is spread over many blocks instead of one warp taking 8 tokens one
-// after another. Neither result depends on which block ran which task.
+// after another; then, once the tile table is out, as many row-map tickets write the same
+// tokens' pairs into the expert-sorted row map (one block's scattered stores took 35 us for
+// 32768 pairs). Neither result depends on which block ran which task.
 // Decode router tasks: 4 x 8 = 32 sums per thread, one per lane after router_logits'
 // reduce-scatter (a static_assert there). 8 tokens measured 2-4% slower at T = 8-64 with the
 // earlier one-expert-per-warp router (bench/NOTES.md, version 18).
@@ -50,15 +52,22 @@ struct RouterSplit {
   int kslices = 1;  // K slices of klen columns of H
   int klen = 0;
   // Prefill kernels: tokens per select ticket (a multiple of 8 that divides chunk_tokens when
-  // that is one too) and the tickets; both 0 in decode, where each chunk's last router task
-  // selects.
+  // that is one too) and the tickets, each with a row-map ticket for the same tokens; both 0 in
+  // decode, where each chunk's last router task selects and the tile table's builder writes the
+  // row map.
   int select_tokens = 0;
   int selects = 0;
-  // Routing tickets of the launch: router tasks, then select tickets. Stored although derivable:
-  // with two ints instead of three here ptxas serialised the engine's wgmma (bench/NOTES.md,
-  // row 85), so change this struct only with the C7511 check.
+  // Routing tickets of the launch: router tasks, then select tickets, then row-map tickets.
+  // Stored although derivable: with two ints instead of three here ptxas serialised the
+  // engine's wgmma (bench/NOTES.md, row 85), so change this struct only with the C7511 check.
   int tickets = 0;
   FLASHMOE_HOST_DEVICE int router_tasks() const { return chunks * eslices * kslices; }
+  // Select (and row-map) tickets that run when `live` tokens are routed: the first always does,
+  // so that the tile table is published even for none.
+  FLASHMOE_HOST_DEVICE int live_selects(int live) const {
+    const int n = (live + select_tokens - 1) / select_tokens;
+    return n > 1 ? n : 1;
+  }
   FLASHMOE_HOST_DEVICE int tasks() const { return tickets; }
 };
 // tile_*: the prefill kernel's down tile (tile_router), else unused.
@@ -80,7 +89,7 @@ FLASHMOE_HOST_DEVICE inline RouterSplit router_split(std::int64_t tokens, int hi
   }
   r.select_tokens = st;
   r.selects = static_cast<int>((tokens + st - 1) / st);
-  r.tickets = r.selects;
+  r.tickets = 2 * r.selects;
   if (user_routing) return r;
   int ks = 1;
   while (2 * ks <= kRouterMaxKSlices && 2 * ks * tile_k <= hidden &&
@@ -91,7 +100,7 @@ FLASHMOE_HOST_DEVICE inline RouterSplit router_split(std::int64_t tokens, int hi
   const int steps = (hidden + tile_k - 1) / tile_k;
   r.klen = (steps + ks - 1) / ks * tile_k;
   r.kslices = (hidden + r.klen - 1) / r.klen;
-  r.tickets = r.router_tasks() + r.selects;
+  r.tickets = r.router_tasks() + 2 * r.selects;
   return r;
 }
 // m-tile height of the decode kernels (DecodeConfig::BM, which checks it). A forward runs the
@@ -195,6 +204,7 @@ enum ControlWord : int {
   kAbort,          // this launch is being abandoned (timeout or bad input)
   kStickyError,    // StatusCode of the first device error, cleared by the host
   kErrorSite,      // where it happened (diagnostics)
+  kRowMapDone,     // prefill kernels: row-map tickets finished
   kControlWords
 };
 inline constexpr int kControlStride = 32;  // uint32 words per 128-byte line
@@ -209,6 +219,7 @@ enum ErrorSite : std::uint32_t {
   kSiteScratchBusy = 5,  // the scratch was owned by another launch
   kSiteJobRing = 6,      // a warp-specialised block's roles waiting for each other (job ring)
   kSiteRouterDone = 7,   // a select ticket waiting for its chunk's router tasks
+  kSiteRowMap = 8,       // a prefill tile waiting for the row map of the tile table
 };
 
 // The scratch's first line: which launch owns it. 0 when idle; a launch's id (from %gridid)
@@ -237,8 +248,8 @@ struct ScratchLayout {
   std::int64_t ypart_rows = 0;       // rows of the ypart planes (K slices x pairs at most)
   // Byte offsets from the scratch base.
   std::size_t owner = 0, logits = 0, pair_expert = 0, pair_weight = 0, pair_pos = 0,
-              sorted_pair = 0, mtile_info = 0, mtile_done = 0, combine_done = 0, h = 0, ypart = 0,
-              x_sorted = 0, total = 0;
+              sorted_pair = 0, expert_row0 = 0, mtile_info = 0, mtile_done = 0, combine_done = 0,
+              h = 0, ypart = 0, x_sorted = 0, total = 0;
   bool has_x_sorted = false;  // forwards of this size can reach the prefill kernels
 };
 
@@ -282,6 +293,7 @@ inline ScratchLayout plan_scratch(const Config& c) {
   w.pair_weight = r.take(w.max_pairs * 4);
   w.pair_pos = r.take(w.max_pairs * 4);
   w.sorted_pair = r.take(w.max_pairs * 4);
+  w.expert_row0 = r.take(E * 4);
   w.mtile_info = r.take(w.max_mtiles * 16);
   w.mtile_done = r.take(w.max_mtiles * 4);
   w.combine_done = r.take(T * w.max_down_ntiles * 4);

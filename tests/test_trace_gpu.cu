@@ -124,13 +124,14 @@ class TraceGpu : public ::testing::Test {
     }
     EXPECT_EQ(trace.router_tasks, chunks * eslices * trace.router_k_slices);
     EXPECT_EQ(count[TraceKind::Router], trace.router_tasks);
-    // The top-k of each chunk (decode) or select ticket (prefill), and the tile table.
+    // The top-k of each chunk (decode) or select ticket (prefill, each with its row-map
+    // ticket), and the tile table.
     const int selects =
         decode ? chunks
                : flashmoe::detail::router_split(T, c.hidden, c.experts, false, true,
                                                 trace.router_tile_m, trace.router_tile_n, 64)
                      .selects;
-    EXPECT_EQ(count[TraceKind::Routing], selects + 1);
+    EXPECT_EQ(count[TraceKind::Routing], (decode ? selects : 2 * selects) + 1);
     EXPECT_EQ(count[TraceKind::GateUp], mtiles * ng);
     // The warp-specialised kernel first copies each m-tile's token rows into expert order.
     EXPECT_EQ(count[TraceKind::Gather], trace.variant == "prefill_ws" ? mtiles : 0);

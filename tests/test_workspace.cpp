@@ -43,7 +43,7 @@ TEST(RouterSplit, FewChunksSpreadOverKSlices) {
   // Then one select ticket per 8 tokens.
   EXPECT_EQ(r.select_tokens, 8);
   EXPECT_EQ(r.selects, 17);
-  EXPECT_EQ(r.tasks(), 48 + 17);
+  EXPECT_EQ(r.tasks(), 48 + 2 * 17);  // and a row-map ticket per select ticket
 }
 
 TEST(RouterSplit, ManyChunksSplitLess) {
@@ -72,7 +72,7 @@ TEST(RouterSplit, SelectTicketsGrowToStayNearTheTarget) {
     SCOPED_TRACE(testing::Message() << "T " << e[0]);
     EXPECT_EQ(r.select_tokens, e[1]);
     EXPECT_EQ(r.selects, e[2]);
-    EXPECT_EQ(r.tasks(), r.router_tasks() + r.selects);
+    EXPECT_EQ(r.tasks(), r.router_tasks() + 2 * r.selects);
   }
 }
 
@@ -82,14 +82,14 @@ TEST(RouterSplit, CallerRoutingIsOneTaskPerChunkInDecodeAndSelectTicketsInPrefil
   EXPECT_EQ(d.eslices, 1);
   EXPECT_EQ(d.kslices, 1);
   EXPECT_EQ(d.tasks(), 25);
-  // Prefill: no router tasks, only select tickets taking the caller's ids.
+  // Prefill: no router tasks, only select tickets taking the caller's ids and row-map tickets.
   const RouterSplit r = router_split(100, 2048, 128, true, true, 32, 64, 128);
   EXPECT_EQ(r.chunks, 4);
   EXPECT_EQ(r.eslices, 0);
   EXPECT_EQ(r.router_tasks(), 0);
   EXPECT_EQ(r.kslices, 1);
   EXPECT_EQ(r.selects, 13);
-  EXPECT_EQ(r.tasks(), 13);
+  EXPECT_EQ(r.tasks(), 2 * 13);
 }
 
 TEST(RouterSplit, SlicesCoverHOnceAndFitTheBuffer) {
@@ -124,7 +124,7 @@ TEST(RouterSplit, SlicesCoverHOnceAndFitTheBuffer) {
           if (tile.m % 8 == 0) {
             EXPECT_EQ(tile.m % r.select_tokens, 0);
           }
-          EXPECT_EQ(r.tasks(), r.router_tasks() + r.selects);
+          EXPECT_EQ(r.tasks(), r.router_tasks() + 2 * r.selects);
           // The buffer of a layer sized for exactly T (the tightest) holds kslices x T rows
           // whenever T runs the prefill kernel (the only one that splits K).
           for (int top_k : {1, 8}) {
@@ -181,9 +181,10 @@ TEST(Layout, StateIsSmallAndScratchStartsWithTheOwnerLine) {
   const auto scratch = flashmoe::detail::plan_scratch(qwen3(8192));
   EXPECT_EQ(scratch.owner, 0u);
   EXPECT_GE(scratch.logits, flashmoe::detail::kScratchHeaderBytes);
-  for (std::size_t offset : {scratch.logits, scratch.pair_expert, scratch.pair_weight,
-                             scratch.pair_pos, scratch.sorted_pair, scratch.mtile_info,
-                             scratch.mtile_done, scratch.combine_done, scratch.h, scratch.ypart}) {
+  for (std::size_t offset :
+       {scratch.logits, scratch.pair_expert, scratch.pair_weight, scratch.pair_pos,
+        scratch.sorted_pair, scratch.expert_row0, scratch.mtile_info, scratch.mtile_done,
+        scratch.combine_done, scratch.h, scratch.ypart}) {
     EXPECT_EQ(offset % 256, 0u);
     EXPECT_LT(offset, scratch.total);
   }

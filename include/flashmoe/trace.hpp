@@ -11,7 +11,8 @@ namespace flashmoe {
 enum class TraceKind : std::uint8_t {
   Router = 0,   // router logits of a token chunk x expert slice (x K slice in prefill)
   Routing = 1,  // top-k of a token chunk (decode; tile = the chunk) or of a select ticket's
-                //   tokens (prefill; tile = the ticket), or the tile-table build (tile = -1)
+                //   tokens (prefill; tile = the ticket; expert = -3: the ticket's row map),
+                //   or the tile-table build (tile = -1)
   GateUp = 2,   // gate/up tile: expert, tile = m-tile * gate/up n-tiles + n-tile
   Down = 3,     // down tile: expert,
                 //   tile = (m-tile * down n-tiles + n-tile) * down K slices + K slice

@@ -155,8 +155,11 @@ __global__ void __launch_bounds__(kThreads, 2)
     if (threadIdx.x == 0) {
       // Thread 0 alone claims, and waits for the ticket total when the ticket is past routing;
       // the block reads both only after the barrier.
-      s_ticket =
-          claim_ticket(p, routing_tickets, tasks_per_mtile, {s_claim, s_total, s_mtiles}, tr);
+      // The prefill kernel's first tile also waits for the row map (routing_ticket.cuh).
+      std::uint32_t row_maps = 0;
+      if constexpr (Cfg::tile_router) row_maps = rs.live_selects(s_live);
+      s_ticket = claim_ticket<Cfg::tile_router>(p, routing_tickets, tasks_per_mtile,
+                                                {s_claim, s_total, s_mtiles}, tr, row_maps);
     }
     __syncthreads();
     const std::uint32_t ticket = s_ticket;
@@ -187,7 +190,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
   if (s_claim == kClaimRefused) return;  // read after the loop's last barrier
   tr.finish();
-  finish_launch<kThreads>(p, rs.chunks, s_flag);
+  finish_launch<kThreads, Cfg::tile_router>(p, rs.chunks, s_flag);
 }
 
 }  // namespace flashmoe::detail

@@ -180,8 +180,9 @@ __global__ void __launch_bounds__(W::kThreads, 1)
     fence_proxy_async_smem();
     __syncthreads();
     if (threadIdx.x == 0) {
-      s_ticket =
-          claim_ticket(p, routing_tickets, tasks_per_mtile, {s_claim, s_total, s_mtiles}, tr);
+      // The first tile also waits for the row map (routing_ticket.cuh).
+      s_ticket = claim_ticket<true>(p, routing_tickets, tasks_per_mtile,
+                                    {s_claim, s_total, s_mtiles}, tr, rs.live_selects(s_live));
     }
     __syncthreads();
     const std::uint32_t ticket = s_ticket;
@@ -217,7 +218,7 @@ __global__ void __launch_bounds__(W::kThreads, 1)
   }
   if (s_claim == kClaimRefused) return;
   tr.finish();
-  finish_launch<W::kThreads>(p, rs.chunks, s_flag);
+  finish_launch<W::kThreads, true>(p, rs.chunks, s_flag);
 #else
   (void)p;
 #endif

@@ -53,6 +53,7 @@ struct KernelParams {
   float* pair_weight;           // [T*K]
   std::uint32_t* pair_pos;      // [T*K] position among its expert's rows
   std::int32_t* sorted_pair;    // [T*K] row (grouped by expert) -> pair index t*K+k
+  std::uint32_t* expert_row0;   // [E] each expert's first row (prefill kernels' row map)
   uint4* mtile_info;            // [m-tiles] MTileInfo of the m-tile's expert (tile_table.cuh)
   std::uint32_t* mtile_done;    // gate/up tiles finished per m-tile
   std::uint32_t* combine_done;  // [T, down n-tiles] down tiles finished per token slice

@@ -312,9 +312,56 @@ struct ScanSmem {
   std::uint32_t count[1024], offset[1024], mtile_offset[1024];
 };
 
-// The last routing task to finish: prefix sums over experts, the m-tile table, the
-// row -> pair map, then the task count is published (release), which starts the tiles.
-template <typename T, int BM>
+// The team: sorted_pair[row0[e] + pos] = q for the pairs q in [q0, q1) (expert e, position pos
+// among e's rows). Four consecutive pairs a 16-byte load (the pair arrays start 256-byte
+// aligned), kMapBatch loads of each array in flight: one L2 round trip per 4 * kMapBatch *
+// kThreads pairs (one pair a thread at a time, 8192 pairs took 9 us at T = 1024).
+template <typename T>
+__device__ void write_row_map(const KernelParams<T>& p, const std::uint32_t* row0, std::int64_t q0,
+                              std::int64_t q1) {
+  constexpr int kMapBatch = 4;
+  const std::int64_t quad0 = (q0 + 3) / 4, quad1 = q1 / 4;
+  auto one = [&](std::int64_t q) {
+    const int e = __ldcg(p.pair_expert + q);
+    p.sorted_pair[row0[e] + __ldcg(reinterpret_cast<const unsigned*>(p.pair_pos + q))] =
+        static_cast<std::int32_t>(q);
+  };
+  if (quad0 >= quad1) {
+    for (std::int64_t q = q0 + threadIdx.x; q < q1; q += kThreads) one(q);
+    return;
+  }
+  const int4* expert4 = reinterpret_cast<const int4*>(p.pair_expert);
+  const uint4* pos4 = reinterpret_cast<const uint4*>(p.pair_pos);
+  for (std::int64_t first = quad0 + threadIdx.x; first < quad1; first += kThreads * kMapBatch) {
+    int4 e[kMapBatch];
+    uint4 pos[kMapBatch];
+#pragma unroll
+    for (int b = 0; b < kMapBatch; ++b) {
+      const std::int64_t q = first + b * kThreads;
+      e[b] = q < quad1 ? __ldcg(expert4 + q) : make_int4(0, 0, 0, 0);
+      pos[b] = q < quad1 ? __ldcg(pos4 + q) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int b = 0; b < kMapBatch; ++b) {
+      const std::int64_t q = first + b * kThreads;
+      if (q < quad1) {
+        const std::int32_t pair = static_cast<std::int32_t>(4 * q);
+        p.sorted_pair[row0[e[b].x] + pos[b].x] = pair;
+        p.sorted_pair[row0[e[b].y] + pos[b].y] = pair + 1;
+        p.sorted_pair[row0[e[b].z] + pos[b].z] = pair + 2;
+        p.sorted_pair[row0[e[b].w] + pos[b].w] = pair + 3;
+      }
+    }
+  }
+  // The unaligned ends: below the first whole quad and past the last.
+  if (threadIdx.x < 4 * quad0 - q0) one(q0 + threadIdx.x);
+  if (threadIdx.x < q1 - 4 * quad1) one(4 * quad1 + threadIdx.x);
+}
+
+// The last routing task to finish: prefix sums over experts, the m-tile table, the row -> pair
+// map (kRowMap; else each expert's first row, for the prefill kernels' row-map tickets), then
+// the task count is published (release), which starts the tiles.
+template <typename T, int BM, bool kRowMap>
 __device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_raw, int live,
                                  std::uint32_t routing_tickets, std::uint32_t tasks_per_mtile) {
   constexpr int kItems = 1024 / kThreads;
@@ -353,39 +400,41 @@ __device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_r
       p.mtile_info[s.mtile_offset[e] + j] = info;
       p.mtile_done[s.mtile_offset[e] + j] = 0;
     }
+    if constexpr (!kRowMap) p.expert_row0[e] = s.offset[e];
   }
-  // The row map, four consecutive pairs a 16-byte load (the pair arrays start 256-byte aligned)
-  // and kMapBatch loads of each array in flight: one L2 round trip per 4 * kMapBatch * kThreads
-  // pairs (one pair a thread at a time, 8192 pairs took 9 us at T = 1024).
-  constexpr int kMapBatch = 4;
-  const std::int64_t pairs = static_cast<std::int64_t>(live) * p.top_k, quads = pairs / 4;
-  const int4* expert4 = reinterpret_cast<const int4*>(p.pair_expert);
-  const uint4* pos4 = reinterpret_cast<const uint4*>(p.pair_pos);
-  for (std::int64_t first = threadIdx.x; first < quads; first += kThreads * kMapBatch) {
-    int4 e[kMapBatch];
-    uint4 pos[kMapBatch];
+  if constexpr (kRowMap) {
+    // The decode kernels' row map, here and in this form: four consecutive pairs a 16-byte load
+    // (the pair arrays start 256-byte aligned), kMapBatch loads of each array in flight.
+    constexpr int kMapBatch = 4;
+    const std::int64_t pairs = static_cast<std::int64_t>(live) * p.top_k, quads = pairs / 4;
+    const int4* expert4 = reinterpret_cast<const int4*>(p.pair_expert);
+    const uint4* pos4 = reinterpret_cast<const uint4*>(p.pair_pos);
+    for (std::int64_t first = threadIdx.x; first < quads; first += kThreads * kMapBatch) {
+      int4 e[kMapBatch];
+      uint4 pos[kMapBatch];
 #pragma unroll
-    for (int b = 0; b < kMapBatch; ++b) {
-      const std::int64_t q = first + b * kThreads;
-      e[b] = q < quads ? __ldcg(expert4 + q) : make_int4(0, 0, 0, 0);
-      pos[b] = q < quads ? __ldcg(pos4 + q) : make_uint4(0, 0, 0, 0);
-    }
+      for (int b = 0; b < kMapBatch; ++b) {
+        const std::int64_t q = first + b * kThreads;
+        e[b] = q < quads ? __ldcg(expert4 + q) : make_int4(0, 0, 0, 0);
+        pos[b] = q < quads ? __ldcg(pos4 + q) : make_uint4(0, 0, 0, 0);
+      }
 #pragma unroll
-    for (int b = 0; b < kMapBatch; ++b) {
-      const std::int64_t q = first + b * kThreads;
-      if (q < quads) {
-        const std::int32_t pair = static_cast<std::int32_t>(4 * q);
-        p.sorted_pair[s.offset[e[b].x] + pos[b].x] = pair;
-        p.sorted_pair[s.offset[e[b].y] + pos[b].y] = pair + 1;
-        p.sorted_pair[s.offset[e[b].z] + pos[b].z] = pair + 2;
-        p.sorted_pair[s.offset[e[b].w] + pos[b].w] = pair + 3;
+      for (int b = 0; b < kMapBatch; ++b) {
+        const std::int64_t q = first + b * kThreads;
+        if (q < quads) {
+          const std::int32_t pair = static_cast<std::int32_t>(4 * q);
+          p.sorted_pair[s.offset[e[b].x] + pos[b].x] = pair;
+          p.sorted_pair[s.offset[e[b].y] + pos[b].y] = pair + 1;
+          p.sorted_pair[s.offset[e[b].z] + pos[b].z] = pair + 2;
+          p.sorted_pair[s.offset[e[b].w] + pos[b].w] = pair + 3;
+        }
       }
     }
-  }
-  for (std::int64_t q = 4 * quads + threadIdx.x; q < pairs; q += kThreads) {
-    const int e = __ldcg(p.pair_expert + q);
-    p.sorted_pair[s.offset[e] + __ldcg(reinterpret_cast<const unsigned*>(p.pair_pos + q))] =
-        static_cast<std::int32_t>(q);
+    for (std::int64_t q = 4 * quads + threadIdx.x; q < pairs; q += kThreads) {
+      const int e = __ldcg(p.pair_expert + q);
+      p.sorted_pair[s.offset[e] + __ldcg(reinterpret_cast<const unsigned*>(p.pair_pos + q))] =
+          static_cast<std::int32_t>(q);
+    }
   }
   team_sync();
   if (threadIdx.x == 0) {

@@ -48,14 +48,16 @@ __device__ __forceinline__ void finish_routing(const KernelParams<T>& p, unsigne
   if (s_flag) {
     start = tr.now();
     for (int i = threadIdx.x; i < chunks_to_reset; i += kThreads) p.router_done[i] = 0;
-    build_tile_table<T, Cfg::BM>(p, smem, live, routing_tickets, tasks_per_mtile);
+    build_tile_table<T, Cfg::BM, !Cfg::tile_router>(p, smem, live, routing_tickets,
+                                                    tasks_per_mtile);
     tr.record(TraceKind::Routing, start, -1, -1);
   }
 }
 
 // Prefill kernels (tile router): router task `ticket` (chunk-major, so that the first chunks'
-// select tickets can start while later chunks' router tasks still run) or select ticket
-// `ticket - router tasks`.
+// select tickets can start while later chunks' router tasks still run), select ticket
+// `ticket - router tasks`, or the row-map ticket of the select ticket `ticket - router tasks -
+// selects`, which waits for the tile table.
 template <class Cfg, class Down, typename T>
 __device__ __forceinline__ void run_tile_routing_ticket(const KernelParams<T>& p,
                                                         unsigned char* smem, std::uint32_t ticket,
@@ -79,12 +81,36 @@ __device__ __forceinline__ void run_tile_routing_ticket(const KernelParams<T>& p
     if (threadIdx.x == 0) add_release(&p.router_done[chunk], 1);
     return;
   }
-  const int select = static_cast<int>(ticket) - router_tasks;
-  const int live_selects = max(1, (live + rs.select_tokens - 1) / rs.select_tokens);
+  int select = static_cast<int>(ticket) - router_tasks;
+  const int live_selects = rs.live_selects(live);
+  const bool row_map = select >= rs.selects;
+  if (row_map) select -= rs.selects;
   if (select >= live_selects) return;
   const int t0 = select * rs.select_tokens, t_end = min(t0 + rs.select_tokens, live);
   const bool user_routing = p.user_ids != nullptr;
   std::uint64_t start = tr.now();
+  if (row_map) {
+    if (threadIdx.x == 0) {
+      bool spun = false;
+      s_flag =
+          wait_at_least(p.ctl, p.ctl.word(kTasksTotal), 1, p.timeout_ns, kSiteTasksTotal, spun);
+      if (spun) tr.record(TraceKind::Wait, start, -1, -1);
+    }
+    team_sync();
+    if (!s_flag) return;  // abandoned: the launch has failed
+    start = tr.now();
+    // Each expert's first row, written by another block this launch: through L2, into shared
+    // memory for the scattered lookups.
+    std::uint32_t* row0 = reinterpret_cast<ScanSmem*>(smem)->offset;
+    for (int e = threadIdx.x; e < p.experts; e += kThreads) row0[e] = __ldcg(p.expert_row0 + e);
+    team_sync();
+    write_row_map(p, row0, static_cast<std::int64_t>(t0) * p.top_k,
+                  static_cast<std::int64_t>(t_end) * p.top_k);
+    team_sync();  // the whole map slice is written before it is counted
+    if (threadIdx.x == 0) add_release(p.ctl.word(kRowMapDone), 1);
+    tr.record(TraceKind::Routing, start, -3, select);
+    return;
+  }
   if (!user_routing) {
     if (threadIdx.x == 0) {
       // Every router task of the chunks holding the ticket's tokens (one chunk unless a chunk

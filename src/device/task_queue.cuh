@@ -24,11 +24,14 @@ struct QueueState {
 
 // Thread 0: the block's next ticket, or kNoTicket when the block is done (the launch is
 // abandoned, the block was refused the scratch, or the wait for the tile table ended).
-template <typename T>
+// kRowMaps (prefill kernels): the block's first tile also waits for the `row_maps` row-map
+// tickets, whose part of the table every tile reads, directly or through its m-tile's earlier
+// tiles.
+template <bool kRowMaps = false, typename T>
 __device__ __forceinline__ std::uint32_t claim_ticket(const KernelParams<T>& p,
                                                       std::uint32_t routing_tickets,
                                                       std::uint32_t tasks_per_mtile, QueueState q,
-                                                      Tracer& tr) {
+                                                      Tracer& tr, std::uint32_t row_maps = 0) {
   std::uint32_t t = p.ctl.aborted() ? kNoTicket : fetch_add_relaxed(p.ctl.word(kQueueHead), 1);
   if (q.claim == kClaimPending) {
     // The block's first ticket: the scratch claim's round trip runs beside the ticket's.
@@ -52,6 +55,14 @@ __device__ __forceinline__ std::uint32_t claim_ticket(const KernelParams<T>& p,
     } else {
       t = kNoTicket;  // abandoned
     }
+    if constexpr (kRowMaps) {
+      bool map_spun = false;
+      if (t != kNoTicket && !wait_at_least(p.ctl, p.ctl.word(kRowMapDone), row_maps, p.timeout_ns,
+                                           kSiteRowMap, map_spun)) {
+        t = kNoTicket;  // abandoned
+      }
+      spun = spun || map_spun;
+    }
     if (spun) tr.record(TraceKind::Wait, t0, -1, -1);
   }
   return t;
@@ -59,7 +70,8 @@ __device__ __forceinline__ std::uint32_t claim_ticket(const KernelParams<T>& p,
 
 // Every thread of the block, after its last task: the last block out resets the launch state
 // for the next forward. `flag` is a shared word of the block.
-template <int kBlockThreads, typename T>
+// kRowMaps: the prefill kernels' row-map count is reset too.
+template <int kBlockThreads, bool kRowMaps, typename T>
 __device__ __forceinline__ void finish_launch(const KernelParams<T>& p, int router_chunks,
                                               bool& flag) {
   __syncthreads();
@@ -80,6 +92,7 @@ __device__ __forceinline__ void finish_launch(const KernelParams<T>& p, int rout
     for (ControlWord w : {kQueueHead, kRoutingDone, kTasksTotal, kAbort, kExitCount}) {
       store_relaxed(p.ctl.word(w), 0);
     }
+    if constexpr (kRowMaps) store_relaxed(p.ctl.word(kRowMapDone), 0);
     release_scratch(p.owner);
   }
 }
