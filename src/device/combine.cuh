@@ -1,9 +1,9 @@
 // The fixed-order combine: y[token, c0 : c0 + cols] = the sum of the token's weighted expert
-// rows (ypart: top-k major, K slice minor) in that order (+ beta * y), so that the result does not
-// depend on which tile finished the token last. Run by the tile that finished the token slice.
-// The warp-specialised kernel's form; the 256-thread kernels keep their own copy in
-// expert_tiles.cuh (moving theirs here changed the SASS of all 24 decode kernels, whose speed
-// moves with their code layout: bench/NOTES.md, versions 19-25).
+// rows (ypart, here in the activation type: top-k major, K slice minor) in that order, in fp32
+// (+ beta * y), so that the result does not depend on which tile finished the token last. Run by
+// the tile that finished the token slice. The warp-specialised kernel's form; the 256-thread
+// kernels keep their own copy in expert_tiles.cuh (moving theirs here changed the SASS of all 24
+// decode kernels, whose speed moves with their code layout: bench/NOTES.md, versions 19-25).
 #pragma once
 
 #include <cstdint>
@@ -27,7 +27,7 @@ __device__ __forceinline__ void combine_tokens(const KernelParams<T>& p, const s
   const int quads = cols / 4;
   const int items = count * quads;
   for (int first = tid; first < items; first += threads * kItems) {
-    const float* src[kItems];
+    const T* src[kItems];
     T* dst[kItems];
     float4 sum[kItems];
 #pragma unroll
@@ -36,7 +36,7 @@ __device__ __forceinline__ void combine_tokens(const KernelParams<T>& p, const s
       const int item = min(first + i * threads, items - 1);
       const std::int64_t t = tokens[item / quads];
       const int c = c0 + (item % quads) * 4;
-      src[i] = p.ypart + t * p.top_k * H + c;
+      src[i] = reinterpret_cast<const T*>(p.ypart) + t * p.top_k * H + c;
       dst[i] = p.y + t * H + c;
       sum[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
@@ -47,11 +47,12 @@ __device__ __forceinline__ void combine_tokens(const KernelParams<T>& p, const s
       const std::int64_t off = (s * pairs + k) * static_cast<std::int64_t>(H);
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
-        const float4 v = __ldcg(reinterpret_cast<const float4*>(src[i] + off));
-        sum[i].x += v.x;
-        sum[i].y += v.y;
-        sum[i].z += v.z;
-        sum[i].w += v.w;
+        const uint2 bits = __ldcg(reinterpret_cast<const uint2*>(src[i] + off));
+        const T* v = reinterpret_cast<const T*>(&bits);
+        sum[i].x += to_f32(v[0]);
+        sum[i].y += to_f32(v[1]);
+        sum[i].z += to_f32(v[2]);
+        sum[i].w += to_f32(v[3]);
       }
       if (++s == p.dsplit.kslices) {
         s = 0;

@@ -112,12 +112,14 @@ struct WsEpilogue {
     return d;
   }
 
-  // ypart[kslice, pair, n0 : n0 + BN] = w_pair * (h W2^T) for the m-tile's rows.
+  // ypart[kslice, pair, n0 : n0 + BN] = w_pair * (h W2^T) for the m-tile's rows, in the
+  // activation type (as the grouped-GEMM paths of serving engines keep their per-pair rows):
+  // half the bytes of fp32 rows, written here and read back by the combine.
   __device__ static void down_store(const KernelParams<T>& p, const WsJob& job,
                                     const float (&acc)[W::kAcc], const DownRows& d) {
     const int H = p.hidden;
     const std::int64_t pairs = static_cast<std::int64_t>(p.num_tokens) * p.top_k;
-    float* plane = p.ypart + job.kslice * pairs * H;
+    T* plane = reinterpret_cast<T*>(p.ypart) + job.kslice * pairs * H;
     const bool split = split_columns(job);
     const int cols = split ? W::BN / 2 : W::BN;  // this warpgroup's
     const int c0 = static_cast<int>(job.ntile) * W::BN + (split ? warpgroup() * cols : 0);
@@ -126,8 +128,9 @@ struct WsEpilogue {
       const int i = (j >> 1) & 1;  // accumulators with j % 4 >= 2 hold row r + 8
       const int col = wgmma_acc_col(j);
       if (d.pair[i] >= 0 && col < cols && c0 + col < H) {
-        *reinterpret_cast<float2*>(plane + static_cast<std::int64_t>(d.pair[i]) * H + c0 + col) =
-            make_float2(acc[j] * d.weight[i], acc[j + 1] * d.weight[i]);
+        *reinterpret_cast<std::uint32_t*>(plane + static_cast<std::int64_t>(d.pair[i]) * H + c0 +
+                                          col) =
+            pack2<T>(acc[j] * d.weight[i], acc[j + 1] * d.weight[i]);
       }
     }
   }
