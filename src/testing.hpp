@@ -34,4 +34,8 @@ inline void set_ws_tile_switch(Layer& layer, int rows_per_expert) {
   if (layer.valid()) layer.impl()->ws_tall_rows = rows_per_expert < 0 ? 0 : rows_per_expert;
 }
 
+// Whether `layer` runs the warp-specialised engine for its prefill forwards (sm_90a, and a
+// scratch planned for them), which moves the decode/prefill switch (workspace.hpp, runs_prefill).
+inline bool has_ws_engine(Layer& layer) { return layer.valid() && layer.impl()->ws_engine; }
+
 }  // namespace flashmoe::testing

@@ -128,6 +128,19 @@ FLASHMOE_HOST_DEVICE inline bool large_experts(int hidden, int intermediate) {
 FLASHMOE_HOST_DEVICE inline bool runs_prefill_kernel(std::int64_t tokens, int top_k, int experts) {
   return tokens * top_k > static_cast<std::int64_t>(kDecodeTileM) * experts;
 }
+// Rows per expert (on average) from which the warp-specialised engine (sm_90a) runs a forward
+// instead of the decode kernels: with its 64-row tiles and a producer that runs ahead across
+// tiles it beat the 32- and 48-row decode kernels from 28 rows on every shape measured, and lost
+// at 24 (bench/NOTES.md, row 93). The 256-thread prefill kernel keeps runs_prefill_kernel's rule.
+inline constexpr int kEngineMinRows = 28;
+static_assert(kEngineMinRows <= kDecodeTileM, "the scratch is planned for the earlier switch");
+// Whether a forward of `tokens` tokens runs a prefill kernel on a Layer with (engine) or without
+// the warp-specialised engine. Either rule only grows with T.
+FLASHMOE_HOST_DEVICE inline bool runs_prefill(std::int64_t tokens, int top_k, int experts,
+                                              bool engine) {
+  return engine ? tokens * top_k >= static_cast<std::int64_t>(kEngineMinRows) * experts
+                : runs_prefill_kernel(tokens, top_k, experts);
+}
 
 // Down tiles may split K (= I) into slices when one tile's weights exceed kDownSliceBytes: a
 // few long down tiles that do not fill their last wave leave blocks idle for a whole tile
@@ -175,11 +188,12 @@ inline std::int64_t ypart_rows(std::int64_t max_tokens, int top_k, int inter) {
 }
 
 // Rows of the router's partial-logit buffer ([kslices][T][E]) for any T <= max_tokens. Only
-// the prefill kernel splits K, so a layer whose forwards never reach it needs T rows. With more
+// the prefill kernels split K, so a layer whose forwards never reach them (on any device: the
+// engine's earlier switch) needs T rows. With more
 // than one K slice, chunks * kslices <= kRouterTargetTasks, so kslices * T is at most that many
 // chunks of the tallest m-tile (64 rows).
 inline std::int64_t router_partial_rows(std::int64_t max_tokens, int top_k, int experts) {
-  if (!runs_prefill_kernel(max_tokens, top_k, experts)) return max_tokens;
+  if (!runs_prefill(max_tokens, top_k, experts, true)) return max_tokens;
   const std::int64_t split = std::min<std::int64_t>(kRouterMaxKSlices * max_tokens,
                                                     std::int64_t{kRouterTargetTasks} * kMaxTileM);
   return std::max(max_tokens, split);
@@ -301,8 +315,9 @@ inline ScratchLayout plan_scratch(const Config& c) {
   w.ypart_rows = ypart_rows(T, c.top_k, c.intermediate);
   w.ypart = r.take(w.ypart_rows * H * 4);
   // The warp-specialised prefill kernel (sm_90a) reads its token rows as boxes of an
-  // expert-sorted copy of x, [T*K, H] (the rows of sorted_pair).
-  w.has_x_sorted = runs_prefill_kernel(T, c.top_k, c.experts);
+  // expert-sorted copy of x, [T*K, H] (the rows of sorted_pair). The plan does not know the
+  // device, so it takes the engine's switch.
+  w.has_x_sorted = runs_prefill(T, c.top_k, c.experts, true);
   if (w.has_x_sorted) w.x_sorted = r.take(w.max_pairs * H * 2);
   w.total = r.total();
   return w;
