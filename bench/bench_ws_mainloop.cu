@@ -1,6 +1,8 @@
 // Times the warp-specialised gathered GEMM (tests/ws_gather_gemm.cuh) with each way of loading
 // the token rows, at expert-GEMM shapes, in TFLOP/s: the measurement that picks the prefill
-// engine's A path (issue 20). Run on an H100/H200; elsewhere every row is skipped.
+// engine's A path (issue 20); and issue 21's decode stream (tests/ws_decode_stream.cuh) at the
+// T = 1 selections of the benchmark shapes, in us and TB/s of expert weights. Run on an
+// H100/H200; elsewhere every row is skipped.
 #include <benchmark/benchmark.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -11,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "ws_decode_stream.cuh"
 #include "ws_gather_gemm.cuh"
 
 namespace {
@@ -146,6 +149,115 @@ void register_rows(const char* gather) {
   }
 }
 
+struct StreamShape {
+  const char* name;
+  int hidden, inter, experts, selected;  // selected: the experts one token chooses (K)
+};
+
+constexpr StreamShape kStreamShapes[] = {{"Qwen3-30B-A3B", 2048, 768, 128, 8},
+                                         {"OLMoE", 2048, 1024, 64, 8},
+                                         {"DeepSeek-V2-Lite", 2048, 1408, 64, 6},
+                                         {"Mixtral-8x7B", 4096, 14336, 8, 2}};
+
+// One token's stream: a CUDA graph of 8 launches, each on its own selection of experts (so no
+// launch finds its weights in L2) with its own zeroed counters (one memset node first), as
+// bench_moe times its forwards. Reports us per launch and the expert weights' rate.
+void BM_DecodeStream(benchmark::State& state, StreamShape s) {
+  int major = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
+      major != 9) {
+    state.SkipWithError("needs an sm_90 GPU");
+    return;
+  }
+  constexpr int kLaunches = 8;
+  using flashmoe_test::kDsTokens;
+  const std::size_t H = s.hidden, I = s.inter, E = s.experts, S = s.selected;
+  const std::size_t rows = S * kDsTokens;
+  Buffer dw13(E * 2 * I * H * 2), dw2(E * H * I * 2), dx(rows * H * 2), dh(rows * I * 2),
+      dout(rows * H * 4), dexperts(kLaunches * S * 4), words(kLaunches * (1 + S) * 4),
+      control(64 * 4 * 16);
+  if (!dw13.ptr || !dw2.ptr || !dx.ptr || !dh.ptr || !dout.ptr || !dexperts.ptr || !words.ptr ||
+      !control.ptr) {
+    state.SkipWithError("cudaMalloc failed");
+    return;
+  }
+  // Weight values do not change the timing; one token row, the rest zeros.
+  cudaMemset(dw13.ptr, 0x3c, dw13.bytes);
+  cudaMemset(dw2.ptr, 0x3c, dw2.bytes);
+  cudaMemset(dx.ptr, 0, dx.bytes);
+  cudaMemset(control.ptr, 0, control.bytes);
+  std::vector<int> experts(kLaunches * S);
+  for (std::size_t i = 0; i < experts.size(); ++i) experts[i] = static_cast<int>(i % E);
+  cudaMemcpy(dexperts.ptr, experts.data(), experts.size() * 4, cudaMemcpyHostToDevice);
+  flashmoe_test::DecodeStreamMaps maps{};
+  const int n = static_cast<int>(rows);
+  if (!flashmoe_test::encode_bf16_map(maps.x, dx.ptr, n, s.hidden, kDsTokens) ||
+      !flashmoe_test::encode_bf16_map(maps.w13, dw13.ptr, static_cast<int>(E * 2 * I), s.hidden,
+                                      flashmoe_test::kDsGateCols) ||
+      !flashmoe_test::encode_bf16_map(maps.w2, dw2.ptr, static_cast<int>(E * H), s.inter, 64) ||
+      !flashmoe_test::encode_bf16_map(maps.h, dh.ptr, n, s.inter, kDsTokens)) {
+    state.SkipWithError("cuTensorMapEncodeTiled failed");
+    return;
+  }
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  cudaStream_t stream;
+  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  bool ok = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+  ok = ok && cudaMemsetAsync(words.ptr, 0, words.bytes, stream) == cudaSuccess;
+  for (int l = 0; l < kLaunches && ok; ++l) {
+    const flashmoe_test::DecodeStreamArgs args{
+        dexperts.get<int>() + l * S,
+        s.selected,
+        s.hidden,
+        s.inter,
+        dh.get<__nv_bfloat16>(),
+        dout.get<float>(),
+        words.get<std::uint32_t>() + l * (1 + S),
+        {{control.get<std::uint32_t>(), nullptr}, 2'000'000'000ull}};
+    ok = flashmoe_test::launch_ws_decode_stream(maps, args, sms, stream) == cudaSuccess;
+  }
+  ok = cudaStreamEndCapture(stream, &graph) == cudaSuccess && ok;
+  ok = ok && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
+  for (int i = 0; i < 3 && ok; ++i) ok = cudaGraphLaunch(exec, stream) == cudaSuccess;
+  ok = ok && cudaStreamSynchronize(stream) == cudaSuccess;
+  std::uint32_t error = 0;
+  cudaMemcpy(&error,
+             control.get<std::uint32_t>() +
+                 flashmoe::detail::kStickyError * flashmoe::detail::kControlStride,
+             4, cudaMemcpyDeviceToHost);
+  if (!ok || error != 0) {
+    state.SkipWithError("the stream failed (launch, graph or a wait's watchdog)");
+  } else {
+    cudaEvent_t start, stop;
+    cudaEventCreate(&start);
+    cudaEventCreate(&stop);
+    std::vector<float> times;
+    for (auto _ : state) {
+      cudaEventRecord(start, stream);
+      cudaGraphLaunch(exec, stream);
+      cudaEventRecord(stop, stream);
+      cudaEventSynchronize(stop);
+      float ms = 0.0f;
+      cudaEventElapsedTime(&ms, start, stop);
+      state.SetIterationTime(ms / 1e3 / kLaunches);
+      times.push_back(ms * 1e3f / kLaunches);
+    }
+    std::sort(times.begin(), times.end());
+    const double us = times[times.size() / 2];
+    const double bytes = 3.0 * S * H * I * 2;
+    state.counters["us_median"] = us;
+    state.counters["weights_TBps"] = bytes / (us * 1e-6) / 1e12;
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+  }
+  if (exec) cudaGraphExecDestroy(exec);
+  if (graph) cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -165,6 +277,13 @@ int main(int argc, char** argv) {
   // Clusters of two blocks sharing each stage's weight rows (multicast): half the L2 reads.
   register_rows<256, 4, AGather::Contiguous, 0, false, true>("contiguous_multicast");
   register_rows<256, 4, AGather::Contiguous, 0, true, true>("contiguous_multicast");
+  for (const StreamShape& s : kStreamShapes) {
+    benchmark::RegisterBenchmark((std::string("DecodeStream/") + s.name + "/T:1").c_str(),
+                                 BM_DecodeStream, s)
+        ->UseManualTime()
+        ->Iterations(50)
+        ->Unit(benchmark::kMicrosecond);
+  }
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

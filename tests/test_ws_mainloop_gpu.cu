@@ -1,7 +1,8 @@
 // The warp-specialised mainloop's parts on sm_90a, before the engine uses them (issue 20): the
 // producer/consumer ring (device/pipeline.cuh), weight boxes, the wide warpgroup MMA
 // (device/wgmma.cuh) and three ways of loading gathered token rows (ws_gather_gemm.cuh), in a
-// persistent gathered GEMM checked against a CPU product. Skipped off Hopper.
+// persistent gathered GEMM checked against a CPU product; and issue 21's swap-AB decode stream
+// (ws_decode_stream.cuh) against a CPU gate/up and down. Skipped off Hopper.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "test_util.hpp"
+#include "ws_decode_stream.cuh"
 #include "ws_gather_gemm.cuh"
 
 namespace {
@@ -211,6 +213,126 @@ TEST(WsMainloop, ClusterPairsSharingWeightBoxesMatchTheCpu) {
   run_case<256, 4, kC, 0, false, true>({1000, 5, 384, 1000, 132}, rng);
   run_case<256, 4, kC, 0, true, true>({1000, 3, 300, 2048, 6}, rng);
   run_case<256, 4, kC, 0, true, true>({77, 2, 200, 136, 2}, rng);
+}
+
+struct StreamCase {
+  int hidden, inter, experts, selected, grid;
+};
+
+// One decode stream: random tokens per selected expert (1..16 rows, zeros past them), every
+// cell of h and of the down product checked, both poisoned first.
+void run_stream_case(const StreamCase& cs, std::mt19937_64& rng) {
+  using flashmoe_test::kDsTokens;
+  SCOPED_TRACE(::testing::Message() << "H " << cs.hidden << " I " << cs.inter << " E " << cs.experts
+                                    << " selected " << cs.selected << " grid " << cs.grid);
+  const int H = cs.hidden, I = cs.inter, S = cs.selected, rows = S * kDsTokens;
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<__nv_bfloat16> x(static_cast<std::size_t>(rows) * H, __float2bfloat16(0.0f)),
+      w13(static_cast<std::size_t>(cs.experts) * 2 * I * H),
+      w2(static_cast<std::size_t>(cs.experts) * H * I);
+  for (auto& v : w13) v = __float2bfloat16(u(rng));
+  for (auto& v : w2) v = __float2bfloat16(u(rng));
+  std::vector<int> experts(S);
+  for (int s = 0; s < S; ++s) {
+    experts[s] = std::uniform_int_distribution<int>(0, cs.experts - 1)(rng);
+    const int live = std::uniform_int_distribution<int>(1, kDsTokens)(rng);
+    for (int t = 0; t < live; ++t) {
+      for (int k = 0; k < H; ++k) {
+        x[(static_cast<std::size_t>(s) * kDsTokens + t) * H + k] = __float2bfloat16(u(rng));
+      }
+    }
+  }
+  DeviceBuffer dx(x.size() * 2), dw13(w13.size() * 2), dw2(w2.size() * 2), dexperts(S * 4),
+      dh(static_cast<std::size_t>(rows) * I * 2), dout(static_cast<std::size_t>(rows) * H * 4),
+      words((1 + S) * 4), control(64 * 4 * 16);
+  ASSERT_EQ(cudaMemcpy(dx.get(), x.data(), x.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dw13.get(), w13.data(), w13.size() * 2, cudaMemcpyHostToDevice),
+            cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dw2.get(), w2.data(), w2.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dexperts.get(), experts.data(), S * 4, cudaMemcpyHostToDevice), cudaSuccess);
+  ASSERT_EQ(cudaMemset(dh.get(), 0xff, dh.bytes()), cudaSuccess);  // poison: NaN
+  ASSERT_EQ(cudaMemset(dout.get(), 0xff, dout.bytes()), cudaSuccess);
+  ASSERT_EQ(cudaMemset(words.get(), 0, words.bytes()), cudaSuccess);
+  ASSERT_EQ(cudaMemset(control.get(), 0, control.bytes()), cudaSuccess);
+  flashmoe_test::DecodeStreamMaps maps{};
+  ASSERT_TRUE(flashmoe_test::encode_bf16_map(maps.x, dx.get(), rows, H, kDsTokens));
+  ASSERT_TRUE(flashmoe_test::encode_bf16_map(maps.w13, dw13.get(), cs.experts * 2 * I, H,
+                                             flashmoe_test::kDsGateCols));
+  ASSERT_TRUE(flashmoe_test::encode_bf16_map(maps.w2, dw2.get(), cs.experts * H, I, 64));
+  ASSERT_TRUE(flashmoe_test::encode_bf16_map(maps.h, dh.get(), rows, I, kDsTokens));
+  const flashmoe_test::DecodeStreamArgs args{
+      dexperts.get<int>(),
+      S,
+      H,
+      I,
+      dh.get<__nv_bfloat16>(),
+      dout.get<float>(),
+      words.get<std::uint32_t>(),
+      Watchdog{Control{control.get<std::uint32_t>(), nullptr}, 2'000'000'000ull}};
+  ASSERT_EQ(flashmoe_test::launch_ws_decode_stream(maps, args, cs.grid, nullptr), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::uint32_t error = 0;
+  ASSERT_EQ(cudaMemcpy(&error,
+                       control.get<std::uint32_t>() +
+                           flashmoe::detail::kStickyError * flashmoe::detail::kControlStride,
+                       4, cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  ASSERT_EQ(error, 0u) << "a wait timed out";
+  std::vector<__nv_bfloat16> h(static_cast<std::size_t>(rows) * I);
+  std::vector<float> out(static_cast<std::size_t>(rows) * H);
+  ASSERT_EQ(cudaMemcpy(h.data(), dh.get(), h.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(out.data(), dout.get(), out.size() * 4, cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  int bad = 0;
+  for (int r = 0; r < rows && bad < 5; ++r) {
+    const std::size_t e = static_cast<std::size_t>(experts[r / kDsTokens]);
+    for (int c = 0; c < I && bad < 5; ++c) {
+      double gate = 0.0, up = 0.0;
+      for (int k = 0; k < H; ++k) {
+        const double xv = __bfloat162float(x[static_cast<std::size_t>(r) * H + k]);
+        gate += xv * __bfloat162float(w13[(e * 2 * I + c) * H + k]);
+        up += xv * __bfloat162float(w13[(e * 2 * I + I + c) * H + k]);
+      }
+      const double ref = gate / (1.0 + std::exp(-gate)) * up;
+      const float got = __bfloat162float(h[static_cast<std::size_t>(r) * I + c]);
+      if (!(std::fabs(got - ref) <= 0.01 * std::fabs(ref) + 0.05)) {
+        ADD_FAILURE() << "h[" << r << ", " << c << "] = " << got << ", expected " << ref;
+        ++bad;
+      }
+    }
+    // The down product from the h the kernel wrote (its rounding is checked above).
+    for (int n = 0; n < H && bad < 5; ++n) {
+      double ref = 0.0, mag = 0.0;
+      for (int k = 0; k < I; ++k) {
+        const double p =
+            static_cast<double>(__bfloat162float(h[static_cast<std::size_t>(r) * I + k])) *
+            __bfloat162float(w2[(e * H + n) * I + k]);
+        ref += p;
+        mag += std::fabs(p);
+      }
+      const float got = out[static_cast<std::size_t>(r) * H + n];
+      if (!(std::fabs(got - ref) <= 1e-5 * mag + 1e-6)) {
+        ADD_FAILURE() << "out[" << r << ", " << n << "] = " << got << ", expected " << ref;
+        ++bad;
+      }
+    }
+  }
+}
+
+TEST(WsDecodeStream, SwapAbGateUpAndDownMatchTheCpu) {
+  FLASHMOE_NEED_GPU();
+  if (!is_hopper()) GTEST_SKIP() << "the decode stream prototype is sm_90a only";
+  const std::uint64_t seed = flashmoe_test::fresh_seed();
+  SCOPED_TRACE(seed);
+  std::mt19937_64 rng(seed);
+  // A Qwen3-like selection on a full grid; one block (every down tile waits behind its own
+  // gate/up tiles); H and I tails (I not a multiple of 32 or 64, H not of 64); a down K longer
+  // than the ring (its weights fill the whole ring before h is ready); an expert chosen twice.
+  run_stream_case({2048, 768, 16, 8, 132}, rng);
+  run_stream_case({256, 192, 5, 3, 1}, rng);
+  run_stream_case({200, 200, 4, 4, 3}, rng);
+  run_stream_case({136, 1600, 3, 2, 2}, rng);
+  run_stream_case({512, 256, 1, 3, 7}, rng);
 }
 
 }  // namespace

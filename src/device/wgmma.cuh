@@ -82,7 +82,7 @@ __device__ __forceinline__ void wgmma_m64n32k16(float (&d0)[4], float (&d1)[4], 
 // Thread layout of d: wgmma_acc_row / wgmma_acc_col below.
 template <int N, typename T>
 struct WgmmaM64K16 {
-  static_assert(N == 64 || N == 128 || N == 256, "the widths the tiles use");
+  static_assert(N == 16 || N == 64 || N == 128 || N == 256, "the widths the tiles use");
   __device__ static void run(float (&d)[N / 2], std::uint64_t a, std::uint64_t b, bool accumulate) {
     (void)d, (void)a, (void)b, (void)accumulate;  // sm_90a only: the specialisations below
   }
@@ -105,6 +105,14 @@ struct WgmmaM64K16 {
   } else {                                                          \
     FLASHMOE_WGMMA_WIDE(N, "f16", REGS, A, B, SCALE, __VA_ARGS__);  \
   }
+// N = 16: a decode tile's token rows as B, its weight rows as A (issue 21's swap-AB prototype).
+template <typename T>
+struct WgmmaM64K16<16, T> {
+  __device__ static void run(float (&d)[8], std::uint64_t a, std::uint64_t b, bool accumulate) {
+    FLASHMOE_WGMMA_RUN(16, "%0, %1, %2, %3, %4, %5, %6, %7", 8, 9, 10, "+f"(d[0]), "+f"(d[1]),
+                       "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]))
+  }
+};
 template <typename T>
 struct WgmmaM64K16<64, T> {
   __device__ static void run(float (&d)[32], std::uint64_t a, std::uint64_t b, bool accumulate) {
