@@ -162,6 +162,7 @@ constexpr StreamShape kStreamShapes[] = {{"Qwen3-30B-A3B", 2048, 768, 128, 8},
 // One token's stream: a CUDA graph of 8 launches, each on its own selection of experts (so no
 // launch finds its weights in L2) with its own zeroed counters (one memset node first), as
 // bench_moe times its forwards. Reports us per launch and the expert weights' rate.
+template <class V>
 void BM_DecodeStream(benchmark::State& state, StreamShape s) {
   int major = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
@@ -217,7 +218,7 @@ void BM_DecodeStream(benchmark::State& state, StreamShape s) {
         dout.get<float>(),
         words.get<std::uint32_t>() + l * (1 + S),
         {{control.get<std::uint32_t>(), nullptr}, 2'000'000'000ull}};
-    ok = flashmoe_test::launch_ws_decode_stream(maps, args, sms, stream) == cudaSuccess;
+    ok = flashmoe_test::launch_ws_decode_stream<V>(maps, args, sms, stream) == cudaSuccess;
   }
   ok = cudaStreamEndCapture(stream, &graph) == cudaSuccess && ok;
   ok = ok && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
@@ -258,6 +259,17 @@ void BM_DecodeStream(benchmark::State& state, StreamShape s) {
   cudaStreamDestroy(stream);
 }
 
+template <class V>
+void register_stream_rows(const char* variant) {
+  for (const StreamShape& s : kStreamShapes) {
+    benchmark::RegisterBenchmark(
+        (std::string("DecodeStream/") + s.name + "/T:1/" + variant).c_str(), BM_DecodeStream<V>, s)
+        ->UseManualTime()
+        ->Iterations(50)
+        ->Unit(benchmark::kMicrosecond);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -277,13 +289,16 @@ int main(int argc, char** argv) {
   // Clusters of two blocks sharing each stage's weight rows (multicast): half the L2 reads.
   register_rows<256, 4, AGather::Contiguous, 0, false, true>("contiguous_multicast");
   register_rows<256, 4, AGather::Contiguous, 0, true, true>("contiguous_multicast");
-  for (const StreamShape& s : kStreamShapes) {
-    benchmark::RegisterBenchmark((std::string("DecodeStream/") + s.name + "/T:1").c_str(),
-                                 BM_DecodeStream, s)
-        ->UseManualTime()
-        ->Iterations(50)
-        ->Unit(benchmark::kMicrosecond);
-  }
+  using flashmoe_test::DsVariant;
+  register_stream_rows<DsVariant<1, 0, 1>>("wg1");
+  register_stream_rows<DsVariant<1, 1, 1>>("wg1/in_flight1");
+  register_stream_rows<DsVariant<1, 0, 2>>("wg1/k128");
+  register_stream_rows<DsVariant<1, 1, 2>>("wg1/in_flight1/k128");
+  register_stream_rows<DsVariant<2, 0, 1>>("wg2");
+  register_stream_rows<DsVariant<2, 1, 2>>("wg2/in_flight1/k128");
+  // No MMA: the consumers only wait for and release each stage (the producer's own rate).
+  register_stream_rows<DsVariant<1, 0, 1, false>>("no_mma");
+  register_stream_rows<DsVariant<1, 0, 2, false>>("no_mma/k128");
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

@@ -221,10 +221,13 @@ struct StreamCase {
 
 // One decode stream: random tokens per selected expert (1..16 rows, zeros past them), every
 // cell of h and of the down product checked, both poisoned first.
+template <class V = flashmoe_test::DsVariant<>>
 void run_stream_case(const StreamCase& cs, std::mt19937_64& rng) {
   using flashmoe_test::kDsTokens;
-  SCOPED_TRACE(::testing::Message() << "H " << cs.hidden << " I " << cs.inter << " E " << cs.experts
-                                    << " selected " << cs.selected << " grid " << cs.grid);
+  SCOPED_TRACE(::testing::Message()
+               << "H " << cs.hidden << " I " << cs.inter << " E " << cs.experts << " selected "
+               << cs.selected << " grid " << cs.grid << " threads " << V::kThreads << " stages "
+               << V::kStages << " in flight " << V::kInFlight);
   const int H = cs.hidden, I = cs.inter, S = cs.selected, rows = S * kDsTokens;
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   std::vector<__nv_bfloat16> x(static_cast<std::size_t>(rows) * H, __float2bfloat16(0.0f)),
@@ -269,7 +272,7 @@ void run_stream_case(const StreamCase& cs, std::mt19937_64& rng) {
       dout.get<float>(),
       words.get<std::uint32_t>(),
       Watchdog{Control{control.get<std::uint32_t>(), nullptr}, 2'000'000'000ull}};
-  ASSERT_EQ(flashmoe_test::launch_ws_decode_stream(maps, args, cs.grid, nullptr), cudaSuccess);
+  ASSERT_EQ(flashmoe_test::launch_ws_decode_stream<V>(maps, args, cs.grid, nullptr), cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   std::uint32_t error = 0;
   ASSERT_EQ(cudaMemcpy(&error,
@@ -333,6 +336,16 @@ TEST(WsDecodeStream, SwapAbGateUpAndDownMatchTheCpu) {
   run_stream_case({200, 200, 4, 4, 3}, rng);
   run_stream_case({136, 1600, 3, 2, 2}, rng);
   run_stream_case({512, 256, 1, 3, 7}, rng);
+  // The consumer variants bench_ws_mainloop measures: one MMA batch in flight, stages of 128 K
+  // columns (K tails inside a stage), two warpgroups on alternate stages (odd step counts).
+  using flashmoe_test::DsVariant;
+  for (const StreamCase& cs : {StreamCase{2048, 768, 16, 8, 132}, StreamCase{200, 200, 4, 4, 3},
+                               StreamCase{136, 1600, 3, 2, 2}, StreamCase{320, 96, 2, 2, 1}}) {
+    run_stream_case<DsVariant<1, 1, 1>>(cs, rng);
+    run_stream_case<DsVariant<1, 0, 2>>(cs, rng);
+    run_stream_case<DsVariant<2, 0, 1>>(cs, rng);
+    run_stream_case<DsVariant<2, 1, 2>>(cs, rng);
+  }
 }
 
 }  // namespace

@@ -26,18 +26,30 @@
 
 namespace flashmoe_test {
 
-inline constexpr int kDsThreads = 160;  // warpgroup 0 consumes, warp 4 produces
-inline constexpr int kDsStages = 20;
 inline constexpr int kDsTokens = 16;    // token rows of an expert (B's rows), zeros past its own
 inline constexpr int kDsGateCols = 32;  // h columns of a gate/up tile
 inline constexpr int kDsDownCols = 64;  // y columns of a down tile
 inline constexpr int kDsJobDepth = 4;
+inline constexpr std::uint32_t kDsRowBytes = 128;  // one swizzle atom's row: 64 K columns
 
-struct DsSmem {
-  static constexpr std::uint32_t kRowBytes = 128;  // 64 K columns of 16-bit values
-  static constexpr std::uint32_t kA = 64 * kRowBytes, kB = kDsTokens * kRowBytes;
+// The consumer side, the variable of the measurement (bench_ws_mainloop's DecodeStream rows).
+// Consumers: warpgroups taking alternate jobs (each skips the other's stages in the ring).
+// InFlight: MMA batches left running when a warpgroup moves to its next stage (0 or 1).
+// KAtoms: 64-column swizzle atoms of K per stage (a stage is 10 KB per atom). Mma false: the
+// consumers only wait for and release each stage (the producer's own rate; h and out unwritten).
+template <int Consumers = 1, int InFlight = 0, int KAtoms = 1, bool Mma = true>
+struct DsVariant {
+  static_assert(Consumers == 1 || Consumers == 2, "one or two consumer warpgroups");
+  static_assert(InFlight == 0 || InFlight == 1, "at most one MMA batch in flight");
+  static constexpr int kThreads = 128 * Consumers + 32;  // the last warp produces
+  static constexpr int kInFlight = InFlight;
+  static constexpr bool kMma = Mma;
+  static constexpr int kKCols = 64 * KAtoms;  // K columns of a stage
+  static constexpr std::uint32_t kAAtom = 64 * kDsRowBytes, kBAtom = kDsTokens * kDsRowBytes;
+  static constexpr std::uint32_t kA = KAtoms * kAAtom, kB = KAtoms * kBAtom;
   static constexpr std::uint32_t kStage = (kA + kB + 1023u) / 1024u * 1024u;  // swizzle atoms
-  static constexpr std::uint32_t kBytes = kDsStages * kStage + 1024;          // + alignment slack
+  static constexpr int kStages = 200 * 1024 / static_cast<int>(kStage);       // 200 KB of ring
+  static constexpr std::uint32_t kBytes = kStages * kStage + 1024;            // + alignment slack
 };
 
 // Maps (128-byte swizzle, boxes of 64 K columns): x_map [selected * kDsTokens, H] by kDsTokens
@@ -80,34 +92,54 @@ __device__ __forceinline__ DsJob ds_decode_ticket(const DecodeStreamArgs& g, std
   return {2, 0, 0};
 }
 
-__global__ void __launch_bounds__(kDsThreads, 1)
+template <class V>
+__device__ __forceinline__ int ds_ksteps(const DecodeStreamArgs& g, const DsJob& job) {
+  return ((job.kind == 0 ? g.hidden : g.inter) + V::kKCols - 1) / V::kKCols;
+}
+
+// One operand's boxes of K step kt (one per swizzle atom, `atom` bytes apart).
+template <class V>
+__device__ __forceinline__ void ds_load(std::uint32_t dst, std::uint32_t atom,
+                                        const CUtensorMap* map, std::uint32_t bar, int kt,
+                                        int row) {
+  constexpr int kAtoms = V::kKCols / 64;
+#pragma unroll
+  for (int c = 0; c < kAtoms; ++c) {
+    flashmoe::detail::tma_load_2d(dst + c * atom, map, bar, (kt * kAtoms + c) * 64, row);
+  }
+}
+
+template <class V>
+__global__ void __launch_bounds__(V::kThreads, 1)
     ws_decode_stream_kernel(const __grid_constant__ DecodeStreamMaps maps,
                             const DecodeStreamArgs g) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace flashmoe::detail;
-  using Pipe = Pipeline<kDsStages>;
+  constexpr int kStages = V::kStages, kConsumers = V::kThreads / 128;
+  constexpr int kAtoms = V::kKCols / 64, InFlight = V::kInFlight;
+  constexpr bool Mma = V::kMma;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const std::uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
-  __shared__ Pipe pipe;
+  __shared__ Pipeline<kStages> pipe;
   __shared__ DsJobRing jobs;
-  __shared__ float s_gateup[64][kDsTokens + 1];  // a gate/up tile's products, for the pairing
-  const int lane = threadIdx.x % 32;
+  __shared__ float s_part[kConsumers][64][kDsTokens + 1];  // each warpgroup's product of a job
+  const int lane = threadIdx.x % 32, wg = static_cast<int>(threadIdx.x / 128);
   const int ng = (g.inter + kDsGateCols - 1) / kDsGateCols;
   const Watchdog ring_wd{g.wd.ctl, 2 * g.wd.timeout_ns};
   if (threadIdx.x == 0) {
-    pipe.init(0, 4);
+    pipe.init(0, 4);  // a stage is one warpgroup's
     for (int d = 0; d < kDsJobDepth; ++d) {
       mbar_init(smem_u32(&jobs.full[d]), 1);
-      mbar_init(smem_u32(&jobs.empty[d]), 4);
+      mbar_init(smem_u32(&jobs.empty[d]), 4 * kConsumers);  // every consumer warp reads a job
     }
     fence_mbarrier_init();
   }
   __syncthreads();
 
-  if (threadIdx.x >= 128) {
-    if (threadIdx.x != 128) return;
+  if (wg == kConsumers) {
+    if (lane != 0) return;
     // The producer. The next ticket's round trip runs while the current one's stages stream.
-    PipeState<kDsStages> st;
+    PipeState<kStages> st;
     PipeState<kDsJobDepth> js;
     std::uint32_t ticket = fetch_add_relaxed(g.words, 1);
     for (;;) {
@@ -123,15 +155,16 @@ __global__ void __launch_bounds__(kDsThreads, 1)
       ticket = fetch_add_relaxed(g.words, 1);
       const int expert = g.experts[job.slot];
       const int token_row = job.slot * kDsTokens;
+      const int ksteps = ds_ksteps<V>(g, job);
       if (job.kind == 0) {
         const int gate_row = expert * 2 * g.inter + job.tile * kDsGateCols;
-        for (int kt = 0; kt < (g.hidden + 63) / 64; ++kt) {
+        for (int kt = 0; kt < ksteps; ++kt) {
           if (!pipe.producer_acquire(st, g.wd, kSiteWeightCopy)) return;
-          const std::uint32_t a = base + st.index * DsSmem::kStage, bar = pipe.full_barrier(st);
-          pipe.producer_expect(st, DsSmem::kA + DsSmem::kB);
-          tma_load_2d(a, &maps.w13, bar, kt * 64, gate_row);
-          tma_load_2d(a + 32 * DsSmem::kRowBytes, &maps.w13, bar, kt * 64, gate_row + g.inter);
-          tma_load_2d(a + DsSmem::kA, &maps.x, bar, kt * 64, token_row);
+          const std::uint32_t a = base + st.index * V::kStage, bar = pipe.full_barrier(st);
+          pipe.producer_expect(st, V::kA + V::kB);
+          ds_load<V>(a, V::kAAtom, &maps.w13, bar, kt, gate_row);
+          ds_load<V>(a + 32 * kDsRowBytes, V::kAAtom, &maps.w13, bar, kt, gate_row + g.inter);
+          ds_load<V>(a + V::kA, V::kBAtom, &maps.x, bar, kt, token_row);
           st.advance();
         }
         continue;
@@ -139,13 +172,13 @@ __global__ void __launch_bounds__(kDsThreads, 1)
       // A down tile: its weight boxes first, as far as the ring reaches; its h boxes once the
       // expert's gate/up tiles have all published.
       const int w2_row = expert * g.hidden + job.tile * kDsDownCols;
-      const int ksteps = (g.inter + 63) / 64, ahead = ksteps < kDsStages ? ksteps : kDsStages;
-      const PipeState<kDsStages> first = st;
+      const int ahead = ksteps < kStages ? ksteps : kStages;
+      const PipeState<kStages> first = st;
       for (int kt = 0; kt < ahead; ++kt) {
         if (!pipe.producer_acquire(st, g.wd, kSiteWeightCopy)) return;
-        pipe.producer_expect(st, DsSmem::kA + DsSmem::kB);
-        tma_load_2d(base + st.index * DsSmem::kStage, &maps.w2, pipe.full_barrier(st), kt * 64,
-                    w2_row);
+        pipe.producer_expect(st, V::kA + V::kB);
+        ds_load<V>(base + st.index * V::kStage, V::kAAtom, &maps.w2, pipe.full_barrier(st), kt,
+                   w2_row);
         st.advance();
       }
       bool spun = false;
@@ -155,26 +188,33 @@ __global__ void __launch_bounds__(kDsThreads, 1)
         return;
       }
       fence_proxy_async_global();  // the copy engine reads what the acquire made visible
-      PipeState<kDsStages> q = first;
+      PipeState<kStages> q = first;
       for (int kt = 0; kt < ahead; ++kt) {
-        tma_load_2d(base + q.index * DsSmem::kStage + DsSmem::kA, &maps.h, pipe.full_barrier(q),
-                    kt * 64, token_row);
+        ds_load<V>(base + q.index * V::kStage + V::kA, V::kBAtom, &maps.h, pipe.full_barrier(q), kt,
+                   token_row);
         q.advance();
       }
       for (int kt = ahead; kt < ksteps; ++kt) {
         if (!pipe.producer_acquire(st, g.wd, kSiteWeightCopy)) return;
-        const std::uint32_t a = base + st.index * DsSmem::kStage, bar = pipe.full_barrier(st);
-        pipe.producer_expect(st, DsSmem::kA + DsSmem::kB);
-        tma_load_2d(a, &maps.w2, bar, kt * 64, w2_row);
-        tma_load_2d(a + DsSmem::kA, &maps.h, bar, kt * 64, token_row);
+        const std::uint32_t a = base + st.index * V::kStage, bar = pipe.full_barrier(st);
+        pipe.producer_expect(st, V::kA + V::kB);
+        ds_load<V>(a, V::kAAtom, &maps.w2, bar, kt, w2_row);
+        ds_load<V>(a + V::kA, V::kBAtom, &maps.h, bar, kt, token_row);
         st.advance();
       }
     }
   }
 
-  // The consumer warpgroup.
-  PipeState<kDsStages> st;
+  // The consumer warpgroups. With two, warpgroup w takes the block's stages w, w + 2, ... (the
+  // ring's depth is even, so the last use of each of its stages was its own, and a parity wait
+  // cannot pass on an older phase), each its partial product of every job, summed in a fixed
+  // order in the epilogue.
+  static_assert(kConsumers == 1 || kStages % 2 == 0, "stages alternate between two warpgroups");
+  constexpr int kTeam = 128 * kConsumers;
+  const int tid = static_cast<int>(threadIdx.x);
+  PipeState<kStages> st, prev;
   PipeState<kDsJobDepth> js;
+  std::uint32_t stage_count = 0;
   for (;;) {
     if (!pipe.wait_barrier(smem_u32(&jobs.full[js.index]), js.phase, ring_wd, kSiteJobRing)) {
       return;
@@ -184,63 +224,96 @@ __global__ void __launch_bounds__(kDsThreads, 1)
     if (lane == 0) mbar_arrive(smem_u32(&jobs.empty[js.index]));
     js.advance();
     if (job.kind == 2) return;
-    const int ksteps = job.kind == 0 ? (g.hidden + 63) / 64 : (g.inter + 63) / 64;
+    const int ksteps = ds_ksteps<V>(g, job);
     float acc[kDsTokens / 2];
 #pragma unroll
     for (int j = 0; j < kDsTokens / 2; ++j) acc[j] = 0.0f;
+    bool held = false;  // prev: a stage of this warpgroup whose MMAs may still run
     for (int kt = 0; kt < ksteps; ++kt) {
-      if (!pipe.consumer_wait(st, g.wd, kSiteWeightCopy)) return;
-      const std::uint32_t a = base + st.index * DsSmem::kStage;
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < 4; ++ks) {
-        WgmmaM64K16<kDsTokens, __nv_bfloat16>::run(acc, smem_desc_sw128(a + ks * 32),
-                                                   smem_desc_sw128(a + DsSmem::kA + ks * 32), true);
+      const bool mine = kConsumers == 1 || static_cast<int>(stage_count++ % 2) == wg;
+      if (!mine) {
+        st.advance();
+        continue;
       }
-      wgmma_commit();
-      wgmma_wait<0>();
-      if (lane == 0) pipe.consumer_release(st);
+      if (!pipe.consumer_wait(st, g.wd, kSiteWeightCopy)) return;
+      if constexpr (Mma) {
+        const std::uint32_t a = base + st.index * V::kStage;
+        wgmma_fence();
+#pragma unroll
+        for (int c = 0; c < kAtoms; ++c) {
+#pragma unroll
+          for (int ks = 0; ks < 4; ++ks) {
+            WgmmaM64K16<kDsTokens, __nv_bfloat16>::run(
+                acc, smem_desc_sw128(a + c * V::kAAtom + ks * 32),
+                smem_desc_sw128(a + V::kA + c * V::kBAtom + ks * 32), true);
+          }
+        }
+        wgmma_commit();
+        wgmma_wait<InFlight>();
+      }
+      if (InFlight == 0 || !Mma) {
+        if (lane == 0) pipe.consumer_release(st);
+      } else {
+        if (held && lane == 0) pipe.consumer_release(prev);  // its MMAs are done
+        prev = st;
+        held = true;
+      }
       st.advance();
     }
+    if (held) {
+      wgmma_wait<0>();
+      if (lane == 0) pipe.consumer_release(prev);
+    }
+    // Epilogue: the warpgroups' partial products through shared memory, summed in warpgroup
+    // order. Gate rows are the MMA's rows 0-31, up rows 32-63.
     const std::int64_t row0 = static_cast<std::int64_t>(job.slot) * kDsTokens;
-    if (job.kind == 1) {
+    if constexpr (Mma) {
 #pragma unroll
       for (int j = 0; j < kDsTokens / 2; ++j) {
-        const int col = job.tile * kDsDownCols + wgmma_acc_row(j);
-        if (col < g.hidden) g.out[(row0 + wgmma_acc_col(j)) * g.hidden + col] = acc[j];
+        s_part[wg][wgmma_acc_row(j)][wgmma_acc_col(j)] = acc[j];
       }
-      continue;
-    }
-    // Gate rows are the MMA's rows 0-31, up rows 32-63: pair them through shared memory.
-#pragma unroll
-    for (int j = 0; j < kDsTokens / 2; ++j) s_gateup[wgmma_acc_row(j)][wgmma_acc_col(j)] = acc[j];
-    asm volatile("bar.sync 1, 128;\n" ::: "memory");
-    for (int i = threadIdx.x; i < kDsGateCols * kDsTokens; i += 128) {
-      const int c = i % kDsGateCols, t = i / kDsGateCols;
-      const int col = job.tile * kDsGateCols + c;
-      const float gate = s_gateup[c][t], up = s_gateup[kDsGateCols + c][t];
-      if (col < g.inter) {
-        g.h[(row0 + t) * g.inter + col] = __float2bfloat16(gate / (1.0f + __expf(-gate)) * up);
+      asm volatile("bar.sync 1, %0;\n" ::"n"(kTeam) : "memory");
+      if (job.kind == 1) {
+        for (int i = tid; i < 64 * kDsTokens; i += kTeam) {
+          const int r = i % 64, t = i / 64, col = job.tile * kDsDownCols + r;
+          float v = s_part[0][r][t];
+          if (kConsumers == 2) v += s_part[kConsumers - 1][r][t];
+          if (col < g.hidden) g.out[(row0 + t) * g.hidden + col] = v;
+        }
+      } else {
+        for (int i = tid; i < kDsGateCols * kDsTokens; i += kTeam) {
+          const int c = i % kDsGateCols, t = i / kDsGateCols, col = job.tile * kDsGateCols + c;
+          float gate = s_part[0][c][t], up = s_part[0][kDsGateCols + c][t];
+          if (kConsumers == 2) {
+            gate += s_part[kConsumers - 1][c][t];
+            up += s_part[kConsumers - 1][kDsGateCols + c][t];
+          }
+          if (col < g.inter) {
+            g.h[(row0 + t) * g.inter + col] = __float2bfloat16(gate / (1.0f + __expf(-gate)) * up);
+          }
+        }
+        fence_proxy_async_global();  // h is read by other blocks' copy engines
       }
     }
-    fence_proxy_async_global();  // h is read by other blocks' copy engines
-    asm volatile("bar.sync 1, 128;\n" ::: "memory");
-    if (threadIdx.x == 0) add_release(g.words + 1 + job.slot, 1);
+    // The partial products are free again, and h is written, before it is published.
+    asm volatile("bar.sync 1, %0;\n" ::"n"(kTeam) : "memory");
+    if (job.kind == 0 && tid == 0) add_release(g.words + 1 + job.slot, 1);
   }
 #else
   (void)maps, (void)g;
 #endif
 }
 
-inline cudaError_t launch_ws_decode_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& g,
-                                           int grid, cudaStream_t stream) {
-  if (cudaError_t e =
-          cudaFuncSetAttribute(ws_decode_stream_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(DsSmem::kBytes));
+template <class V = DsVariant<>>
+cudaError_t launch_ws_decode_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& g,
+                                    int grid, cudaStream_t stream) {
+  auto kernel = ws_decode_stream_kernel<V>;
+  if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(V::kBytes));
       e != cudaSuccess) {
     return e;
   }
-  ws_decode_stream_kernel<<<grid, kDsThreads, DsSmem::kBytes, stream>>>(maps, g);
+  kernel<<<grid, V::kThreads, V::kBytes, stream>>>(maps, g);
   return cudaGetLastError();
 }
 
