@@ -4,6 +4,8 @@
 # under .probe/<name>, carried to the machine) in parallel, then runs the benchmarks named by
 # the filter on every build, in two interleaved rounds, cuBLAS off. Logs go to $OUT (or ./out).
 # Usage: VARIANTS="base other" bench/ab_session.sh 'benchmark filter regex'
+# (benchmark names go on past the token count, 'Qwen3-30B-A3B/bf16/T:1024/min_time:...': end
+# a filter with '/', not '$'; T = 512 and 2048 need FLASHMOE_BENCH_TOKENS.)
 # Environment: TESTS=ON (also build and run the tests of the working tree), TRACE_T="1 16"
 # (trace the working tree at these T), ENV_VARIANTS="A=1 A=1,B=1 ..." (the working tree's
 # benchmark again under each comma-separated list of NAME=VALUE settings, as variants env1, ...).
