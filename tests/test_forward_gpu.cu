@@ -327,7 +327,8 @@ TEST_F(Forward, MinusInfinityBiasMasksExperts) {
 // in bf16. The forward matrix reaches only some of them: the narrow gate/up kernels of the 32-
 // and 48-row heights need few experts and a wide H. The shapes and token counts below reach all
 // twelve on a device of 132 SMs with two blocks each (H100, H200; worked out from
-// decode_variant and choose_decode_kernel); the trace says which kernel ran.
+// decode_variant and choose_decode_kernel); the trace says which kernel ran. The 48-row T's stay
+// below the warp-specialised engine's switch (28 rows per expert: 168 tokens for E = 6, K = 1).
 // Prefill forwards on an sm_90 device run the warp-specialised kernel when the build carries
 // sm_90a code: 64-row m-tiles while experts average fewer than 96 rows, 128-row ones from there;
 // the prefill kernel otherwise. Skewed routing (every token to the same experts) and E = 1 put
@@ -401,9 +402,9 @@ TEST_F(Forward, EveryDecodeKernelMatchesReference) {
     std::vector<int> tokens;  // one per m-tile height, thin to tall
   };
   const Case cases[] = {
-      {256, 128, 4, 1, {3, 52, 113}},       // narrow gate/up, narrow down
-      {2048, 128, 4, 1, {33, 65, 113}},     // narrow gate/up, mid down
-      {4096, 128, 4, 1, {33, 65, 113}},     // narrow gate/up, wide down
+      {256, 128, 6, 1, {3, 74, 166}},       // narrow gate/up, narrow down
+      {2048, 128, 6, 1, {33, 74, 166}},     // narrow gate/up, mid down
+      {4096, 128, 6, 1, {33, 74, 166}},     // narrow gate/up, wide down
       {1024, 512, 16, 1, {128, 256, 437}},  // wide gate/up, wide down
   };
   std::set<std::vector<int>> ran;  // {tile_m, gate/up columns, down columns}
