@@ -41,8 +41,9 @@ const Shape kMaxExperts{"E1024_K32", 128, 48, 1024, 32, false, 32};
 // T*K = kDownSplitMaxPairs; the last slice ends in a partial pipeline step.
 const Shape kLongInter{"I_in_K_slices", 64, 16456, 4, 2, true, 16};
 
-// 500: the tall decode kernels (48-row m-tiles) for Qwen3-30B-A3B (31 rows per expert).
-const int kTokenCounts[] = {1, 2, 3, 7, 16, 64, 257, 500, 1024, 4096};
+// 440: the tall decode kernels (48-row m-tiles) for Qwen3-30B-A3B (27.5 rows per expert, below
+// the warp-specialised engine's switch at 28).
+const int kTokenCounts[] = {1, 2, 3, 7, 16, 64, 257, 440, 1024, 4096};
 
 // --- The shape x token-count x dtype matrix -------------------------------------------------
 

@@ -123,6 +123,10 @@ __global__ void __launch_bounds__(V::kThreads, 1)
   __shared__ Pipeline<kStages> pipe;
   __shared__ DsJobRing jobs;
   __shared__ float s_part[kConsumers][64][kDsTokens + 1];  // each warpgroup's product of a job
+  // The consumers' own barrier (every consumer warp arrives): an mbarrier rather than a named
+  // one, so that its wait is bounded and ends when the ring is poisoned; a warpgroup whose
+  // stage wait failed leaves, and a named barrier would hold the other one forever.
+  __shared__ std::uint64_t team_bar;
   const int lane = threadIdx.x % 32, wg = static_cast<int>(threadIdx.x / 128);
   const int ng = (g.inter + kDsGateCols - 1) / kDsGateCols;
   const Watchdog ring_wd{g.wd.ctl, 2 * g.wd.timeout_ns};
@@ -132,6 +136,7 @@ __global__ void __launch_bounds__(V::kThreads, 1)
       mbar_init(smem_u32(&jobs.full[d]), 1);
       mbar_init(smem_u32(&jobs.empty[d]), 4 * kConsumers);  // every consumer warp reads a job
     }
+    mbar_init(smem_u32(&team_bar), 4 * kConsumers);
     fence_mbarrier_init();
   }
   __syncthreads();
@@ -214,7 +219,15 @@ __global__ void __launch_bounds__(V::kThreads, 1)
   const int tid = static_cast<int>(threadIdx.x);
   PipeState<kStages> st, prev;
   PipeState<kDsJobDepth> js;
-  std::uint32_t stage_count = 0;
+  std::uint32_t stage_count = 0, team_phase = 0;
+  // All consumer warps meet; false once the ring is poisoned (a failed wait somewhere).
+  auto team_sync = [&]() {
+    __syncwarp();
+    if (lane == 0) mbar_arrive(smem_u32(&team_bar));
+    const bool ok = pipe.wait_barrier(smem_u32(&team_bar), team_phase, ring_wd, kSiteJobRing);
+    team_phase ^= 1u;
+    return ok;
+  };
   for (;;) {
     if (!pipe.wait_barrier(smem_u32(&jobs.full[js.index]), js.phase, ring_wd, kSiteJobRing)) {
       return;
@@ -235,7 +248,10 @@ __global__ void __launch_bounds__(V::kThreads, 1)
         st.advance();
         continue;
       }
-      if (!pipe.consumer_wait(st, g.wd, kSiteWeightCopy)) return;
+      if (!pipe.consumer_wait(st, g.wd, kSiteWeightCopy)) {
+        if (held) wgmma_wait<0>();  // no MMA of this warpgroup outlives it
+        return;
+      }
       if constexpr (Mma) {
         const std::uint32_t a = base + st.index * V::kStage;
         wgmma_fence();
@@ -272,7 +288,7 @@ __global__ void __launch_bounds__(V::kThreads, 1)
       for (int j = 0; j < kDsTokens / 2; ++j) {
         s_part[wg][wgmma_acc_row(j)][wgmma_acc_col(j)] = acc[j];
       }
-      asm volatile("bar.sync 1, %0;\n" ::"n"(kTeam) : "memory");
+      if (!team_sync()) return;
       if (job.kind == 1) {
         for (int i = tid; i < 64 * kDsTokens; i += kTeam) {
           const int r = i % 64, t = i / 64, col = job.tile * kDsDownCols + r;
@@ -296,7 +312,7 @@ __global__ void __launch_bounds__(V::kThreads, 1)
       }
     }
     // The partial products are free again, and h is written, before it is published.
-    asm volatile("bar.sync 1, %0;\n" ::"n"(kTeam) : "memory");
+    if (!team_sync()) return;
     if (job.kind == 0 && tid == 0) add_release(g.words + 1 + job.slot, 1);
   }
 #else
