@@ -1,8 +1,9 @@
 // Times the warp-specialised gathered GEMM (tests/ws_gather_gemm.cuh) with each way of loading
 // the token rows, at expert-GEMM shapes, in TFLOP/s: the measurement that picks the prefill
 // engine's A path (issue 20); and issue 21's decode stream (tests/ws_decode_stream.cuh) at the
-// T = 1 selections of the benchmark shapes, in us and TB/s of expert weights. Run on an
-// H100/H200; elsewhere every row is skipped.
+// T = 1 selections of the benchmark shapes, in us and TB/s of expert weights, and its routing
+// prelude (tests/ws_decode_prelude.cuh) beside an empty kernel's launch. Run on an H100/H200;
+// elsewhere every row is skipped.
 #include <benchmark/benchmark.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "ws_decode_prelude.cuh"
 #include "ws_decode_stream.cuh"
 #include "ws_gather_gemm.cuh"
 
@@ -259,6 +261,96 @@ void BM_DecodeStream(benchmark::State& state, StreamShape s) {
   cudaStreamDestroy(stream);
 }
 
+__global__ void empty_kernel() {}
+
+// The prelude (router, one publish, every block's own top-k) for T tokens: a CUDA graph of 256
+// launches, each reading its own copy of the router (128 MB of copies for Qwen3's router, so
+// mostly from DRAM, as a layer's forward reads it) and its own zeroed counter. tokens = 0: the
+// same graph of an empty kernel (the launch's own cost).
+void BM_DecodePrelude(benchmark::State& state, StreamShape s, int tokens) {
+  int major = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
+      major != 9) {
+    state.SkipWithError("needs an sm_90 GPU");
+    return;
+  }
+  constexpr int kLaunches = 256;
+  const std::size_t H = s.hidden, E = s.experts, K = s.selected;
+  const std::size_t T = tokens > 0 ? tokens : 1;
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  Buffer dx(T * H * 2), drouter(kLaunches * E * H * 2), dlogits(T * E * 4), dpub(kLaunches * 4),
+      dids(sms * T * K * 4), dw(sms * T * K * 4), control(64 * 4 * 16);
+  if (!dx.ptr || !drouter.ptr || !dlogits.ptr || !dpub.ptr || !dids.ptr || !dw.ptr ||
+      !control.ptr) {
+    state.SkipWithError("cudaMalloc failed");
+    return;
+  }
+  cudaMemset(dx.ptr, 0x3c, dx.bytes);
+  cudaMemset(drouter.ptr, 0x3c, drouter.bytes);
+  cudaMemset(control.ptr, 0, control.bytes);
+  cudaStream_t stream;
+  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  bool ok = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+  ok = ok && cudaMemsetAsync(dpub.ptr, 0, dpub.bytes, stream) == cudaSuccess;
+  for (int l = 0; l < kLaunches && ok; ++l) {
+    if (tokens == 0) {
+      empty_kernel<<<sms, flashmoe_test::kDpThreads, 0, stream>>>();
+    } else {
+      const flashmoe_test::DecodePreludeArgs args{
+          dx.get<__nv_bfloat16>(),
+          drouter.get<__nv_bfloat16>() + l * E * H,
+          tokens,
+          s.hidden,
+          s.experts,
+          s.selected,
+          dlogits.get<float>(),
+          dpub.get<std::uint32_t>() + l,
+          dids.get<int>(),
+          dw.get<float>(),
+          {{control.get<std::uint32_t>(), nullptr}, 2'000'000'000ull}};
+      flashmoe_test::ws_decode_prelude_kernel<<<sms, flashmoe_test::kDpThreads, 0, stream>>>(args);
+    }
+    ok = cudaGetLastError() == cudaSuccess;
+  }
+  ok = cudaStreamEndCapture(stream, &graph) == cudaSuccess && ok;
+  ok = ok && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
+  for (int i = 0; i < 3 && ok; ++i) ok = cudaGraphLaunch(exec, stream) == cudaSuccess;
+  ok = ok && cudaStreamSynchronize(stream) == cudaSuccess;
+  std::uint32_t error = 0;
+  cudaMemcpy(&error,
+             control.get<std::uint32_t>() +
+                 flashmoe::detail::kStickyError * flashmoe::detail::kControlStride,
+             4, cudaMemcpyDeviceToHost);
+  if (!ok || error != 0) {
+    state.SkipWithError("the prelude failed (launch, graph or its wait's watchdog)");
+  } else {
+    cudaEvent_t start, stop;
+    cudaEventCreate(&start);
+    cudaEventCreate(&stop);
+    std::vector<float> times;
+    for (auto _ : state) {
+      cudaEventRecord(start, stream);
+      cudaGraphLaunch(exec, stream);
+      cudaEventRecord(stop, stream);
+      cudaEventSynchronize(stop);
+      float ms = 0.0f;
+      cudaEventElapsedTime(&ms, start, stop);
+      state.SetIterationTime(ms / 1e3 / kLaunches);
+      times.push_back(ms * 1e3f / kLaunches);
+    }
+    std::sort(times.begin(), times.end());
+    state.counters["us_median"] = times[times.size() / 2];
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+  }
+  if (exec) cudaGraphExecDestroy(exec);
+  if (graph) cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
 template <class V>
 void register_stream_rows(const char* variant) {
   for (const StreamShape& s : kStreamShapes) {
@@ -296,6 +388,20 @@ int main(int argc, char** argv) {
   register_stream_rows<DsVariant<1, 1, 2>>("wg1/in_flight1/k128");
   register_stream_rows<DsVariant<2, 0, 1>>("wg2");
   register_stream_rows<DsVariant<2, 1, 2>>("wg2/in_flight1/k128");
+  for (const StreamShape& s : kStreamShapes) {
+    for (int tokens : {1, 16}) {
+      benchmark::RegisterBenchmark(
+          (std::string("DecodePrelude/") + s.name + "/T:" + std::to_string(tokens)).c_str(),
+          BM_DecodePrelude, s, tokens)
+          ->UseManualTime()
+          ->Iterations(50)
+          ->Unit(benchmark::kMicrosecond);
+    }
+  }
+  benchmark::RegisterBenchmark("DecodePrelude/empty_kernel", BM_DecodePrelude, kStreamShapes[0], 0)
+      ->UseManualTime()
+      ->Iterations(50)
+      ->Unit(benchmark::kMicrosecond);
   // No MMA: the consumers only wait for and release each stage (the producer's own rate).
   register_stream_rows<DsVariant<1, 0, 1, false>>("no_mma");
   register_stream_rows<DsVariant<1, 0, 2, false>>("no_mma/k128");

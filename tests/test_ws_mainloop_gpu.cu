@@ -2,12 +2,14 @@
 // producer/consumer ring (device/pipeline.cuh), weight boxes, the wide warpgroup MMA
 // (device/wgmma.cuh) and three ways of loading gathered token rows (ws_gather_gemm.cuh), in a
 // persistent gathered GEMM checked against a CPU product; and issue 21's swap-AB decode stream
-// (ws_decode_stream.cuh) against a CPU gate/up and down. Skipped off Hopper.
+// (ws_decode_stream.cuh) against a CPU gate/up and down, and its routing prelude
+// (ws_decode_prelude.cuh) against a CPU top-k. Skipped off Hopper.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "test_util.hpp"
+#include "ws_decode_prelude.cuh"
 #include "ws_decode_stream.cuh"
 #include "ws_gather_gemm.cuh"
 
@@ -346,6 +349,104 @@ TEST(WsDecodeStream, SwapAbGateUpAndDownMatchTheCpu) {
     run_stream_case<DsVariant<2, 0, 1>>(cs, rng);
     run_stream_case<DsVariant<2, 1, 2>>(cs, rng);
   }
+}
+
+struct PreludeCase {
+  int hidden, experts, top_k, tokens, grid;
+};
+
+// Every block's routing against the CPU's: softmax over fp32 logits of bf16 rows, the top_k
+// largest (lowest id first among equals), weights renormalised. A pick may differ from the
+// CPU's only where the two candidates' probabilities are within rounding of each other.
+void run_prelude_case(const PreludeCase& cs, std::mt19937_64& rng) {
+  SCOPED_TRACE(::testing::Message() << "H " << cs.hidden << " E " << cs.experts << " K " << cs.top_k
+                                    << " T " << cs.tokens << " grid " << cs.grid);
+  const int H = cs.hidden, E = cs.experts, K = cs.top_k, T = cs.tokens;
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<__nv_bfloat16> x(static_cast<std::size_t>(T) * H),
+      router(static_cast<std::size_t>(E) * H);
+  for (auto& v : x) v = __float2bfloat16(u(rng));
+  for (auto& v : router) v = __float2bfloat16(u(rng) * 0.1f);
+  const std::size_t outs = static_cast<std::size_t>(cs.grid) * T * K;
+  DeviceBuffer dx(x.size() * 2), drouter(router.size() * 2), dlogits(std::size_t(T) * E * 4),
+      dpub(4), dids(outs * 4), dw(outs * 4), control(64 * 4 * 16);
+  ASSERT_EQ(cudaMemcpy(dx.get(), x.data(), x.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(drouter.get(), router.data(), router.size() * 2, cudaMemcpyHostToDevice),
+            cudaSuccess);
+  ASSERT_EQ(cudaMemset(dpub.get(), 0, 4), cudaSuccess);
+  ASSERT_EQ(cudaMemset(control.get(), 0, control.bytes()), cudaSuccess);
+  ASSERT_EQ(cudaMemset(dids.get(), 0xff, dids.bytes()), cudaSuccess);  // poison: -1, NaN
+  ASSERT_EQ(cudaMemset(dw.get(), 0xff, dw.bytes()), cudaSuccess);
+  const flashmoe_test::DecodePreludeArgs args{
+      dx.get<__nv_bfloat16>(),
+      drouter.get<__nv_bfloat16>(),
+      T,
+      H,
+      E,
+      K,
+      dlogits.get<float>(),
+      dpub.get<std::uint32_t>(),
+      dids.get<int>(),
+      dw.get<float>(),
+      Watchdog{Control{control.get<std::uint32_t>(), nullptr}, 2'000'000'000ull}};
+  flashmoe_test::ws_decode_prelude_kernel<<<cs.grid, flashmoe_test::kDpThreads>>>(args);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<int> ids(outs);
+  std::vector<float> w(outs);
+  ASSERT_EQ(cudaMemcpy(ids.data(), dids.get(), outs * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(w.data(), dw.get(), outs * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  for (int t = 0; t < T; ++t) {
+    std::vector<double> p(E);
+    double mx = -1e300, sum = 0.0;
+    for (int e = 0; e < E; ++e) {
+      double l = 0.0;
+      for (int k = 0; k < H; ++k) {
+        l += static_cast<double>(__bfloat162float(x[std::size_t(t) * H + k])) *
+             __bfloat162float(router[std::size_t(e) * H + k]);
+      }
+      p[e] = l;
+      mx = std::max(mx, l);
+    }
+    for (double& v : p) sum += (v = std::exp(v - mx));
+    for (double& v : p) v /= sum;
+    std::vector<int> order(E);
+    for (int e = 0; e < E; ++e) order[e] = e;
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return p[a] > p[b]; });
+    double wsum = 0.0;
+    for (int k = 0; k < K; ++k) wsum += p[order[k]];
+    for (int b = 0; b < cs.grid; ++b) {
+      for (int k = 0; k < K; ++k) {
+        const std::size_t o = (std::size_t(b) * T + t) * K + k;
+        ASSERT_GE(ids[o], 0) << "block " << b << " token " << t << " pick " << k;
+        ASSERT_LT(ids[o], E);
+        EXPECT_EQ(ids[o], ids[std::size_t(t) * K + k])
+            << "block " << b << " disagrees with block 0";
+        const int want = order[k];
+        if (ids[o] != want) {
+          EXPECT_LE(std::fabs(p[ids[o]] - p[want]), 1e-3 * p[want])
+              << "token " << t << " pick " << k << ": " << ids[o] << " instead of " << want;
+        }
+        EXPECT_NEAR(w[o], p[want] / wsum, 1e-3 * p[want] / wsum + 1e-6)
+            << "token " << t << " pick " << k;
+      }
+    }
+  }
+}
+
+TEST(WsDecodePrelude, EveryBlockRoutesLikeTheCpu) {
+  FLASHMOE_NEED_GPU();
+  if (!is_hopper()) GTEST_SKIP() << "the decode prototypes are sm_90a only";
+  const std::uint64_t seed = flashmoe_test::fresh_seed();
+  SCOPED_TRACE(seed);
+  std::mt19937_64 rng(seed);
+  // Qwen3's router at T = 1 and 16 on a full grid; more experts than blocks; 256 experts and
+  // K = 16; one block.
+  run_prelude_case({2048, 128, 8, 1, 132}, rng);
+  run_prelude_case({2048, 128, 8, 16, 132}, rng);
+  run_prelude_case({512, 64, 6, 5, 7}, rng);
+  run_prelude_case({256, 256, 16, 3, 50}, rng);
+  run_prelude_case({64, 8, 2, 2, 1}, rng);
 }
 
 }  // namespace

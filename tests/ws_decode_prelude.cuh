@@ -1,0 +1,160 @@
+// Issue 21's routing prelude, as a prototype beside the decode stream (ws_decode_stream.cuh):
+// for a few tokens (T <= 16), every block computes router logits for its share of the experts
+// and publishes them with one counter; then every block, once the counter is full, runs the
+// top-k of every token itself (one warp a token) instead of waiting for one block's top-k and a
+// published tile table. Each block ends holding the routing in shared memory, which is where the
+// decode stream's producer would start requesting weights. Softmax scoring, renormalised
+// weights, E <= 256 (a warp's lanes hold 8 logits each). Its time, launch included, is what the
+// decode engine's prelude can reach (bench_ws_mainloop, DecodePrelude rows); every block writes
+// its routing so the test can check that all agree with the CPU.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "device/sync.cuh"
+
+namespace flashmoe_test {
+
+inline constexpr int kDpThreads = 128;
+inline constexpr int kDpMaxTokens = 16, kDpMaxExperts = 256, kDpMaxTopK = 16;
+
+struct DecodePreludeArgs {
+  const __nv_bfloat16* x;       // [tokens, hidden]
+  const __nv_bfloat16* router;  // [experts, hidden]
+  int tokens, hidden, experts, top_k;
+  float* logits;             // [tokens, experts], written this launch
+  std::uint32_t* published;  // router blocks done; zero before the launch
+  int* ids;                  // [grid, tokens, top_k]: each block's routing
+  float* weights;            // [grid, tokens, top_k]
+  flashmoe::detail::Watchdog wd;
+};
+
+// Order-preserving float bits (finite or -inf values; -0 as +0).
+__device__ __forceinline__ std::uint32_t dp_ordered(float v) {
+  const std::uint32_t u = __float_as_uint(v + 0.0f);
+  return (u & 0x80000000u) != 0 ? ~u : u | 0x80000000u;
+}
+
+__global__ void __launch_bounds__(kDpThreads) ws_decode_prelude_kernel(const DecodePreludeArgs g) {
+  using namespace flashmoe::detail;
+  __shared__ float s_partial[kDpThreads / 32][kDpMaxTokens];
+  __shared__ int s_ids[kDpMaxTokens][kDpMaxTopK];
+  __shared__ float s_weights[kDpMaxTokens][kDpMaxTopK];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, T = g.tokens;
+
+  // Router: this block's experts, H split over all threads in 16-byte pieces, every token at once.
+  for (int e = blockIdx.x; e < g.experts; e += gridDim.x) {
+    float acc[kDpMaxTokens];
+#pragma unroll
+    for (int t = 0; t < kDpMaxTokens; ++t) acc[t] = 0.0f;
+    const __nv_bfloat16* wrow = g.router + static_cast<std::int64_t>(e) * g.hidden;
+    for (int c = threadIdx.x * 8; c < g.hidden; c += kDpThreads * 8) {
+      const uint4 wv = __ldg(reinterpret_cast<const uint4*>(wrow + c));
+      const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv);
+#pragma unroll
+      for (int t = 0; t < kDpMaxTokens; ++t) {
+        if (t >= T) break;
+        const uint4 xv = __ldg(
+            reinterpret_cast<const uint4*>(g.x + static_cast<std::int64_t>(t) * g.hidden + c));
+        const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xv);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float2 a = __bfloat1622float2(w2[i]), b = __bfloat1622float2(x2[i]);
+          acc[t] = fmaf(a.x, b.x, fmaf(a.y, b.y, acc[t]));
+        }
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kDpMaxTokens; ++t) {
+      if (t >= T) break;
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
+      if (lane == 0) s_partial[warp][t] = acc[t];
+    }
+    __syncthreads();
+    if (threadIdx.x < T) {
+      float sum = 0.0f;
+      for (int w = 0; w < kDpThreads / 32; ++w) sum += s_partial[w][threadIdx.x];  // fixed order
+      g.logits[static_cast<std::int64_t>(threadIdx.x) * g.experts + e] = sum;
+    }
+    __syncthreads();
+  }
+  // Publish (every block, whether or not it had an expert), then wait for all.
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    add_release(g.published, 1);
+    bool spun = false;
+    if (!wait_at_least(g.wd.ctl, g.published, gridDim.x, g.wd.timeout_ns, kSiteRouterDone, spun)) {
+      s_ids[0][0] = -1;  // the launch has failed: write nothing
+    } else {
+      s_ids[0][0] = 0;
+    }
+  }
+  __syncthreads();
+  if (s_ids[0][0] < 0) return;
+  __syncthreads();  // every thread read the flag before s_ids is written below
+
+  // Top-k: warp w takes tokens w, w + 4, ...; lane l holds experts l, l + 32, ...
+  constexpr int kPerLane = kDpMaxExperts / 32;
+  for (int t = warp; t < T; t += kDpThreads / 32) {
+    const float* row = g.logits + static_cast<std::int64_t>(t) * g.experts;
+    float score[kPerLane];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int e = lane + 32 * i;
+      score[i] = e < g.experts ? __ldcg(row + e) : -INFINITY;  // written by other blocks
+      mx = fmaxf(mx, score[i]);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    float sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      score[i] = lane + 32 * i < g.experts ? __expf(score[i] - mx) : 0.0f;
+      sum += score[i];
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    std::uint32_t taken = 0;
+    float picked = 0.0f, wsum = 0.0f;
+    int picked_id = 0;
+    for (int k = 0; k < g.top_k; ++k) {
+      float bv = -INFINITY;
+      int bi = 0x7fffffff;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) {
+        if (!((taken >> i) & 1u) && lane + 32 * i < g.experts && score[i] > bv) {
+          bv = score[i];
+          bi = lane + 32 * i;
+        }
+      }
+      const std::uint32_t top = __reduce_max_sync(0xffffffffu, dp_ordered(bv));
+      const int id = static_cast<int>(__reduce_min_sync(
+          0xffffffffu, dp_ordered(bv) == top ? static_cast<std::uint32_t>(bi) : 0xffffffffu));
+      const float s = __shfl_sync(0xffffffffu, bv, id & 31);
+      if ((id & 31) == lane) taken |= 1u << (id >> 5);
+      if (lane == k) {
+        picked = s;
+        picked_id = id;
+      }
+      wsum += s;
+    }
+    if (lane < g.top_k) {
+      s_ids[t][lane] = picked_id;
+      s_weights[t][lane] = picked / wsum;  // softmax / sum: the renormalised weight
+    }
+  }
+  __syncthreads();
+  // What the stream would start from; written out for the test.
+  for (int i = threadIdx.x; i < T * g.top_k; i += kDpThreads) {
+    const std::int64_t o = static_cast<std::int64_t>(blockIdx.x) * T * g.top_k + i;
+    g.ids[o] = s_ids[i / g.top_k][i % g.top_k];
+    g.weights[o] = s_weights[i / g.top_k][i % g.top_k];
+  }
+}
+
+}  // namespace flashmoe_test
