@@ -2,7 +2,8 @@
 // the token rows, at expert-GEMM shapes, in TFLOP/s: the measurement that picks the prefill
 // engine's A path (issue 20); and issue 21's decode stream (tests/ws_decode_stream.cuh) at the
 // T = 1 selections of the benchmark shapes, in us and TB/s of expert weights, and its routing
-// prelude (tests/ws_decode_prelude.cuh) beside an empty kernel's launch. Run on an H100/H200;
+// prelude (tests/ws_decode_prelude.cuh) beside an empty kernel's launch, and both as one layer
+// (tests/ws_decode_layer.cuh), timed as bench_moe times a forward. Run on an H100/H200;
 // elsewhere every row is skipped.
 #include <benchmark/benchmark.h>
 #include <cuda_bf16.h>
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "ws_decode_layer.cuh"
 #include "ws_decode_prelude.cuh"
 #include "ws_decode_stream.cuh"
 #include "ws_gather_gemm.cuh"
@@ -351,6 +353,124 @@ void BM_DecodePrelude(benchmark::State& state, StreamShape s, int tokens) {
   cudaStreamDestroy(stream);
 }
 
+// The decode layer prototype: a CUDA graph of 8 forwards on 8 different random inputs (so the
+// routing, and the experts streamed, change from one to the next), each with its own zeroed
+// counters (one memset node first), median per forward: bench_moe's method.
+template <class V>
+void BM_DecodeLayer(benchmark::State& state, StreamShape s, int tokens) {
+  int major = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
+      major != 9) {
+    state.SkipWithError("needs an sm_90 GPU");
+    return;
+  }
+  constexpr int kLaunches = 8;
+  using flashmoe_test::kDsTokens;
+  const std::size_t H = s.hidden, I = s.inter, E = s.experts, K = s.selected, T = tokens;
+  const std::size_t slots = std::min(E, T * K), slices = (H + 63) / 64;
+  const std::size_t words_per = 1 + flashmoe_test::kDpMaxExperts + slices + 1;  // + published
+  Buffer dx(kLaunches * T * H * 2), drouter(E * H * 2), dw13(E * 2 * I * H * 2), dw2(E * H * I * 2),
+      dlogits(T * E * 4), dh(slots * kDsTokens * I * 2), dout(slots * kDsTokens * H * 4),
+      dy(T * H * 2), words(kLaunches * words_per * 4), control(64 * 4 * 16);
+  if (!dx.ptr || !drouter.ptr || !dw13.ptr || !dw2.ptr || !dlogits.ptr || !dh.ptr || !dout.ptr ||
+      !dy.ptr || !words.ptr || !control.ptr) {
+    state.SkipWithError("cudaMalloc failed");
+    return;
+  }
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<__nv_bfloat16> host(std::max(kLaunches * T * H, E * H));
+  for (std::size_t i = 0; i < kLaunches * T * H; ++i) host[i] = __float2bfloat16(u(rng));
+  cudaMemcpy(dx.ptr, host.data(), kLaunches * T * H * 2, cudaMemcpyHostToDevice);
+  for (std::size_t i = 0; i < E * H; ++i) host[i] = __float2bfloat16(0.1f * u(rng));
+  cudaMemcpy(drouter.ptr, host.data(), E * H * 2, cudaMemcpyHostToDevice);
+  cudaMemset(dw13.ptr, 0x3c, dw13.bytes);  // expert weight values do not change the timing
+  cudaMemset(dw2.ptr, 0x3c, dw2.bytes);
+  cudaMemset(control.ptr, 0, control.bytes);
+  std::vector<flashmoe_test::DecodeStreamMaps> maps(kLaunches);
+  for (int l = 0; l < kLaunches; ++l) {
+    if (!flashmoe_test::encode_bf16_map(maps[l].x, dx.get<__nv_bfloat16>() + l * T * H, tokens,
+                                        s.hidden, kDsTokens) ||
+        !flashmoe_test::encode_bf16_map(maps[l].w13, dw13.ptr, static_cast<int>(E * 2 * I),
+                                        s.hidden, flashmoe_test::kDsGateCols) ||
+        !flashmoe_test::encode_bf16_map(maps[l].w2, dw2.ptr, static_cast<int>(E * H), s.inter,
+                                        64) ||
+        !flashmoe_test::encode_bf16_map(maps[l].h, dh.ptr, static_cast<int>(slots * kDsTokens),
+                                        s.inter, kDsTokens)) {
+      state.SkipWithError("cuTensorMapEncodeTiled failed");
+      return;
+    }
+  }
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  cudaStream_t stream;
+  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  const flashmoe::detail::Watchdog wd{{control.get<std::uint32_t>(), nullptr}, 2'000'000'000ull};
+  bool ok = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+  ok = ok && cudaMemsetAsync(words.ptr, 0, words.bytes, stream) == cudaSuccess;
+  for (int l = 0; l < kLaunches && ok; ++l) {
+    std::uint32_t* w = words.get<std::uint32_t>() + l * words_per;
+    const flashmoe_test::DecodeLayerArgs args{
+        {dx.get<__nv_bfloat16>() + l * T * H, drouter.get<__nv_bfloat16>(), tokens, s.hidden,
+         s.experts, s.selected, dlogits.get<float>(), w + words_per - 1, nullptr, nullptr, wd},
+        {nullptr, 0, s.hidden, s.inter, dh.get<__nv_bfloat16>(), dout.get<float>(), w, wd},
+        dy.get<__nv_bfloat16>(),
+        w + 1 + flashmoe_test::kDpMaxExperts};
+    ok = flashmoe_test::launch_ws_decode_layer<V>(maps[l], args, sms, stream) == cudaSuccess;
+  }
+  ok = cudaStreamEndCapture(stream, &graph) == cudaSuccess && ok;
+  ok = ok && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
+  for (int i = 0; i < 3 && ok; ++i) ok = cudaGraphLaunch(exec, stream) == cudaSuccess;
+  ok = ok && cudaStreamSynchronize(stream) == cudaSuccess;
+  std::uint32_t error = 0;
+  cudaMemcpy(&error,
+             control.get<std::uint32_t>() +
+                 flashmoe::detail::kStickyError * flashmoe::detail::kControlStride,
+             4, cudaMemcpyDeviceToHost);
+  if (!ok || error != 0) {
+    state.SkipWithError("the layer failed (launch, graph or a wait's watchdog)");
+  } else {
+    cudaEvent_t start, stop;
+    cudaEventCreate(&start);
+    cudaEventCreate(&stop);
+    std::vector<float> times;
+    for (auto _ : state) {
+      cudaEventRecord(start, stream);
+      cudaGraphLaunch(exec, stream);
+      cudaEventRecord(stop, stream);
+      cudaEventSynchronize(stop);
+      float ms = 0.0f;
+      cudaEventElapsedTime(&ms, start, stop);
+      state.SetIterationTime(ms / 1e3 / kLaunches);
+      times.push_back(ms * 1e3f / kLaunches);
+    }
+    std::sort(times.begin(), times.end());
+    state.counters["us_median"] = times[times.size() / 2];
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+  }
+  if (exec) cudaGraphExecDestroy(exec);
+  if (graph) cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
+template <class V>
+void register_layer_rows(const char* variant) {
+  for (const StreamShape& s : kStreamShapes) {
+    for (int tokens : {1, 4, 16}) {
+      benchmark::RegisterBenchmark(
+          (std::string("DecodeLayer/") + s.name + "/T:" + std::to_string(tokens) + "/" + variant)
+              .c_str(),
+          BM_DecodeLayer<V>, s, tokens)
+          ->UseManualTime()
+          ->Iterations(30)
+          ->Unit(benchmark::kMicrosecond);
+    }
+  }
+}
+
 template <class V>
 void register_stream_rows(const char* variant) {
   for (const StreamShape& s : kStreamShapes) {
@@ -402,6 +522,8 @@ int main(int argc, char** argv) {
       ->UseManualTime()
       ->Iterations(50)
       ->Unit(benchmark::kMicrosecond);
+  register_layer_rows<DsVariant<1, 0, 1>>("wg1");
+  register_layer_rows<DsVariant<2, 1, 2>>("wg2/in_flight1/k128");
   // No MMA: the consumers only wait for and release each stage (the producer's own rate).
   register_stream_rows<DsVariant<1, 0, 1, false>>("no_mma");
   register_stream_rows<DsVariant<1, 0, 2, false>>("no_mma/k128");

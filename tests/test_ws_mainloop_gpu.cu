@@ -2,8 +2,9 @@
 // producer/consumer ring (device/pipeline.cuh), weight boxes, the wide warpgroup MMA
 // (device/wgmma.cuh) and three ways of loading gathered token rows (ws_gather_gemm.cuh), in a
 // persistent gathered GEMM checked against a CPU product; and issue 21's swap-AB decode stream
-// (ws_decode_stream.cuh) against a CPU gate/up and down, and its routing prelude
-// (ws_decode_prelude.cuh) against a CPU top-k. Skipped off Hopper.
+// (ws_decode_stream.cuh) against a CPU gate/up and down, its routing prelude
+// (ws_decode_prelude.cuh) against a CPU top-k, and both as one layer (ws_decode_layer.cuh)
+// against the float64 reference. Skipped off Hopper.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -17,7 +18,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "flashmoe/reference.hpp"
 #include "test_util.hpp"
+#include "ws_decode_layer.cuh"
 #include "ws_decode_prelude.cuh"
 #include "ws_decode_stream.cuh"
 #include "ws_gather_gemm.cuh"
@@ -447,6 +450,116 @@ TEST(WsDecodePrelude, EveryBlockRoutesLikeTheCpu) {
   run_prelude_case({512, 64, 6, 5, 7}, rng);
   run_prelude_case({256, 256, 16, 3, 50}, rng);
   run_prelude_case({64, 8, 2, 2, 1}, rng);
+}
+
+struct LayerCase {
+  int hidden, inter, experts, top_k, tokens, grid;
+};
+
+// The decode layer prototype against flashmoe::reference::forward (softmax, renormalised,
+// SiLU-gated, bf16): every token's relative L2 error within the bf16 tolerance, y poisoned first.
+template <class V = flashmoe_test::DsVariant<>>
+void run_layer_case(const LayerCase& cs, std::mt19937_64& rng) {
+  using flashmoe_test::kDsTokens;
+  SCOPED_TRACE(::testing::Message()
+               << "H " << cs.hidden << " I " << cs.inter << " E " << cs.experts << " K " << cs.top_k
+               << " T " << cs.tokens << " grid " << cs.grid << " threads " << V::kThreads);
+  const int H = cs.hidden, I = cs.inter, E = cs.experts, K = cs.top_k, T = cs.tokens;
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  auto fill = [&](std::vector<__nv_bfloat16>& v, std::size_t n, float scale) {
+    v.resize(n);
+    for (auto& e : v) e = __float2bfloat16(u(rng) * scale);
+  };
+  std::vector<__nv_bfloat16> x, router, w13, w2;
+  fill(x, std::size_t(T) * H, 1.0f);
+  fill(router, std::size_t(E) * H, 0.1f);
+  fill(w13, std::size_t(E) * 2 * I * H, 0.05f);
+  fill(w2, std::size_t(E) * H * I, 0.05f);
+  const int max_slots = std::min(E, T * K), slices = (H + 63) / 64;
+  DeviceBuffer dx(x.size() * 2), drouter(router.size() * 2), dw13(w13.size() * 2),
+      dw2(w2.size() * 2), dlogits(std::size_t(T) * E * 4), dpub(4),
+      dh(std::size_t(max_slots) * kDsTokens * I * 2),
+      dout(std::size_t(max_slots) * kDsTokens * H * 4), dy(std::size_t(T) * H * 2),
+      words((1 + flashmoe_test::kDpMaxExperts) * 4), dslices(slices * 4), control(64 * 4 * 16);
+  for (auto [dst, src] : {std::pair{&dx, &x}, std::pair{&drouter, &router}, std::pair{&dw13, &w13},
+                          std::pair{&dw2, &w2}}) {
+    ASSERT_EQ(cudaMemcpy(dst->get(), src->data(), src->size() * 2, cudaMemcpyHostToDevice),
+              cudaSuccess);
+  }
+  for (DeviceBuffer* b : {&dpub, &words, &dslices, &control}) {
+    ASSERT_EQ(cudaMemset(b->get(), 0, b->bytes()), cudaSuccess);
+  }
+  ASSERT_EQ(cudaMemset(dy.get(), 0xff, dy.bytes()), cudaSuccess);  // poison: NaN
+  flashmoe_test::DecodeStreamMaps maps{};
+  ASSERT_TRUE(flashmoe_test::encode_bf16_map(maps.x, dx.get(), T, H, kDsTokens));
+  ASSERT_TRUE(flashmoe_test::encode_bf16_map(maps.w13, dw13.get(), E * 2 * I, H,
+                                             flashmoe_test::kDsGateCols));
+  ASSERT_TRUE(flashmoe_test::encode_bf16_map(maps.w2, dw2.get(), E * H, I, 64));
+  ASSERT_TRUE(
+      flashmoe_test::encode_bf16_map(maps.h, dh.get(), max_slots * kDsTokens, I, kDsTokens));
+  const Watchdog wd{Control{control.get<std::uint32_t>(), nullptr}, 2'000'000'000ull};
+  const flashmoe_test::DecodeLayerArgs args{
+      {dx.get<__nv_bfloat16>(), drouter.get<__nv_bfloat16>(), T, H, E, K, dlogits.get<float>(),
+       dpub.get<std::uint32_t>(), nullptr, nullptr, wd},
+      {nullptr, 0, H, I, dh.get<__nv_bfloat16>(), dout.get<float>(), words.get<std::uint32_t>(),
+       wd},
+      dy.get<__nv_bfloat16>(),
+      dslices.get<std::uint32_t>()};
+  ASSERT_EQ(flashmoe_test::launch_ws_decode_layer<V>(maps, args, cs.grid, nullptr), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::uint32_t error = 0;
+  ASSERT_EQ(cudaMemcpy(&error,
+                       control.get<std::uint32_t>() +
+                           flashmoe::detail::kStickyError * flashmoe::detail::kControlStride,
+                       4, cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  ASSERT_EQ(error, 0u) << "a wait timed out";
+  std::vector<__nv_bfloat16> y(std::size_t(T) * H);
+  ASSERT_EQ(cudaMemcpy(y.data(), dy.get(), y.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+
+  flashmoe::Config c;
+  c.hidden = H;
+  c.intermediate = I;
+  c.experts = E;
+  c.top_k = K;
+  c.max_tokens = T;
+  c.dtype = flashmoe::DType::BF16;
+  flashmoe::Weights w;
+  w.router = router.data();
+  w.w13 = w13.data();
+  w.w2 = w2.data();
+  std::vector<std::uint16_t> y_ref(std::size_t(T) * H);
+  std::vector<double> y64(std::size_t(T) * H);
+  ASSERT_TRUE(flashmoe::reference::forward(c, w, x.data(), y_ref.data(), T, {}, y64.data()).ok());
+  for (int t = 0; t < T; ++t) {
+    double err = 0.0, norm = 0.0;
+    for (int n = 0; n < H; ++n) {
+      const double ref = y64[std::size_t(t) * H + n];
+      const double d = __bfloat162float(y[std::size_t(t) * H + n]) - ref;
+      err += d * d;
+      norm += ref * ref;
+    }
+    const double rel = std::sqrt(err) / std::max(std::sqrt(norm), 1e-6);
+    EXPECT_LE(rel, flashmoe_test::tolerance(flashmoe::DType::BF16)) << "token " << t;
+  }
+}
+
+TEST(WsDecodeLayer, OneLaunchMatchesTheReference) {
+  FLASHMOE_NEED_GPU();
+  if (!is_hopper()) GTEST_SKIP() << "the decode prototypes are sm_90a only";
+  const std::uint64_t seed = flashmoe_test::fresh_seed();
+  SCOPED_TRACE(seed);
+  std::mt19937_64 rng(seed);
+  using flashmoe_test::DsVariant;
+  // Qwen3-30B-A3B's shape at T = 1 and 16 on a full grid; tails of H and I; one block; experts
+  // shared by several tokens (E = 4); the consumer variants.
+  run_layer_case({2048, 768, 128, 8, 1, 132}, rng);
+  run_layer_case({2048, 768, 128, 8, 16, 132}, rng);
+  run_layer_case({200, 200, 16, 4, 5, 9}, rng);
+  run_layer_case({256, 192, 8, 2, 3, 1}, rng);
+  run_layer_case({512, 256, 4, 2, 16, 20}, rng);
+  run_layer_case<DsVariant<2, 1, 2>>({2048, 768, 128, 8, 4, 132}, rng);
+  run_layer_case<DsVariant<1, 1, 2>>({200, 200, 16, 4, 5, 9}, rng);
 }
 
 }  // namespace

@@ -38,46 +38,57 @@ __device__ __forceinline__ std::uint32_t dp_ordered(float v) {
   return (u & 0x80000000u) != 0 ? ~u : u | 0x80000000u;
 }
 
-__global__ void __launch_bounds__(kDpThreads) ws_decode_prelude_kernel(const DecodePreludeArgs g) {
-  using namespace flashmoe::detail;
-  __shared__ float s_partial[kDpThreads / 32][kDpMaxTokens];
-  __shared__ int s_ids[kDpMaxTokens][kDpMaxTopK];
-  __shared__ float s_weights[kDpMaxTokens][kDpMaxTopK];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, T = g.tokens;
+// The block's shared state of the prelude.
+struct DpShared {
+  float partial[kDpThreads / 32][kDpMaxTokens];
+  int ids[kDpMaxTokens][kDpMaxTopK];
+  float weights[kDpMaxTokens][kDpMaxTopK];
+  int failed;
+};
 
-  // Router: this block's experts, H split over all threads in 16-byte pieces, every token at once.
+// The prelude, run by every thread of the block (threads past kDpThreads only meet at the
+// barriers): on return the block's `sh.ids` / `sh.weights` hold every token's routing. False
+// (for every thread) when the wait for the other blocks failed; the launch has then failed.
+__device__ inline bool dp_route(const DecodePreludeArgs& g, DpShared& sh) {
+  using namespace flashmoe::detail;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, T = g.tokens;
+  const bool worker = threadIdx.x < kDpThreads;
+
+  // Router: this block's experts, H split over the workers in 16-byte pieces, every token at once.
   for (int e = blockIdx.x; e < g.experts; e += gridDim.x) {
-    float acc[kDpMaxTokens];
+    if (worker) {
+      float acc[kDpMaxTokens];
 #pragma unroll
-    for (int t = 0; t < kDpMaxTokens; ++t) acc[t] = 0.0f;
-    const __nv_bfloat16* wrow = g.router + static_cast<std::int64_t>(e) * g.hidden;
-    for (int c = threadIdx.x * 8; c < g.hidden; c += kDpThreads * 8) {
-      const uint4 wv = __ldg(reinterpret_cast<const uint4*>(wrow + c));
-      const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv);
+      for (int t = 0; t < kDpMaxTokens; ++t) acc[t] = 0.0f;
+      const __nv_bfloat16* wrow = g.router + static_cast<std::int64_t>(e) * g.hidden;
+      for (int c = threadIdx.x * 8; c < g.hidden; c += kDpThreads * 8) {
+        const uint4 wv = __ldg(reinterpret_cast<const uint4*>(wrow + c));
+        const __nv_bfloat162* w2 = reinterpret_cast<const __nv_bfloat162*>(&wv);
+#pragma unroll
+        for (int t = 0; t < kDpMaxTokens; ++t) {
+          if (t >= T) break;
+          const uint4 xv = __ldg(
+              reinterpret_cast<const uint4*>(g.x + static_cast<std::int64_t>(t) * g.hidden + c));
+          const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xv);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const float2 a = __bfloat1622float2(w2[i]), b = __bfloat1622float2(x2[i]);
+            acc[t] = fmaf(a.x, b.x, fmaf(a.y, b.y, acc[t]));
+          }
+        }
+      }
 #pragma unroll
       for (int t = 0; t < kDpMaxTokens; ++t) {
         if (t >= T) break;
-        const uint4 xv = __ldg(
-            reinterpret_cast<const uint4*>(g.x + static_cast<std::int64_t>(t) * g.hidden + c));
-        const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&xv);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float2 a = __bfloat1622float2(w2[i]), b = __bfloat1622float2(x2[i]);
-          acc[t] = fmaf(a.x, b.x, fmaf(a.y, b.y, acc[t]));
-        }
+        for (int o = 16; o > 0; o >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
+        if (lane == 0) sh.partial[warp][t] = acc[t];
       }
-    }
-#pragma unroll
-    for (int t = 0; t < kDpMaxTokens; ++t) {
-      if (t >= T) break;
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
-      if (lane == 0) s_partial[warp][t] = acc[t];
     }
     __syncthreads();
     if (threadIdx.x < T) {
       float sum = 0.0f;
-      for (int w = 0; w < kDpThreads / 32; ++w) sum += s_partial[w][threadIdx.x];  // fixed order
+      for (int w = 0; w < kDpThreads / 32; ++w) sum += sh.partial[w][threadIdx.x];  // fixed order
       g.logits[static_cast<std::int64_t>(threadIdx.x) * g.experts + e] = sum;
     }
     __syncthreads();
@@ -87,19 +98,16 @@ __global__ void __launch_bounds__(kDpThreads) ws_decode_prelude_kernel(const Dec
   if (threadIdx.x == 0) {
     add_release(g.published, 1);
     bool spun = false;
-    if (!wait_at_least(g.wd.ctl, g.published, gridDim.x, g.wd.timeout_ns, kSiteRouterDone, spun)) {
-      s_ids[0][0] = -1;  // the launch has failed: write nothing
-    } else {
-      s_ids[0][0] = 0;
-    }
+    sh.failed =
+        wait_at_least(g.wd.ctl, g.published, gridDim.x, g.wd.timeout_ns, kSiteRouterDone, spun) ? 0
+                                                                                                : 1;
   }
   __syncthreads();
-  if (s_ids[0][0] < 0) return;
-  __syncthreads();  // every thread read the flag before s_ids is written below
+  if (sh.failed != 0) return false;
 
-  // Top-k: warp w takes tokens w, w + 4, ...; lane l holds experts l, l + 32, ...
+  // Top-k: worker warp w takes tokens w, w + 4, ...; lane l holds experts l, l + 32, ...
   constexpr int kPerLane = kDpMaxExperts / 32;
-  for (int t = warp; t < T; t += kDpThreads / 32) {
+  for (int t = warp; worker && t < T; t += kDpThreads / 32) {
     const float* row = g.logits + static_cast<std::int64_t>(t) * g.experts;
     float score[kPerLane];
     float mx = -INFINITY;
@@ -111,14 +119,11 @@ __global__ void __launch_bounds__(kDpThreads) ws_decode_prelude_kernel(const Dec
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    float sum = 0.0f;
+      // Unnormalised softmax: its denominator cancels in the renormalised weights.
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       score[i] = lane + 32 * i < g.experts ? __expf(score[i] - mx) : 0.0f;
-      sum += score[i];
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
     std::uint32_t taken = 0;
     float picked = 0.0f, wsum = 0.0f;
     int picked_id = 0;
@@ -135,25 +140,31 @@ __global__ void __launch_bounds__(kDpThreads) ws_decode_prelude_kernel(const Dec
       const std::uint32_t top = __reduce_max_sync(0xffffffffu, dp_ordered(bv));
       const int id = static_cast<int>(__reduce_min_sync(
           0xffffffffu, dp_ordered(bv) == top ? static_cast<std::uint32_t>(bi) : 0xffffffffu));
-      const float s = __shfl_sync(0xffffffffu, bv, id & 31);
+      const float pick = __shfl_sync(0xffffffffu, bv, id & 31);
       if ((id & 31) == lane) taken |= 1u << (id >> 5);
       if (lane == k) {
-        picked = s;
+        picked = pick;
         picked_id = id;
       }
-      wsum += s;
+      wsum += pick;
     }
     if (lane < g.top_k) {
-      s_ids[t][lane] = picked_id;
-      s_weights[t][lane] = picked / wsum;  // softmax / sum: the renormalised weight
+      sh.ids[t][lane] = picked_id;
+      sh.weights[t][lane] = picked / wsum;
     }
   }
   __syncthreads();
+  return true;
+}
+
+__global__ void __launch_bounds__(kDpThreads) ws_decode_prelude_kernel(const DecodePreludeArgs g) {
+  __shared__ DpShared sh;
+  if (!dp_route(g, sh)) return;
   // What the stream would start from; written out for the test.
-  for (int i = threadIdx.x; i < T * g.top_k; i += kDpThreads) {
-    const std::int64_t o = static_cast<std::int64_t>(blockIdx.x) * T * g.top_k + i;
-    g.ids[o] = s_ids[i / g.top_k][i % g.top_k];
-    g.weights[o] = s_weights[i / g.top_k][i % g.top_k];
+  for (int i = threadIdx.x; i < g.tokens * g.top_k; i += kDpThreads) {
+    const std::int64_t o = static_cast<std::int64_t>(blockIdx.x) * g.tokens * g.top_k + i;
+    g.ids[o] = sh.ids[i / g.top_k][i % g.top_k];
+    g.weights[o] = sh.weights[i / g.top_k][i % g.top_k];
   }
 }
 

@@ -80,13 +80,14 @@ struct DsJobRing {
   DsJob job[kDsJobDepth];
 };
 
-__device__ __forceinline__ DsJob ds_decode_ticket(const DecodeStreamArgs& g, std::uint32_t ticket) {
+__device__ __forceinline__ DsJob ds_decode_ticket(const DecodeStreamArgs& g, int selected,
+                                                  std::uint32_t ticket) {
   const int ng = (g.inter + kDsGateCols - 1) / kDsGateCols;
   const int nd = (g.hidden + kDsDownCols - 1) / kDsDownCols;
-  const std::uint32_t gateup = static_cast<std::uint32_t>(g.selected * ng);
+  const std::uint32_t gateup = static_cast<std::uint32_t>(selected * ng);
   if (ticket < gateup) return {0, static_cast<int>(ticket) / ng, static_cast<int>(ticket) % ng};
   ticket -= gateup;
-  if (ticket < static_cast<std::uint32_t>(g.selected * nd)) {
+  if (ticket < static_cast<std::uint32_t>(selected * nd)) {
     return {1, static_cast<int>(ticket) / nd, static_cast<int>(ticket) % nd};
   }
   return {2, 0, 0};
@@ -109,10 +110,24 @@ __device__ __forceinline__ void ds_load(std::uint32_t dst, std::uint32_t atom,
   }
 }
 
-template <class V>
-__global__ void __launch_bounds__(V::kThreads, 1)
-    ws_decode_stream_kernel(const __grid_constant__ DecodeStreamMaps maps,
-                            const DecodeStreamArgs g) {
+// What the whole-layer kernel (ws_decode_layer.cuh) adds to the stream: the slots come from its
+// routing in shared memory, every slot's B is the same token rows (all T <= 16 tokens of x), and
+// the down tile that completes a column slice of every slot sums the tokens' parts into y.
+struct DsLayerHook {
+  const int* slot_expert;  // [selected] (shared memory)
+  const int* slot_of;      // [E]: slot of an expert (shared memory)
+  const int (*ids)[16];    // [T][16] routing (shared memory)
+  const float (*weights)[16];
+  int tokens, top_k;
+  __nv_bfloat16* y;           // [T, H]
+  std::uint32_t* slice_done;  // [H / 64]: down tiles finished per column slice, zero at launch
+};
+
+// The stream, run by every thread of the block after its setup; `selected` slots of experts
+// `slot_expert`; with a hook (kLayer) it is a layer's expert phase.
+template <class V, bool kLayer>
+__device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& g,
+                          const int* slot_expert, int selected, const DsLayerHook& hook) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace flashmoe::detail;
   constexpr int kStages = V::kStages, kConsumers = V::kThreads / 128;
@@ -127,6 +142,7 @@ __global__ void __launch_bounds__(V::kThreads, 1)
   // one, so that its wait is bounded and ends when the ring is poisoned; a warpgroup whose
   // stage wait failed leaves, and a named barrier would hold the other one forever.
   __shared__ std::uint64_t team_bar;
+  __shared__ int s_combine;
   const int lane = threadIdx.x % 32, wg = static_cast<int>(threadIdx.x / 128);
   const int ng = (g.inter + kDsGateCols - 1) / kDsGateCols;
   const Watchdog ring_wd{g.wd.ctl, 2 * g.wd.timeout_ns};
@@ -148,7 +164,7 @@ __global__ void __launch_bounds__(V::kThreads, 1)
     PipeState<kDsJobDepth> js;
     std::uint32_t ticket = fetch_add_relaxed(g.words, 1);
     for (;;) {
-      const DsJob job = ds_decode_ticket(g, ticket);
+      const DsJob job = ds_decode_ticket(g, selected, ticket);
       if (!pipe.wait_barrier(smem_u32(&jobs.empty[js.index]), js.phase ^ 1u, ring_wd,
                              kSiteJobRing)) {
         return;
@@ -158,8 +174,8 @@ __global__ void __launch_bounds__(V::kThreads, 1)
       js.advance();
       if (job.kind == 2) return;
       ticket = fetch_add_relaxed(g.words, 1);
-      const int expert = g.experts[job.slot];
-      const int token_row = job.slot * kDsTokens;
+      const int expert = slot_expert[job.slot];
+      const int h_row = job.slot * kDsTokens, token_row = kLayer ? 0 : h_row;
       const int ksteps = ds_ksteps<V>(g, job);
       if (job.kind == 0) {
         const int gate_row = expert * 2 * g.inter + job.tile * kDsGateCols;
@@ -196,7 +212,7 @@ __global__ void __launch_bounds__(V::kThreads, 1)
       PipeState<kStages> q = first;
       for (int kt = 0; kt < ahead; ++kt) {
         ds_load<V>(base + q.index * V::kStage + V::kA, V::kBAtom, &maps.h, pipe.full_barrier(q), kt,
-                   token_row);
+                   h_row);
         q.advance();
       }
       for (int kt = ahead; kt < ksteps; ++kt) {
@@ -204,7 +220,7 @@ __global__ void __launch_bounds__(V::kThreads, 1)
         const std::uint32_t a = base + st.index * V::kStage, bar = pipe.full_barrier(st);
         pipe.producer_expect(st, V::kA + V::kB);
         ds_load<V>(a, V::kAAtom, &maps.w2, bar, kt, w2_row);
-        ds_load<V>(a + V::kA, V::kBAtom, &maps.h, bar, kt, token_row);
+        ds_load<V>(a + V::kA, V::kBAtom, &maps.h, bar, kt, h_row);
         st.advance();
       }
     }
@@ -294,7 +310,9 @@ __global__ void __launch_bounds__(V::kThreads, 1)
           const int r = i % 64, t = i / 64, col = job.tile * kDsDownCols + r;
           float v = s_part[0][r][t];
           if (kConsumers == 2) v += s_part[kConsumers - 1][r][t];
-          if (col < g.hidden) g.out[(row0 + t) * g.hidden + col] = v;
+          if (col < g.hidden && (!kLayer || t < hook.tokens)) {
+            g.out[(row0 + t) * g.hidden + col] = v;
+          }
         }
       } else {
         for (int i = tid; i < kDsGateCols * kDsTokens; i += kTeam) {
@@ -304,7 +322,8 @@ __global__ void __launch_bounds__(V::kThreads, 1)
             gate += s_part[kConsumers - 1][c][t];
             up += s_part[kConsumers - 1][kDsGateCols + c][t];
           }
-          if (col < g.inter) {
+          // (A layer's token rows past T: never read back but as columns of their own.)
+          if (col < g.inter && (!kLayer || t < hook.tokens)) {
             g.h[(row0 + t) * g.inter + col] = __float2bfloat16(gate / (1.0f + __expf(-gate)) * up);
           }
         }
@@ -314,10 +333,41 @@ __global__ void __launch_bounds__(V::kThreads, 1)
     // The partial products are free again, and h is written, before it is published.
     if (!team_sync()) return;
     if (job.kind == 0 && tid == 0) add_release(g.words + 1 + job.slot, 1);
+    if constexpr (kLayer) {
+      if (job.kind == 1) {
+        // The down tile that completes its column slice for every slot sums each token's parts
+        // into y, in the token's top-k order.
+        if (tid == 0) {
+          s_combine = fetch_add_acq_rel(hook.slice_done + job.tile, 1) + 1 ==
+                      static_cast<std::uint32_t>(selected);
+        }
+        if (!team_sync()) return;
+        if (s_combine) {
+          for (int i = tid; i < hook.tokens * kDsDownCols; i += kTeam) {
+            const int t = i / kDsDownCols, col = job.tile * kDsDownCols + i % kDsDownCols;
+            if (col >= g.hidden) continue;
+            float sum = 0.0f;
+            for (int k = 0; k < hook.top_k; ++k) {
+              const std::int64_t row =
+                  static_cast<std::int64_t>(hook.slot_of[hook.ids[t][k]]) * kDsTokens + t;
+              sum += hook.weights[t][k] * __ldcg(g.out + row * g.hidden + col);
+            }
+            hook.y[static_cast<std::int64_t>(t) * g.hidden + col] = __float2bfloat16(sum);
+          }
+        }
+      }
+    }
   }
 #else
-  (void)maps, (void)g;
+  (void)maps, (void)g, (void)slot_expert, (void)selected, (void)hook;
 #endif
+}
+
+template <class V>
+__global__ void __launch_bounds__(V::kThreads, 1)
+    ws_decode_stream_kernel(const __grid_constant__ DecodeStreamMaps maps,
+                            const DecodeStreamArgs g) {
+  ds_stream<V, false>(maps, g, g.experts, g.selected, DsLayerHook{});
 }
 
 template <class V = DsVariant<>>
