@@ -397,6 +397,13 @@ void run_prelude_case(const PreludeCase& cs, std::mt19937_64& rng) {
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   std::vector<int> ids(outs);
   std::vector<float> w(outs);
+  std::uint32_t error = 0;
+  ASSERT_EQ(cudaMemcpy(&error,
+                       control.get<std::uint32_t>() +
+                           flashmoe::detail::kStickyError * flashmoe::detail::kControlStride,
+                       4, cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  ASSERT_EQ(error, 0u) << "the wait for the other blocks timed out";
   ASSERT_EQ(cudaMemcpy(ids.data(), dids.get(), outs * 4, cudaMemcpyDeviceToHost), cudaSuccess);
   ASSERT_EQ(cudaMemcpy(w.data(), dw.get(), outs * 4, cudaMemcpyDeviceToHost), cudaSuccess);
   for (int t = 0; t < T; ++t) {
@@ -489,7 +496,10 @@ void run_layer_case(const LayerCase& cs, std::mt19937_64& rng) {
   for (DeviceBuffer* b : {&dpub, &words, &dslices, &control}) {
     ASSERT_EQ(cudaMemset(b->get(), 0, b->bytes()), cudaSuccess);
   }
-  ASSERT_EQ(cudaMemset(dy.get(), 0xff, dy.bytes()), cudaSuccess);  // poison: NaN
+  // Poison (NaN): y, and the parts, so that a combine reading a part nobody wrote shows.
+  for (DeviceBuffer* b : {&dy, &dout, &dh}) {
+    ASSERT_EQ(cudaMemset(b->get(), 0xff, b->bytes()), cudaSuccess);
+  }
   flashmoe_test::DecodeStreamMaps maps{};
   ASSERT_TRUE(flashmoe_test::encode_bf16_map(maps.x, dx.get(), T, H, kDsTokens));
   ASSERT_TRUE(flashmoe_test::encode_bf16_map(maps.w13, dw13.get(), E * 2 * I, H,

@@ -4,7 +4,8 @@
 // top-k of every token itself (one warp a token) instead of waiting for one block's top-k and a
 // published tile table. Each block ends holding the routing in shared memory, which is where the
 // decode stream's producer would start requesting weights. Softmax scoring, renormalised
-// weights, E <= 256 (a warp's lanes hold 8 logits each). Its time, launch included, is what the
+// weights, E <= 256 (a warp's lanes hold 8 logits each), K <= min(16, E), H a multiple of 8
+// (16-byte loads); the callers keep to these limits. Its time, launch included, is what the
 // decode engine's prelude can reach (bench_ws_mainloop, DecodePrelude rows); every block writes
 // its routing so the test can check that all agree with the CPU.
 #pragma once

@@ -258,6 +258,7 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
 #pragma unroll
     for (int j = 0; j < kDsTokens / 2; ++j) acc[j] = 0.0f;
     bool held = false;  // prev: a stage of this warpgroup whose MMAs may still run
+    bool ok = true;
     for (int kt = 0; kt < ksteps; ++kt) {
       const bool mine = kConsumers == 1 || static_cast<int>(stage_count++ % 2) == wg;
       if (!mine) {
@@ -265,8 +266,8 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
         continue;
       }
       if (!pipe.consumer_wait(st, g.wd, kSiteWeightCopy)) {
-        if (held) wgmma_wait<0>();  // no MMA of this warpgroup outlives it
-        return;
+        ok = false;  // leave after the loop, once no MMA of this warpgroup runs
+        break;
       }
       if constexpr (Mma) {
         const std::uint32_t a = base + st.index * V::kStage;
@@ -292,10 +293,11 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
       }
       st.advance();
     }
-    if (held) {
-      wgmma_wait<0>();
-      if (lane == 0) pipe.consumer_release(prev);
+    if constexpr (InFlight > 0 && Mma) {
+      wgmma_wait<0>();  // unconditional: a warpgroup-wide wait under a branch serialises the MMAs
+      if (held && lane == 0) pipe.consumer_release(prev);
     }
+    if (!ok) return;
     // Epilogue: the warpgroups' partial products through shared memory, summed in warpgroup
     // order. Gate rows are the MMA's rows 0-31, up rows 32-63.
     const std::int64_t row0 = static_cast<std::int64_t>(job.slot) * kDsTokens;
