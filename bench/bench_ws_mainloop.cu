@@ -153,6 +153,59 @@ void register_rows(const char* gather) {
   }
 }
 
+// The prototypes' timing, as bench_moe times forwards: `capture` enqueues `launches` launches
+// on a stream being captured into a graph (after one memset node zeroing `counters`); the graph
+// runs three times, then once per iteration. Returns the median microseconds per launch, or a
+// negative value after SkipWithError (a failed launch, or a wait's watchdog in `control`).
+template <class Capture>
+double time_graph(benchmark::State& state, int launches, const Buffer& counters,
+                  const Buffer& control, Capture&& capture) {
+  cudaStream_t stream;
+  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  bool ok = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+  ok = ok && cudaMemsetAsync(counters.ptr, 0, counters.bytes, stream) == cudaSuccess;
+  ok = ok && capture(stream);
+  ok = cudaStreamEndCapture(stream, &graph) == cudaSuccess && ok;
+  ok = ok && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
+  for (int i = 0; i < 3 && ok; ++i) ok = cudaGraphLaunch(exec, stream) == cudaSuccess;
+  ok = ok && cudaStreamSynchronize(stream) == cudaSuccess;
+  std::uint32_t error = 0;
+  cudaMemcpy(&error,
+             control.get<std::uint32_t>() +
+                 flashmoe::detail::kStickyError * flashmoe::detail::kControlStride,
+             4, cudaMemcpyDeviceToHost);
+  double median = -1.0;
+  if (!ok || error != 0) {
+    state.SkipWithError("a launch failed (launch, graph or a wait's watchdog)");
+  } else {
+    cudaEvent_t start, stop;
+    cudaEventCreate(&start);
+    cudaEventCreate(&stop);
+    std::vector<float> times;
+    for (auto _ : state) {
+      cudaEventRecord(start, stream);
+      cudaGraphLaunch(exec, stream);
+      cudaEventRecord(stop, stream);
+      cudaEventSynchronize(stop);
+      float ms = 0.0f;
+      cudaEventElapsedTime(&ms, start, stop);
+      state.SetIterationTime(ms / 1e3 / launches);
+      times.push_back(ms * 1e3f / launches);
+    }
+    std::sort(times.begin(), times.end());
+    median = times[times.size() / 2];
+    state.counters["us_median"] = median;
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+  }
+  if (exec) cudaGraphExecDestroy(exec);
+  if (graph) cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+  return median;
+}
+
 struct StreamShape {
   const char* name;
   int hidden, inter, experts, selected;  // selected: the experts one token chooses (K)
@@ -206,61 +259,24 @@ void BM_DecodeStream(benchmark::State& state, StreamShape s) {
   }
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
-  cudaStream_t stream;
-  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  bool ok = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
-  ok = ok && cudaMemsetAsync(words.ptr, 0, words.bytes, stream) == cudaSuccess;
-  for (int l = 0; l < kLaunches && ok; ++l) {
-    const flashmoe_test::DecodeStreamArgs args{
-        dexperts.get<int>() + l * S,
-        s.selected,
-        s.hidden,
-        s.inter,
-        dh.get<__nv_bfloat16>(),
-        dout.get<float>(),
-        words.get<std::uint32_t>() + l * (1 + S),
-        {{control.get<std::uint32_t>(), nullptr}, 2'000'000'000ull}};
-    ok = flashmoe_test::launch_ws_decode_stream<V>(maps, args, sms, stream) == cudaSuccess;
-  }
-  ok = cudaStreamEndCapture(stream, &graph) == cudaSuccess && ok;
-  ok = ok && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
-  for (int i = 0; i < 3 && ok; ++i) ok = cudaGraphLaunch(exec, stream) == cudaSuccess;
-  ok = ok && cudaStreamSynchronize(stream) == cudaSuccess;
-  std::uint32_t error = 0;
-  cudaMemcpy(&error,
-             control.get<std::uint32_t>() +
-                 flashmoe::detail::kStickyError * flashmoe::detail::kControlStride,
-             4, cudaMemcpyDeviceToHost);
-  if (!ok || error != 0) {
-    state.SkipWithError("the stream failed (launch, graph or a wait's watchdog)");
-  } else {
-    cudaEvent_t start, stop;
-    cudaEventCreate(&start);
-    cudaEventCreate(&stop);
-    std::vector<float> times;
-    for (auto _ : state) {
-      cudaEventRecord(start, stream);
-      cudaGraphLaunch(exec, stream);
-      cudaEventRecord(stop, stream);
-      cudaEventSynchronize(stop);
-      float ms = 0.0f;
-      cudaEventElapsedTime(&ms, start, stop);
-      state.SetIterationTime(ms / 1e3 / kLaunches);
-      times.push_back(ms * 1e3f / kLaunches);
+  const double us = time_graph(state, kLaunches, words, control, [&](cudaStream_t stream) {
+    for (int l = 0; l < kLaunches; ++l) {
+      const flashmoe_test::DecodeStreamArgs args{
+          dexperts.get<int>() + l * S,
+          s.selected,
+          s.hidden,
+          s.inter,
+          dh.get<__nv_bfloat16>(),
+          dout.get<float>(),
+          words.get<std::uint32_t>() + l * (1 + S),
+          {{control.get<std::uint32_t>(), nullptr}, 2'000'000'000ull}};
+      if (flashmoe_test::launch_ws_decode_stream<V>(maps, args, sms, stream) != cudaSuccess) {
+        return false;
+      }
     }
-    std::sort(times.begin(), times.end());
-    const double us = times[times.size() / 2];
-    const double bytes = 3.0 * S * H * I * 2;
-    state.counters["us_median"] = us;
-    state.counters["weights_TBps"] = bytes / (us * 1e-6) / 1e12;
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-  }
-  if (exec) cudaGraphExecDestroy(exec);
-  if (graph) cudaGraphDestroy(graph);
-  cudaStreamDestroy(stream);
+    return true;
+  });
+  if (us > 0) state.counters["weights_TBps"] = 3.0 * S * H * I * 2 / (us * 1e-6) / 1e12;
 }
 
 __global__ void empty_kernel() {}
@@ -291,66 +307,30 @@ void BM_DecodePrelude(benchmark::State& state, StreamShape s, int tokens) {
   cudaMemset(dx.ptr, 0x3c, dx.bytes);
   cudaMemset(drouter.ptr, 0x3c, drouter.bytes);
   cudaMemset(control.ptr, 0, control.bytes);
-  cudaStream_t stream;
-  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  bool ok = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
-  ok = ok && cudaMemsetAsync(dpub.ptr, 0, dpub.bytes, stream) == cudaSuccess;
-  for (int l = 0; l < kLaunches && ok; ++l) {
-    if (tokens == 0) {
-      empty_kernel<<<sms, flashmoe_test::kDpThreads, 0, stream>>>();
-    } else {
-      const flashmoe_test::DecodePreludeArgs args{
-          dx.get<__nv_bfloat16>(),
-          drouter.get<__nv_bfloat16>() + l * E * H,
-          tokens,
-          s.hidden,
-          s.experts,
-          s.selected,
-          dlogits.get<float>(),
-          dpub.get<std::uint32_t>() + l,
-          dids.get<int>(),
-          dw.get<float>(),
-          {{control.get<std::uint32_t>(), nullptr}, 2'000'000'000ull}};
-      flashmoe_test::ws_decode_prelude_kernel<<<sms, flashmoe_test::kDpThreads, 0, stream>>>(args);
+  time_graph(state, kLaunches, dpub, control, [&](cudaStream_t stream) {
+    for (int l = 0; l < kLaunches; ++l) {
+      if (tokens == 0) {
+        empty_kernel<<<sms, flashmoe_test::kDpThreads, 0, stream>>>();
+      } else {
+        const flashmoe_test::DecodePreludeArgs args{
+            dx.get<__nv_bfloat16>(),
+            drouter.get<__nv_bfloat16>() + l * E * H,
+            tokens,
+            s.hidden,
+            s.experts,
+            s.selected,
+            dlogits.get<float>(),
+            dpub.get<std::uint32_t>() + l,
+            dids.get<int>(),
+            dw.get<float>(),
+            {{control.get<std::uint32_t>(), nullptr}, 2'000'000'000ull}};
+        flashmoe_test::ws_decode_prelude_kernel<<<sms, flashmoe_test::kDpThreads, 0, stream>>>(
+            args);
+      }
+      if (cudaGetLastError() != cudaSuccess) return false;
     }
-    ok = cudaGetLastError() == cudaSuccess;
-  }
-  ok = cudaStreamEndCapture(stream, &graph) == cudaSuccess && ok;
-  ok = ok && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
-  for (int i = 0; i < 3 && ok; ++i) ok = cudaGraphLaunch(exec, stream) == cudaSuccess;
-  ok = ok && cudaStreamSynchronize(stream) == cudaSuccess;
-  std::uint32_t error = 0;
-  cudaMemcpy(&error,
-             control.get<std::uint32_t>() +
-                 flashmoe::detail::kStickyError * flashmoe::detail::kControlStride,
-             4, cudaMemcpyDeviceToHost);
-  if (!ok || error != 0) {
-    state.SkipWithError("the prelude failed (launch, graph or its wait's watchdog)");
-  } else {
-    cudaEvent_t start, stop;
-    cudaEventCreate(&start);
-    cudaEventCreate(&stop);
-    std::vector<float> times;
-    for (auto _ : state) {
-      cudaEventRecord(start, stream);
-      cudaGraphLaunch(exec, stream);
-      cudaEventRecord(stop, stream);
-      cudaEventSynchronize(stop);
-      float ms = 0.0f;
-      cudaEventElapsedTime(&ms, start, stop);
-      state.SetIterationTime(ms / 1e3 / kLaunches);
-      times.push_back(ms * 1e3f / kLaunches);
-    }
-    std::sort(times.begin(), times.end());
-    state.counters["us_median"] = times[times.size() / 2];
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-  }
-  if (exec) cudaGraphExecDestroy(exec);
-  if (graph) cudaGraphDestroy(graph);
-  cudaStreamDestroy(stream);
+    return true;
+  });
 }
 
 // The decode layer prototype: a CUDA graph of 8 forwards on 8 different random inputs (so the
@@ -403,57 +383,22 @@ void BM_DecodeLayer(benchmark::State& state, StreamShape s, int tokens) {
   }
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
-  cudaStream_t stream;
-  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
   const flashmoe::detail::Watchdog wd{{control.get<std::uint32_t>(), nullptr}, 2'000'000'000ull};
-  bool ok = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
-  ok = ok && cudaMemsetAsync(words.ptr, 0, words.bytes, stream) == cudaSuccess;
-  for (int l = 0; l < kLaunches && ok; ++l) {
-    std::uint32_t* w = words.get<std::uint32_t>() + l * words_per;
-    const flashmoe_test::DecodeLayerArgs args{
-        {dx.get<__nv_bfloat16>() + l * T * H, drouter.get<__nv_bfloat16>(), tokens, s.hidden,
-         s.experts, s.selected, dlogits.get<float>(), w + words_per - 1, nullptr, nullptr, wd},
-        {nullptr, 0, s.hidden, s.inter, dh.get<__nv_bfloat16>(), dout.get<float>(), w, wd},
-        dy.get<__nv_bfloat16>(),
-        w + 1 + flashmoe_test::kDpMaxExperts};
-    ok = flashmoe_test::launch_ws_decode_layer<V>(maps[l], args, sms, stream) == cudaSuccess;
-  }
-  ok = cudaStreamEndCapture(stream, &graph) == cudaSuccess && ok;
-  ok = ok && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
-  for (int i = 0; i < 3 && ok; ++i) ok = cudaGraphLaunch(exec, stream) == cudaSuccess;
-  ok = ok && cudaStreamSynchronize(stream) == cudaSuccess;
-  std::uint32_t error = 0;
-  cudaMemcpy(&error,
-             control.get<std::uint32_t>() +
-                 flashmoe::detail::kStickyError * flashmoe::detail::kControlStride,
-             4, cudaMemcpyDeviceToHost);
-  if (!ok || error != 0) {
-    state.SkipWithError("the layer failed (launch, graph or a wait's watchdog)");
-  } else {
-    cudaEvent_t start, stop;
-    cudaEventCreate(&start);
-    cudaEventCreate(&stop);
-    std::vector<float> times;
-    for (auto _ : state) {
-      cudaEventRecord(start, stream);
-      cudaGraphLaunch(exec, stream);
-      cudaEventRecord(stop, stream);
-      cudaEventSynchronize(stop);
-      float ms = 0.0f;
-      cudaEventElapsedTime(&ms, start, stop);
-      state.SetIterationTime(ms / 1e3 / kLaunches);
-      times.push_back(ms * 1e3f / kLaunches);
+  time_graph(state, kLaunches, words, control, [&](cudaStream_t stream) {
+    for (int l = 0; l < kLaunches; ++l) {
+      std::uint32_t* w = words.get<std::uint32_t>() + l * words_per;
+      const flashmoe_test::DecodeLayerArgs args{
+          {dx.get<__nv_bfloat16>() + l * T * H, drouter.get<__nv_bfloat16>(), tokens, s.hidden,
+           s.experts, s.selected, dlogits.get<float>(), w + words_per - 1, nullptr, nullptr, wd},
+          {nullptr, 0, s.hidden, s.inter, dh.get<__nv_bfloat16>(), dout.get<float>(), w, wd},
+          dy.get<__nv_bfloat16>(),
+          w + 1 + flashmoe_test::kDpMaxExperts};
+      if (flashmoe_test::launch_ws_decode_layer<V>(maps[l], args, sms, stream) != cudaSuccess) {
+        return false;
+      }
     }
-    std::sort(times.begin(), times.end());
-    state.counters["us_median"] = times[times.size() / 2];
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-  }
-  if (exec) cudaGraphExecDestroy(exec);
-  if (graph) cudaGraphDestroy(graph);
-  cudaStreamDestroy(stream);
+    return true;
+  });
 }
 
 template <class V>

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 
+#include "device/routing.cuh"  // ordered_bits
 #include "device/sync.cuh"
 
 namespace flashmoe_test {
@@ -32,12 +33,6 @@ struct DecodePreludeArgs {
   float* weights;            // [grid, tokens, top_k]
   flashmoe::detail::Watchdog wd;
 };
-
-// Order-preserving float bits (finite or -inf values; -0 as +0).
-__device__ __forceinline__ std::uint32_t dp_ordered(float v) {
-  const std::uint32_t u = __float_as_uint(v + 0.0f);
-  return (u & 0x80000000u) != 0 ? ~u : u | 0x80000000u;
-}
 
 // The block's shared state of the prelude.
 struct DpShared {
@@ -138,9 +133,10 @@ __device__ inline bool dp_route(const DecodePreludeArgs& g, DpShared& sh) {
           bi = lane + 32 * i;
         }
       }
-      const std::uint32_t top = __reduce_max_sync(0xffffffffu, dp_ordered(bv));
+      const std::uint32_t top = __reduce_max_sync(0xffffffffu, flashmoe::detail::ordered_bits(bv));
       const int id = static_cast<int>(__reduce_min_sync(
-          0xffffffffu, dp_ordered(bv) == top ? static_cast<std::uint32_t>(bi) : 0xffffffffu));
+          0xffffffffu, flashmoe::detail::ordered_bits(bv) == top ? static_cast<std::uint32_t>(bi)
+                                                                 : 0xffffffffu));
       const float pick = __shfl_sync(0xffffffffu, bv, id & 31);
       if ((id & 31) == lane) taken |= 1u << (id >> 5);
       if (lane == k) {
