@@ -197,6 +197,8 @@ __global__ void __launch_bounds__(kThreads, 2)
           break;
         }
         if (threadIdx.x == 0) s_total = routing_tickets + s_mtiles * tasks_per_mtile;
+        // Its scratch in the dynamic shared memory is the copy engine's from here.
+        fence_proxy_async_smem();
         __syncthreads();
       }
     }
