@@ -167,7 +167,6 @@ template <class D>
 constexpr int decode_slot() {
   static_assert(D::BM == kThinDecodeTileM || D::BM == kDecodeTileM || D::BM == kTallDecodeTileM,
                 "one of decode_variant's heights");
-  if (D::local_routing) return 3;
   return D::BM == kThinDecodeTileM ? 0 : D::BM == kDecodeTileM ? 1 : 2;
 }
 
@@ -184,16 +183,13 @@ Status for_each_decode_kernel(KernelVariantInfo (&infos)[4], Fn& fn) {
 
 // Visits every kernel of a layer with its KernelVariantInfo in `decode` / `prefill`.
 template <class Fn>
-Status for_each_kernel(KernelVariantInfo (&decode)[4][4], KernelVariantInfo& prefill, Fn&& fn) {
+Status for_each_kernel(KernelVariantInfo (&decode)[3][4], KernelVariantInfo& prefill, Fn&& fn) {
   Status s = for_each_decode_kernel<DecodeConfig>(decode[decode_slot<DecodeConfig>()], fn);
   if (s.ok()) {
     s = for_each_decode_kernel<ThinDecodeConfig>(decode[decode_slot<ThinDecodeConfig>()], fn);
   }
   if (s.ok()) {
     s = for_each_decode_kernel<TallDecodeConfig>(decode[decode_slot<TallDecodeConfig>()], fn);
-  }
-  if (s.ok()) {
-    s = for_each_decode_kernel<LocalDecodeConfig>(decode[decode_slot<LocalDecodeConfig>()], fn);
   }
   using P = PrefillConfig;
   static_assert(P::single_shape, "the prefill variant has one shape per phase");
@@ -223,13 +219,13 @@ struct EncodeKernelMaps {
 template <typename T>
 Status encode_typed_maps(Layer::Impl& impl, const Weights& weights) {
   // Into copies first: on error the layer keeps the maps of its current weights.
-  KernelVariantInfo decode[4][4];
+  KernelVariantInfo decode[3][4];
   KernelVariantInfo prefill;
   if (Status s = for_each_kernel(decode, prefill, EncodeKernelMaps<T>{impl.config, weights});
       !s.ok()) {
     return s;
   }
-  for (int h = 0; h < 4; ++h) {
+  for (int h = 0; h < 3; ++h) {
     for (int k = 0; k < 4; ++k) {
       impl.decode[h][k].w13_map = decode[h][k].w13_map;
       impl.decode[h][k].w2_map = decode[h][k].w2_map;
@@ -428,12 +424,10 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
   const std::int64_t tiles = mtiles * ((c.intermediate + GateUp::BN - 1) / GateUp::BN +
                                        (c.hidden + Down::BN - 1) / Down::BN * p.dsplit.kslices);
   constexpr bool decode = !std::is_same_v<Cfg, PrefillConfig>;
-  const std::int64_t grid = launch_grid(impl, p, full_grid, p.rsplit.tasks() + tiles,
-                                        {Cfg::BM, GateUp::BN, Down::BN, p.rsplit.chunk_tokens,
-                                         Cfg::tile_router ? Down::BN : kRouterExperts,
-                                         Cfg::local_routing ? "decode_local"
-                                         : decode           ? "decode"
-                                                            : "prefill"});
+  const std::int64_t grid =
+      launch_grid(impl, p, full_grid, p.rsplit.tasks() + tiles,
+                  {Cfg::BM, GateUp::BN, Down::BN, p.rsplit.chunk_tokens,
+                   Cfg::tile_router ? Down::BN : kRouterExperts, decode ? "decode" : "prefill"});
   moe_kernel<Cfg, GateUp, Down, T>
       <<<static_cast<unsigned>(grid), kThreads, info.smem_bytes, stream>>>(p);
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
@@ -546,9 +540,6 @@ Status launch_decode(Layer::Impl& impl, const void* x, void* y, std::int64_t num
   static_assert(decode_slot<ThinDecodeConfig>() == 0 && decode_slot<DecodeConfig>() == 1 &&
                     decode_slot<TallDecodeConfig>() == 2,
                 "the cases below follow decode_variant");
-  if (impl.local_routing && routes_locally(num_tokens, impl.config.top_k)) {
-    return launch_decode_variant<LocalDecodeConfig, T>(impl, x, y, num_tokens, stream, o);
-  }
   switch (decode_variant(num_tokens, impl.thin_max_tokens, impl.tall_min_tokens)) {
     case 0:
       return launch_decode_variant<ThinDecodeConfig, T>(impl, x, y, num_tokens, stream, o);

@@ -278,7 +278,7 @@ Status Layer::device_status(cudaStream_t stream) {
       : site == detail::kSiteScratchBusy ? "its scratch in use by another launch"
       : site == detail::kSiteJobRing
           ? "a prefill block's producer and consumers waiting for each other"
-      : site == detail::kSiteRouterDone ? "a top-k selection waiting for router logits"
+      : site == detail::kSiteRouterDone ? "a top-k selection waiting for its tokens' router logits"
       : site == detail::kSiteRowMap     ? "a prefill tile waiting for the tile table's row map"
                                         : "an unknown site";
   if (code == static_cast<std::uint32_t>(StatusCode::DeviceTimeout)) {

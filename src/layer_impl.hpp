@@ -35,9 +35,8 @@ struct Layer::Impl {
   void* owned_scratch = nullptr;  // freed with the Layer
   // Decode kernels (forward.cu), for the dtype of the layer, by m-tile height as decode_variant
   // numbers them (16 rows for num_tokens <= thin_max_tokens, 48 from tall_min_tokens, 32
-  // between; tile_choice.hpp), [3] the 16-row ones with block-local routing (launches that
-  // routes_locally), then by tile widths as choose_decode_kernel does.
-  KernelVariantInfo decode[4][4];
+  // between; tile_choice.hpp), then by tile widths as choose_decode_kernel does.
+  KernelVariantInfo decode[3][4];
   std::int64_t thin_max_tokens = 0;
   std::int64_t tall_min_tokens = 0;
   KernelVariantInfo prefill;
@@ -52,9 +51,6 @@ struct Layer::Impl {
   // Test- and bench-only (testing.hpp): > 0 runs the warp-specialised kernel's 128-row m-tiles
   // once experts average at least this many rows, instead of launch_prefill's rule.
   int ws_tall_rows = 0;
-  // Test- and bench-only (testing.hpp): false runs launches that routes_locally() on the thin
-  // kernels with the published routing instead.
-  bool local_routing = true;
 
   // Pointers that forwards of this Layer found to be memory of its device (x, y and the option
   // pointers): an engine passes the same buffers call after call, and cudaPointerGetAttributes

@@ -34,13 +34,6 @@ inline void set_ws_tile_switch(Layer& layer, int rows_per_expert) {
   if (layer.valid()) layer.impl()->ws_tall_rows = rows_per_expert < 0 ? 0 : rows_per_expert;
 }
 
-// Whether launches of a few tokens (workspace.hpp, routes_locally) route in every block (true,
-// the library's rule) or publish their routing as larger launches do. For measuring the local
-// routing and testing both paths on the same forward.
-inline void set_local_routing(Layer& layer, bool on) {
-  if (layer.valid()) layer.impl()->local_routing = on;
-}
-
 // Whether `layer` runs the warp-specialised engine for its prefill forwards (sm_90a, and a
 // scratch planned for them), which moves the decode/prefill switch (workspace.hpp, runs_prefill).
 inline bool has_ws_engine(Layer& layer) { return layer.valid() && layer.impl()->ws_engine; }

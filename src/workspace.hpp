@@ -23,14 +23,6 @@ inline constexpr int kMinTileM = 16;
 inline constexpr int kMaxTileM = 64;
 inline constexpr int kMinDownTileN = 32;
 
-// Decode launches of at most this many tokens and (token, k) pairs route in every block
-// (device/local_routing.cuh) instead of publishing a tile table.
-inline constexpr int kLocalRoutingMaxTokens = 16;
-inline constexpr int kLocalRoutingMaxPairs = 256;
-FLASHMOE_HOST_DEVICE inline bool routes_locally(std::int64_t tokens, int top_k) {
-  return tokens <= kLocalRoutingMaxTokens && tokens * top_k <= kLocalRoutingMaxPairs;
-}
-
 // Router tasks. Decode kernels: logits of kRouterTokens tokens x kRouterExperts experts on CUDA
 // cores, whole rows of H; the last router task of a chunk selects its tokens' experts. The
 // prefill kernels: tensor-core tiles of their down shape, logits of a token chunk (an m-tile of
@@ -239,7 +231,7 @@ enum ErrorSite : std::uint32_t {
   kSiteWeightCopy = 4,   // a tile waiting for its weight boxes (TMA)
   kSiteScratchBusy = 5,  // the scratch was owned by another launch
   kSiteJobRing = 6,      // a warp-specialised block's roles waiting for each other (job ring)
-  kSiteRouterDone = 7,   // a select ticket (or a local-routing tile) waiting for router tasks
+  kSiteRouterDone = 7,   // a select ticket waiting for its chunk's router tasks
   kSiteRowMap = 8,       // a prefill tile waiting for the row map of the tile table
 };
 

@@ -165,7 +165,7 @@ TEST_F(Forward, CallerSuppliedRoutingIncludingRepeatedExperts) {
   ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
   StreamGuard stream;
   for (const auto& [repeats, T] : std::vector<std::pair<bool, int>>{
-           {false, 300}, {true, 300}, {false, 7}, {true, 7}}) {  // 7: routed in every block
+           {false, 300}, {true, 300}, {false, 7}, {true, 7}}) {  // prefill and decode
     std::vector<std::int32_t> ids(static_cast<std::size_t>(T) * c.top_k);
     std::vector<float> wts(ids.size());
     std::uniform_real_distribution<float> uw(0.05f, 1.0f);
@@ -196,7 +196,7 @@ TEST_F(Forward, BadCallerIdIsReportedAndYIsUntouched) {
   const Config& c = m.config;
   Layer layer;
   ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
-  for (int T : {20, 5}) {  // 5: routed in every block (local_routing.cuh)
+  for (int T : {20, 5}) {  // decode at two token counts
     SCOPED_TRACE(::testing::Message() << "T = " << T);
     std::vector<std::int32_t> ids(static_cast<std::size_t>(T) * c.top_k);
     for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>(i % c.experts);
@@ -423,8 +423,6 @@ TEST_F(Forward, EveryDecodeKernelMatchesReference) {
     Layer layer;
     ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
     ASSERT_TRUE(layer.set_tracing(1 << 12).ok());
-    // These kernels with the published routing; LocalRoutingKernels... has the local ones.
-    flashmoe::testing::set_local_routing(layer, false);
     for (int T : k.tokens) {
       SCOPED_TRACE(::testing::Message() << "H " << c.hidden << " E " << c.experts << " T " << T);
       ForwardRun run = make_run(c, T, rng_);
@@ -449,96 +447,6 @@ TEST_F(Forward, EveryDecodeKernelMatchesReference) {
       EXPECT_EQ(ran.count({rows, gate_up, down}), 1u)
           << rows << "-row m-tiles, gate/up " << gate_up << " columns, down " << down;
     }
-  }
-}
-
-// Launches of a few tokens route in every block (local_routing.cuh). Each of the four kernels
-// (T = 1, 2, 3, 6 pick them for this shape on 132 SMs; tile_choice.hpp), T = 16 (32 pairs), and
-// a wider expert count (E = 256: another top-k form) match the reference, and match the same
-// forward with the published routing bitwise: rows and tiles are the same, only where the rows
-// of an expert sit differs.
-TEST_F(Forward, LocalRoutingKernelsMatchReferenceAndPublishedRoutingBitwise) {
-  SCOPED_TRACE(seed_);
-  struct Case {
-    int hidden, inter, experts, top_k;
-    std::vector<int> tokens;
-  };
-  const Case cases[] = {{4096, 1024, 16, 2, {1, 2, 3, 6, 16}}, {512, 256, 256, 8, {1, 5, 16}}};
-  std::set<std::vector<int>> ran;  // {gate/up columns, down columns} of the local kernels
-  StreamGuard stream;
-  for (const Case& k : cases) {
-    Config c;
-    c.hidden = k.hidden;
-    c.intermediate = k.inter;
-    c.experts = k.experts;
-    c.top_k = k.top_k;
-    c.max_tokens = 64;
-    const Model m = make_model(c, rng_);
-    Layer layer;
-    ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
-    ASSERT_TRUE(layer.set_tracing(1 << 12).ok());
-    for (int T : k.tokens) {
-      SCOPED_TRACE(::testing::Message() << "E " << c.experts << " T " << T);
-      ASSERT_TRUE(flashmoe::detail::routes_locally(T, c.top_k));
-      ForwardRun local = make_run(c, T, rng_);
-      ForwardRun published = local;
-      flashmoe::testing::set_local_routing(layer, true);
-      ASSERT_TRUE(run_forward(layer, local, stream.get()));
-      flashmoe::Trace trace;
-      ASSERT_TRUE(layer.read_trace(stream.get(), trace).ok());
-      ASSERT_EQ(trace.variant, "decode_local");
-      EXPECT_EQ(trace.tile_m, flashmoe::detail::kThinDecodeTileM);
-      ran.insert({trace.tile_n_gateup, trace.tile_n_down});
-      const std::vector<int> tokens = sample_tokens(T, 16, rng_);
-      check_routing(m, local, tokens);
-      check_output(m, local, tokens);
-      flashmoe::testing::set_local_routing(layer, false);
-      ASSERT_TRUE(run_forward(layer, published, stream.get()));
-      ASSERT_TRUE(layer.read_trace(stream.get(), trace).ok());
-      ASSERT_EQ(trace.variant, "decode");
-      EXPECT_EQ(local.ids, published.ids);
-      EXPECT_EQ(local.weights, published.weights);
-      EXPECT_EQ(local.y, published.y) << "local and published routing differ";
-    }
-  }
-  int sms = 0;
-  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
-  if (sms != 132) {
-    GTEST_SKIP() << "outputs checked; which kernels run was worked out for 132 SMs, not " << sms;
-  }
-  for (const auto& [gate_up, down] :
-       std::vector<std::pair<int, int>>{{32, 32}, {32, 64}, {32, 128}, {64, 128}}) {
-    EXPECT_EQ(ran.count({gate_up, down}), 1u)
-        << "local routing, gate/up " << gate_up << " columns, down " << down;
-  }
-}
-
-// A caller's routing may repeat an expert within a token: with local routing an expert then
-// holds more than one 16-row m-tile (here every pair goes to expert 2: 64 rows, 4 m-tiles, and
-// 36 rows at T = 9, the last m-tile partial).
-TEST_F(Forward, LocalRoutingOneExpertInSeveralMTiles) {
-  SCOPED_TRACE(seed_);
-  const Model m = small_model();
-  const Config& c = m.config;
-  Layer layer;
-  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
-  StreamGuard stream;
-  for (int T : {16, 9}) {
-    SCOPED_TRACE(::testing::Message() << "T = " << T);
-    ASSERT_TRUE(flashmoe::detail::routes_locally(T, c.top_k));
-    std::vector<std::int32_t> ids(static_cast<std::size_t>(T) * c.top_k, 2);
-    std::vector<float> wts(ids.size());
-    std::uniform_real_distribution<float> uw(0.05f, 1.0f);
-    for (float& w : wts) w = uw(rng_);
-    DeviceBuffer d_ids = upload(ids), d_wts = upload(wts);
-    ForwardOptions o;
-    o.topk_ids = d_ids.get<std::int32_t>();
-    o.topk_weights = d_wts.get<float>();
-    ForwardRun run = make_run(c, T, rng_);
-    ASSERT_TRUE(run_forward(layer, run, stream.get(), o));
-    EXPECT_EQ(run.ids, ids);
-    EXPECT_EQ(run.weights, wts);
-    check_output(m, run, sample_tokens(T, T, rng_));
   }
 }
 

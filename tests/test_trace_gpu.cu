@@ -85,16 +85,11 @@ class TraceGpu : public ::testing::Test {
     for (const auto& [e, n] : per_expert) mtiles += ceil_div(n, trace.tile_m);
     // Router tasks: decode kernels take chunks of kRouterTokens x kRouterExperts whole rows;
     // the prefill kernel, tiles of its down shape over one or more slices of H.
-    // A few tokens route in every block (local_routing.cuh), on 16-row m-tiles.
-    const bool local = trace.variant == "decode_local";
-    const bool decode = trace.variant == "decode" || local;
+    const bool decode = trace.variant == "decode";
     // Decode forwards run on 16-, 32- or 48-row m-tiles (decode_variant).
     ASSERT_EQ(decode, !flashmoe::detail::runs_prefill(T, c.top_k, c.experts,
                                                       flashmoe::testing::has_ws_engine(layer_)));
-    if (decode) EXPECT_EQ(local, flashmoe::detail::routes_locally(T, c.top_k) && local_routing_);
-    if (local) {
-      EXPECT_EQ(trace.tile_m, flashmoe::detail::kThinDecodeTileM);
-    } else if (decode) {
+    if (decode) {
       const int variant = flashmoe::detail::decode_variant(
           T,
           flashmoe::detail::thin_decode_max_tokens(c.max_tokens, c.top_k, c.experts, c.hidden,
@@ -138,10 +133,7 @@ class TraceGpu : public ::testing::Test {
                : flashmoe::detail::router_split(T, c.hidden, c.experts, false, true,
                                                 trace.router_tile_m, trace.router_tile_n, 64)
                      .selects;
-    // Local routing: every block routes once, on its first ticket past the router tasks.
-    EXPECT_EQ(count[TraceKind::Routing], local    ? trace.grid_blocks
-                                         : decode ? selects + 1
-                                                  : 2 * selects + 1);
+    EXPECT_EQ(count[TraceKind::Routing], (decode ? selects : 2 * selects) + 1);
     EXPECT_EQ(count[TraceKind::GateUp], mtiles * ng);
     // The warp-specialised kernel first copies each m-tile's token rows into expert order.
     EXPECT_EQ(count[TraceKind::Gather], trace.variant == "prefill_ws" ? mtiles : 0);
@@ -206,7 +198,6 @@ class TraceGpu : public ::testing::Test {
   std::mt19937_64 rng_;
   Model model_;
   Layer layer_;
-  bool local_routing_ = true;  // testing::set_local_routing of layer_
 };
 
 TEST_F(TraceGpu, OneEventPerTaskInOrderAndWritersAgree) {
@@ -216,14 +207,6 @@ TEST_F(TraceGpu, OneEventPerTaskInOrderAndWritersAgree) {
   // and prefill (600).
   for (int T : {1, 37, 200, 276, 310, 600}) {
     SCOPED_TRACE(::testing::Message() << "T = " << T);
-    check_traced_forward(T);
-    if (HasFatalFailure()) return;
-  }
-  // A few tokens with the published routing too (local routing off).
-  local_routing_ = false;
-  flashmoe::testing::set_local_routing(layer_, false);
-  for (int T : {1, 16}) {
-    SCOPED_TRACE(::testing::Message() << "published routing, T = " << T);
     check_traced_forward(T);
     if (HasFatalFailure()) return;
   }

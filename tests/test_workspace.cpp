@@ -304,19 +304,6 @@ TEST(KernelChoice, PrefillKernelPastOneDecodeMTileOfRowsPerExpert) {
   }
 }
 
-TEST(KernelChoice, AFewTokensRouteInEveryBlock) {
-  using flashmoe::detail::routes_locally;
-  EXPECT_TRUE(routes_locally(1, 1));
-  EXPECT_TRUE(routes_locally(16, 16));  // 256 pairs: each fits the local table's byte
-  EXPECT_TRUE(routes_locally(8, 32));
-  EXPECT_FALSE(routes_locally(17, 1));
-  EXPECT_FALSE(routes_locally(16, 17));
-  EXPECT_FALSE(routes_locally(9, 32));
-  // The published routing's tables are sized for any T the scratch holds; the local table for
-  // the pairs it takes.
-  static_assert(flashmoe::detail::kLocalRoutingMaxPairs <= 256, "pair indices fit a byte");
-}
-
 TEST(DownSplit, SlicesCoverIOnceAndFitTheYpartPlanes) {
   using flashmoe::detail::down_slices_allowed;
   using flashmoe::detail::down_split;

@@ -23,8 +23,7 @@ struct TileSmem {
 
 // h[rows of m-tile, n0 : n0 + BN] = act(x W1^T) * (x W3^T) for the expert of the m-tile.
 // Returns false (nothing written or counted) when the tile was abandoned.
-// Rows: where the m-tile's pairs are looked up (PublishedRows or LocalRows).
-template <class S, class Rows = PublishedRows, typename T>
+template <class S, typename T>
 __device__ bool gateup_tile(const KernelParams<T>& p, unsigned char* smem, const MTile mt,
                             int ntile, int ntiles, Tracer& tr) {
   __shared__ TileSmem<S, T> ts;
@@ -39,7 +38,7 @@ __device__ bool gateup_tile(const KernelParams<T>& p, unsigned char* smem, const
   for (int r = threadIdx.x; r < S::BM; r += kThreads) {
     const T* row = nullptr;
     if (r < static_cast<int>(mt.rows)) {
-      const int pair = Rows{}.pair(p, mt.row0 + r);
+      const int pair = __ldcg(p.sorted_pair + mt.row0 + r);
       row = p.x + static_cast<std::int64_t>(pair / p.top_k) * H;
     }
     ts.a_rows[r] = row;
@@ -121,7 +120,7 @@ __device__ void router_tile(const KernelParams<T>& p, unsigned char* smem, int t
 // every token whose top-k pairs and K slices of this column range are now all present,
 // y = sum over k, then over slices, in order (+ beta * y).
 // Returns false when the launch is being abandoned.
-template <class S, class Rows = PublishedRows, typename T>
+template <class S, typename T>
 __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, const MTile mt, int ntile,
                           int kslice, int ntiles, int gateup_ntiles, Tracer& tr) {
   __shared__ TileSmem<S, T> ts;
@@ -144,7 +143,7 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, const M
   for (int r = threadIdx.x; r < S::BM; r += kThreads) {
     const bool live = r < static_cast<int>(mt.rows);
     ts.a_rows[r] = live ? p.h + static_cast<std::int64_t>(mt.row0 + r) * I + k0 : nullptr;
-    ts.pair[r] = live ? Rows{}.pair(p, mt.row0 + r) : -1;
+    ts.pair[r] = live ? __ldcg(p.sorted_pair + mt.row0 + r) : -1;
   }
   if constexpr (!kDeviceHasTma) {
     const T* w = p.w2 + static_cast<std::int64_t>(mt.expert) * H * I + k0;
@@ -181,7 +180,7 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, const M
   TileMma<S, T>::for_each_pair([&](int row, int col, int f, int mi, int half) {
     if (row < static_cast<int>(mt.rows) && n0 + col < H) {
       const int pair = ts.pair[row];
-      const float wt = Rows{}.weight(p, pair);
+      const float wt = __ldcg(p.pair_weight + pair);
       float2 v;
       v.x = acc[mi][f][2 * half] * wt;
       v.y = acc[mi][f][2 * half + 1] * wt;

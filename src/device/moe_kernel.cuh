@@ -8,9 +8,6 @@
 //   [R + M*NG, total)    down tiles, ND column tiles x K slices of I per m-tile (each waits
 //                        for its m-tile's NG gate/up tiles), with the combine done by the
 //                        last tile to finish a token slice.
-// Local-routing kernels (LocalDecodeConfig, a few tokens): the routing tickets are the router
-// tasks alone, counted in one word, and each block's first tile ticket routes every token itself
-// (local_routing.cuh); the tiles are the same.
 // A task waits only on tasks with smaller tickets, and a ticket is taken only by a running
 // block, so the kernel cannot deadlock whatever number of blocks is resident. Counters are
 // reset inside the kernel (by the last block to exit, or by their last user), so consecutive
@@ -21,7 +18,6 @@
 #include <type_traits>
 
 #include "expert_tiles.cuh"
-#include "local_routing.cuh"
 #include "params.cuh"
 #include "routing.cuh"
 #include "routing_ticket.cuh"
@@ -49,8 +45,6 @@ struct KernelConfig {
   static constexpr int BM = BM_;
   // Router on tensor cores (router_tile, split K) or on CUDA cores (router_logits).
   static constexpr bool tile_router = TILE_ROUTER;
-  // Every block routes the launch's few tokens itself (local_routing.cuh; LocalDecodeConfig).
-  static constexpr bool local_routing = false;
   using GateUp = GateUp_;
   using GateUpWide = GateUpWide_;
   using Down0 = Down0_;
@@ -98,11 +92,6 @@ using ThinDecodeConfig =
                  TileShape<16, 64, false, 1, 4, 2, 5, 128>,
                  TileShape<16, 128, false, 1, 4, 2, 5, 64>>;
 static_assert(ThinDecodeConfig::BM == kThinDecodeTileM, "thin_decode_max_tokens uses it");
-// The thin kernels with block-local routing, for launches that routes_locally() (a few tokens).
-struct LocalDecodeConfig : ThinDecodeConfig {
-  static constexpr bool local_routing = true;
-};
-static_assert(LocalDecodeConfig::BM == kLocalTileM, "the local table's m-tiles");
 // 48-row m-tiles where experts average close to 32 rows, so that most experts fit one m-tile
 // (tall_decode_min_tokens, tile_choice.hpp). A stage carries half again as many A rows, so the
 // 24 KB shapes drop to 3 stages and the 20 KB ones to 4 (bench/NOTES.md, version 62).
@@ -169,8 +158,8 @@ __global__ void __launch_bounds__(kThreads, 2)
       // The prefill kernel's first tile also waits for the row map (routing_ticket.cuh).
       std::uint32_t row_maps = 0;
       if constexpr (Cfg::tile_router) row_maps = rs.live_selects(s_live);
-      s_ticket = claim_ticket<Cfg::tile_router, Cfg::local_routing>(
-          p, routing_tickets, tasks_per_mtile, {s_claim, s_total, s_mtiles}, tr, row_maps);
+      s_ticket = claim_ticket<Cfg::tile_router>(p, routing_tickets, tasks_per_mtile,
+                                                {s_claim, s_total, s_mtiles}, tr, row_maps);
     }
     __syncthreads();
     const std::uint32_t ticket = s_ticket;
@@ -179,52 +168,24 @@ __global__ void __launch_bounds__(kThreads, 2)
     if (ticket < routing_tickets) {
       // (s_live is read here, from shared memory: a register held across the tile loop would
       // spill.)
-      if constexpr (Cfg::local_routing) {
-        run_local_routing_ticket(p, smem, ticket, nd, s_live, tr);
-      } else {
-        run_routing_ticket<Cfg, Down>(p, smem, ticket, routing_tickets, tasks_per_mtile, nd, s_live,
-                                      s_flag, tr);
-      }
+      run_routing_ticket<Cfg, Down>(p, smem, ticket, routing_tickets, tasks_per_mtile, nd, s_live,
+                                    s_flag, tr);
       continue;
     }
 
-    if constexpr (Cfg::local_routing) {
-      if (s_total == 0) {
-        // The block's first tile: the routing is counted (thread 0 waited above); the block
-        // takes it itself. The block holding the first tile ticket writes the routing outputs.
-        if (!route_locally(p, reinterpret_cast<std::uint16_t*>(smem), s_live,
-                           ticket == routing_tickets, s_mtiles, tr)) {
-          break;
-        }
-        if (threadIdx.x == 0) s_total = routing_tickets + s_mtiles * tasks_per_mtile;
-        // Its scratch in the dynamic shared memory is the copy engine's from here.
-        fence_proxy_async_smem();
-        __syncthreads();
-      }
-    }
     if (ticket >= s_total) break;  // s_total is set: thread 0 waited for it above
 
     const std::uint32_t mtiles = s_mtiles;  // set with s_total
     const std::uint32_t task = ticket - routing_tickets;
     int ntile = 0;
     if (task < mtiles * ng) {
-      if constexpr (Cfg::local_routing) {
-        const MTile mt = locate_local_tile(task, ng, ntile);
-        if (!gateup_tile<GateUp, LocalRows>(p, smem, mt, ntile, ng, tr)) break;
-      } else {
-        const MTile mt = locate_tile<Cfg::BM>(p, task, ng, ntile);
-        if (!gateup_tile<GateUp>(p, smem, mt, ntile, ng, tr)) break;
-      }
+      const MTile mt = locate_tile<Cfg::BM>(p, task, ng, ntile);
+      if (!gateup_tile<GateUp>(p, smem, mt, ntile, ng, tr)) break;
     } else {
       // Down tasks per m-tile: column tiles x K slices, the slices of a column tile adjacent.
       const int ks = p.dsplit.kslices;
-      if constexpr (Cfg::local_routing) {
-        const MTile mt = locate_local_tile(task - mtiles * ng, nd * ks, ntile);
-        if (!down_tile<Down, LocalRows>(p, smem, mt, ntile / ks, ntile % ks, nd, ng, tr)) break;
-      } else {
-        const MTile mt = locate_tile<Cfg::BM>(p, task - mtiles * ng, nd * ks, ntile);
-        if (!down_tile<Down>(p, smem, mt, ntile / ks, ntile % ks, nd, ng, tr)) break;
-      }
+      const MTile mt = locate_tile<Cfg::BM>(p, task - mtiles * ng, nd * ks, ntile);
+      if (!down_tile<Down>(p, smem, mt, ntile / ks, ntile % ks, nd, ng, tr)) break;
     }
   }
   if (s_claim == kClaimRefused) return;  // read after the loop's last barrier

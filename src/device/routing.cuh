@@ -158,11 +158,8 @@ __device__ __forceinline__ std::uint32_t ordered_bits(float v) {
 // One warp: top-k of token t from its logits (see flashmoe::Routing for the rules). Lane l
 // holds experts l, l + 32, ...; PER_LANE = ceil(E / 32) rounded up to a power of two, so the
 // arrays stay in registers (only compile-time indices), and taken experts are a bit mask.
-// On return lane k < top_k holds choice k: its expert (E when none was selectable, which the
-// rules make unreachable) and its routing weight.
 template <int PER_LANE, typename T>
-__device__ __forceinline__ void top_k_choices(const KernelParams<T>& p, int t, int& my_id,
-                                              float& my_w) {
+__device__ void select_experts_n(const KernelParams<T>& p, int t) {
   const int lane = threadIdx.x & 31;
   const int E = p.experts;
   // sum_router_partials left the logits in K slice 0; written by other blocks this launch.
@@ -219,9 +216,8 @@ __device__ __forceinline__ void top_k_choices(const KernelParams<T>& p, int t, i
     }
   };
   lane_best();
-  my_id = 0;
-  my_w = 0.0f;
-  float wsum = 0.0f;
+  int my_id = 0;
+  float my_w = 0.0f, wsum = 0.0f;
   for (int k = 0; k < p.top_k; ++k) {
     // A round is two warp reductions (redux.sync) and one shuffle instead of five levels of
     // three shuffles: the largest choice, then the lowest expert id among the lanes holding it
@@ -243,14 +239,6 @@ __device__ __forceinline__ void top_k_choices(const KernelParams<T>& p, int t, i
   }
   if (p.renormalize && wsum > 0.0f) my_w /= wsum;
   my_w *= p.scaling;
-}
-
-template <int PER_LANE, typename T>
-__device__ void select_experts_n(const KernelParams<T>& p, int t) {
-  const int lane = threadIdx.x & 31, E = p.experts;
-  int my_id;
-  float my_w;
-  top_k_choices<PER_LANE>(p, t, my_id, my_w);
   if (lane < p.top_k) {
     if (my_id < E) {
       register_pair(p, t, lane, my_id, my_w);

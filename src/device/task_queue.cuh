@@ -26,9 +26,8 @@ struct QueueState {
 // abandoned, the block was refused the scratch, or the wait for the tile table ended).
 // kRowMaps (prefill kernels): the block's first tile also waits for the `row_maps` row-map
 // tickets, whose part of the table every tile reads, directly or through its m-tile's earlier
-// tiles. kLocal (local_routing.cuh): the block's first tile waits for every routing ticket
-// instead, and leaves the total 0 for the block's own routing to set.
-template <bool kRowMaps = false, bool kLocal = false, typename T>
+// tiles.
+template <bool kRowMaps = false, typename T>
 __device__ __forceinline__ std::uint32_t claim_ticket(const KernelParams<T>& p,
                                                       std::uint32_t routing_tickets,
                                                       std::uint32_t tasks_per_mtile, QueueState q,
@@ -45,15 +44,7 @@ __device__ __forceinline__ std::uint32_t claim_ticket(const KernelParams<T>& p,
       t = kNoTicket;
     }
   }
-  if (kLocal && t != kNoTicket && t >= routing_tickets && q.total == 0) {
-    const std::uint64_t t0 = tr.now();
-    bool spun = false;
-    if (!wait_at_least(p.ctl, p.ctl.word(kRoutingDone), routing_tickets, p.timeout_ns,
-                       kSiteRouterDone, spun)) {
-      t = kNoTicket;  // abandoned
-    }
-    if (spun) tr.record(TraceKind::Wait, t0, -1, -1);
-  } else if (t != kNoTicket && t >= routing_tickets && q.total == 0) {
+  if (t != kNoTicket && t >= routing_tickets && q.total == 0) {
     const std::uint64_t t0 = tr.now();
     bool spun = false;
     std::uint32_t total = 0;

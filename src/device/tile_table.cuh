@@ -38,18 +38,4 @@ __device__ MTile locate_tile(const KernelParams<T>& p, std::uint32_t i, int ntil
           min(static_cast<std::uint32_t>(BM), info.rows - j * BM)};
 }
 
-// The tiles' view of a row of the published table: its pair (token t, choice k as t*K+k) and a
-// pair's routing weight, written by other blocks this launch (read through L2, after the
-// acquire). local_routing.cuh has the block-local counterpart.
-struct PublishedRows {
-  template <typename T>
-  __device__ int pair(const KernelParams<T>& p, std::uint32_t row) const {
-    return __ldcg(p.sorted_pair + row);
-  }
-  template <typename T>
-  __device__ float weight(const KernelParams<T>& p, int pair) const {
-    return __ldcg(p.pair_weight + pair);
-  }
-};
-
 }  // namespace flashmoe::detail
