@@ -262,7 +262,6 @@ __device__ void select_experts_n(const KernelParams<T>& p, int t) {
 
 // One warp: token t's choices as top_k_choices leaves them, for E <= kOneChunkMaxExperts (the
 // 32-value form for E up to 1024 pushed every decode kernel into spills when inlined twice).
-inline constexpr int kOneChunkMaxExperts = 256;
 template <typename T>
 __device__ __forceinline__ void top_k_of(const KernelParams<T>& p, int t, int& id, float& w) {
   if (p.experts <= 128) {
@@ -472,18 +471,17 @@ __device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_r
 // from shared memory, instead of counting each pair's row in the Layer's expert counters and
 // reading the counters and the pairs back for the table (three dependent round trips on the
 // path of every tile). Rows are in (expert, pair) order: the same rows and tiles as the counted
-// form up to where an expert's rows sit, so the same y bit for bit. `start`: the routing span's
-// start (recorded in two spans, top-k and table, as the counted form has). A caller's expert id
-// out of range is reported and no table is published: the launch fails, writing no y.
+// form up to where an expert's rows sit, so the same y bit for bit. A caller's expert id out of
+// range is reported and no table is published: the launch fails, writing no y.
 // Out of line: inlined, its registers pushed the decode kernels' tile loops into spills (ptxas:
-// 80-120 bytes of spill loads in the thin kernels, 32 without it).
+// 80-120 bytes of spill loads in the thin kernels, 32 without it). The caller traces it as one
+// span (a Tracer passed in would move the kernel's tracer to the stack).
 inline constexpr int kOneChunkMaxPairs = kRouterTokens * 32;  // kMaxTopK = 32
 static_assert(kOneChunkMaxPairs <= kThreads, "one pair a thread");
 template <int BM, typename T>
 __device__ __noinline__ void route_one_chunk(const KernelParams<T>& p, unsigned char* smem,
                                              int live, int nd, std::uint32_t routing_tickets,
-                                             std::uint32_t tasks_per_mtile, std::uint64_t start,
-                                             Tracer& tr) {
+                                             std::uint32_t tasks_per_mtile) {
   static_assert(sizeof(ScanSmem) >= 2 * kOneChunkMaxPairs * sizeof(int), "fits the scratch");
   int* key = reinterpret_cast<int*>(smem);   // [pairs] expert of pair q
   int* mtiles_of = key + kOneChunkMaxPairs;  // [pairs] an expert's first pair: its m-tiles; else 0
@@ -525,8 +523,6 @@ __device__ __noinline__ void route_one_chunk(const KernelParams<T>& p, unsigned 
     }
     return;
   }
-  tr.record(TraceKind::Routing, start, -1, 0);
-  start = tr.now();
   // A pair's row: the pairs before it in (expert, pair) order. An expert's first pair then
   // writes its m-tiles' records, after the m-tiles of lower experts.
   const int q = threadIdx.x;
@@ -560,7 +556,6 @@ __device__ __noinline__ void route_one_chunk(const KernelParams<T>& p, unsigned 
   if (threadIdx.x == 0 && !p.ctl.aborted()) {
     store_release(p.ctl.word(kTasksTotal), routing_tickets + s_mtiles * tasks_per_mtile);
   }
-  tr.record(TraceKind::Routing, start, -1, -1);
 }
 
 }  // namespace flashmoe::detail

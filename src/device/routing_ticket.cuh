@@ -185,9 +185,10 @@ __device__ __forceinline__ void run_routing_ticket(const KernelParams<T>& p, uns
       team_sync();
       if (!s_flag) return;
     }
-    if (live_chunks == 1 && (user_routing || p.experts <= kOneChunkMaxExperts)) {
+    if (routes_in_one_block(live, p.experts, user_routing)) {
       // The launch's only chunk: its top-k and the table from this block's shared memory.
-      route_one_chunk<Cfg::BM>(p, smem, live, nd, routing_tickets, tasks_per_mtile, start, tr);
+      route_one_chunk<Cfg::BM>(p, smem, live, nd, routing_tickets, tasks_per_mtile);
+      tr.record(TraceKind::Routing, start, -1, -1);
       return;
     }
     const int t_end = min(t0 + rs.chunk_tokens, live);
