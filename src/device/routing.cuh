@@ -12,6 +12,7 @@
 #include "sync.cuh"
 #include "tile_mma.cuh"
 #include "tile_table.cuh"
+#include "validate.hpp"  // kMaxTopK
 
 namespace flashmoe::detail {
 
@@ -476,7 +477,7 @@ __device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_r
 // Out of line: inlined, its registers pushed the decode kernels' tile loops into spills (ptxas:
 // 80-120 bytes of spill loads in the thin kernels, 32 without it). The caller traces it as one
 // span (a Tracer passed in would move the kernel's tracer to the stack).
-inline constexpr int kOneChunkMaxPairs = kRouterTokens * 32;  // kMaxTopK = 32
+inline constexpr int kOneChunkMaxPairs = kRouterTokens * kMaxTopK;
 static_assert(kOneChunkMaxPairs <= kThreads, "one pair a thread");
 template <int BM, typename T>
 __device__ __noinline__ void route_one_chunk(const KernelParams<T>& p, unsigned char* smem,
