@@ -38,14 +38,6 @@ inline constexpr int kMinDownTileN = 32;
 // earlier one-expert-per-warp router (bench/NOTES.md, version 18).
 inline constexpr int kRouterTokens = 4;
 inline constexpr int kRouterExperts = 8;
-// Decode launches whose live tokens fit one router chunk select and build the tile table in one
-// block (device/routing.cuh, route_one_chunk), for the router's top-k up to this many experts
-// (the wider form spilled in the decode kernels) and for any caller routing.
-inline constexpr int kOneChunkMaxExperts = 256;
-FLASHMOE_HOST_DEVICE inline bool routes_in_one_block(std::int64_t live_tokens, int experts,
-                                                     bool user_routing) {
-  return live_tokens <= kRouterTokens && (user_routing || experts <= kOneChunkMaxExperts);
-}
 // About one wave of an H100/H200 (132 SMs): a router task is a chain of pipeline steps whose
 // length barely depends on K, so a second wave costs a whole task.
 inline constexpr int kRouterTargetTasks = 128;

@@ -304,17 +304,6 @@ TEST(KernelChoice, PrefillKernelPastOneDecodeMTileOfRowsPerExpert) {
   }
 }
 
-TEST(KernelChoice, OneRouterChunkRoutesInOneBlock) {
-  using flashmoe::detail::kRouterTokens;
-  using flashmoe::detail::routes_in_one_block;
-  EXPECT_TRUE(routes_in_one_block(1, 128, false));
-  EXPECT_TRUE(routes_in_one_block(kRouterTokens, 256, false));
-  EXPECT_FALSE(routes_in_one_block(kRouterTokens + 1, 128, false));  // two chunks
-  EXPECT_FALSE(routes_in_one_block(1, 512, false));                  // the wide top-k
-  EXPECT_TRUE(routes_in_one_block(1, 1024, true));                   // caller routing: any E
-  EXPECT_TRUE(routes_in_one_block(0, 128, false));  // a padded batch with no live token
-}
-
 TEST(DownSplit, SlicesCoverIOnceAndFitTheYpartPlanes) {
   using flashmoe::detail::down_slices_allowed;
   using flashmoe::detail::down_split;

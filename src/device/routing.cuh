@@ -12,7 +12,6 @@
 #include "sync.cuh"
 #include "tile_mma.cuh"
 #include "tile_table.cuh"
-#include "validate.hpp"  // kMaxTopK
 
 namespace flashmoe::detail {
 
@@ -159,11 +158,8 @@ __device__ __forceinline__ std::uint32_t ordered_bits(float v) {
 // One warp: top-k of token t from its logits (see flashmoe::Routing for the rules). Lane l
 // holds experts l, l + 32, ...; PER_LANE = ceil(E / 32) rounded up to a power of two, so the
 // arrays stay in registers (only compile-time indices), and taken experts are a bit mask.
-// On return lane k < top_k holds choice k: its expert (an id >= E only if none was selectable,
-// which the rules make unreachable) and its routing weight.
 template <int PER_LANE, typename T>
-__device__ __forceinline__ void top_k_choices(const KernelParams<T>& p, int t, int& my_id,
-                                              float& my_w) {
+__device__ void select_experts_n(const KernelParams<T>& p, int t) {
   const int lane = threadIdx.x & 31;
   const int E = p.experts;
   // sum_router_partials left the logits in K slice 0; written by other blocks this launch.
@@ -220,9 +216,8 @@ __device__ __forceinline__ void top_k_choices(const KernelParams<T>& p, int t, i
     }
   };
   lane_best();
-  my_id = 0;
-  my_w = 0.0f;
-  float wsum = 0.0f;
+  int my_id = 0;
+  float my_w = 0.0f, wsum = 0.0f;
   for (int k = 0; k < p.top_k; ++k) {
     // A round is two warp reductions (redux.sync) and one shuffle instead of five levels of
     // three shuffles: the largest choice, then the lowest expert id among the lanes holding it
@@ -244,31 +239,12 @@ __device__ __forceinline__ void top_k_choices(const KernelParams<T>& p, int t, i
   }
   if (p.renormalize && wsum > 0.0f) my_w /= wsum;
   my_w *= p.scaling;
-}
-
-template <int PER_LANE, typename T>
-__device__ void select_experts_n(const KernelParams<T>& p, int t) {
-  const int lane = threadIdx.x & 31, E = p.experts;
-  int my_id;
-  float my_w;
-  top_k_choices<PER_LANE>(p, t, my_id, my_w);
   if (lane < p.top_k) {
     if (my_id < E) {
       register_pair(p, t, lane, my_id, my_w);
     } else {
       p.ctl.fail(StatusCode::Internal, kSiteRoutingIds);  // unreachable: choices are >= -FLT_MAX
     }
-  }
-}
-
-// One warp: token t's choices as top_k_choices leaves them, for E <= kOneChunkMaxExperts (the
-// 32-value form for E up to 1024 pushed every decode kernel into spills when inlined twice).
-template <typename T>
-__device__ __forceinline__ void top_k_of(const KernelParams<T>& p, int t, int& id, float& w) {
-  if (p.experts <= 128) {
-    top_k_choices<4>(p, t, id, w);
-  } else {
-    top_k_choices<8>(p, t, id, w);
   }
 }
 
@@ -464,98 +440,6 @@ __device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_r
   if (threadIdx.x == 0) {
     const std::uint32_t m = s_mtiles;
     store_release(p.ctl.word(kTasksTotal), routing_tickets + m * tasks_per_mtile);
-  }
-}
-
-// Decode launches whose live tokens are one router chunk (at most kRouterTokens): the chunk's
-// last routing task holds every token, so it selects their experts and builds the tile table
-// from shared memory, instead of counting each pair's row in the Layer's expert counters and
-// reading the counters and the pairs back for the table (three dependent round trips on the
-// path of every tile). Rows are in (expert, pair) order: the same rows and tiles as the counted
-// form up to where an expert's rows sit, so the same y bit for bit. A caller's expert id out of
-// range is reported and no table is published: the launch fails, writing no y.
-// Out of line: inlined, its registers pushed the decode kernels' tile loops into spills (ptxas:
-// 80-120 bytes of spill loads in the thin kernels, 32 without it). The caller traces it as one
-// span (a Tracer passed in would move the kernel's tracer to the stack).
-inline constexpr int kOneChunkMaxPairs = kRouterTokens * kMaxTopK;
-static_assert(kOneChunkMaxPairs <= kThreads, "one pair a thread");
-template <int BM, typename T>
-__device__ __noinline__ void route_one_chunk(const KernelParams<T>& p, unsigned char* smem,
-                                             int live, int nd, std::uint32_t routing_tickets,
-                                             std::uint32_t tasks_per_mtile) {
-  static_assert(sizeof(ScanSmem) >= 2 * kOneChunkMaxPairs * sizeof(int), "fits the scratch");
-  int* key = reinterpret_cast<int*>(smem);   // [pairs] expert of pair q
-  int* mtiles_of = key + kOneChunkMaxPairs;  // [pairs] an expert's first pair: its m-tiles; else 0
-  __shared__ std::uint32_t s_mtiles;
-  const int lane = threadIdx.x & 31, K = p.top_k, pairs = live * K;
-  if (threadIdx.x == 0) s_mtiles = 0;
-  bool bad = false;
-  for (int t = threadIdx.x >> 5; t < live; t += kThreads / 32) {
-    int e = 0;
-    float w = 0.0f;
-    if (p.user_ids != nullptr) {
-      if (lane < K) {
-        e = __ldg(p.user_ids + t * K + lane);
-        w = __ldg(p.user_weights + t * K + lane);
-      }
-    } else {
-      top_k_of(p, t, e, w);
-    }
-    if (lane < K) {
-      const int q = t * K + lane;
-      if (e < 0 || e >= p.experts) {
-        bad = true;
-        e = 0;
-      }
-      key[q] = e;
-      p.pair_weight[q] = w;
-      if (p.out_ids != nullptr) p.out_ids[q] = e;
-      if (p.out_weights != nullptr) p.out_weights[q] = w;
-    }
-  }
-  // The tokens' combine counters start at zero (they live in the scratch; see finish_routing).
-  for (int i = threadIdx.x; i < live * nd; i += kThreads) {
-    p.combine_done[(i / nd) * p.combine_stride + i % nd] = 0;
-  }
-  if (__syncthreads_or(bad)) {
-    if (threadIdx.x == 0) {
-      p.ctl.fail(p.user_ids != nullptr ? StatusCode::InvalidArgument : StatusCode::Internal,
-                 kSiteRoutingIds);
-    }
-    return;
-  }
-  // A pair's row: the pairs before it in (expert, pair) order. An expert's first pair then
-  // writes its m-tiles' records, after the m-tiles of lower experts.
-  const int q = threadIdx.x;
-  int e = 0, below = 0, same = 0, same_before = 0;
-  if (q < pairs) {
-    e = key[q];
-    for (int j = 0; j < pairs; ++j) {
-      const int f = key[j];
-      below += f < e;
-      same += f == e;
-      same_before += (f == e) & (j < q);
-    }
-    p.sorted_pair[below + same_before] = q;
-    mtiles_of[q] = same_before == 0 ? (same + BM - 1) / BM : 0;
-  }
-  team_sync();
-  if (q < pairs && same_before == 0) {
-    std::uint32_t slot0 = 0;
-    for (int j = 0; j < pairs; ++j) slot0 += key[j] < e ? mtiles_of[j] : 0;
-    const uint4 info =
-        MTileInfo{static_cast<std::uint32_t>(e), slot0, static_cast<std::uint32_t>(below),
-                  static_cast<std::uint32_t>(same)}
-            .bits();
-    for (int m = 0; m < mtiles_of[q]; ++m) {
-      p.mtile_info[slot0 + m] = info;
-      p.mtile_done[slot0 + m] = 0;
-    }
-    atomicAdd(&s_mtiles, static_cast<std::uint32_t>(mtiles_of[q]));
-  }
-  team_sync();  // the whole table is written before it is published
-  if (threadIdx.x == 0 && !p.ctl.aborted()) {
-    store_release(p.ctl.word(kTasksTotal), routing_tickets + s_mtiles * tasks_per_mtile);
   }
 }
 

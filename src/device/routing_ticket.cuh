@@ -1,7 +1,6 @@
 // One routing ticket of the persistent kernels (moe_kernel.cuh has the ticket order).
 // Decode kernels: a router task of a token chunk (CUDA-core logits), then, by the chunk's last
-// router task (or at once with caller routing), the chunk's top-k (and, when the launch's
-// tokens are that one chunk, the tile table: route_one_chunk). Prefill kernels: a router
+// router task (or at once with caller routing), the chunk's top-k. Prefill kernels: a router
 // task is a tensor-core tile over a K slice; then select tickets, each waiting for its tokens'
 // router tasks, sum the partials and select (or take the caller's routing). The last routing
 // ticket to finish builds the tile table and publishes the ticket total. Every thread of the
@@ -184,12 +183,6 @@ __device__ __forceinline__ void run_routing_ticket(const KernelParams<T>& p, uns
       }
       team_sync();
       if (!s_flag) return;
-    }
-    if (routes_in_one_block(live, p.experts, user_routing)) {
-      // The launch's only chunk: its top-k and the table from this block's shared memory.
-      route_one_chunk<Cfg::BM>(p, smem, live, nd, routing_tickets, tasks_per_mtile);
-      tr.record(TraceKind::Routing, start, -1, -1);
-      return;
     }
     const int t_end = min(t0 + rs.chunk_tokens, live);
     for (int t = t0 + (threadIdx.x >> 5); t < t_end; t += kThreads / 32) {
