@@ -164,9 +164,16 @@ TEST_F(Forward, CallerSuppliedRoutingIncludingRepeatedExperts) {
   Layer layer;
   ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
   StreamGuard stream;
-  for (const auto& [repeats, T] : std::vector<std::pair<bool, int>>{
-           {false, 300}, {true, 300}, {false, 7}, {true, 7}, {false, 3}, {true, 3}}) {
-    // prefill, decode, and decode of one router chunk
+  for (const auto& [repeats, T] : std::vector<std::pair<bool, int>>{{false, 300},
+                                                                    {true, 300},
+                                                                    {false, 7},
+                                                                    {true, 7},
+                                                                    {false, 3},
+                                                                    {true, 3},
+                                                                    {false, 1},
+                                                                    {true, 1}}) {
+    // prefill, decode, decode of one router chunk, and of one token (each pair its own m-tile,
+    // a repeated expert in two of them)
     std::vector<std::int32_t> ids(static_cast<std::size_t>(T) * c.top_k);
     std::vector<float> wts(ids.size());
     std::uniform_real_distribution<float> uw(0.05f, 1.0f);
@@ -197,7 +204,7 @@ TEST_F(Forward, BadCallerIdIsReportedAndYIsUntouched) {
   const Config& c = m.config;
   Layer layer;
   ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
-  for (int T : {20, 5, 3}) {  // decode; 3: one router chunk
+  for (int T : {20, 5, 3, 1}) {  // decode; 3: one router chunk; 1: pairs as m-tiles
     SCOPED_TRACE(::testing::Message() << "T = " << T);
     std::vector<std::int32_t> ids(static_cast<std::size_t>(T) * c.top_k);
     for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>(i % c.experts);

@@ -137,13 +137,22 @@ __device__ void sum_router_partials(const KernelParams<T>& p, int t0, int t_end)
 
 // Registers pair (t, k) -> expert e with weight w; its row among e's rows comes from a
 // counter (order varies run to run, results do not: rows are computed independently and the
-// combine sums by k).
+// combine sums by k). `own_mtile` (one live token, t = 0): the pair is m-tile k of one row,
+// written here into the tile table, so neither the counter nor the table's scans are needed.
 template <typename T>
-__device__ void register_pair(const KernelParams<T>& p, int t, int k, int e, float w) {
+__device__ void register_pair(const KernelParams<T>& p, int t, int k, int e, float w,
+                              bool own_mtile) {
   const std::int64_t pair = static_cast<std::int64_t>(t) * p.top_k + k;
   p.pair_expert[pair] = e;
   p.pair_weight[pair] = w;
-  p.pair_pos[pair] = fetch_add_relaxed(&p.expert_count[e], 1);
+  if (own_mtile) {
+    const std::uint32_t slot = static_cast<std::uint32_t>(k);
+    p.mtile_info[slot] = MTileInfo{static_cast<std::uint32_t>(e), slot, slot, 1}.bits();
+    p.mtile_done[slot] = 0;
+    p.sorted_pair[slot] = k;
+  } else {
+    p.pair_pos[pair] = fetch_add_relaxed(&p.expert_count[e], 1);
+  }
   if (p.out_ids != nullptr) p.out_ids[pair] = e;
   if (p.out_weights != nullptr) p.out_weights[pair] = w;
 }
@@ -159,7 +168,7 @@ __device__ __forceinline__ std::uint32_t ordered_bits(float v) {
 // holds experts l, l + 32, ...; PER_LANE = ceil(E / 32) rounded up to a power of two, so the
 // arrays stay in registers (only compile-time indices), and taken experts are a bit mask.
 template <int PER_LANE, typename T>
-__device__ void select_experts_n(const KernelParams<T>& p, int t) {
+__device__ void select_experts_n(const KernelParams<T>& p, int t, bool own_mtile) {
   const int lane = threadIdx.x & 31;
   const int E = p.experts;
   // sum_router_partials left the logits in K slice 0; written by other blocks this launch.
@@ -241,7 +250,7 @@ __device__ void select_experts_n(const KernelParams<T>& p, int t) {
   my_w *= p.scaling;
   if (lane < p.top_k) {
     if (my_id < E) {
-      register_pair(p, t, lane, my_id, my_w);
+      register_pair(p, t, lane, my_id, my_w, own_mtile);
     } else {
       p.ctl.fail(StatusCode::Internal, kSiteRoutingIds);  // unreachable: choices are >= -FLT_MAX
     }
@@ -249,19 +258,19 @@ __device__ void select_experts_n(const KernelParams<T>& p, int t) {
 }
 
 template <typename T>
-__device__ void select_experts(const KernelParams<T>& p, int t) {
+__device__ void select_experts(const KernelParams<T>& p, int t, bool own_mtile) {
   if (p.experts <= 128) {
-    select_experts_n<4>(p, t);
+    select_experts_n<4>(p, t, own_mtile);
   } else if (p.experts <= 256) {
-    select_experts_n<8>(p, t);
+    select_experts_n<8>(p, t, own_mtile);
   } else {
-    select_experts_n<32>(p, t);  // kMaxExperts = 1024
+    select_experts_n<32>(p, t, own_mtile);  // kMaxExperts = 1024
   }
 }
 
 // One warp: caller-supplied routing of token t, with its ids checked.
 template <typename T>
-__device__ void take_user_routing(const KernelParams<T>& p, int t) {
+__device__ void take_user_routing(const KernelParams<T>& p, int t, bool own_mtile) {
   const int lane = threadIdx.x & 31;
   if (lane >= p.top_k) return;
   const std::int64_t pair = static_cast<std::int64_t>(t) * p.top_k + lane;
@@ -270,7 +279,7 @@ __device__ void take_user_routing(const KernelParams<T>& p, int t) {
     p.ctl.fail(StatusCode::InvalidArgument, kSiteRoutingIds);
     return;
   }
-  register_pair(p, t, lane, e, __ldg(p.user_weights + pair));
+  register_pair(p, t, lane, e, __ldg(p.user_weights + pair), own_mtile);
 }
 
 // Exclusive prefix sums over the team of kItems values per thread, in thread-major order (thread

@@ -18,7 +18,8 @@
 namespace flashmoe::detail {
 
 // The end of a ticket that routed tokens [t0, t_end): their combine counters zeroed, the ticket
-// counted, and the tile table built by the last of `live_tickets`. `start`: the routing event's
+// counted, and the tile table built by the last of `live_tickets` (`own_mtiles`: the pairs
+// wrote it as they were registered, and only its count is published). `start`: the routing event's
 // start. `chunks_to_reset`: router_done words the table's builder clears (the prefill kernels'
 // select tickets read them until then; 0 in decode, where each chunk's last task clears its own).
 template <class Cfg, typename T>
@@ -26,8 +27,8 @@ __device__ __forceinline__ void finish_routing(const KernelParams<T>& p, unsigne
                                                int t0, int t_end, int nd, int live,
                                                int live_tickets, int trace_tile,
                                                int chunks_to_reset, std::uint32_t routing_tickets,
-                                               std::uint32_t tasks_per_mtile, bool& s_flag,
-                                               std::uint64_t start, Tracer& tr) {
+                                               std::uint32_t tasks_per_mtile, bool own_mtiles,
+                                               bool& s_flag, std::uint64_t start, Tracer& tr) {
   // The combine counters of the tokens start at zero: they live in the scratch, which other
   // Layers' forwards also write. Ordered before every down tile by the routing-done count and
   // the tile table's release.
@@ -48,8 +49,17 @@ __device__ __forceinline__ void finish_routing(const KernelParams<T>& p, unsigne
   if (s_flag) {
     start = tr.now();
     for (int i = threadIdx.x; i < chunks_to_reset; i += kThreads) p.router_done[i] = 0;
-    build_tile_table<T, Cfg::BM, !Cfg::tile_router>(p, smem, live, routing_tickets,
-                                                    tasks_per_mtile);
+    if (own_mtiles) {
+      // The pairs wrote their m-tile records (register_pair), ordered before this by the
+      // barriers above: only the count is left to publish.
+      if (threadIdx.x == 0) {
+        store_release(p.ctl.word(kTasksTotal),
+                      routing_tickets + static_cast<std::uint32_t>(p.top_k) * tasks_per_mtile);
+      }
+    } else {
+      build_tile_table<T, Cfg::BM, !Cfg::tile_router>(p, smem, live, routing_tickets,
+                                                      tasks_per_mtile);
+    }
     tr.record(TraceKind::Routing, start, -1, -1);
   }
 }
@@ -134,14 +144,14 @@ __device__ __forceinline__ void run_tile_routing_ticket(const KernelParams<T>& p
   }
   for (int t = t0 + (threadIdx.x >> 5); t < t_end; t += kThreads / 32) {
     if (user_routing) {
-      take_user_routing(p, t);
+      take_user_routing(p, t, false);
     } else {
-      select_experts(p, t);
+      select_experts(p, t, false);
     }
   }
   finish_routing<Cfg>(p, smem, t0, t_end, nd, live, live_selects, select,
-                      user_routing ? 0 : live_chunks, routing_tickets, tasks_per_mtile, s_flag,
-                      start, tr);
+                      user_routing ? 0 : live_chunks, routing_tickets, tasks_per_mtile, false,
+                      s_flag, start, tr);
 }
 
 template <class Cfg, class Down, typename T>
@@ -185,15 +195,17 @@ __device__ __forceinline__ void run_routing_ticket(const KernelParams<T>& p, uns
       if (!s_flag) return;
     }
     const int t_end = min(t0 + rs.chunk_tokens, live);
+    // One live token: its pairs are the m-tiles (bench/NOTES.md, row 101).
+    const bool own_mtiles = live == 1;
     for (int t = t0 + (threadIdx.x >> 5); t < t_end; t += kThreads / 32) {
       if (user_routing) {
-        take_user_routing(p, t);
+        take_user_routing(p, t, own_mtiles);
       } else {
-        select_experts(p, t);
+        select_experts(p, t, own_mtiles);
       }
     }
     finish_routing<Cfg>(p, smem, t0, t_end, nd, live, live_chunks, chunk, 0, routing_tickets,
-                        tasks_per_mtile, s_flag, start, tr);
+                        tasks_per_mtile, own_mtiles, s_flag, start, tr);
   }
 }
 
