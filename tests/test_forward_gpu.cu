@@ -628,7 +628,7 @@ TEST_F(Forward, WatchdogTurnsAHangIntoDeviceTimeoutAndTheLayerRecovers) {
   ASSERT_TRUE(Layer::create(m.config, m.device_weights(), layer, options).ok());
   StreamGuard stream;
   for (int round = 0; round < 2; ++round) {
-    for (int T : {4, 700}) {
+    for (int T : {1, 4, 700}) {  // 1: the pairs are the m-tiles
       SCOPED_TRACE(::testing::Message() << "round " << round << " T = " << T);
       flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::DropMTileSignal);
       ForwardRun hung = make_run(m.config, T, rng_);
@@ -664,7 +664,7 @@ TEST_F(Forward, WatchdogEndsAStalledWeightCopyOnceAndTheLayerRecovers) {
   Layer layer;
   ASSERT_TRUE(Layer::create(m.config, m.device_weights(), layer, options).ok());
   StreamGuard stream;
-  for (int T : {4, 700}) {  // decode and prefill kernels
+  for (int T : {1, 4, 700}) {  // decode (1: the pairs are the m-tiles) and prefill kernels
     for (bool in_place : {false, true}) {
       SCOPED_TRACE(::testing::Message() << "T = " << T << (in_place ? ", x == y" : ""));
       ForwardRun clean = make_run(m.config, T, rng_);

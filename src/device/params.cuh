@@ -52,12 +52,12 @@ struct KernelParams {
   std::int32_t* pair_expert;    // [T*K]
   float* pair_weight;           // [T*K]
   std::uint32_t* pair_pos;      // [T*K] position among its expert's rows
-  std::int32_t* sorted_pair;    // [T*K] row (grouped by expert) -> pair index t*K+k
+  std::int32_t* sorted_pair;    // [T*K] row (grouped by expert; one live token: row k) -> pair
   std::uint32_t* expert_row0;   // [E] each expert's first row (prefill kernels' row map)
   uint4* mtile_info;            // [m-tiles] MTileInfo of the m-tile's expert (tile_table.cuh)
   std::uint32_t* mtile_done;    // gate/up tiles finished per m-tile
   std::uint32_t* combine_done;  // [T, down n-tiles] down tiles finished per token slice
-  T* h;                         // [T*K, I] activations, rows grouped by expert
+  T* h;                         // [T*K, I] activations, rows as in sorted_pair
   float* ypart;                 // [dsplit.kslices, T*K, H] weighted expert outputs, by pair
                                 // (fp32; the sm_90a engine keeps them in T, in half the bytes)
   std::int64_t combine_stride;  // down n-tiles per token in combine_done

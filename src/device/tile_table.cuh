@@ -15,7 +15,9 @@ struct MTile {
 };
 
 // What the tile table holds for every m-tile of an expert: one 16-byte record, so that a tile
-// finds its m-tile with one load (the expert's m-tiles are consecutive slots).
+// finds its m-tile with one load (the expert's m-tiles are consecutive slots). A decode launch
+// of one live token writes one record per pair instead (k: slot k, row k, one row), so a
+// repeated caller-chosen expert is two records of one m-tile each (routing.cuh, register_pair).
 struct MTileInfo {
   std::uint32_t expert, first_slot, first_row, rows;  // rows: all of the expert's
   __device__ static MTileInfo from(uint4 v) { return {v.x, v.y, v.z, v.w}; }
