@@ -164,37 +164,33 @@ TEST_F(Forward, CallerSuppliedRoutingIncludingRepeatedExperts) {
   Layer layer;
   ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
   StreamGuard stream;
-  for (const auto& [repeats, T] : std::vector<std::pair<bool, int>>{{false, 300},
-                                                                    {true, 300},
-                                                                    {false, 7},
-                                                                    {true, 7},
-                                                                    {false, 3},
-                                                                    {true, 3},
-                                                                    {false, 1},
-                                                                    {true, 1}}) {
-    // prefill, decode, decode of one router chunk, and of one token (each pair its own m-tile,
-    // a repeated expert in two of them)
-    std::vector<std::int32_t> ids(static_cast<std::size_t>(T) * c.top_k);
-    std::vector<float> wts(ids.size());
-    std::uniform_real_distribution<float> uw(0.05f, 1.0f);
-    for (int t = 0; t < T; ++t) {
-      std::vector<std::int32_t> perm(c.experts);
-      for (int e = 0; e < c.experts; ++e) perm[e] = e;
-      std::shuffle(perm.begin(), perm.end(), rng_);
-      for (int k = 0; k < c.top_k; ++k) {
-        ids[t * c.top_k + k] = repeats && k == 1 ? perm[0] : perm[k];
-        wts[t * c.top_k + k] = uw(rng_);
+  // Prefill, decode, decode of one router chunk, and of one token (each pair its own m-tile,
+  // a repeated expert in two of them).
+  for (int T : {300, 7, 3, 1}) {
+    for (bool repeats : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "T = " << T << (repeats ? ", a repeated expert" : ""));
+      std::vector<std::int32_t> ids(static_cast<std::size_t>(T) * c.top_k);
+      std::vector<float> wts(ids.size());
+      std::uniform_real_distribution<float> uw(0.05f, 1.0f);
+      for (int t = 0; t < T; ++t) {
+        std::vector<std::int32_t> perm(c.experts);
+        for (int e = 0; e < c.experts; ++e) perm[e] = e;
+        std::shuffle(perm.begin(), perm.end(), rng_);
+        for (int k = 0; k < c.top_k; ++k) {
+          ids[t * c.top_k + k] = repeats && k == 1 ? perm[0] : perm[k];
+          wts[t * c.top_k + k] = uw(rng_);
+        }
       }
+      DeviceBuffer d_ids = upload(ids), d_wts = upload(wts);
+      ForwardOptions o;
+      o.topk_ids = d_ids.get<std::int32_t>();
+      o.topk_weights = d_wts.get<float>();
+      ForwardRun run = make_run(c, T, rng_);
+      ASSERT_TRUE(run_forward(layer, run, stream.get(), o));
+      EXPECT_EQ(run.ids, ids);
+      EXPECT_EQ(run.weights, wts);
+      check_output(m, run, sample_tokens(T, 64, rng_));
     }
-    DeviceBuffer d_ids = upload(ids), d_wts = upload(wts);
-    ForwardOptions o;
-    o.topk_ids = d_ids.get<std::int32_t>();
-    o.topk_weights = d_wts.get<float>();
-    ForwardRun run = make_run(c, T, rng_);
-    ASSERT_TRUE(run_forward(layer, run, stream.get(), o));
-    EXPECT_EQ(run.ids, ids);
-    EXPECT_EQ(run.weights, wts);
-    check_output(m, run, sample_tokens(T, 64, rng_));
   }
 }
 
