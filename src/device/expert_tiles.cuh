@@ -23,9 +23,9 @@ struct TileSmem {
 
 // h[rows of m-tile, n0 : n0 + BN] = act(x W1^T) * (x W3^T) for the expert of the m-tile.
 // Returns false (nothing written or counted) when the tile was abandoned.
-template <class S, typename T, class AfterWeights>
+template <class S, typename T>
 __device__ bool gateup_tile(const KernelParams<T>& p, unsigned char* smem, const MTile mt,
-                            int ntile, int ntiles, Tracer& tr, AfterWeights&& after_weights) {
+                            int ntile, int ntiles, Tracer& tr) {
   __shared__ TileSmem<S, T> ts;
   const std::uint64_t t0 = tr.now();
   const std::uint32_t slot = mt.slot;
@@ -34,10 +34,7 @@ __device__ bool gateup_tile(const KernelParams<T>& p, unsigned char* smem, const
   // dropped below. The first stages' weights are requested before the token rows are looked up.
   const int wrow0 = static_cast<int>(mt.expert) * 2 * I + n0;
   const WeightBoxes wb{&p.w13_map, {wrow0, wrow0 + I}, 0};
-  if (threadIdx.x == 0) {
-    TileMma<S, T>::issue_weights_ahead(smem, wb, H);
-    after_weights();
-  }
+  if (threadIdx.x == 0) TileMma<S, T>::issue_weights_ahead(smem, wb, H);
   for (int r = threadIdx.x; r < S::BM; r += kThreads) {
     const T* row = nullptr;
     if (r < static_cast<int>(mt.rows)) {
@@ -117,30 +114,6 @@ __device__ void router_tile(const KernelParams<T>& p, unsigned char* smem, int t
     }
   });
   tr.record(TraceKind::Router, start, -1, trace_tile);
-}
-
-// Down weights that L2 can hold beside the gate/up stream, which loads evict-first: a share of
-// the 50 MB of an H100 / H200 (bench/NOTES.md, row 102).
-inline constexpr std::int64_t kDownPrefetchBytes = std::int64_t{32} << 20;
-
-// Thread 0 of gate/up tile `ntile` of m-tile `mt`: asks L2 for every ng-th box of the expert's
-// down weights (the m-tile's ng gate/up tiles share them), so that they stream during the
-// gate/up phase and the down tiles, which mostly start when it ends, read them from L2 (issue
-// 21: one stream instead of two phases). Only the m-tiles in the first kDownPrefetchBytes of
-// down weights in slot order, the order in which the down tiles are claimed.
-template <class Down, typename T>
-__device__ void prefetch_down_weights(const KernelParams<T>& p, const MTile& mt, int ntile, int ng,
-                                      int nd) {
-  if constexpr (kDeviceHasTma) {
-    const std::int64_t expert_bytes = std::int64_t{2} * p.hidden * p.inter;
-    if ((mt.slot + std::int64_t{1}) * expert_bytes > kDownPrefetchBytes) return;
-    const int col_boxes = (p.inter + kTmaBoxCols - 1) / kTmaBoxCols;
-    const int row0 = static_cast<int>(mt.expert) * p.hidden;
-    for (int b = ntile; b < nd * col_boxes; b += ng) {
-      tma_prefetch_l2_2d(&p.w2_map, (b % col_boxes) * kTmaBoxCols,
-                         row0 + (b / col_boxes) * Down::BN);
-    }
-  }
 }
 
 // ypart[kslice, pair, n0 : n0 + BN] = w_pair * (h W2^T) over K slice `kslice` of I; then, for

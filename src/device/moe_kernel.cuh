@@ -180,10 +180,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     int ntile = 0;
     if (task < mtiles * ng) {
       const MTile mt = locate_tile<Cfg::BM>(p, task, ng, ntile);
-      auto prefetch = [&] {
-        if constexpr (!Cfg::tile_router) prefetch_down_weights<Down>(p, mt, ntile, ng, nd);
-      };
-      if (!gateup_tile<GateUp>(p, smem, mt, ntile, ng, tr, prefetch)) break;
+      if (!gateup_tile<GateUp>(p, smem, mt, ntile, ng, tr)) break;
     } else {
       // Down tasks per m-tile: column tiles x K slices, the slices of a column tile adjacent.
       const int ks = p.dsplit.kslices;
