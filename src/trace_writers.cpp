@@ -175,24 +175,27 @@ std::map<std::uint32_t, std::vector<std::uint32_t>> blocks_by_sm(const Trace& tr
   return by_sm;
 }
 
-// Total length of the union of [first, second) intervals; sorts its argument.
-std::uint64_t union_length(std::vector<std::pair<std::uint64_t, std::uint64_t>>& intervals) {
+// The union of [first, second) intervals as disjoint intervals in ascending order (empty ones
+// dropped); sorts its argument.
+std::vector<std::pair<std::uint64_t, std::uint64_t>> merge_intervals(
+    std::vector<std::pair<std::uint64_t, std::uint64_t>>& intervals) {
   std::sort(intervals.begin(), intervals.end());
-  std::uint64_t total = 0;
-  std::uint64_t cur_start = 0, cur_end = 0;
-  bool open = false;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> merged;
   for (const auto& [start, end] : intervals) {
     if (end <= start) continue;
-    if (open && start <= cur_end) {
-      cur_end = std::max(cur_end, end);
-      continue;
+    if (!merged.empty() && start <= merged.back().second) {
+      merged.back().second = std::max(merged.back().second, end);
+    } else {
+      merged.emplace_back(start, end);
     }
-    if (open) total += cur_end - cur_start;
-    cur_start = start;
-    cur_end = end;
-    open = true;
   }
-  if (open) total += cur_end - cur_start;
+  return merged;
+}
+
+// Total length of the union of [first, second) intervals; sorts its argument.
+std::uint64_t union_length(std::vector<std::pair<std::uint64_t, std::uint64_t>>& intervals) {
+  std::uint64_t total = 0;
+  for (const auto& [start, end] : merge_intervals(intervals)) total += end - start;
   return total;
 }
 
@@ -402,6 +405,7 @@ TraceSummary summarize(const Trace& trace) {
 
   // Per kind.
   std::uint64_t total_ns[kTraceKinds] = {}, max_ns[kTraceKinds] = {};
+  std::vector<std::uint64_t> starts[kTraceKinds], ends[kTraceKinds];
   for (const TraceEvent& e : trace.events) {
     if (!kind_valid(e.kind)) continue;
     const int k = static_cast<int>(e.kind);
@@ -409,11 +413,54 @@ TraceSummary summarize(const Trace& trace) {
     ++s.kinds[k].count;
     total_ns[k] += d;
     max_ns[k] = std::max(max_ns[k], d);
+    starts[k].push_back(e.start_ns);
+    ends[k].push_back(std::max(e.end_ns, e.start_ns));
   }
   for (int k = 0; k < kTraceKinds; ++k) {
-    s.kinds[k].total_us = static_cast<double>(total_ns[k]) / 1000.0;
-    s.kinds[k].max_us = static_cast<double>(max_ns[k]) / 1000.0;
-    if (s.kinds[k].count > 0) s.kinds[k].mean_us = s.kinds[k].total_us / s.kinds[k].count;
+    TraceKindStats& ks = s.kinds[k];
+    ks.total_us = static_cast<double>(total_ns[k]) / 1000.0;
+    ks.max_us = static_cast<double>(max_ns[k]) / 1000.0;
+    if (ks.count == 0) continue;
+    ks.mean_us = ks.total_us / ks.count;
+    std::sort(starts[k].begin(), starts[k].end());
+    std::sort(ends[k].begin(), ends[k].end());
+    const std::size_t mid = (starts[k].size() - 1) / 2;
+    ks.first_start_us = rel_us(starts[k].front(), w.base);
+    ks.median_start_us = rel_us(starts[k][mid], w.base);
+    ks.median_end_us = rel_us(ends[k][mid], w.base);
+    ks.last_end_us = rel_us(ends[k].back(), w.base);
+  }
+
+  // Expert tiles: each SM's union of their intervals, then a sweep over the unions' edges for
+  // the number of SMs running one at each instant (an end sorts before a start at the same
+  // time: a tile that follows another on a second SM is not an overlap).
+  std::map<std::uint32_t, std::vector<std::pair<std::uint64_t, std::uint64_t>>> expert_tiles;
+  for (const TraceEvent& e : trace.events) {
+    if ((e.kind == TraceKind::GateUp || e.kind == TraceKind::Down) && e.end_ns > e.start_ns) {
+      expert_tiles[e.sm].emplace_back(e.start_ns, e.end_ns);
+    }
+  }
+  if (!expert_tiles.empty()) {
+    std::uint64_t first = ~std::uint64_t{0}, last = 0, covered = 0;
+    std::vector<std::pair<std::uint64_t, int>> edges;
+    for (auto& [sm, intervals] : expert_tiles) {
+      for (const auto& [a, b] : merge_intervals(intervals)) {
+        first = std::min(first, a);
+        last = std::max(last, b);
+        covered += b - a;
+        edges.emplace_back(a, +1);
+        edges.emplace_back(b, -1);
+      }
+    }
+    std::sort(edges.begin(), edges.end());
+    int running = 0;
+    for (const auto& edge : edges) {
+      running += edge.second;
+      s.peak_expert_sms = std::max(s.peak_expert_sms, running);
+    }
+    s.first_expert_tile_us = rel_us(first, w.base);
+    s.last_expert_tile_us = rel_us(last, w.base);
+    s.mean_expert_sms = static_cast<double>(covered) / static_cast<double>(last - first);
   }
 
   // Time to the first task.
@@ -493,13 +540,15 @@ std::string trace_summary_text(const Trace& trace) {
     out.append(std::string_view("  no events recorded\n"));
   }
 
-  fmt::format_to(it, "\n  {:<8} {:>8} {:>12} {:>10} {:>10}\n", "kind", "count", "total us",
-                 "mean us", "max us");
+  // Durations, then when the kind ran: first start, median start and end, last end.
+  fmt::format_to(it, "\n  {:<8} {:>8} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n", "kind",
+                 "count", "total us", "mean us", "max us", "first", "med start", "med end", "last");
   for (int k = 0; k < kTraceKinds; ++k) {
     const TraceKindStats& ks = s.kinds[k];
-    fmt::format_to(it, "  {:<8} {:>8} {:>12.3f} {:>10.3f} {:>10.3f}\n",
-                   to_string(static_cast<TraceKind>(k)), ks.count, ks.total_us, ks.mean_us,
-                   ks.max_us);
+    fmt::format_to(
+        it, "  {:<8} {:>8} {:>12.3f} {:>10.3f} {:>10.3f} {:>10.3f} {:>10.3f} {:>10.3f} {:>10.3f}\n",
+        to_string(static_cast<TraceKind>(k)), ks.count, ks.total_us, ks.mean_us, ks.max_us,
+        ks.first_start_us, ks.median_start_us, ks.median_end_us, ks.last_end_us);
   }
 
   fmt::format_to(it, "\n  time to first task {:>10.3f} us\n", s.first_task_us);
@@ -507,6 +556,14 @@ std::string trace_summary_text(const Trace& trace) {
                  s.tail_us);
   fmt::format_to(it, "  mean SM busy       {:>10.1f} %  (tasks only, waits excluded)\n",
                  100.0 * s.mean_sm_busy);
+  if (s.peak_expert_sms > 0) {
+    fmt::format_to(
+        it,
+        "  expert tiles       {:>10.3f} us to {:.3f} us, on {:.1f} SMs on average, {} at "
+        "most (of {})\n",
+        s.first_expert_tile_us, s.last_expert_tile_us, s.mean_expert_sms, s.peak_expert_sms,
+        trace.sm_count);
+  }
   if (!by_sm.empty()) {
     std::vector<std::pair<double, std::uint32_t>> busy;
     for (const auto& [sm, blocks] : by_sm) busy.emplace_back(s.sm_busy[sm], sm);

@@ -83,6 +83,14 @@ TraceBlock blk(std::uint32_t block, std::uint32_t sm, std::uint64_t entry, std::
 //   SM 1: 1500 + 4500 = 6000 -> 0.5;  SM 2: nothing -> 0;  SM 3: 500 -> 0.041666...
 //   mean over the SMs that appear (0, 1, 3): 15700 / 36000 = 0.436111...
 //
+// When each kind ran (first start, lower-median start, lower-median end, last end, in us):
+//   router 0.6, 0.6, 2.0, 2.1      routing 1.5, 1.5, 4.0, 4.0    gate_up 4.0, 4.0, 7.0, 8.0
+//   down   4.1, 4.1, 8.6, 9.5      combine 3.0, 3.0, 3.5, 11.5   wait    0.1, 2.0, 4.0, 6.0
+//   (wait: starts 100, 1000, 2000, 2100, 3500, 4000; ends 1500, 3000, 4000, 4100, 4300, 6000)
+//
+// Expert tiles (gate/up and down): SM 0 [4000,9500] (5500), SM 1 [4100,8600] (4500); from 4.0
+// to 9.5 us, 10000 / 5500 = 1.818... SMs on average, 2 at most.
+//
 // Longest waits: e5 (4000), e11 and e9 (2000 each; e11 starts first), e0 (1400), e13 (500);
 // e14 (300) is the sixth and is left out. Dropped: 2 + 3 = 5.
 Trace sample_trace() {
@@ -399,6 +407,56 @@ TEST(TraceSummary, PerKindStats) {
   }
 }
 
+TEST(TraceSummary, WhenEachKindRan) {
+  const flashmoe::TraceSummary s = flashmoe::summarize(sample_trace());
+  struct Want {
+    TraceKind kind;
+    double first, median_start, median_end, last;
+  };
+  const Want want[] = {
+      {TraceKind::Router, 0.6, 0.6, 2.0, 2.1},   {TraceKind::Routing, 1.5, 1.5, 4.0, 4.0},
+      {TraceKind::GateUp, 4.0, 4.0, 7.0, 8.0},   {TraceKind::Down, 4.1, 4.1, 8.6, 9.5},
+      {TraceKind::Combine, 3.0, 3.0, 3.5, 11.5}, {TraceKind::Wait, 0.1, 2.0, 4.0, 6.0},
+      {TraceKind::Gather, 0.0, 0.0, 0.0, 0.0},
+  };
+  for (const Want& w : want) {
+    const flashmoe::TraceKindStats& k = s.kinds[static_cast<int>(w.kind)];
+    SCOPED_TRACE(flashmoe::to_string(w.kind));
+    EXPECT_NEAR(k.first_start_us, w.first, 1e-9);
+    EXPECT_NEAR(k.median_start_us, w.median_start, 1e-9);
+    EXPECT_NEAR(k.median_end_us, w.median_end, 1e-9);
+    EXPECT_NEAR(k.last_end_us, w.last, 1e-9);
+  }
+}
+
+TEST(TraceSummary, ExpertTilesWindowAndSms) {
+  const flashmoe::TraceSummary s = flashmoe::summarize(sample_trace());
+  EXPECT_NEAR(s.first_expert_tile_us, 4.0, 1e-9);
+  EXPECT_NEAR(s.last_expert_tile_us, 9.5, 1e-9);
+  EXPECT_NEAR(s.mean_expert_sms, 10000.0 / 5500.0, 1e-12);
+  EXPECT_EQ(s.peak_expert_sms, 2);
+}
+
+TEST(TraceSummary, ExpertSmsCountSmsNotBlocks) {
+  Trace t;
+  t.blocks = {blk(0, 0, 0, 30000, 0), blk(1, 0, 0, 30000, 0), blk(2, 1, 0, 30000, 0)};
+  t.events = {
+      // Two blocks of SM 0 overlap: one SM.
+      ev(0, 0, TraceKind::GateUp, 1, 0, 1000, 11000),
+      ev(1, 0, TraceKind::Down, 1, 0, 6000, 16000),
+      // SM 1 starts as SM 0 ends: never two at once.
+      ev(2, 1, TraceKind::GateUp, 2, 0, 16000, 21000),
+      // Neither routing nor waits count.
+      ev(2, 1, TraceKind::Routing, -1, 0, 0, 1000),
+      ev(2, 1, TraceKind::Wait, 2, 0, 21000, 29000),
+  };
+  const flashmoe::TraceSummary s = flashmoe::summarize(t);
+  EXPECT_NEAR(s.first_expert_tile_us, 1.0, 1e-9);
+  EXPECT_NEAR(s.last_expert_tile_us, 21.0, 1e-9);
+  EXPECT_NEAR(s.mean_expert_sms, 1.0, 1e-12);  // (15000 + 5000) / 20000
+  EXPECT_EQ(s.peak_expert_sms, 1);
+}
+
 TEST(TraceSummary, SpanFirstTaskAndTail) {
   const flashmoe::TraceSummary s = flashmoe::summarize(sample_trace());
   EXPECT_NEAR(s.span_us, 12.0, 1e-9);
@@ -437,11 +495,16 @@ TEST(TraceSummary, TextReportsKindsAndNumbers) {
   EXPECT_NE(text.find("decode"), std::string::npos) << text;
   EXPECT_NE(text.find("T = 16"), std::string::npos) << text;
   EXPECT_NE(text.find("12.000 us"), std::string::npos) << text;
-  // One table row per kind: name, count, total, mean, max.
+  // One table row per kind: name, count, total, mean, max, then first start, median start,
+  // median end, last end.
   const std::vector<std::vector<std::string>> rows = {
-      {"router", "2", "2.700", "1.350", "1.500"},  {"routing", "1", "2.500", "2.500", "2.500"},
-      {"gate_up", "2", "5.000", "2.500", "3.000"}, {"down", "2", "7.000", "3.500", "4.500"},
-      {"combine", "2", "1.000", "0.500", "0.500"}, {"wait", "6", "10.200", "1.700", "4.000"},
+      {"router", "2", "2.700", "1.350", "1.500", "0.600", "0.600", "2.000", "2.100"},
+      {"routing", "1", "2.500", "2.500", "2.500", "1.500", "1.500", "4.000", "4.000"},
+      {"gate_up", "2", "5.000", "2.500", "3.000", "4.000", "4.000", "7.000", "8.000"},
+      {"down", "2", "7.000", "3.500", "4.500", "4.100", "4.100", "8.600", "9.500"},
+      {"combine", "2", "1.000", "0.500", "0.500", "3.000", "3.000", "3.500", "11.500"},
+      {"wait", "6", "10.200", "1.700", "4.000", "0.100", "2.000", "4.000", "6.000"},
+      {"gather", "0", "0.000", "0.000", "0.000", "0.000", "0.000", "0.000", "0.000"},
   };
   for (const auto& row : rows) {
     const std::string line = line_starting(text, "  " + row[0] + " ");
@@ -454,6 +517,10 @@ TEST(TraceSummary, TextReportsKindsAndNumbers) {
   EXPECT_NE(text.find("0.600 us"), std::string::npos) << text;  // first task
   EXPECT_NE(text.find("6.000 us"), std::string::npos) << text;  // tail
   EXPECT_NE(text.find("43.6 %"), std::string::npos) << text;    // mean SM busy
+  const std::string expert = line_starting(text, "  expert tiles");
+  EXPECT_NE(expert.find("4.000 us to 9.500 us, on 1.8 SMs on average, 2 at most (of 132)"),
+            std::string::npos)
+      << text;
   // Least busy first; SM 2 does not appear in the trace, so it is not listed.
   const std::string least = line_starting(text, "  least busy SMs");
   EXPECT_NE(least.find("SM 3 4.2 %, SM 1 50.0 %, SM 0 76.7 %"), std::string::npos) << least;
@@ -478,11 +545,17 @@ TEST(TraceSummary, EmptyTrace) {
     EXPECT_EQ(k.total_us, 0.0);
     EXPECT_EQ(k.mean_us, 0.0);
     EXPECT_EQ(k.max_us, 0.0);
+    EXPECT_EQ(k.first_start_us, 0.0);
+    EXPECT_EQ(k.last_end_us, 0.0);
   }
   EXPECT_EQ(s.span_us, 0.0);
   EXPECT_EQ(s.first_task_us, 0.0);
   EXPECT_EQ(s.tail_us, 0.0);
   EXPECT_EQ(s.mean_sm_busy, 0.0);
+  EXPECT_EQ(s.first_expert_tile_us, 0.0);
+  EXPECT_EQ(s.last_expert_tile_us, 0.0);
+  EXPECT_EQ(s.mean_expert_sms, 0.0);
+  EXPECT_EQ(s.peak_expert_sms, 0);
   EXPECT_TRUE(s.sm_busy.empty());
   EXPECT_TRUE(s.longest_waits.empty());
   EXPECT_EQ(s.dropped, 0u);

@@ -82,12 +82,22 @@ struct Trace {
 struct TraceKindStats {
   std::uint64_t count = 0;
   double total_us = 0, mean_us = 0, max_us = 0;
+  // When the kind ran, relative to the trace's origin: the first start, the median start and
+  // end (the lower middle value for an even count) and the last end. All 0 without events.
+  double first_start_us = 0, median_start_us = 0, median_end_us = 0, last_end_us = 0;
 };
 struct TraceSummary {
   TraceKindStats kinds[kTraceKinds];
   double span_us = 0;        // earliest block entry to latest block exit
   double first_task_us = 0;  // earliest entry to the start of the first non-wait event
   double tail_us = 0;        // first block to go idle (exit) to the last block's exit
+  // Expert tiles (gate/up and down): the earliest start (the routing prelude ends there), the
+  // latest end, and how many SMs ran one in between: the mean number of SMs with an expert
+  // tile in progress over that window, and the most at any instant (a down tile's wait for its
+  // m-tile's h is a Wait event, not part of the tile). All 0 without expert tiles.
+  double first_expert_tile_us = 0, last_expert_tile_us = 0;
+  double mean_expert_sms = 0;
+  int peak_expert_sms = 0;
   // Busy fraction of an SM: the union of the task intervals (waits excluded) of all blocks
   // resident on it, over the span. The mean is over the SMs that appear in the trace.
   double mean_sm_busy = 0;
