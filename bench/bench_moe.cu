@@ -58,6 +58,7 @@ bool g_cublas = true;
 int g_tokens_per_launch = 0;  // LayerOptions::tokens_per_launch of every benchmarked Layer
 int g_prefill_rows = 0;       // testing::set_prefill_switch of every benchmarked Layer
 int g_ws_tall_rows = 0;       // testing::set_ws_tile_switch of every benchmarked Layer
+bool g_programmatic = false;  // ForwardOptions::programmatic_launch of the timed forwards
 // Its timing: as many rounds of kInputs forwards as FlashMoE had iterations, at least
 // kCublasRounds, stopping early once they add up to kCublasBudgetMs (Mixtral at T = 4096 takes
 // tens of ms a round), but never before kCublasMinRounds.
@@ -386,8 +387,10 @@ void BM_Forward(benchmark::State& state, Shape shape, flashmoe::DType dt) {
   cudaGraph_t graph;
   cudaGraphExec_t exec;
   BENCH_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  flashmoe::ForwardOptions timed;
+  timed.programmatic_launch = g_programmatic;
   for (int i = 0; i < kInputs; ++i) {
-    if (!flashmoe::forward(b->layer, x_at(i), y_at(i), T, stream).ok()) break;
+    if (!flashmoe::forward(b->layer, x_at(i), y_at(i), T, stream, timed).ok()) break;
   }
   BENCH_CUDA(cudaStreamEndCapture(stream, &graph));
   BENCH_CUDA(cudaGraphInstantiate(&exec, graph, 0));
@@ -597,6 +600,11 @@ int main(int argc, char** argv) {
       return 1;
     }
     g_ws_tall_rows = static_cast<int>(n);
+  }
+  // FLASHMOE_BENCH_PROGRAMMATIC=1: the timed forwards with programmatic dependent launch, so
+  // that each forward of the graph starts behind the previous one's tail.
+  if (const char* v = std::getenv("FLASHMOE_BENCH_PROGRAMMATIC"); v != nullptr && *v) {
+    g_programmatic = std::string(v) != "0";
   }
   g_bandwidth = measure_bandwidth();
   if (g_cublas) g_dense_flops = measure_dense_flops();

@@ -172,6 +172,9 @@ Status to_cpp(const flashmoe_forward_options* options, flashmoe::ForwardOptions&
   if (has(*options, &flashmoe_forward_options::device_status)) {
     o.device_status = options->device_status;
   }
+  if (has(*options, &flashmoe_forward_options::programmatic_launch)) {
+    o.programmatic_launch = options->programmatic_launch != 0;
+  }
   return {};
 }
 
@@ -255,6 +258,7 @@ void flashmoe_forward_options_init_sized(flashmoe_forward_options* options, size
   o.beta = d.beta;
   o.device_num_tokens = d.device_num_tokens;
   o.device_status = d.device_status;
+  o.programmatic_launch = d.programmatic_launch ? 1 : 0;
   init_sized(options, size, o);
 }
 

@@ -378,6 +378,28 @@ struct TracedShape {
   const char* variant;
 };
 
+// A launch with programmatic dependent launch (ForwardOptions::programmatic_launch): the kernel
+// waits for the previous one itself (wait_for_prior_grids, sync.cuh).
+template <typename Params>
+Status launch_programmatic(void (*kernel)(Params), std::int64_t grid, int threads, int smem_bytes,
+                           cudaStream_t stream, const Params& p) {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(grid));
+  config.blockDim = dim3(static_cast<unsigned>(threads));
+  config.dynamicSmemBytes = static_cast<std::size_t>(smem_bytes);
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  if (cudaError_t err = cudaLaunchKernelEx(&config, kernel, p); err != cudaSuccess) {
+    (void)cudaGetLastError();  // not left for the caller's next check
+    return cuda_status(err, "launching the MoE kernel (programmatic dependent launch)");
+  }
+  return {};
+}
+
 template <typename T>
 std::int64_t launch_grid(Layer::Impl& impl, const KernelParams<T>& p, std::int64_t full_grid,
                          std::int64_t tickets, const TracedShape& shape) {
@@ -428,6 +450,10 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
       launch_grid(impl, p, full_grid, p.rsplit.tasks() + tiles,
                   {Cfg::BM, GateUp::BN, Down::BN, p.rsplit.chunk_tokens,
                    Cfg::tile_router ? Down::BN : kRouterExperts, decode ? "decode" : "prefill"});
+  if (o.programmatic_launch && impl.programmatic_launch) {
+    return launch_programmatic(moe_kernel<Cfg, GateUp, Down, T>, grid, kThreads, info.smem_bytes,
+                               stream, p);
+  }
   moe_kernel<Cfg, GateUp, Down, T>
       <<<static_cast<unsigned>(grid), kThreads, info.smem_bytes, stream>>>(p);
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
@@ -476,6 +502,9 @@ Status launch_ws(Layer::Impl& impl, const KernelVariantInfo& info, const void* x
   const std::int64_t grid = launch_grid(
       impl, p, full_grid, p.rsplit.tasks() + tiles,
       {W::BM, W::kGateUpCols, W::BN, p.rsplit.chunk_tokens, WsRouterTile::BN, "prefill_ws"});
+  if (o.programmatic_launch && impl.programmatic_launch) {
+    return launch_programmatic(moe_ws_kernel<W, T>, grid, W::kThreads, info.smem_bytes, stream, p);
+  }
   moe_ws_kernel<W, T><<<static_cast<unsigned>(grid), W::kThreads, info.smem_bytes, stream>>>(p);
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
     return cuda_status(err, "launching the MoE kernel");

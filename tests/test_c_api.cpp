@@ -150,6 +150,7 @@ TEST(CApi, OptionsInitMatchCppDefaults) {
   EXPECT_EQ(fo.beta, fd.beta);
   EXPECT_EQ(fo.device_num_tokens, nullptr);
   EXPECT_EQ(fo.device_status, nullptr);
+  EXPECT_EQ(fo.programmatic_launch, 0);
 
   flashmoe_layer_options_init(nullptr);  // tolerated
   flashmoe_forward_options_init(nullptr);
@@ -451,7 +452,8 @@ TEST(CApi, GpuRoundTripMatchesTheReference) {
 }
 
 // Caller scratch (shared by two layers), a padded batch with device_num_tokens, the sticky
-// device_status word, and an older forward-options struct that has neither.
+// device_status word, an older forward-options struct that has neither, and programmatic
+// dependent launch.
 TEST(CApi, GpuCallerScratchDeviceTokensAndDeviceStatus) {
   FLASHMOE_NEED_GPU();
   const std::uint64_t seed = fresh_seed();
@@ -529,6 +531,18 @@ TEST(CApi, GpuCallerScratchDeviceTokensAndDeviceStatus) {
       << last_message();
   ASSERT_EQ(flashmoe_layer_device_status(b.layer, nullptr), FLASHMOE_STATUS_OK) << last_message();
   expect_rows_match(download<std::uint16_t>(dy.get(), x.size()), ref, T, cc);
+
+  // Programmatic dependent launches, one behind the other on the stream: the same rows.
+  flashmoe_forward_options pdl = fo;
+  pdl.device_num_tokens = nullptr;
+  pdl.programmatic_launch = 1;
+  DeviceBuffer dy2 = upload(std::vector<std::uint16_t>(x.size(), kPoison));
+  ASSERT_EQ(flashmoe_forward(b.layer, dx.get(), dy.get(), T, nullptr, &pdl), FLASHMOE_STATUS_OK)
+      << last_message();
+  ASSERT_EQ(flashmoe_forward(b.layer, dx.get(), dy2.get(), T, nullptr, &pdl), FLASHMOE_STATUS_OK)
+      << last_message();
+  ASSERT_EQ(flashmoe_layer_device_status(b.layer, nullptr), FLASHMOE_STATUS_OK) << last_message();
+  expect_rows_match(download<std::uint16_t>(dy2.get(), x.size()), ref, T, cc);
 }
 
 TEST(CApi, GpuSetWeightsThenForward) {

@@ -1,8 +1,8 @@
 // What an inference engine does with a Layer beyond one forward: one scratch shared by many
 // Layers, a smaller scratch with long forwards split into launches (tokens_per_launch), weights
 // replaced in place, padded batches with a device token count (in CUDA graphs too), non-finite
-// tokens, overlapping forwards caught, errors collected in a device word, and a CUDA error left
-// by the caller not taken for ours.
+// tokens, overlapping forwards caught, errors collected in a device word, a CUDA error left
+// by the caller not taken for ours, and programmatic dependent launches.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -562,6 +562,86 @@ TEST_F(Engine, PendingCallerErrorIsNotReportedAsOurs) {
   ForwardRun run = make_run(c, 5, rng_);
   ASSERT_TRUE(run_forward(layer, run, stream.get()));
   check_output(m, run, sample_tokens(5, 5, rng_));
+}
+
+// Programmatic dependent launch: a chain of forwards, each one's x the previous one's y, over
+// two Layers that share a scratch, on a stream and captured in a graph. Each forward may be
+// scheduled while the previous one still runs, so one that touched its x or the scratch before
+// the previous forward ended would differ from ordinary launches; every step must be bitwise
+// theirs, and the first matches the reference. Decode and prefill kernels, and a forward of
+// two launches (tokens_per_launch).
+TEST_F(Engine, ProgrammaticLaunchesMatchOrdinaryOnes) {
+  SCOPED_TRACE(seed_);
+  const Model models[] = {make_model(config(256, 136, 16, 4, 1024), rng_),
+                          make_model(config(256, 200, 8, 2, 1024, DType::BF16), rng_)};
+  std::size_t need = 0;
+  for (const Model& m : models) need = std::max(need, flashmoe::scratch_bytes(m.config, 512));
+  DeviceBuffer scratch(need);
+  std::vector<Layer> layers(2);
+  for (int i = 0; i < 2; ++i) {
+    flashmoe::LayerOptions o;
+    o.scratch = scratch.get();
+    o.scratch_bytes = need;
+    o.tokens_per_launch = 512;
+    ASSERT_TRUE(Layer::create(models[i].config, models[i].device_weights(), layers[i], o).ok());
+  }
+  StreamGuard stream;
+  constexpr int kSteps = 6;
+  for (int T : {1, 5, 600, 1000}) {
+    SCOPED_TRACE(::testing::Message() << "T " << T);
+    const Config& c = models[0].config;
+    const std::size_t cells = static_cast<std::size_t>(T) * c.hidden;
+    const std::size_t pairs = static_cast<std::size_t>(T) * c.top_k;
+    ForwardRun first = make_run(c, T, rng_);
+    // Runs the chain: each step's y into `ys`, the first step's routing into `first`.
+    using Steps = std::vector<std::vector<std::uint16_t>>;
+    auto chain = [&](bool programmatic, bool graph, Steps& ys) {
+      std::vector<DeviceBuffer> act;
+      act.emplace_back(upload(first.x));
+      for (int i = 0; i < kSteps; ++i) act.emplace_back(upload(first.y_in));  // poison
+      DeviceBuffer ids(pairs * 4), wts(pairs * 4);
+      ForwardOptions o;
+      o.programmatic_launch = programmatic;
+      ForwardOptions o0 = o;
+      o0.out_topk_ids = ids.get<std::int32_t>();
+      o0.out_topk_weights = wts.get<float>();
+      cudaGraph_t g = nullptr;
+      if (graph) CUDA_OK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal));
+      bool launched = true;
+      for (int i = 0; i < kSteps && launched; ++i) {
+        const flashmoe::Status s = flashmoe::forward(layers[i % 2], act[i].get(), act[i + 1].get(),
+                                                     T, stream.get(), i == 0 ? o0 : o);
+        EXPECT_TRUE(s.ok()) << s.to_string();
+        launched = s.ok();
+      }
+      if (graph) {
+        CUDA_OK(cudaStreamEndCapture(stream.get(), &g));
+        cudaGraphExec_t exec = nullptr;
+        CUDA_OK(cudaGraphInstantiate(&exec, g, 0));
+        CUDA_OK(cudaGraphLaunch(exec, stream.get()));
+        CUDA_OK(cudaStreamSynchronize(stream.get()));
+        CUDA_OK(cudaGraphExecDestroy(exec));
+        CUDA_OK(cudaGraphDestroy(g));
+      }
+      for (Layer& l : layers) EXPECT_TRUE(l.device_status(stream.get()).ok());
+      ys.clear();
+      for (int i = 1; i <= kSteps; ++i) ys.push_back(download<std::uint16_t>(act[i].get(), cells));
+      first.ids = download<std::int32_t>(ids.get(), pairs);
+      first.weights = download<float>(wts.get(), pairs);
+    };
+    Steps ordinary;
+    chain(false, false, ordinary);
+    ASSERT_FALSE(HasFatalFailure());
+    first.y = ordinary[0];
+    check_output(models[0], first, sample_tokens(T, 8, rng_));
+    for (const bool graph : {false, true}) {
+      SCOPED_TRACE(graph ? "graph" : "stream");
+      Steps programmatic;
+      chain(true, graph, programmatic);
+      ASSERT_FALSE(HasFatalFailure());
+      for (int i = 0; i < kSteps; ++i) EXPECT_EQ(programmatic[i], ordinary[i]) << "step " << i;
+    }
+  }
 }
 
 }  // namespace

@@ -94,6 +94,14 @@ struct ForwardOptions {
   // engine collects the first failure of any number of forwards, of any Layers, until the
   // engine reads and re-zeroes it at a synchronisation point of its own.
   int32_t* device_status = nullptr;
+  // Programmatic dependent launch (sm_90 and newer; elsewhere the launch is an ordinary one):
+  // the kernel may be scheduled while the previous kernel on the stream is still finishing. Its
+  // blocks wait (griddepcontrol.wait) for that kernel to complete, and for its writes to be
+  // visible, before they read or write any memory, so the result is that of an ordinary launch;
+  // what is gained is the launch latency and the block start-up, behind the previous kernel's
+  // tail. The kernel, in turn, lets the next kernel on the stream be scheduled as its blocks run
+  // out of work. Works inside CUDA graphs (the capture records a programmatic edge).
+  bool programmatic_launch = false;
 };
 
 }  // namespace flashmoe

@@ -113,6 +113,8 @@ typedef struct flashmoe_forward_options {
   /* When not NULL, a forward that fails on the device stores its flashmoe_status here if the
    * word still holds 0 (a sticky error word the caller zeroes and reads when it syncs). */
   int32_t* device_status;
+  /* Non-zero: programmatic dependent launch (ForwardOptions::programmatic_launch). */
+  int32_t programmatic_launch;
 } flashmoe_forward_options;
 
 typedef struct flashmoe_layer flashmoe_layer; /* opaque */
@@ -132,7 +134,7 @@ static inline void flashmoe_config_init(flashmoe_config* config) {
 static inline void flashmoe_layer_options_init(flashmoe_layer_options* options) {
   flashmoe_layer_options_init_sized(options, sizeof(flashmoe_layer_options));
 }
-/* Defaults of flashmoe::ForwardOptions (no pointers, beta 0). */
+/* Defaults of flashmoe::ForwardOptions (no pointers, beta 0, an ordinary launch). */
 static inline void flashmoe_forward_options_init(flashmoe_forward_options* options) {
   flashmoe_forward_options_init_sized(options, sizeof(flashmoe_forward_options));
 }

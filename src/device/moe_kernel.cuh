@@ -132,6 +132,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   __shared__ bool s_flag;
   __shared__ std::uint32_t s_claim;  // ScratchClaim
 
+  wait_for_prior_grids();
   const RouterSplit rs = p.rsplit;  // router_split() for this kernel, by the host
   const std::uint32_t routing_tickets = static_cast<std::uint32_t>(rs.tasks());
   const int ng = (p.inter + GateUp::BN - 1) / GateUp::BN;
@@ -188,6 +189,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       if (!down_tile<Down>(p, smem, mt, ntile / ks, ntile % ks, nd, ng, tr)) break;
     }
   }
+  allow_dependent_grids();
   if (s_claim == kClaimRefused) return;  // read after the loop's last barrier
   tr.finish();
   finish_launch<kThreads, Cfg::tile_router>(p, rs.chunks, s_flag);

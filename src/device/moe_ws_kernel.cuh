@@ -154,6 +154,7 @@ __global__ void __launch_bounds__(W::kThreads, 1)
   __shared__ bool s_flag;
   __shared__ std::uint32_t s_claim;  // ScratchClaim
 
+  wait_for_prior_grids();
   const RouterSplit rs = p.rsplit;
   const std::uint32_t routing_tickets = static_cast<std::uint32_t>(rs.tasks());
   const int ng = (p.inter + W::kGateUpCols - 1) / W::kGateUpCols;
@@ -216,6 +217,7 @@ __global__ void __launch_bounds__(W::kThreads, 1)
       Roles::consume(p, g, pipe, jobs, ring, tr);
     }
   }
+  allow_dependent_grids();
   if (s_claim == kClaimRefused) return;
   tr.finish();
   finish_launch<W::kThreads, true>(p, rs.chunks, s_flag);

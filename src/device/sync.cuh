@@ -39,6 +39,23 @@ __device__ __forceinline__ void add_release(std::uint32_t* p, std::uint32_t v) {
   DeviceAtomicU32(*p).fetch_add(v, cuda::memory_order_release);
 }
 
+// Programmatic dependent launch (ForwardOptions::programmatic_launch). Both are no-ops for a
+// grid launched without it, and compiled out before sm_90, which has no such launch.
+// Every thread, before its first access to memory another kernel may use: returns once the
+// grids this one depends on have completed and their writes are visible.
+__device__ __forceinline__ void wait_for_prior_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+// Once the block has no more tasks: the next kernel on the stream may be scheduled when every
+// block of this grid has said so or exited (it still waits for this grid's completion itself).
+__device__ __forceinline__ void allow_dependent_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ std::uint64_t global_timer_ns() {
   std::uint64_t t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
