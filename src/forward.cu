@@ -145,10 +145,10 @@ Status prepare_ws_variant(const Layer::Impl& impl, KernelVariantInfo& info) {
                                     info);
 }
 
-// Whether the device code loaded for the current device has the warp-specialised engine.
-bool ws_engine_compiled() {
+// Whether the device code loaded for the current device sets `flag` (a __device__ int).
+bool device_code_has(const int& flag) {
   int compiled = 0;
-  if (cudaMemcpyFromSymbol(&compiled, kWsEngineCompiled, sizeof compiled) != cudaSuccess) {
+  if (cudaMemcpyFromSymbol(&compiled, flag, sizeof compiled) != cudaSuccess) {
     (void)cudaGetLastError();
     return false;
   }
@@ -261,12 +261,17 @@ Status prepare_typed(Layer::Impl& impl) {
   if (s.ok() && impl.scratch_layout.has_x_sorted &&
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, impl.device) ==
           cudaSuccess &&
-      major == 9 && ws_engine_compiled()) {
+      major == 9 && device_code_has(kWsEngineCompiled)) {
     // Without it (not resident, say) forwards keep the prefill kernel.
     Status ws = prepare_ws_variant<WsShape<64>, T>(impl, impl.ws[0]);
     if (ws.ok()) ws = prepare_ws_variant<WsShape<128>, T>(impl, impl.ws[1]);
     impl.ws_engine = ws.ok();
   }
+  // Programmatic launches only where the loaded kernels wait for the previous grid.
+  impl.programmatic_launch = s.ok() &&
+                             cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
+                                                    impl.device) == cudaSuccess &&
+                             major >= 9 && device_code_has(kGridDependencyCompiled);
   const Config& c = impl.config;
   impl.thin_max_tokens =
       thin_decode_max_tokens(c.max_tokens, c.top_k, c.experts, c.hidden, c.intermediate);

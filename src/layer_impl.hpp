@@ -27,7 +27,8 @@ struct Layer::Impl {
   LayerOptions options;
   int device = 0;
   int sm_count = 0;
-  bool programmatic_launch = false;  // the device has it (sm_90 and newer)
+  // The device and its loaded kernels have programmatic dependent launch (prepare_kernels).
+  bool programmatic_launch = false;
   detail::StateLayout state_layout;
   int tokens_per_launch = 0;  // 1 .. max_tokens: the scratch is planned for this many tokens
   detail::ScratchLayout scratch_layout;

@@ -38,4 +38,10 @@ inline void set_ws_tile_switch(Layer& layer, int rows_per_expert) {
 // scratch planned for them), which moves the decode/prefill switch (workspace.hpp, runs_prefill).
 inline bool has_ws_engine(Layer& layer) { return layer.valid() && layer.impl()->ws_engine; }
 
+// Whether ForwardOptions::programmatic_launch takes effect for this Layer (an sm_90+ device
+// running kernels built with the wait; otherwise the launch is an ordinary one).
+inline bool has_programmatic_launch(Layer& layer) {
+  return layer.valid() && layer.impl()->programmatic_launch;
+}
+
 }  // namespace flashmoe::testing

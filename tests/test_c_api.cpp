@@ -532,17 +532,23 @@ TEST(CApi, GpuCallerScratchDeviceTokensAndDeviceStatus) {
   ASSERT_EQ(flashmoe_layer_device_status(b.layer, nullptr), FLASHMOE_STATUS_OK) << last_message();
   expect_rows_match(download<std::uint16_t>(dy.get(), x.size()), ref, T, cc);
 
-  // Programmatic dependent launches, one behind the other on the stream: the same rows.
+  // Programmatic dependent launches, the second reading what the first wrote: both correct,
+  // and the status word untouched.
+  ASSERT_EQ(cudaMemset(dstatus.get(), 0, 4), cudaSuccess);
   flashmoe_forward_options pdl = fo;
   pdl.device_num_tokens = nullptr;
   pdl.programmatic_launch = 1;
+  DeviceBuffer dy1 = upload(std::vector<std::uint16_t>(x.size(), kPoison));
   DeviceBuffer dy2 = upload(std::vector<std::uint16_t>(x.size(), kPoison));
-  ASSERT_EQ(flashmoe_forward(b.layer, dx.get(), dy.get(), T, nullptr, &pdl), FLASHMOE_STATUS_OK)
+  ASSERT_EQ(flashmoe_forward(b.layer, dx.get(), dy1.get(), T, nullptr, &pdl), FLASHMOE_STATUS_OK)
       << last_message();
-  ASSERT_EQ(flashmoe_forward(b.layer, dx.get(), dy2.get(), T, nullptr, &pdl), FLASHMOE_STATUS_OK)
+  ASSERT_EQ(flashmoe_forward(b.layer, dy1.get(), dy2.get(), T, nullptr, &pdl), FLASHMOE_STATUS_OK)
       << last_message();
   ASSERT_EQ(flashmoe_layer_device_status(b.layer, nullptr), FLASHMOE_STATUS_OK) << last_message();
-  expect_rows_match(download<std::uint16_t>(dy2.get(), x.size()), ref, T, cc);
+  EXPECT_EQ(download<std::int32_t>(dstatus.get(), 1)[0], 0);
+  const auto y1 = download<std::uint16_t>(dy1.get(), x.size());
+  expect_rows_match(y1, ref, T, cc);
+  expect_rows_match(download<std::uint16_t>(dy2.get(), x.size()), reference(cc, m, y1, T), T, cc);
 }
 
 TEST(CApi, GpuSetWeightsThenForward) {

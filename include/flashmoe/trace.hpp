@@ -94,7 +94,8 @@ struct TraceSummary {
   // Expert tiles (gate/up and down): the earliest start (the routing prelude ends there), the
   // latest end, and how many SMs ran one in between: the mean number of SMs with an expert
   // tile in progress over that window, and the most at any instant (a down tile's wait for its
-  // m-tile's h is a Wait event, not part of the tile). All 0 without expert tiles.
+  // m-tile's h is never part of the tile; the decode and prefill kernels record it as a Wait
+  // event, the warp-specialised one not at all). All 0 without expert tiles.
   double first_expert_tile_us = 0, last_expert_tile_us = 0;
   double mean_expert_sms = 0;
   int peak_expert_sms = 0;

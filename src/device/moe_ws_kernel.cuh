@@ -235,4 +235,13 @@ __device__ const int kWsEngineCompiled = 1;
 __device__ const int kWsEngineCompiled = 0;
 #endif
 
+// Whether the kernels loaded for the current device wait for prior grids (sync.cuh): code built
+// for an older architecture (say the sm_80 PTX, compiled at load on a newer GPU) has no wait, so
+// it must not get a programmatic launch.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ const int kGridDependencyCompiled = 1;
+#else
+__device__ const int kGridDependencyCompiled = 0;
+#endif
+
 }  // namespace flashmoe::detail

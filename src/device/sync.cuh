@@ -40,7 +40,8 @@ __device__ __forceinline__ void add_release(std::uint32_t* p, std::uint32_t v) {
 }
 
 // Programmatic dependent launch (ForwardOptions::programmatic_launch). Both are no-ops for a
-// grid launched without it, and compiled out before sm_90, which has no such launch.
+// grid launched without it. Code built for an architecture before sm_90 has neither, and the
+// host then never launches it that way (kGridDependencyCompiled).
 // Every thread, before its first access to memory another kernel may use: returns once the
 // grids this one depends on have completed and their writes are visible.
 __device__ __forceinline__ void wait_for_prior_grids() {
