@@ -5,14 +5,14 @@
 // Until N seconds are spent it draws a shape (H, I, E, K, dtype, activation, routing options,
 // max_tokens; weights bounded by M MB so that the loop sees many shapes), runs several forwards
 // on it with random engine options (token counts near the kernel switches, a device token
-// count, caller routing with repeated experts, beta, x == y, a scratch shared with a Layer of
-// another shape, weights re-bound with set_weights, a scratch for fewer tokens than max_tokens
-// so that long forwards run as several launches), and checks each forward: the device status,
-// every live row of y written, padding rows and their routing rows untouched, and a sample of
-// tokens against the reference run with the routing the GPU chose (near-ties in the routing make
-// the GPU's choice, not the reference's, the one to check the output against; the choice itself
-// is checked up to those near-ties). Shape I of a seed is drawn from the seed and I alone:
-// `--seed S --shape I` replays a failure from that shape on.
+// count, caller routing with repeated experts, beta, x == y, programmatic dependent launch, a
+// scratch shared with a Layer of another shape, weights re-bound with set_weights, a scratch for
+// fewer tokens than max_tokens so that long forwards run as several launches), and checks each
+// forward: the device status, every live row of y written, padding rows and their routing rows
+// untouched, and a sample of tokens against the reference run with the routing the GPU chose
+// (near-ties in the routing make the GPU's choice, not the reference's, the one to check the
+// output against; the choice itself is checked up to those near-ties). Shape I of a seed is drawn
+// from the seed and I alone: `--seed S --shape I` replays a failure from that shape on.
 // Exit status: 0 when every check passed (or there is no GPU), 1 on any mismatch or device
 // error, 2 on bad arguments.
 #include <cuda_runtime.h>
@@ -449,7 +449,7 @@ struct ForwardDraw {
   int T = 0, live = 0;
   bool has_count = false;
   int count = 0;  // the device token count (clamped to [0, T] by the kernel)
-  bool caller = false, repeats = false, inplace = false;
+  bool caller = false, repeats = false, inplace = false, programmatic = false;
   float beta = 0.0f;
 
   std::string describe() const {
@@ -458,6 +458,7 @@ struct ForwardDraw {
     if (caller) out += repeats ? " caller-routing(repeats)" : " caller-routing";
     if (beta != 0.0f) out += fmt::format(" beta={:.3g}", beta);
     if (inplace) out += " in-place";
+    if (programmatic) out += " programmatic";
     return out;
   }
 };
@@ -511,6 +512,7 @@ ForwardDraw draw_forward(const Subject& s, Rng& rng) {
     if (d.beta == 0.0f) d.beta = 0.75f;
   }
   d.inplace = chance(rng, 0.15);
+  d.programmatic = chance(rng, 0.3);
   return d;
 }
 
@@ -713,6 +715,7 @@ Outcome run_forward(Subject& s, Rng& rng, cudaStream_t stream, HangGuard& guard,
   o.out_topk_weights = s.wts_out.get<float>();
   o.beta = d.beta;
   o.device_status = s.words.get<std::int32_t>() + 1;
+  o.programmatic_launch = d.programmatic;
   if (d.has_count) o.device_num_tokens = s.words.get<std::int32_t>();
   if (d.caller) {
     o.topk_ids = s.ids_in.get<std::int32_t>();
