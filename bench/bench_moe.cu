@@ -59,6 +59,7 @@ int g_tokens_per_launch = 0;  // LayerOptions::tokens_per_launch of every benchm
 int g_prefill_rows = 0;       // testing::set_prefill_switch of every benchmarked Layer
 int g_ws_tall_rows = 0;       // testing::set_ws_tile_switch of every benchmarked Layer
 bool g_programmatic = false;  // ForwardOptions::programmatic_launch of the timed forwards
+bool g_expert_major = false;  // testing::set_expert_major_tiles of every benchmarked Layer
 // Its timing: as many rounds of kInputs forwards as FlashMoE had iterations, at least
 // kCublasRounds, stopping early once they add up to kCublasBudgetMs (Mixtral at T = 4096 takes
 // tens of ms a round), but never before kCublasMinRounds.
@@ -152,6 +153,7 @@ Bench* get_bench(const Shape& s, flashmoe::DType dt) {
   b->status = flashmoe::Layer::create(c, w, b->layer, options);
   flashmoe::testing::set_prefill_switch(b->layer, g_prefill_rows);
   flashmoe::testing::set_ws_tile_switch(b->layer, g_ws_tall_rows);
+  flashmoe::testing::set_expert_major_tiles(b->layer, g_expert_major);
   if (g_cublas) {
     flashmoe_bench::BaselineShape bs;
     bs.hidden = c.hidden;
@@ -605,6 +607,11 @@ int main(int argc, char** argv) {
   // that each forward of the graph starts behind the previous one's tail.
   if (const char* v = std::getenv("FLASHMOE_BENCH_PROGRAMMATIC"); v != nullptr && *v) {
     g_programmatic = std::string(v) != "0";
+  }
+  // FLASHMOE_BENCH_EXPERT_MAJOR=1: the 256-thread kernels' tile tickets expert by expert
+  // (measuring that order; testing.hpp).
+  if (const char* v = std::getenv("FLASHMOE_BENCH_EXPERT_MAJOR"); v != nullptr && *v) {
+    g_expert_major = std::string(v) != "0";
   }
   g_bandwidth = measure_bandwidth();
   if (g_cublas) g_dense_flops = measure_dense_flops();

@@ -34,6 +34,13 @@ inline void set_ws_tile_switch(Layer& layer, int rows_per_expert) {
   if (layer.valid()) layer.impl()->ws_tall_rows = rows_per_expert < 0 ? 0 : rows_per_expert;
 }
 
+// The 256-thread kernels' tile tickets expert by expert (each expert's gate/up tiles, then its
+// down tiles) instead of every gate/up tile before every down tile. For measuring the order;
+// results are bitwise the same either way.
+inline void set_expert_major_tiles(Layer& layer, bool on) {
+  if (layer.valid()) layer.impl()->expert_major_tiles = on;
+}
+
 // Whether `layer` runs the warp-specialised engine for its prefill forwards (sm_90a, and a
 // scratch planned for them), which moves the decode/prefill switch (workspace.hpp, runs_prefill).
 inline bool has_ws_engine(Layer& layer) { return layer.valid() && layer.impl()->ws_engine; }

@@ -486,6 +486,41 @@ void Forward::check_bitwise_identical(const Model& m) {
   }
 }
 
+// The tile tickets expert by expert (testing::set_expert_major_tiles) change only when tiles
+// run, not what they compute: y and the routing are bitwise those of the default order, on every
+// m-tile height, with down tiles in K slices, and on a grid smaller than the GPU.
+TEST_F(Forward, ExpertMajorTileOrderIsBitwiseTheDefault) {
+  SCOPED_TRACE(seed_);
+  const Model models[] = {small_model(),
+                          make_model(make_config(kLongInter, DType::BF16, 1024), rng_)};
+  for (const Model& m : models) {
+    const Config& c = m.config;
+    SCOPED_TRACE(::testing::Message() << "I = " << c.intermediate);
+    Layer base;
+    ASSERT_TRUE(Layer::create(c, m.device_weights(), base).ok());
+    std::vector<Layer> ordered(2);
+    for (int i = 0; i < 2; ++i) {
+      flashmoe::LayerOptions o;
+      o.max_blocks = i == 0 ? 0 : 5;
+      ASSERT_TRUE(Layer::create(c, m.device_weights(), ordered[i], o).ok());
+      flashmoe::testing::set_expert_major_tiles(ordered[i], true);
+    }
+    for (int T : {1, 3, 16, 64, 200, 437}) {
+      SCOPED_TRACE(::testing::Message() << "T " << T);
+      ForwardRun first = make_run(c, T, rng_);
+      ASSERT_TRUE(run_forward(base, first, nullptr));
+      check_output(m, first, sample_tokens(T, 16, rng_));
+      for (Layer& layer : ordered) {
+        ForwardRun again = first;
+        ASSERT_TRUE(run_forward(layer, again, nullptr));
+        EXPECT_EQ(again.y, first.y) << "max_blocks = " << layer.options().max_blocks;
+        EXPECT_EQ(again.ids, first.ids);
+        EXPECT_EQ(again.weights, first.weights);
+      }
+    }
+  }
+}
+
 TEST_F(Forward, GraphCaptureIsOneKernelNodeAndReplays1000Times) {
   SCOPED_TRACE(seed_);
   const Model m = small_model(DType::BF16, 8);
