@@ -258,20 +258,20 @@ Status prepare_typed(Layer::Impl& impl) {
   Status s = for_each_kernel(impl.decode, impl.prefill, PrepareKernel<T>{impl});
   if (s.ok()) s = encode_typed_maps<T>(impl, impl.weights);
   int major = 0;
-  if (s.ok() && impl.scratch_layout.has_x_sorted &&
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, impl.device) ==
-          cudaSuccess &&
-      major == 9 && device_code_has(kWsEngineCompiled)) {
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, impl.device) !=
+      cudaSuccess) {
+    (void)cudaGetLastError();
+    major = 0;  // neither the engine nor programmatic launches
+  }
+  if (s.ok() && impl.scratch_layout.has_x_sorted && major == 9 &&
+      device_code_has(kWsEngineCompiled)) {
     // Without it (not resident, say) forwards keep the prefill kernel.
     Status ws = prepare_ws_variant<WsShape<64>, T>(impl, impl.ws[0]);
     if (ws.ok()) ws = prepare_ws_variant<WsShape<128>, T>(impl, impl.ws[1]);
     impl.ws_engine = ws.ok();
   }
   // Programmatic launches only where the loaded kernels wait for the previous grid.
-  impl.programmatic_launch = s.ok() &&
-                             cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
-                                                    impl.device) == cudaSuccess &&
-                             major >= 9 && device_code_has(kGridDependencyCompiled);
+  impl.programmatic_launch = s.ok() && major >= 9 && device_code_has(kGridDependencyCompiled);
   const Config& c = impl.config;
   impl.thin_max_tokens =
       thin_decode_max_tokens(c.max_tokens, c.top_k, c.experts, c.hidden, c.intermediate);

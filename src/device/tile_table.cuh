@@ -24,9 +24,9 @@ struct MTileInfo {
   __device__ uint4 bits() const { return make_uint4(expert, first_slot, first_row, rows); }
 };
 
-// Tile i of a phase with `ntiles` tiles per m-tile, as (m-tile, tile within it). An expert's
-// tiles are contiguous and column-major over its m-tiles, so the m-tiles of one expert read
-// the same weight tile back to back and the later reads hit L2.
+// Tile `local` of one kind (gate/up or down) among an expert's tiles, counted from its first.
+// An expert's tiles are column-major over its m-tiles, so the m-tiles of one expert read the
+// same weight tile back to back and the later reads hit L2.
 template <int BM>
 __device__ MTile tile_of_expert(const MTileInfo& info, std::uint32_t local, int& ntile) {
   const std::uint32_t count = (info.rows + BM - 1) / BM;
@@ -36,6 +36,8 @@ __device__ MTile tile_of_expert(const MTileInfo& info, std::uint32_t local, int&
           min(static_cast<std::uint32_t>(BM), info.rows - j * BM)};
 }
 
+// Tile i of a phase with `ntiles` tiles per m-tile, as (m-tile, tile within it); an expert's
+// tiles are contiguous.
 template <int BM, typename T>
 __device__ MTile locate_tile(const KernelParams<T>& p, std::uint32_t i, int ntiles, int& ntile) {
   // Written by the tile-table build of this launch: read through L2, after the acquire. Any
