@@ -541,6 +541,19 @@ void BM_HostCostFloor(benchmark::State& state, bool pointer_query) {
   (void)cudaStreamDestroy(stream);
 }
 
+// A 0/1 switch from the environment: leaves `flag` as it is when unset; false for a value that
+// is neither (with a message).
+bool read_switch(const char* name, bool& flag) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return true;
+  if (std::string(v) != "0" && std::string(v) != "1") {
+    std::fprintf(stderr, "%s: '%s' is not 0 or 1\n", name, v);
+    return false;
+  }
+  flag = std::string(v) == "1";
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -605,13 +618,11 @@ int main(int argc, char** argv) {
   }
   // FLASHMOE_BENCH_PROGRAMMATIC=1: the timed forwards with programmatic dependent launch, so
   // that each forward of the graph starts behind the previous one's tail.
-  if (const char* v = std::getenv("FLASHMOE_BENCH_PROGRAMMATIC"); v != nullptr && *v) {
-    g_programmatic = std::string(v) != "0";
-  }
   // FLASHMOE_BENCH_EXPERT_MAJOR=1: the 256-thread kernels' tile tickets expert by expert
   // (measuring that order; testing.hpp).
-  if (const char* v = std::getenv("FLASHMOE_BENCH_EXPERT_MAJOR"); v != nullptr && *v) {
-    g_expert_major = std::string(v) != "0";
+  if (!read_switch("FLASHMOE_BENCH_PROGRAMMATIC", g_programmatic) ||
+      !read_switch("FLASHMOE_BENCH_EXPERT_MAJOR", g_expert_major)) {
+    return 1;
   }
   g_bandwidth = measure_bandwidth();
   if (g_cublas) g_dense_flops = measure_dense_flops();
