@@ -177,3 +177,41 @@ TEST(DownSlices, OnlyWhereTheLastWaveWouldLeaveBlocksIdle) {
 }
 
 }  // namespace
+
+TEST(L2Warmup, OnlyWhereMostExpertsAreChosen) {
+  using flashmoe::detail::l2_warmup_kb;
+  constexpr std::int64_t kL2 = std::int64_t{50} << 20;  // an H100 / H200
+  // Qwen3-30B-A3B (E 128, K 8): from T = 11 (half the experts chosen on average), not before.
+  EXPECT_EQ(l2_warmup_kb(1, 8, 128, kSlots, kL2), 0);
+  EXPECT_EQ(l2_warmup_kb(10, 8, 128, kSlots, kL2), 0);
+  EXPECT_GT(l2_warmup_kb(11, 8, 128, kSlots, kL2), 0);
+  EXPECT_GT(l2_warmup_kb(4096, 8, 128, kSlots, kL2), 0);
+  // OLMoE (64, 8) from T = 6; Mixtral-8x7B (8, 2) from T = 3.
+  EXPECT_EQ(l2_warmup_kb(5, 8, 64, kSlots, kL2), 0);
+  EXPECT_GT(l2_warmup_kb(6, 8, 64, kSlots, kL2), 0);
+  EXPECT_EQ(l2_warmup_kb(2, 2, 8, kSlots, kL2), 0);
+  EXPECT_GT(l2_warmup_kb(3, 2, 8, kSlots, kL2), 0);
+  // K = E: every expert from the first token.
+  EXPECT_GT(l2_warmup_kb(1, 4, 4, kSlots, kL2), 0);
+}
+
+TEST(L2Warmup, TheGridStaysWithinItsShareOfL2) {
+  using flashmoe::detail::kL2WarmupMaxKb;
+  using flashmoe::detail::kL2WarmupShare;
+  using flashmoe::detail::l2_warmup_kb;
+  for (std::int64_t l2 : {std::int64_t{6} << 20, std::int64_t{50} << 20, std::int64_t{96} << 20}) {
+    for (std::int64_t grid : {std::int64_t{1}, std::int64_t{5}, kSlots, std::int64_t{528}}) {
+      const int kb = l2_warmup_kb(64, 8, 128, grid, l2);
+      EXPECT_GE(kb, 0);
+      EXPECT_LE(kb, kL2WarmupMaxKb);
+      EXPECT_LE(static_cast<double>(kb) * 1024 * grid, kL2WarmupShare * l2 + 1e-6)
+          << "L2 " << l2 << ", grid " << grid;
+    }
+  }
+  EXPECT_EQ(l2_warmup_kb(64, 8, 128, 264, std::int64_t{50} << 20), 121);  // 31.25 MiB / 264
+  EXPECT_EQ(l2_warmup_kb(64, 8, 128, 5, std::int64_t{50} << 20), kL2WarmupMaxKb);
+  // Nothing to warm without tokens, blocks or L2.
+  EXPECT_EQ(l2_warmup_kb(0, 8, 128, kSlots, std::int64_t{50} << 20), 0);
+  EXPECT_EQ(l2_warmup_kb(64, 8, 128, 0, std::int64_t{50} << 20), 0);
+  EXPECT_EQ(l2_warmup_kb(64, 8, 128, kSlots, 0), 0);
+}
