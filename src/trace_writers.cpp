@@ -518,6 +518,26 @@ TraceSummary summarize(const Trace& trace) {
             });
   if (s.longest_waits.size() > 5) s.longest_waits.resize(5);
 
+  // Phases: each event's overlap with each tenth of the span, over the tenth's length.
+  const std::uint64_t span_ns = w.end - w.base;
+  if (span_ns > 0) {
+    constexpr int kPhases = TraceSummary::kTracePhases;
+    auto edge = [&](int i) { return w.base + span_ns * static_cast<std::uint64_t>(i) / kPhases; };
+    for (const TraceEvent& e : trace.events) {
+      if (!kind_valid(e.kind)) continue;
+      for (int i = 0; i < kPhases; ++i) {
+        const std::uint64_t a = std::max(e.start_ns, edge(i));
+        const std::uint64_t b = std::min(e.end_ns, edge(i + 1));
+        if (b > a) s.phase_blocks[static_cast<int>(e.kind)][i] += static_cast<double>(b - a);
+      }
+    }
+    for (auto& per_kind : s.phase_blocks) {
+      for (int i = 0; i < kPhases; ++i) {
+        per_kind[i] /= static_cast<double>(edge(i + 1) - edge(i));
+      }
+    }
+  }
+
   for (const TraceBlock& b : trace.blocks) s.dropped += b.dropped;
   return s;
 }
@@ -574,6 +594,21 @@ std::string trace_summary_text(const Trace& trace) {
                      100.0 * busy[i].first);
     }
     out.push_back('\n');
+  }
+
+  if (!trace.events.empty()) {
+    fmt::format_to(it,
+                   "\n  blocks running each kind, mean over each tenth of the span ({:.3f} us)\n",
+                   s.span_us / TraceSummary::kTracePhases);
+    fmt::format_to(it, "  {:<8}", "kind");
+    for (int i = 1; i <= TraceSummary::kTracePhases; ++i) fmt::format_to(it, " {:>6}", i);
+    out.push_back('\n');
+    for (int k = 0; k < kTraceKinds; ++k) {
+      if (s.kinds[k].count == 0) continue;
+      fmt::format_to(it, "  {:<8}", to_string(static_cast<TraceKind>(k)));
+      for (double v : s.phase_blocks[k]) fmt::format_to(it, " {:>6.1f}", v);
+      out.push_back('\n');
+    }
   }
 
   if (!s.longest_waits.empty()) {

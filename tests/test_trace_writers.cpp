@@ -457,6 +457,28 @@ TEST(TraceSummary, ExpertSmsCountSmsNotBlocks) {
   EXPECT_EQ(s.peak_expert_sms, 1);
 }
 
+// Tenths of the 12 us span (1.2 us each): down runs e10 from 4.1 us and e3 from 7.0 us,
+// router e8 and e4 in the first two tenths, combine e12 in the third and e7 in the last.
+TEST(TraceSummary, BlocksRunningEachKindPerTenthOfTheSpan) {
+  const flashmoe::TraceSummary s = flashmoe::summarize(sample_trace());
+  const double down[] = {0, 0, 0, 0.7 / 1.2, 1.0, 1.4 / 1.2, 2.0, 1.3 / 1.2, 0, 0};
+  const double router[] = {1.0 / 1.2, 1.7 / 1.2, 0, 0, 0, 0, 0, 0, 0, 0};
+  const double combine[] = {0, 0, 0.5 / 1.2, 0, 0, 0, 0, 0, 0, 0.5 / 1.2};
+  for (int i = 0; i < flashmoe::TraceSummary::kTracePhases; ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_NEAR(s.phase_blocks[static_cast<int>(TraceKind::Down)][i], down[i], 1e-12);
+    EXPECT_NEAR(s.phase_blocks[static_cast<int>(TraceKind::Router)][i], router[i], 1e-12);
+    EXPECT_NEAR(s.phase_blocks[static_cast<int>(TraceKind::Combine)][i], combine[i], 1e-12);
+    EXPECT_EQ(s.phase_blocks[static_cast<int>(TraceKind::Gather)][i], 0.0);
+  }
+  // Every kind's blocks over the tenths add up to its total time.
+  for (int k = 0; k < flashmoe::kTraceKinds; ++k) {
+    double sum = 0;
+    for (double v : s.phase_blocks[k]) sum += v * 1.2;
+    EXPECT_NEAR(sum, s.kinds[k].total_us, 1e-9) << flashmoe::to_string(static_cast<TraceKind>(k));
+  }
+}
+
 TEST(TraceSummary, SpanFirstTaskAndTail) {
   const flashmoe::TraceSummary s = flashmoe::summarize(sample_trace());
   EXPECT_NEAR(s.span_us, 12.0, 1e-9);
@@ -529,6 +551,20 @@ TEST(TraceSummary, TextReportsKindsAndNumbers) {
   EXPECT_NE(text.find("expert 12 m-tile 0"), std::string::npos) << text;
   EXPECT_NE(text.find("at +2.000 us"), std::string::npos) << text;
   EXPECT_NE(text.find("WARNING: 5 events dropped"), std::string::npos) << text;
+  // The phase table: its header, and the down row after the stats table's (kinds that never ran
+  // have no row there).
+  const std::size_t phases = text.find(
+      "blocks running each kind, mean over each tenth of the "
+      "span (1.200 us)");
+  ASSERT_NE(phases, std::string::npos) << text;
+  const std::string down = line_starting(text.substr(phases), "  down ");
+  std::istringstream fields(down);
+  std::vector<std::string> got;
+  for (std::string f; fields >> f;) got.push_back(f);
+  const std::vector<std::string> want = {"down", "0.0", "0.0", "0.0", "0.6", "1.0",
+                                         "1.2",  "2.0", "1.1", "0.0", "0.0"};
+  EXPECT_EQ(got, want) << down;
+  EXPECT_TRUE(line_starting(text.substr(phases), "  gather ").empty()) << text;
 }
 
 TEST(TraceSummary, NoWarningWithoutDrops) {

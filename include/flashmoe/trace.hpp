@@ -105,6 +105,11 @@ struct TraceSummary {
   std::vector<double> sm_busy;            // per SM id (0 for SMs that ran nothing)
   std::vector<TraceEvent> longest_waits;  // up to 5, longest first (ties: earlier start)
   std::uint64_t dropped = 0;
+  // The launch in kTracePhases equal parts of the span: per kind, the mean number of blocks
+  // running an event of that kind in each part (the phases of a launch, and what runs in its
+  // tail, in numbers).
+  static constexpr int kTracePhases = 10;
+  double phase_blocks[kTraceKinds][kTracePhases] = {};
 };
 [[nodiscard]] TraceSummary summarize(const Trace& trace);
 // The summary as text (fmt), a few dozen lines.
