@@ -59,10 +59,10 @@ done
 # the sigmoid/GELU variants at T = 512; on sm_90 with sm_90a code the warp-specialised kernel,
 # both m-tile heights, skewed routing and E = 1), fp16 (beta), -inf bias, a bad caller id (the
 # kernel's error exit), the decode L2 warm-up (whole tiles asked of L2), and the watchdog fault
-# (two rounds of a hung decode and prefill forward, 100 ms each, then good forwards). Left out: the big ForwardMatrix shapes (hours under
-# memcheck), the 1000-replay graph test and the grid-size sweep (slow, no kernel path of their
-# own), the stalled-copy watchdog test (it asserts a wall-clock bound that instrumentation
-# breaks).
+# (two rounds of a hung decode and prefill forward, 100 ms each, then good forwards). Left out:
+# the big ForwardMatrix shapes (hours under memcheck), the 1000-replay graph test and the
+# grid-size sweep (slow, no kernel path of their own), the stalled-copy watchdog test (it
+# asserts a wall-clock bound that instrumentation breaks).
 forward_filter="Forward.EveryDecodeKernelMatchesReference"
 forward_filter+=":Forward.CallerSuppliedRoutingIncludingRepeatedExperts"
 forward_filter+=":Forward.BadCallerIdIsReportedAndYIsUntouched"
