@@ -33,6 +33,14 @@ __device__ __forceinline__ std::uint64_t smem_desc_sw128(std::uint32_t addr) {
   return d;
 }
 
+// The descriptor of the operand `bytes` further on (a multiple of 16): the address field is the
+// low 14 bits, in 16-byte units, so the sum is exact while the address stays inside the 256 KB
+// of shared memory a block can have. (A 32-bit add on the low word alone made ptxas serialise
+// the engine's wgmma, C7511; bench/NOTES.md, row 106.)
+__device__ __forceinline__ std::uint64_t smem_desc_add(std::uint64_t desc, std::uint32_t bytes) {
+  return desc + (bytes >> 4);
+}
+
 __device__ __forceinline__ void wgmma_fence() {
   FLASHMOE_WGMMA_ASM("wgmma.fence.sync.aligned;\n" ::: "memory");
 }

@@ -40,14 +40,14 @@ struct DenseWeights {
                                     int col, int wrow) {
     tma_load_2d(b, map, bar, col, wrow);
   }
-  // acc += A (64 rows at `a`) x B (WN rows at `b`)^T over the stage's BK columns, committed as one
-  // batch of warpgroup MMAs (the caller waits for it).
-  __device__ static void mma(float (&acc)[W::kAcc], std::uint32_t a, std::uint32_t b) {
+  // acc += A (64 rows, descriptor `a`) x B (WN rows, descriptor `b`)^T over the stage's BK
+  // columns, committed as one batch of warpgroup MMAs (the caller waits for it). The k16 steps
+  // are 32 bytes apart in each operand's rows.
+  __device__ static void mma(float (&acc)[W::kAcc], std::uint64_t a, std::uint64_t b) {
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < W::BK / 16; ++ks) {
-      WgmmaM64K16<W::WN, T>::run(acc, smem_desc_sw128(a + ks * 32), smem_desc_sw128(b + ks * 32),
-                                 true);
+      WgmmaM64K16<W::WN, T>::run(acc, smem_desc_add(a, ks * 32), smem_desc_add(b, ks * 32), true);
     }
     wgmma_commit();
   }
@@ -56,30 +56,30 @@ struct DenseWeights {
   // [64 g, 64 g + 64) and their up rows, into accumulators 0-31 (gate) and kAcc / 2 ... + 31
   // (up), where the epilogue pairs them as in a full tile; down: w2 rows [128 g, 128 g + 128)
   // into accumulators 0-63.
-  __device__ static void mma_half(float (&acc)[W::kAcc], std::uint32_t a, std::uint32_t b,
-                                  bool gateup) {
+  // (Descriptors as in mma; g is the warpgroup.)
+  __device__ static void mma_half(float (&acc)[W::kAcc], std::uint64_t a, std::uint64_t b,
+                                  bool gateup, int g) {
     if constexpr (W::BM == 128) {
-      const std::uint32_t g = threadIdx.x >> 7;
       float(&lo)[64] = *reinterpret_cast<float(*)[64]>(&acc[0]);
       float(&gate)[32] = *reinterpret_cast<float(*)[32]>(&acc[0]);
       float(&up)[32] = *reinterpret_cast<float(*)[32]>(&acc[W::kAcc / 2]);
-      const std::uint32_t gate_b = b + g * 64 * W::kRowBytes;
-      const std::uint32_t up_b = gate_b + W::kGateBoxRows * W::kRowBytes;
-      const std::uint32_t down_b = b + g * 128 * W::kRowBytes;
+      const std::uint64_t gate_b = smem_desc_add(b, g * 64 * W::kRowBytes);
+      const std::uint64_t up_b = smem_desc_add(gate_b, W::kGateBoxRows * W::kRowBytes);
+      const std::uint64_t down_b = smem_desc_add(b, g * 128 * W::kRowBytes);
       wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < W::BK / 16; ++ks) {
-        const std::uint64_t ad = smem_desc_sw128(a + ks * 32);
+        const std::uint64_t ad = smem_desc_add(a, ks * 32);
         if (gateup) {
-          WgmmaM64K16<64, T>::run(gate, ad, smem_desc_sw128(gate_b + ks * 32), true);
-          WgmmaM64K16<64, T>::run(up, ad, smem_desc_sw128(up_b + ks * 32), true);
+          WgmmaM64K16<64, T>::run(gate, ad, smem_desc_add(gate_b, ks * 32), true);
+          WgmmaM64K16<64, T>::run(up, ad, smem_desc_add(up_b, ks * 32), true);
         } else {
-          WgmmaM64K16<128, T>::run(lo, ad, smem_desc_sw128(down_b + ks * 32), true);
+          WgmmaM64K16<128, T>::run(lo, ad, smem_desc_add(down_b, ks * 32), true);
         }
       }
       wgmma_commit();
     } else {
-      (void)acc, (void)a, (void)b, (void)gateup;
+      (void)acc, (void)a, (void)b, (void)gateup, (void)g;
     }
   }
 };
@@ -170,26 +170,30 @@ struct WsMainloop {
   // publishes nothing.
   __device__ static bool consume(float (&acc)[W::kAcc], const KernelParams<T>& p, const WsJob& job,
                                  Pipe& pipe, State& st, std::uint32_t ring, const Watchdog& wd) {
-    const int wg = threadIdx.x >> 7, lane = threadIdx.x & 31;
+    // The warpgroup from lane 0's shuffle: warp-uniform, so the first stage's descriptors are
+    // built once per job and each stage only adds its offset (bench/NOTES.md, row 106).
+    const int wg = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x >> 7), 0);
+    const bool leader = (threadIdx.x & 31) == 0;
 #pragma unroll
     for (int j = 0; j < W::kAcc; ++j) acc[j] = 0.0f;
     const int n = ktiles(p, job);
     const bool half = W::half_tile(job.rows), gateup = job.kind == kJobGateUp;
     const std::uint32_t a_off = W::kGroups == 1 && !half ? wg * 64 * W::kRowBytes : 0;
     const std::uint32_t b_off = W::A_BYTES + (W::kGroups == 1 ? 0 : wg * W::WN * W::kRowBytes);
+    const std::uint64_t a0 = smem_desc_sw128(ring + a_off), b0 = smem_desc_sw128(ring + b_off);
     bool ok = true;
     for (int kt = 0; kt < n; ++kt) {
       if (ok) ok = pipe.consumer_wait(st, wd, kSiteWeightCopy);
-      const std::uint32_t s = ring + st.index * W::STAGE_BYTES;
+      const std::uint32_t s = st.index * W::STAGE_BYTES;
       if (half) {
-        Format::mma_half(acc, s + a_off, s + b_off, gateup);
+        Format::mma_half(acc, smem_desc_add(a0, s), smem_desc_add(b0, s), gateup, wg);
       } else {
-        Format::mma(acc, s + a_off, s + b_off);
+        Format::mma(acc, smem_desc_add(a0, s), smem_desc_add(b0, s));
       }
       // One batch at a time: a batch left in flight measured no faster (bench/NOTES.md,
       // issue 20), and ptxas then guards the accumulators with waits of its own.
       wgmma_wait<0>();
-      if (lane == 0) pipe.consumer_release(st);
+      if (leader) pipe.consumer_release(st);
       st.advance();
     }
     return ok;
