@@ -6,6 +6,7 @@
 // (tests/ws_decode_layer.cuh), timed as bench_moe times a forward. Run on an H100/H200;
 // elsewhere every row is skipped.
 #include <benchmark/benchmark.h>
+#include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -48,7 +49,22 @@ struct Shape {
 constexpr Shape kShapes[] = {{"Qwen3_gateup", 4096, 8, 2048, 1536},
                              {"Mixtral_gateup", 4096, 2, 4096, 28672}};
 
-template <int BN, int Stages, AGather G, int InFlight, bool Gated, bool Multicast>
+// The expert-sorted copy of x as routing's gathers would write it: row i is x[rows[i]] (zeros
+// for padding rows), so that the Contiguous rows multiply real data (an all-zero A runs the
+// tensor cores at a power, and so a clock, that real data does not).
+__global__ void gather_rows_kernel(__nv_bfloat16* sorted, const __nv_bfloat16* x, const int* rows,
+                                   int n_rows, int hidden) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+       i < static_cast<std::int64_t>(n_rows) * hidden;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const int r = rows[i / hidden];
+    sorted[i] =
+        r < 0 ? __float2bfloat16(0.0f) : x[static_cast<std::int64_t>(r) * hidden + i % hidden];
+  }
+}
+
+template <int BN, int Stages, AGather G, int InFlight, bool Gated, bool Multicast,
+          flashmoe_test::WsGemmWork Work = flashmoe_test::WsGemmWork::MmaStore>
 void BM_WsGatherGemm(benchmark::State& state, Shape s) {
   int major = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
@@ -76,7 +92,8 @@ void BM_WsGatherGemm(benchmark::State& state, Shape s) {
   cudaMemcpy(dx.get(), x.data(), x.size() * 2, cudaMemcpyHostToDevice);
   cudaMemcpy(dw.get(), w.data(), w.size() * 2, cudaMemcpyHostToDevice);
   cudaMemcpy(drows.get(), rows.data(), rows.size() * 4, cudaMemcpyHostToDevice);
-  cudaMemset(dsorted.get(), 0, dsorted.bytes);  // its values do not matter for the timing
+  gather_rows_kernel<<<1024, 256>>>(dsorted.get<__nv_bfloat16>(), dx.get<__nv_bfloat16>(),
+                                    drows.get<int>(), static_cast<int>(rows.size()), s.hidden);
   cudaMemset(words.get(), 0, words.bytes);
   CUtensorMap x_map, w_map;
   const bool ok =
@@ -111,7 +128,7 @@ void BM_WsGatherGemm(benchmark::State& state, Shape s) {
       return flashmoe_test::launch_ws_multicast_gemm<BN, Stages, InFlight, Gated>(
           x_map, w_map, args, sms, nullptr, clusters);
     } else {
-      return flashmoe_test::launch_ws_gather_gemm<BN, Stages, G, InFlight, Gated>(
+      return flashmoe_test::launch_ws_gather_gemm<BN, Stages, G, InFlight, Gated, Work>(
           x_map, w_map, args, sms, nullptr);
     }
   };
@@ -139,14 +156,76 @@ void BM_WsGatherGemm(benchmark::State& state, Shape s) {
   cudaEventDestroy(stop);
 }
 
+// Uniform values in [-1, 1) from a hash of the index: random data for the reference GEMM
+// without a host pass over hundreds of MB.
+__global__ void fill_random_kernel(__nv_bfloat16* p, std::int64_t n, std::uint32_t seed) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    std::uint32_t h = static_cast<std::uint32_t>(i) * 0x9E3779B1u ^ seed;
+    h ^= h >> 15;
+    h *= 0x2C1B3C6Du;
+    h ^= h >> 12;
+    p[i] = __float2bfloat16(static_cast<float>(h >> 8) * (2.0f / 16777216.0f) - 1.0f);
+  }
+}
+
+// The reference for the mainloop rows: cuBLAS's bf16 GEMM (fp32 accumulate, bf16 out) of the
+// same expert-GEMM shape on random data, C [tokens x top_k, n_total] = A W^T, as one GEMM.
+void BM_CublasGemm(benchmark::State& state, Shape s) {
+  const std::int64_t m = static_cast<std::int64_t>(s.tokens) * s.top_k, n = s.n_total, k = s.hidden;
+  Buffer a(m * k * 2), w(n * k * 2), c(m * n * 2);
+  cublasHandle_t handle = nullptr;
+  if (!a.ptr || !w.ptr || !c.ptr || cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) {
+    state.SkipWithError("no GPU, memory or cuBLAS");
+    return;
+  }
+  fill_random_kernel<<<1024, 256>>>(a.get<__nv_bfloat16>(), m * k, 1);
+  fill_random_kernel<<<1024, 256>>>(w.get<__nv_bfloat16>(), n * k, 2);
+  const float one = 1.0f, zero = 0.0f;
+  auto gemm = [&] {
+    return cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
+                        static_cast<int>(k), &one, w.ptr, CUDA_R_16BF, static_cast<int>(k), a.ptr,
+                        CUDA_R_16BF, static_cast<int>(k), &zero, c.ptr, CUDA_R_16BF,
+                        static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  };
+  for (int i = 0; i < 2; ++i) (void)gemm();
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  for (auto _ : state) {
+    cudaEventRecord(start);
+    const cublasStatus_t st = gemm();
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+      state.SkipWithError("cublasGemmEx failed");
+      break;
+    }
+    float ms = 0.0f;
+    cudaEventElapsedTime(&ms, start, stop);
+    state.SetIterationTime(ms / 1e3);
+  }
+  state.counters["TFLOPs"] =
+      benchmark::Counter(2.0 * m * n * k / 1e12, benchmark::Counter::kIsIterationInvariantRate);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  (void)cublasDestroy(handle);
+}
+
 template <int BN, int Stages, AGather G, int InFlight = 0, bool Gated = false,
-          bool Multicast = false>
+          bool Multicast = false,
+          flashmoe_test::WsGemmWork Work = flashmoe_test::WsGemmWork::MmaStore>
 void register_rows(const char* gather) {
+  using flashmoe_test::WsGemmWork;
+  const char* work = Work == WsGemmWork::MmaOnly ? "/no_store"
+                     : Work == WsGemmWork::NoMma ? "/no_mma"
+                                                 : "";
   for (const Shape& s : kShapes) {
     benchmark::RegisterBenchmark((std::string(s.name) + "/BN" + std::to_string(BN) + "/" + gather +
-                                  (InFlight ? "/in_flight1" : "") + (Gated ? "/silu" : ""))
+                                  (InFlight ? "/in_flight1" : "") + (Gated ? "/silu" : "") + work)
                                      .c_str(),
-                                 BM_WsGatherGemm<BN, Stages, G, InFlight, Gated, Multicast>, s)
+                                 BM_WsGatherGemm<BN, Stages, G, InFlight, Gated, Multicast, Work>,
+                                 s)
         ->UseManualTime()
         ->Iterations(10)
         ->Unit(benchmark::kMicrosecond);
@@ -443,6 +522,20 @@ int main(int argc, char** argv) {
   register_rows<256, 4, AGather::CpAsync, 1, true>("cp_async");
   register_rows<256, 4, AGather::Contiguous, 1, true>("contiguous");
   register_rows<256, 4, AGather::Contiguous, 0, true>("contiguous");
+  // The same mainloops without the test's scalar fp32 stores, and without MMAs (bench/NOTES.md,
+  // issue 20's mainloop against the public GEMMs).
+  register_rows<256, 4, AGather::Contiguous, 0, false, false, flashmoe_test::WsGemmWork::MmaOnly>(
+      "contiguous");
+  register_rows<256, 4, AGather::Contiguous, 1, false, false, flashmoe_test::WsGemmWork::MmaOnly>(
+      "contiguous");
+  register_rows<256, 4, AGather::Contiguous, 0, false, false, flashmoe_test::WsGemmWork::NoMma>(
+      "contiguous");
+  for (const Shape& s : kShapes) {
+    benchmark::RegisterBenchmark((std::string(s.name) + "/cublas").c_str(), BM_CublasGemm, s)
+        ->UseManualTime()
+        ->Iterations(10)
+        ->Unit(benchmark::kMicrosecond);
+  }
   // Clusters of two blocks sharing each stage's weight rows (multicast): half the L2 reads.
   register_rows<256, 4, AGather::Contiguous, 0, false, true>("contiguous_multicast");
   register_rows<256, 4, AGather::Contiguous, 0, true, true>("contiguous_multicast");
