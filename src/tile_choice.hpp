@@ -141,6 +141,7 @@ inline int choose_down_slices(double down_tiles, std::int64_t slots, int wanted)
 // E (1 - (1 - K/E)^T) at least half of E (Qwen3-30B-A3B from T = 11, OLMoE from 6, Mixtral-8x7B
 // from 3). The bytes of the whole grid stay within kL2WarmupShare of L2, and a block's within
 // kL2WarmupMaxKb, about the prelude's worth of DRAM time at T = 16-256 (bench/NOTES.md, row 105).
+// T is the launch's capacity: a padded batch (device token count) warms as if it were full.
 inline constexpr double kL2WarmupShare = 0.625;
 inline constexpr int kL2WarmupMaxKb = 128;
 inline int l2_warmup_kb(std::int64_t num_tokens, int top_k, int experts, std::int64_t grid,
