@@ -59,7 +59,6 @@ int g_tokens_per_launch = 0;  // LayerOptions::tokens_per_launch of every benchm
 int g_prefill_rows = 0;       // testing::set_prefill_switch of every benchmarked Layer
 int g_ws_tall_rows = 0;       // testing::set_ws_tile_switch of every benchmarked Layer
 bool g_programmatic = false;  // ForwardOptions::programmatic_launch of the timed forwards
-bool g_expert_major = false;  // testing::set_expert_major_tiles of every benchmarked Layer
 int g_l2_warmup_kb = -1;      // testing::set_l2_warmup_kb of every benchmarked Layer
 // Its timing: as many rounds of kInputs forwards as FlashMoE had iterations, at least
 // kCublasRounds, stopping early once they add up to kCublasBudgetMs (Mixtral at T = 4096 takes
@@ -154,7 +153,6 @@ Bench* get_bench(const Shape& s, flashmoe::DType dt) {
   b->status = flashmoe::Layer::create(c, w, b->layer, options);
   flashmoe::testing::set_prefill_switch(b->layer, g_prefill_rows);
   flashmoe::testing::set_ws_tile_switch(b->layer, g_ws_tall_rows);
-  flashmoe::testing::set_expert_major_tiles(b->layer, g_expert_major);
   flashmoe::testing::set_l2_warmup_kb(b->layer, g_l2_warmup_kb);
   if (g_cublas) {
     flashmoe_bench::BaselineShape bs;
@@ -631,12 +629,7 @@ int main(int argc, char** argv) {
   }
   // FLASHMOE_BENCH_PROGRAMMATIC=1: the timed forwards with programmatic dependent launch, so
   // that each forward of the graph starts behind the previous one's tail.
-  // FLASHMOE_BENCH_EXPERT_MAJOR=1: the 256-thread kernels' tile tickets expert by expert
-  // (measuring that order; testing.hpp).
-  if (!read_switch("FLASHMOE_BENCH_PROGRAMMATIC", g_programmatic) ||
-      !read_switch("FLASHMOE_BENCH_EXPERT_MAJOR", g_expert_major)) {
-    return 1;
-  }
+  if (!read_switch("FLASHMOE_BENCH_PROGRAMMATIC", g_programmatic)) return 1;
   g_bandwidth = measure_bandwidth();
   if (g_cublas) g_dense_flops = measure_dense_flops();
   std::printf("%s, %d SMs; device-to-device copy: %.0f GB/s (read + write); dense bf16 GEMM: %s\n",

@@ -318,7 +318,6 @@ void fill_params(const Layer::Impl& impl, const KernelVariantInfo& info, const v
   p.activation = static_cast<int>(c.activation);
   p.scoring = static_cast<int>(c.routing.scoring);
   p.renormalize = c.routing.renormalize;
-  p.expert_major = impl.expert_major_tiles;
   p.scaling = c.routing.routed_scaling_factor;
   p.ctl.words = reinterpret_cast<std::uint32_t*>(state + SL.control);
   p.ctl.status_word = o.device_status;

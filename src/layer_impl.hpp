@@ -51,9 +51,6 @@ struct Layer::Impl {
   // Test- and bench-only (testing.hpp): > 0 runs the prefill kernels once experts average more
   // than this many rows, instead of runs_prefill_kernel's rule.
   int prefill_rows = 0;
-  // Test- and bench-only (testing.hpp): the 256-thread kernels' tile tickets expert by expert
-  // (KernelParams::expert_major).
-  bool expert_major_tiles = false;
   // Test- and bench-only (testing.hpp): the decode kernels' L2 warm-up (KernelParams::warm_l2_kb)
   // by l2_warmup_kb's rule (< 0), off (0), or this many KB a block wherever the rule warms.
   int l2_warmup_kb = -1;

@@ -34,13 +34,6 @@ inline void set_ws_tile_switch(Layer& layer, int rows_per_expert) {
   if (layer.valid()) layer.impl()->ws_tall_rows = rows_per_expert < 0 ? 0 : rows_per_expert;
 }
 
-// The 256-thread kernels' tile tickets expert by expert (each expert's gate/up tiles, then its
-// down tiles) instead of every gate/up tile before every down tile. For measuring the order;
-// results are bitwise the same either way.
-inline void set_expert_major_tiles(Layer& layer, bool on) {
-  if (layer.valid()) layer.impl()->expert_major_tiles = on;
-}
-
 // The decode kernels' L2 warm-up during the routing prelude (l2_warmup.cuh): the library's rule
 // (kb < 0), off (0), or kb KB a block (at most 4096) wherever the rule warms. For measuring it;
 // results are bitwise the same whatever it asks of L2.

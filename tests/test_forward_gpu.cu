@@ -499,35 +499,6 @@ void expect_bitwise_reruns(std::vector<Layer>& layers, const ForwardRun& first) 
   }
 }
 
-// The tile tickets expert by expert (testing::set_expert_major_tiles) change only when tiles
-// run, not what they compute: y and the routing are bitwise those of the default order, on every
-// m-tile height, with down tiles in K slices, and on a grid smaller than the GPU.
-TEST_F(Forward, ExpertMajorTileOrderIsBitwiseTheDefault) {
-  SCOPED_TRACE(seed_);
-  const Model models[] = {small_model(),
-                          make_model(make_config(kLongInter, DType::BF16, 1024), rng_)};
-  for (const Model& m : models) {
-    const Config& c = m.config;
-    SCOPED_TRACE(::testing::Message() << "I = " << c.intermediate);
-    Layer base;
-    ASSERT_TRUE(Layer::create(c, m.device_weights(), base).ok());
-    std::vector<Layer> ordered(2);
-    for (int i = 0; i < 2; ++i) {
-      flashmoe::LayerOptions o;
-      o.max_blocks = i == 0 ? 0 : 5;
-      ASSERT_TRUE(Layer::create(c, m.device_weights(), ordered[i], o).ok());
-      flashmoe::testing::set_expert_major_tiles(ordered[i], true);
-    }
-    for (int T : {1, 3, 16, 64, 200, 437}) {
-      SCOPED_TRACE(::testing::Message() << "T " << T);
-      ForwardRun first = make_run(c, T, rng_);
-      ASSERT_TRUE(run_forward(base, first, nullptr));
-      check_output(m, first, sample_tokens(T, 16, rng_));
-      expect_bitwise_reruns(ordered, first);
-    }
-  }
-}
-
 // The decode kernels' L2 warm-up (l2_warmup.cuh) only asks L2 for bytes: results are bitwise
 // those without it, on any grid. The odd shape's boxes run past H and past I (gate rows into up
 // rows) at the last tile; the token counts are decode forwards where the rule warms.

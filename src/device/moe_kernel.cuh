@@ -180,20 +180,14 @@ __global__ void __launch_bounds__(kThreads, 2)
 
     const std::uint32_t mtiles = s_mtiles;  // set with s_total
     const std::uint32_t task = ticket - routing_tickets;
-    // Down tasks per m-tile: column tiles x K slices, the slices of a column tile adjacent.
-    const int ks = p.dsplit.kslices;
     int ntile = 0;
-    bool gateup = task < mtiles * ng;
-    MTile mt;
-    if (p.expert_major) {
-      mt = locate_expert_major<Cfg::BM>(p, task, tasks_per_mtile, ng, gateup, ntile);
-    } else {
-      mt = gateup ? locate_tile<Cfg::BM>(p, task, ng, ntile)
-                  : locate_tile<Cfg::BM>(p, task - mtiles * ng, nd * ks, ntile);
-    }
-    if (gateup) {
+    if (task < mtiles * ng) {
+      const MTile mt = locate_tile<Cfg::BM>(p, task, ng, ntile);
       if (!gateup_tile<GateUp>(p, smem, mt, ntile, ng, tr)) break;
     } else {
+      // Down tasks per m-tile: column tiles x K slices, the slices of a column tile adjacent.
+      const int ks = p.dsplit.kslices;
+      const MTile mt = locate_tile<Cfg::BM>(p, task - mtiles * ng, nd * ks, ntile);
       if (!down_tile<Down>(p, smem, mt, ntile / ks, ntile % ks, nd, ng, tr)) break;
     }
   }

@@ -38,10 +38,6 @@ struct KernelParams {
   int activation;  // flashmoe::Activation
   int scoring;     // flashmoe::Scoring
   bool renormalize;
-  // Tile ticket order (test and bench hook, testing.hpp): false: every gate/up tile, then every
-  // down tile; true: expert by expert, each expert's gate/up tiles, then its down tiles. (In
-  // renormalize's padding: the block's layout, and so the kernels' code, stay as they were.)
-  bool expert_major;
   float scaling;
   RouterSplit rsplit;  // router tasks of this launch (workspace.hpp)
   DownSplit dsplit;    // K slices of this launch's down tiles (workspace.hpp)

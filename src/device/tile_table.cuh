@@ -24,41 +24,20 @@ struct MTileInfo {
   __device__ uint4 bits() const { return make_uint4(expert, first_slot, first_row, rows); }
 };
 
-// Tile `local` of one kind (gate/up or down) among an expert's tiles, counted from its first.
-// An expert's tiles are column-major over its m-tiles, so the m-tiles of one expert read the
-// same weight tile back to back and the later reads hit L2.
-template <int BM>
-__device__ MTile tile_of_expert(const MTileInfo& info, std::uint32_t local, int& ntile) {
-  const std::uint32_t count = (info.rows + BM - 1) / BM;
-  const std::uint32_t j = local % count;
-  ntile = static_cast<int>(local / count);
-  return {info.first_slot + j, info.expert, info.first_row + j * BM,
-          min(static_cast<std::uint32_t>(BM), info.rows - j * BM)};
-}
-
-// Tile i of a phase with `ntiles` tiles per m-tile, as (m-tile, tile within it); an expert's
-// tiles are contiguous.
+// Tile i of a phase with `ntiles` tiles per m-tile, as (m-tile, tile within it). An expert's
+// tiles are contiguous and column-major over its m-tiles, so the m-tiles of one expert read
+// the same weight tile back to back and the later reads hit L2.
 template <int BM, typename T>
 __device__ MTile locate_tile(const KernelParams<T>& p, std::uint32_t i, int ntiles, int& ntile) {
   // Written by the tile-table build of this launch: read through L2, after the acquire. Any
   // m-tile of the right expert has its record.
   const MTileInfo info = MTileInfo::from(__ldcg(p.mtile_info + i / ntiles));
-  return tile_of_expert<BM>(info, i - info.first_slot * ntiles, ntile);
-}
-
-// Expert-major order (KernelParams::expert_major): task i of the tile phase lies in the group of
-// its expert, [first_slot, first_slot + m-tiles) x tasks_per_mtile, which holds the expert's
-// gate/up tiles (m-tiles x ng) and then its down tiles. A down tile waits only for gate/up tiles
-// of its own group, which have lower tickets: the queue's no-deadlock argument holds.
-template <int BM, typename T>
-__device__ MTile locate_expert_major(const KernelParams<T>& p, std::uint32_t i,
-                                     std::uint32_t tasks_per_mtile, int ng, bool& gateup,
-                                     int& ntile) {
-  const MTileInfo info = MTileInfo::from(__ldcg(p.mtile_info + i / tasks_per_mtile));
   const std::uint32_t count = (info.rows + BM - 1) / BM;
-  const std::uint32_t local = i - info.first_slot * tasks_per_mtile;
-  gateup = local < count * ng;
-  return tile_of_expert<BM>(info, gateup ? local : local - count * ng, ntile);
+  const std::uint32_t local = i - info.first_slot * ntiles;
+  const std::uint32_t j = local % count;
+  ntile = static_cast<int>(local / count);
+  return {info.first_slot + j, info.expert, info.first_row + j * BM,
+          min(static_cast<std::uint32_t>(BM), info.rows - j * BM)};
 }
 
 }  // namespace flashmoe::detail
