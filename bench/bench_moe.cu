@@ -59,7 +59,6 @@ int g_tokens_per_launch = 0;  // LayerOptions::tokens_per_launch of every benchm
 int g_prefill_rows = 0;       // testing::set_prefill_switch of every benchmarked Layer
 int g_ws_tall_rows = 0;       // testing::set_ws_tile_switch of every benchmarked Layer
 bool g_programmatic = false;  // ForwardOptions::programmatic_launch of the timed forwards
-int g_l2_warmup_kb = -1;      // testing::set_l2_warmup_kb of every benchmarked Layer
 // Its timing: as many rounds of kInputs forwards as FlashMoE had iterations, at least
 // kCublasRounds, stopping early once they add up to kCublasBudgetMs (Mixtral at T = 4096 takes
 // tens of ms a round), but never before kCublasMinRounds.
@@ -153,7 +152,6 @@ Bench* get_bench(const Shape& s, flashmoe::DType dt) {
   b->status = flashmoe::Layer::create(c, w, b->layer, options);
   flashmoe::testing::set_prefill_switch(b->layer, g_prefill_rows);
   flashmoe::testing::set_ws_tile_switch(b->layer, g_ws_tall_rows);
-  flashmoe::testing::set_l2_warmup_kb(b->layer, g_l2_warmup_kb);
   if (g_cublas) {
     flashmoe_bench::BaselineShape bs;
     bs.hidden = c.hidden;
@@ -604,17 +602,6 @@ int main(int argc, char** argv) {
       return 1;
     }
     g_prefill_rows = static_cast<int>(n);
-  }
-  // FLASHMOE_BENCH_L2_WARMUP_KB=0: the decode kernels without their L2 warm-up during routing;
-  // =N: N KB a block wherever the library's rule warms (measuring the amount; testing.hpp).
-  if (const char* v = std::getenv("FLASHMOE_BENCH_L2_WARMUP_KB"); v != nullptr && *v) {
-    char* end = nullptr;
-    const long n = std::strtol(v, &end, 10);
-    if (end == v || *end != '\0' || n < 0 || n > 4096) {
-      std::fprintf(stderr, "FLASHMOE_BENCH_L2_WARMUP_KB: '%s' is not in [0, 4096]\n", v);
-      return 1;
-    }
-    g_l2_warmup_kb = static_cast<int>(n);
   }
   // FLASHMOE_BENCH_WS_TALL_ROWS=64: the warp-specialised kernel's 128-row m-tiles from 64 rows
   // per expert (measuring that switch; testing.hpp).

@@ -455,12 +455,6 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
       launch_grid(impl, p, full_grid, p.rsplit.tasks() + tiles,
                   {Cfg::BM, GateUp::BN, Down::BN, p.rsplit.chunk_tokens,
                    Cfg::tile_router ? Down::BN : kRouterExperts, decode ? "decode" : "prefill"});
-  // Routed decode launches only: with caller routing the prelude is too short to warm anything.
-  if (decode && o.topk_ids == nullptr && impl.l2_warmup_kb != 0) {
-    const int kb = l2_warmup_kb(num_tokens, c.top_k, c.experts, grid, impl.l2_bytes);
-    p.warm_l2_kb =
-        static_cast<std::uint16_t>(kb > 0 && impl.l2_warmup_kb > 0 ? impl.l2_warmup_kb : kb);
-  }
   if (o.programmatic_launch && impl.programmatic_launch) {
     return launch_programmatic(moe_kernel<Cfg, GateUp, Down, T>, grid, kThreads, info.smem_bytes,
                                stream, p);

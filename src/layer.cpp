@@ -186,7 +186,6 @@ Status Layer::create(const Config& config, const Weights& weights, Layer& out,
   impl->weights = weights;
   impl->options = options;
   impl->sm_count = prop.multiProcessorCount;
-  impl->l2_bytes = prop.l2CacheSize;
   impl->state_layout = detail::plan_state(config);
   impl->tokens_per_launch = detail::resolve_tokens_per_launch(config, options.tokens_per_launch);
   impl->scratch_layout = detail::plan_launch_scratch(config, impl->tokens_per_launch);

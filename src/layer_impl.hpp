@@ -27,7 +27,6 @@ struct Layer::Impl {
   LayerOptions options;
   int device = 0;
   int sm_count = 0;
-  std::int64_t l2_bytes = 0;  // sizes the decode kernels' L2 warm-up (tile_choice.hpp)
   // The device and its loaded kernels have programmatic dependent launch (prepare_kernels).
   bool programmatic_launch = false;
   detail::StateLayout state_layout;
@@ -51,9 +50,6 @@ struct Layer::Impl {
   // Test- and bench-only (testing.hpp): > 0 runs the prefill kernels once experts average more
   // than this many rows, instead of runs_prefill_kernel's rule.
   int prefill_rows = 0;
-  // Test- and bench-only (testing.hpp): the decode kernels' L2 warm-up (KernelParams::warm_l2_kb)
-  // by l2_warmup_kb's rule (< 0), off (0), or this many KB a block wherever the rule warms.
-  int l2_warmup_kb = -1;
   // Test- and bench-only (testing.hpp): > 0 runs the warp-specialised kernel's 128-row m-tiles
   // once experts average at least this many rows, instead of launch_prefill's rule.
   int ws_tall_rows = 0;

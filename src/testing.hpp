@@ -34,13 +34,6 @@ inline void set_ws_tile_switch(Layer& layer, int rows_per_expert) {
   if (layer.valid()) layer.impl()->ws_tall_rows = rows_per_expert < 0 ? 0 : rows_per_expert;
 }
 
-// The decode kernels' L2 warm-up during the routing prelude (l2_warmup.cuh): the library's rule
-// (kb < 0), off (0), or kb KB a block (at most 4096) wherever the rule warms. For measuring it;
-// results are bitwise the same whatever it asks of L2.
-inline void set_l2_warmup_kb(Layer& layer, int kb) {
-  if (layer.valid()) layer.impl()->l2_warmup_kb = kb < 0 ? -1 : kb > 4096 ? 4096 : kb;
-}
-
 // Whether `layer` runs the warp-specialised engine for its prefill forwards (sm_90a, and a
 // scratch planned for them), which moves the decode/prefill switch (workspace.hpp, runs_prefill).
 inline bool has_ws_engine(Layer& layer) { return layer.valid() && layer.impl()->ws_engine; }

@@ -135,23 +135,4 @@ inline int choose_down_slices(double down_tiles, std::int64_t slots, int wanted)
   return best;
 }
 
-// KB of gate/up weights each block of a routed decode launch asks L2 for while it waits for the
-// tile table (l2_warmup.cuh), or 0. The block warms the tile its ticket would be if every expert
-// were chosen, so the bytes are mostly used only when most experts are: expected chosen experts
-// E (1 - (1 - K/E)^T) at least half of E (Qwen3-30B-A3B from T = 11, OLMoE from 6, Mixtral-8x7B
-// from 3). The bytes of the whole grid stay within kL2WarmupShare of L2, and a block's within
-// kL2WarmupMaxKb, about the prelude's worth of DRAM time at T = 16-256 (bench/NOTES.md, row 105).
-// T is the launch's capacity: a padded batch (device token count) warms as if it were full.
-inline constexpr double kL2WarmupShare = 0.625;
-inline constexpr int kL2WarmupMaxKb = 128;
-inline int l2_warmup_kb(std::int64_t num_tokens, int top_k, int experts, std::int64_t grid,
-                        std::int64_t l2_bytes) {
-  if (num_tokens <= 0 || grid <= 0 || experts <= 0) return 0;
-  const double q = std::fmin(1.0, static_cast<double>(top_k) / experts);
-  const double chosen = 1.0 - std::pow(1.0 - q, static_cast<double>(num_tokens));
-  if (chosen < 0.5) return 0;
-  const double per_block = kL2WarmupShare * static_cast<double>(l2_bytes) / grid / 1024.0;
-  return static_cast<int>(std::fmin(kL2WarmupMaxKb, std::floor(per_block)));
-}
-
 }  // namespace flashmoe::detail

@@ -18,7 +18,6 @@
 #include "forward_check.hpp"
 #include "test_util.hpp"
 #include "testing.hpp"
-#include "tile_choice.hpp"
 
 namespace {
 
@@ -483,56 +482,6 @@ void Forward::check_bitwise_identical(const Model& m) {
         ASSERT_EQ(again.y, first.y)
             << "T = " << T << ", max_blocks = " << layer.options().max_blocks;
       }
-    }
-  }
-}
-
-// Each of `layers` runs `first`'s inputs again: y and the routing are bitwise `first`'s.
-void expect_bitwise_reruns(std::vector<Layer>& layers, const ForwardRun& first) {
-  for (std::size_t i = 0; i < layers.size(); ++i) {
-    ForwardRun again = first;
-    ASSERT_TRUE(run_forward(layers[i], again, nullptr));
-    EXPECT_EQ(again.y, first.y) << "layer " << i << ", max_blocks "
-                                << layers[i].options().max_blocks;
-    EXPECT_EQ(again.ids, first.ids);
-    EXPECT_EQ(again.weights, first.weights);
-  }
-}
-
-// The decode kernels' L2 warm-up (l2_warmup.cuh) only asks L2 for bytes: results are bitwise
-// those without it, on any grid. The odd shape's boxes run past H and past I (gate rows into up
-// rows) at the last tile; the token counts are decode forwards where the rule warms.
-TEST_F(Forward, L2WarmupIsBitwiseTheSameAsNone) {
-  SCOPED_TRACE(seed_);
-  int device = 0, sms = 0, l2 = 0;
-  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
-  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), cudaSuccess);
-  ASSERT_EQ(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device), cudaSuccess);
-  const Model models[] = {small_model(),
-                          make_model(make_config(kOddTiles, DType::FP16, 512), rng_)};
-  for (const Model& m : models) {
-    const Config& c = m.config;
-    SCOPED_TRACE(::testing::Message() << "H = " << c.hidden << ", I = " << c.intermediate);
-    Layer base;
-    ASSERT_TRUE(Layer::create(c, m.device_weights(), base).ok());
-    flashmoe::testing::set_l2_warmup_kb(base, 0);
-    // The rule on the full grid and on 5 blocks, and whole tiles (every box of a tile, up to
-    // the tensor's end) on the full grid.
-    std::vector<Layer> warmed(3);
-    for (int i = 0; i < 3; ++i) {
-      flashmoe::LayerOptions o;
-      o.max_blocks = i == 1 ? 5 : 0;
-      ASSERT_TRUE(Layer::create(c, m.device_weights(), warmed[i], o).ok());
-    }
-    flashmoe::testing::set_l2_warmup_kb(warmed[2], 4096);
-    for (int T : {3, 16, 64, 100}) {
-      SCOPED_TRACE(::testing::Message() << "T " << T);
-      // The full grid's blocks warm L2 at this T (two decode blocks per SM).
-      EXPECT_GT(flashmoe::detail::l2_warmup_kb(T, c.top_k, c.experts, 2 * sms, l2), 0);
-      ForwardRun first = make_run(c, T, rng_);
-      ASSERT_TRUE(run_forward(base, first, nullptr));
-      check_output(m, first, sample_tokens(T, 16, rng_));
-      expect_bitwise_reruns(warmed, first);
     }
   }
 }

@@ -58,11 +58,11 @@ done
 # heights and four tile pairs, prefill (InPlaceXEqualsY at T = 1000, caller routing at T = 300,
 # the sigmoid/GELU variants at T = 512; on sm_90 with sm_90a code the warp-specialised kernel,
 # both m-tile heights, skewed routing and E = 1), fp16 (beta), -inf bias, a bad caller id (the
-# kernel's error exit), the decode L2 warm-up (whole tiles asked of L2), and the watchdog fault
-# (two rounds of a hung decode and prefill forward, 100 ms each, then good forwards). Left out:
-# the big ForwardMatrix shapes (hours under memcheck), the 1000-replay graph test and the
-# grid-size sweep (slow, no kernel path of their own), the stalled-copy watchdog test (it
-# asserts a wall-clock bound that instrumentation breaks).
+# kernel's error exit), and the watchdog fault (two rounds of a hung decode and prefill forward,
+# 100 ms each, then good forwards). Left out: the big ForwardMatrix shapes (hours under
+# memcheck), the 1000-replay graph test and the grid-size sweep (slow, no kernel path of their
+# own), the stalled-copy watchdog test (it asserts a wall-clock bound that instrumentation
+# breaks).
 forward_filter="Forward.EveryDecodeKernelMatchesReference"
 forward_filter+=":Forward.CallerSuppliedRoutingIncludingRepeatedExperts"
 forward_filter+=":Forward.BadCallerIdIsReportedAndYIsUntouched"
@@ -71,7 +71,6 @@ forward_filter+=":Forward.InPlaceXEqualsY"
 forward_filter+=":Forward.SigmoidBiasScalingAndGeluVariants"
 forward_filter+=":Forward.MinusInfinityBiasMasksExperts"
 forward_filter+=":Forward.PrefillRunsTheWarpSpecialisedKernelOnSm90a"
-forward_filter+=":Forward.L2WarmupIsBitwiseTheSameAsNone"
 # The watchdog fault: memcheck and synccheck only. Under racecheck the instrumented kernel is so
 # slow that the test's good forwards after the fault (watchdog_ms = 100) time out for real
 # (first run, H200: a down tile waiting more than 100 ms for its gate/up tiles).

@@ -18,7 +18,6 @@
 #include <type_traits>
 
 #include "expert_tiles.cuh"
-#include "l2_warmup.cuh"
 #include "params.cuh"
 #include "routing.cuh"
 #include "routing_ticket.cuh"
@@ -160,9 +159,8 @@ __global__ void __launch_bounds__(kThreads, 2)
       // The prefill kernel's first tile also waits for the row map (routing_ticket.cuh).
       std::uint32_t row_maps = 0;
       if constexpr (Cfg::tile_router) row_maps = rs.live_selects(s_live);
-      s_ticket = claim_ticket<Cfg::tile_router>(
-          p, routing_tickets, tasks_per_mtile, {s_claim, s_total, s_mtiles}, tr, row_maps,
-          [&](std::uint32_t task) { warm_l2_for_guessed_tile<GateUp>(p, task, ng); });
+      s_ticket = claim_ticket<Cfg::tile_router>(p, routing_tickets, tasks_per_mtile,
+                                                {s_claim, s_total, s_mtiles}, tr, row_maps);
     }
     __syncthreads();
     const std::uint32_t ticket = s_ticket;

@@ -64,10 +64,6 @@ struct KernelParams {
 
   std::uint64_t timeout_ns;
   int fault;
-  // KB of gate/up weights each decode block asks L2 for while it waits for the tile table, for
-  // the tile its ticket would be if every expert were chosen (l2_warmup.cuh); 0: none. (In
-  // fault's padding: no other member moves.)
-  std::uint16_t warm_l2_kb;
   TraceSink trace;
 };
 

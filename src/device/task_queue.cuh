@@ -22,23 +22,16 @@ struct QueueState {
   std::uint32_t &claim, &total, &mtiles;
 };
 
-// What a block does before it waits for the tile table: nothing, or the decode kernels' L2
-// warm-up (l2_warmup.cuh), given the tile task the ticket is.
-struct NoWarmup {
-  __device__ void operator()(std::uint32_t) const {}
-};
-
 // Thread 0: the block's next ticket, or kNoTicket when the block is done (the launch is
 // abandoned, the block was refused the scratch, or the wait for the tile table ended).
 // kRowMaps (prefill kernels): the block's first tile also waits for the `row_maps` row-map
 // tickets, whose part of the table every tile reads, directly or through its m-tile's earlier
 // tiles.
-template <bool kRowMaps = false, typename T, class BeforeWait = NoWarmup>
+template <bool kRowMaps = false, typename T>
 __device__ __forceinline__ std::uint32_t claim_ticket(const KernelParams<T>& p,
                                                       std::uint32_t routing_tickets,
                                                       std::uint32_t tasks_per_mtile, QueueState q,
-                                                      Tracer& tr, std::uint32_t row_maps = 0,
-                                                      BeforeWait before_wait = {}) {
+                                                      Tracer& tr, std::uint32_t row_maps = 0) {
   std::uint32_t t = p.ctl.aborted() ? kNoTicket : fetch_add_relaxed(p.ctl.word(kQueueHead), 1);
   if (q.claim == kClaimPending) {
     // The block's first ticket: the scratch claim's round trip runs beside the ticket's.
@@ -52,7 +45,6 @@ __device__ __forceinline__ std::uint32_t claim_ticket(const KernelParams<T>& p,
     }
   }
   if (t != kNoTicket && t >= routing_tickets && q.total == 0) {
-    before_wait(t - routing_tickets);
     const std::uint64_t t0 = tr.now();
     bool spun = false;
     std::uint32_t total = 0;

@@ -114,14 +114,6 @@ __device__ __forceinline__ void tma_load_2d(std::uint32_t dst, const CUtensorMap
       : "memory");
 }
 
-// Asks L2 for one box of a 2-D tensor map: no shared memory, no barrier, a hint only.
-__device__ __forceinline__ void tma_prefetch_l2_2d(const CUtensorMap* map, int col, int row) {
-  FLASHMOE_TMA_ASM("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];\n" ::"l"(
-                       reinterpret_cast<std::uint64_t>(map)),
-                   "r"(col), "r"(row)
-                   : "memory");
-}
-
 // Ordinary shared-memory writes of this thread (earlier tiles, reductions, the tile table)
 // are ordered before later copy-engine writes to the same bytes.
 __device__ __forceinline__ void fence_proxy_async_smem() {
