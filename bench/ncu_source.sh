@@ -4,7 +4,8 @@
 # barrier stalls. Builds bench_moe with the `gpu` preset (the library is built with -lineinfo),
 # profiles one forward of the benchmark named by the filter (a launch inside its CUDA graph,
 # after the warm-up) and writes to $OUT (or ./out): the report, its source page as CSV (CUDA
-# lines and SASS), the details page, and ncu's log.
+# lines and SASS), the details page and ncu's log, packed into ncu.tgz, and prints
+# bench/ncu_summary.py's reading of them (LINES=30 source lines).
 # Usage: bench/ncu_source.sh ['benchmark filter ending with /'] [kernel-name regex]
 # (default: Qwen3-30B-A3B/bf16/T:1/ and the decode kernels, `moe_kernel`, not `moe_ws_kernel`). The clocks are left as
 # they are (--clock-control none).
@@ -18,7 +19,7 @@ cmake --build --preset gpu -j 16 --target bench_moe >>"$out/ncu_build.log" 2>&1 
   { tail -30 "$out/ncu_build.log"; exit 1; }
 export FLASHMOE_BENCH_NO_CUBLAS=1
 # Skip the first launches (warm-up, graph capture's first replays) and profile one.
-ncu --clock-control none --set full --import-source yes --sampling-interval 0 \
+ncu --clock-control none --set full --import-source yes \
   --kernel-name-base function -k "regex:$kernel" --launch-skip "${SKIP:-20}" --launch-count 1 \
   -f -o "$out/ncu" build/gpu/bench/bench_moe --benchmark_filter="$filter" \
   >"$out/ncu_run.log" 2>&1
@@ -34,4 +35,8 @@ for src in cuda,sass sass cuda; do
     echo "source page ($src): $(wc -l <"$out/ncu_source_$src.csv") lines"
   fi
 done
+python3 "$(dirname "$0")/ncu_summary.py" "$out" "${LINES:-30}"
+# One compressed file for everything ncu wrote (the device tool brings back at most 8 files).
+tar czf "$out/ncu.tgz" -C "$out" $(cd "$out" && ls ncu.ncu-rep ncu_*.csv ncu_*.err ncu_*.log 2>/dev/null) &&
+  (cd "$out" && rm -f ncu.ncu-rep ncu_*.csv ncu_*.err ncu_*.log)
 ls -la "$out"

@@ -156,9 +156,11 @@ struct WsEpilogue {
     team_sync();
     const int n = *count;
     const int c0 = static_cast<int>(job.ntile) * W::BN;
-    // Four items a thread, four parts each in flight: 16 loads instead of the 8 of one item.
+    // Four items of 8 columns a thread, four parts each in flight: 16 loads of 16 bytes. The
+    // 64-row shape takes two items: four spilled its registers (bench/NOTES.md row 107).
+    constexpr int kItems = W::kGroups == 1 ? 4 : 2;
     if (n > 0) {
-      combine_tokens<4, 4>(p, tokens, n, c0, min(W::BN, p.hidden - c0), threadIdx.x, kThreads);
+      combine_tokens<kItems, 4>(p, tokens, n, c0, min(W::BN, p.hidden - c0), threadIdx.x, kThreads);
     }
   }
 };
