@@ -11,6 +11,8 @@
 # benchmark again under each comma-separated list of NAME=VALUE settings, as variants env1, ...).
 set -uo pipefail
 out=${OUT:-out}
+start=$SECONDS
+stamp() { echo "[$((SECONDS - start)) s] $*"; }  # to size the next call's plan
 mkdir -p "$out"
 variants=${VARIANTS:-}
 filter=${1:?benchmark filter}
@@ -26,10 +28,12 @@ for v in $variants; do
    echo "$v build $?") &
 done
 wait
+stamp "builds done"
 if [ "${TESTS:-OFF}" = ON ]; then
   ctest --preset gpu -j 4 --timeout 300 >"$out/ctest.log" 2>&1
   echo "ctest exit $?"
   grep -E "tests passed|\(Failed\)" "$out/ctest.log"
+  stamp "tests done"
 fi
 export FLASHMOE_BENCH_NO_CUBLAS=1
 env_names=()
@@ -51,6 +55,7 @@ for round in 1 2; do
     env "${settings[@]}" build/gpu/bench/bench_moe --benchmark_filter="$filter" \
       >>"$out/bench_env$i.txt" 2>&1
   done
+  stamp "round $round done"
 done
 # One line per benchmark and build: the medians of the two rounds.
 for v in $variants gpu "${env_names[@]}"; do
@@ -65,4 +70,5 @@ if [ -n "${TRACE_T:-}" ]; then
   ./build/gpu/examples/trace/flashmoe_trace "$out/trace" $TRACE_T >>"$out/session.log" 2>&1
   rm -f "$out"/trace/*.json "$out"/trace/*.svg
   cat "$out"/trace/*.txt
+  stamp "traces done"
 fi
