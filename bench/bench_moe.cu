@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "bench_check.hpp"
+#include "bench_fill.cuh"
 #include "cublas_baseline.cuh"
 #include "flashmoe/flashmoe.hpp"
 #include "testing.hpp"
@@ -68,24 +69,6 @@ constexpr double kCublasBudgetMs = 300.0;
 // Per-token relative L2 difference allowed between the two outputs: they round different
 // intermediates (gate/up, h) to 16 bits.
 constexpr double kCublasTolerance = 2e-2;
-
-// Uniform values in [-scale, scale] from a hash of the index: fills GBs in milliseconds.
-template <typename T>
-__global__ void fill_random(T* p, std::size_t n, std::uint64_t seed, float scale) {
-  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
-    std::uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);
-    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-      p[i] = __float2bfloat16_rn((2.0f * u - 1.0f) * scale);
-    } else {
-      p[i] = __float2half_rn((2.0f * u - 1.0f) * scale);
-    }
-  }
-}
 
 struct DeviceMem {
   void* p = nullptr;

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_fill.cuh"
 #include "ws_decode_layer.cuh"
 #include "ws_decode_prelude.cuh"
 #include "ws_decode_stream.cuh"
@@ -156,19 +157,6 @@ void BM_WsGatherGemm(benchmark::State& state, Shape s) {
   cudaEventDestroy(stop);
 }
 
-// Uniform values in [-1, 1) from a hash of the index: random data for the reference GEMM
-// without a host pass over hundreds of MB.
-__global__ void fill_random_kernel(__nv_bfloat16* p, std::int64_t n, std::uint32_t seed) {
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    std::uint32_t h = static_cast<std::uint32_t>(i) * 0x9E3779B1u ^ seed;
-    h ^= h >> 15;
-    h *= 0x2C1B3C6Du;
-    h ^= h >> 12;
-    p[i] = __float2bfloat16(static_cast<float>(h >> 8) * (2.0f / 16777216.0f) - 1.0f);
-  }
-}
-
 // The reference for the mainloop rows: cuBLAS's bf16 GEMM (fp32 accumulate, bf16 out) of the
 // same expert-GEMM shape on random data, C [tokens x top_k, n_total] = A W^T, as one GEMM.
 void BM_CublasGemm(benchmark::State& state, Shape s) {
@@ -179,8 +167,8 @@ void BM_CublasGemm(benchmark::State& state, Shape s) {
     state.SkipWithError("no GPU, memory or cuBLAS");
     return;
   }
-  fill_random_kernel<<<1024, 256>>>(a.get<__nv_bfloat16>(), m * k, 1);
-  fill_random_kernel<<<1024, 256>>>(w.get<__nv_bfloat16>(), n * k, 2);
+  fill_random<<<1024, 256>>>(a.get<__nv_bfloat16>(), static_cast<std::size_t>(m * k), 1, 1.0f);
+  fill_random<<<1024, 256>>>(w.get<__nv_bfloat16>(), static_cast<std::size_t>(n * k), 2, 1.0f);
   const float one = 1.0f, zero = 0.0f;
   auto gemm = [&] {
     return cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),

@@ -37,6 +37,6 @@ for src in cuda,sass sass cuda; do
 done
 python3 "$(dirname "$0")/ncu_summary.py" "$out" "${LINES:-30}"
 # One compressed file for everything ncu wrote (the device tool brings back at most 8 files).
-tar czf "$out/ncu.tgz" -C "$out" $(cd "$out" && ls ncu.ncu-rep ncu_*.csv ncu_*.err ncu_*.log 2>/dev/null) &&
-  (cd "$out" && rm -f ncu.ncu-rep ncu_*.csv ncu_*.err ncu_*.log)
+(cd "$out" && files=$(ls ncu.ncu-rep ncu_*.csv ncu_*.err ncu_*.log 2>/dev/null;:) &&
+  [ -n "$files" ] && tar czf ncu.tgz $files && rm -f $files)
 ls -la "$out"
