@@ -30,14 +30,8 @@
 
 namespace flashmoe::detail {
 
-// The warp-specialised kernel's router tile: the prefill kernel's shape (PrefillConfig::Down0)
-// with twice its stages. A router task is a chain of stage round trips with kAhead stages in
-// flight (2 of 4 there, 6 of 8 here), and one block per SM has the ring's shared memory for them
-// (bench/NOTES.md, row 108; 10 stages spilled more in the router's loop).
-using WsRouterTile = TileShape<64, 64, false, 4, 2, 1, 8, 64, true>;
-static_assert(WsRouterTile::SMEM_BYTES <= WsShape<128>::RING_BYTES &&
-                  WsRouterTile::SMEM_BYTES <= WsShape<64>::RING_BYTES,
-              "the router's stages fit in the ring's shared memory");
+// The prefill kernel's router tile shape, which the warp-specialised kernel's routing reuses.
+using WsRouterTile = PrefillConfig::Down0;
 inline constexpr int kWsJobDepth = 2;
 
 template <class W, typename T>
