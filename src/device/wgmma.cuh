@@ -206,6 +206,29 @@ __device__ __forceinline__ int wgmma_acc_col(int j) {
   return 8 * (j >> 2) + 2 * (threadIdx.x & 3) + (j & 1);
 }
 
+// The four lanes of a quad hold one row's n8 blocks two columns each (v[k]: block b0 + k, columns
+// 2 (lane % 4), + 1, packed). Transposed across the quad, lane q holds block b0 + q whole
+// (v[k]: its columns 2k, 2k + 1): one 16-byte store per lane instead of four of 4 bytes, and a
+// warp writes 64 contiguous bytes of each of its 8 rows (full sectors). Two butterfly steps.
+__device__ __forceinline__ void quad_transpose(std::uint32_t (&v)[4]) {
+  const unsigned lane = threadIdx.x & 31;
+  const bool hi2 = (lane & 2) != 0, hi1 = (lane & 1) != 0;
+  std::uint32_t a = __shfl_xor_sync(0xffffffffu, hi2 ? v[0] : v[2], 2);
+  std::uint32_t b = __shfl_xor_sync(0xffffffffu, hi2 ? v[1] : v[3], 2);
+  if (hi2) {
+    v[0] = a, v[1] = b;
+  } else {
+    v[2] = a, v[3] = b;
+  }
+  a = __shfl_xor_sync(0xffffffffu, hi1 ? v[0] : v[1], 1);
+  b = __shfl_xor_sync(0xffffffffu, hi1 ? v[2] : v[3], 1);
+  if (hi1) {
+    v[0] = a, v[2] = b;
+  } else {
+    v[1] = a, v[3] = b;
+  }
+}
+
 #undef FLASHMOE_WGMMA_ASM
 
 }  // namespace flashmoe::detail

@@ -71,7 +71,8 @@ struct WsEpilogue {
   }
 
   // h[rows of the m-tile, n0 : n0 + kGateUpCols] = act(x Wg^T) * (x Wu^T): accumulator j is a
-  // gate column, j + kAcc / 2 the up column of the same output column.
+  // gate column, j + kAcc / 2 the up column of the same output column. Stored in 16-byte chunks
+  // (quad_transpose): 32 columns a set of four n8 blocks, rows r and r + 8 of the thread's.
   __device__ static void gateup(const KernelParams<T>& p, const WsJob& job,
                                 const float (&acc)[W::kAcc]) {
     constexpr int kHalf = W::kAcc / 2;
@@ -82,13 +83,26 @@ struct WsEpilogue {
     const int cols = split ? W::kGateUpCols / 2 : W::kGateUpCols;
     const int c0 = static_cast<int>(job.ntile) * W::kGateUpCols + (split ? warpgroup() * cols : 0);
     T* hbase = p.h + static_cast<std::int64_t>(job.row0) * I;
+    const int chunk = 8 * (threadIdx.x & 3);
 #pragma unroll
-    for (int j = 0; j < kHalf; j += 2) {
-      const int row = acc_row(j, split), col = wgmma_acc_col(j);
-      if (row < static_cast<int>(job.rows) && col < cols && c0 + col < I) {
-        *reinterpret_cast<std::uint32_t*>(hbase + static_cast<std::int64_t>(row) * I + c0 + col) =
-            pack2<T>(activate(acc[j], p.activation) * acc[j + kHalf],
-                     activate(acc[j + 1], p.activation) * acc[j + 1 + kHalf]);
+    for (int r8 = 0; r8 < 2; ++r8) {
+      const int row = acc_row(2 * r8, split);
+#pragma unroll
+      for (int s = 0; s < kHalf / 16; ++s) {
+        if (32 * s >= cols || c0 + 32 * s >= I) break;  // warpgroup-uniform
+        std::uint32_t v[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const int j = 16 * s + 4 * k + 2 * r8;
+          v[k] = pack2<T>(activate(acc[j], p.activation) * acc[j + kHalf],
+                          activate(acc[j + 1], p.activation) * acc[j + 1 + kHalf]);
+        }
+        quad_transpose(v);
+        const int col = 32 * s + chunk;
+        if (row < static_cast<int>(job.rows) && col < cols && c0 + col < I) {
+          *reinterpret_cast<uint4*>(hbase + static_cast<std::int64_t>(row) * I + c0 + col) =
+              make_uint4(v[0], v[1], v[2], v[3]);
+        }
       }
     }
     fence_proxy_async_global();
@@ -114,7 +128,8 @@ struct WsEpilogue {
 
   // ypart[kslice, pair, n0 : n0 + BN] = w_pair * (h W2^T) for the m-tile's rows, in the
   // activation type (as the grouped-GEMM paths of serving engines keep their per-pair rows):
-  // half the bytes of fp32 rows, written here and read back by the combine.
+  // half the bytes of fp32 rows, written here and read back by the combine. 16-byte chunks as
+  // in gateup.
   __device__ static void down_store(const KernelParams<T>& p, const WsJob& job,
                                     const float (&acc)[W::kAcc], const DownRows& d) {
     const int H = p.hidden;
@@ -123,14 +138,25 @@ struct WsEpilogue {
     const bool split = split_columns(job);
     const int cols = split ? W::BN / 2 : W::BN;  // this warpgroup's
     const int c0 = static_cast<int>(job.ntile) * W::BN + (split ? warpgroup() * cols : 0);
+    const int chunk = 8 * (threadIdx.x & 3);
 #pragma unroll
-    for (int j = 0; j < W::kAcc; j += 2) {
-      const int i = (j >> 1) & 1;  // accumulators with j % 4 >= 2 hold row r + 8
-      const int col = wgmma_acc_col(j);
-      if (d.pair[i] >= 0 && col < cols && c0 + col < H) {
-        *reinterpret_cast<std::uint32_t*>(plane + static_cast<std::int64_t>(d.pair[i]) * H + c0 +
-                                          col) =
-            pack2<T>(acc[j] * d.weight[i], acc[j + 1] * d.weight[i]);
+    for (int r8 = 0; r8 < 2; ++r8) {  // accumulators with j % 4 >= 2 hold row r + 8
+      const float w = d.weight[r8];
+#pragma unroll
+      for (int s = 0; s < W::kAcc / 16; ++s) {
+        if (32 * s >= cols || c0 + 32 * s >= H) break;  // warpgroup-uniform
+        std::uint32_t v[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const int j = 16 * s + 4 * k + 2 * r8;
+          v[k] = pack2<T>(acc[j] * w, acc[j + 1] * w);
+        }
+        quad_transpose(v);
+        const int col = 32 * s + chunk;
+        if (d.pair[r8] >= 0 && col < cols && c0 + col < H) {
+          *reinterpret_cast<uint4*>(plane + static_cast<std::int64_t>(d.pair[r8]) * H + c0 + col) =
+              make_uint4(v[0], v[1], v[2], v[3]);
+        }
       }
     }
   }
