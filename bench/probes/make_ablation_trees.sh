@@ -2,7 +2,8 @@
 # Probe trees for bench/ab_session.sh (VARIANTS="abl1 abl2 ..."): a copy of HEAD under
 # .probe/abl<N> with ws_epilogue_ablation.patch applied and kProbeAblate = N. Timing only: the
 # trees' results are wrong by design. Bits of N: 1 no h stores, 2 the activation the identity,
-# 4 no ypart stores, 8 no combine counts (so no combine), 16 the m-tile count's release relaxed.
+# 4 no ypart stores, 8 no combine counts (so no combine), 16 the m-tile count's release relaxed,
+# 32 h stored as zeros (the down tiles multiply zeros), 64 no proxy fence after the h stores.
 # Usage: bench/probes/make_ablation_trees.sh 1 2 4 8 16
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"

@@ -49,6 +49,12 @@ __device__ __forceinline__ void unpack8(const uint4& v, float (&out)[8]) {
   for (int i = 0; i < 8; ++i) out[i] = to_f32(e[i]);
 }
 
+// SiLU with the hardware exponential and an approximate division (DeepGEMM's epilogue does the
+// same): a few ulp of float, far below the 16-bit rounding of h, for a third of the
+// instructions of expf and an IEEE division (bench/NOTES.md, row 111). exp(-g) overflowing to
+// infinity (g < -88) gives -0, as the exact form rounds to.
+__device__ __forceinline__ float silu(float g) { return __fdividef(g, 1.0f + __expf(-g)); }
+
 __device__ __forceinline__ float activate(float g, int activation) {
   switch (activation) {
     case static_cast<int>(Activation::GeluGated):
@@ -58,7 +64,7 @@ __device__ __forceinline__ float activate(float g, int activation) {
       return 0.5f * g * (1.0f + tanhf(inner));
     }
     default:
-      return g / (1.0f + expf(-g));
+      return silu(g);
   }
 }
 
