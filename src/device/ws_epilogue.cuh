@@ -38,31 +38,43 @@ struct WsEpilogue {
     if (threadIdx.x == 0) fetch_add_acq_rel(&p.mtile_done[job.slot], 1);
   }
 
-  // x_sorted[row0 + r] = x[token of sorted row row0 + r] for the m-tile's rows: one warp per row,
-  // 16 bytes per lane, every load of a row issued before its stores. x may alias y (an in-place
-  // forward): it is read through L2, and no y row of these tokens is written before the
-  // m-tile's down tiles, which wait for this.
+  // x_sorted[row0 + r] = x[token of sorted row row0 + r] for the m-tile's rows: four rows a warp
+  // at a time, 16 bytes per lane, every load of the four rows issued before their stores (128 KB
+  // in flight a block: a gather is a chain of L2 round trips, bench/NOTES.md row 112). x may
+  // alias y (an in-place forward): it is read through L2, and no y row of these tokens is
+  // written before the m-tile's down tiles, which wait for this.
   __device__ static bool gather(const WsKernelParams<T>& p, const WsJob& job) {
+    constexpr int kRows = 2, kBatch = 8, kWarps = kThreads / 32;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int chunks = p.hidden / 8;  // H % 8 == 0
-    for (int r = warp; r < static_cast<int>(job.rows); r += kThreads / 32) {
-      const std::int64_t row = job.row0 + r;
-      const int token = __ldcg(p.sorted_pair + row) / p.top_k;
-      const uint4* src =
-          reinterpret_cast<const uint4*>(p.x + static_cast<std::int64_t>(token) * p.hidden);
-      uint4* dst = reinterpret_cast<uint4*>(p.x_sorted + row * p.hidden);
-      constexpr int kBatch = 8;
-      for (int c0 = 0; c0 < chunks; c0 += kBatch * 32) {
-        uint4 v[kBatch];
+    const int rows = static_cast<int>(job.rows);
+    for (int r0 = warp * kRows; r0 < rows; r0 += kWarps * kRows) {
+      const uint4* src[kRows];
+      uint4* dst[kRows];
 #pragma unroll
-        for (int i = 0; i < kBatch; ++i) {
-          const int c = c0 + i * 32 + lane;
-          if (c < chunks) v[i] = __ldcg(src + c);
+      for (int i = 0; i < kRows; ++i) {
+        const std::int64_t row = job.row0 + min(r0 + i, rows - 1);  // a repeat when past the end
+        const int token = __ldcg(p.sorted_pair + row) / p.top_k;
+        src[i] = reinterpret_cast<const uint4*>(p.x + static_cast<std::int64_t>(token) * p.hidden);
+        dst[i] = reinterpret_cast<uint4*>(p.x_sorted + row * p.hidden);
+      }
+      for (int c0 = 0; c0 < chunks; c0 += kBatch * 32) {
+        uint4 v[kRows][kBatch];
+#pragma unroll
+        for (int i = 0; i < kRows; ++i) {
+#pragma unroll
+          for (int b = 0; b < kBatch; ++b) {
+            const int c = c0 + b * 32 + lane;
+            if (c < chunks) v[i][b] = __ldcg(src[i] + c);
+          }
         }
 #pragma unroll
-        for (int i = 0; i < kBatch; ++i) {
-          const int c = c0 + i * 32 + lane;
-          if (c < chunks) dst[c] = v[i];
+        for (int i = 0; i < kRows; ++i) {
+#pragma unroll
+          for (int b = 0; b < kBatch; ++b) {
+            const int c = c0 + b * 32 + lane;
+            if (c < chunks && r0 + i < rows) dst[i][c] = v[i][b];
+          }
         }
       }
     }
