@@ -486,6 +486,8 @@ Status launch_ws(Layer::Impl& impl, const KernelVariantInfo& info, const void* x
   fill_params(impl, info, x, y, num_tokens, o, p);
   p.x_sorted = static_cast<T*>(
       static_cast<void*>(static_cast<unsigned char*>(impl.scratch) + impl.scratch_layout.x_sorted));
+  p.sorted_weight = reinterpret_cast<float*>(static_cast<unsigned char*>(impl.scratch) +
+                                             impl.scratch_layout.sorted_weight);
   const std::int64_t pairs = num_tokens * c.top_k;
   if (Status s =
           encode_scratch_map<T>(p.xs_map, p.x_sorted, pairs, c.hidden, W::kABoxRows, "x_sorted");

@@ -262,7 +262,7 @@ struct ScratchLayout {
   // Byte offsets from the scratch base.
   std::size_t owner = 0, logits = 0, pair_expert = 0, pair_weight = 0, pair_pos = 0,
               sorted_pair = 0, expert_row0 = 0, mtile_info = 0, mtile_done = 0, combine_done = 0,
-              h = 0, ypart = 0, x_sorted = 0, total = 0;
+              h = 0, ypart = 0, x_sorted = 0, sorted_weight = 0, total = 0;
   bool has_x_sorted = false;  // forwards of this size can reach the prefill kernels
 };
 
@@ -317,7 +317,12 @@ inline ScratchLayout plan_scratch(const Config& c) {
   // expert-sorted copy of x, [T*K, H] (the rows of sorted_pair). The plan does not know the
   // device, so it takes the engine's switch.
   w.has_x_sorted = runs_prefill(T, c.top_k, c.experts, true);
-  if (w.has_x_sorted) w.x_sorted = r.take(w.max_pairs * H * 2);
+  // Its gathers also write each sorted row's routing weight, so that a down tile loads a row's
+  // pair and weight at once instead of the weight after the pair.
+  if (w.has_x_sorted) {
+    w.x_sorted = r.take(w.max_pairs * H * 2);
+    w.sorted_weight = r.take(w.max_pairs * 4);
+  }
   w.total = r.total();
   return w;
 }

@@ -193,10 +193,20 @@ TEST(Layout, StateIsSmallAndScratchStartsWithTheOwnerLine) {
   for (std::size_t offset :
        {scratch.logits, scratch.pair_expert, scratch.pair_weight, scratch.pair_pos,
         scratch.sorted_pair, scratch.expert_row0, scratch.mtile_info, scratch.mtile_done,
-        scratch.combine_done, scratch.h, scratch.ypart}) {
+        scratch.combine_done, scratch.h, scratch.ypart, scratch.x_sorted, scratch.sorted_weight}) {
     EXPECT_EQ(offset % 256, 0u);
     EXPECT_LT(offset, scratch.total);
   }
+  // The engine's regions (8192 tokens reach it): x_sorted, then its rows' routing weights, which
+  // end the scratch.
+  ASSERT_TRUE(scratch.has_x_sorted);
+  EXPECT_GE(scratch.sorted_weight, scratch.x_sorted + std::size_t{8192} * 8 * 2048 * 2);
+  EXPECT_GE(scratch.total, scratch.sorted_weight + std::size_t{8192} * 8 * 4);
+  // A decode-only layer has neither.
+  const auto decode_only = flashmoe::detail::plan_scratch(qwen3(16));
+  EXPECT_FALSE(decode_only.has_x_sorted);
+  EXPECT_EQ(decode_only.sorted_weight, 0u);
+  EXPECT_EQ(decode_only.x_sorted, 0u);
   // The public queries agree with the plans.
   EXPECT_EQ(flashmoe::scratch_bytes(qwen3(8192)), scratch.total);
   EXPECT_EQ(flashmoe::workspace_bytes(qwen3(8192)), scratch.total + state.total);

@@ -38,11 +38,12 @@ struct WsEpilogue {
     if (threadIdx.x == 0) fetch_add_acq_rel(&p.mtile_done[job.slot], 1);
   }
 
-  // x_sorted[row0 + r] = x[token of sorted row row0 + r] for the m-tile's rows: four rows a warp
-  // at a time, 16 bytes per lane, every load of the four rows issued before their stores (128 KB
-  // in flight a block: a gather is a chain of L2 round trips, bench/NOTES.md row 112). x may
-  // alias y (an in-place forward): it is read through L2, and no y row of these tokens is
-  // written before the m-tile's down tiles, which wait for this.
+  // x_sorted[row0 + r] = x[token of sorted row row0 + r] and sorted_weight[row0 + r] = its routing
+  // weight, for the m-tile's rows: two rows a warp at a time, 16 bytes per lane, every load of
+  // both rows issued before their stores (64 KB in flight a block: a gather is a chain of L2
+  // round trips, bench/NOTES.md row 112). x may alias y (an in-place forward): it is read
+  // through L2, and no y row of these tokens is written before the m-tile's down tiles, which
+  // wait for this.
   __device__ static bool gather(const WsKernelParams<T>& p, const WsJob& job) {
     constexpr int kRows = 2, kBatch = 8, kWarps = kThreads / 32;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -54,7 +55,9 @@ struct WsEpilogue {
 #pragma unroll
       for (int i = 0; i < kRows; ++i) {
         const std::int64_t row = job.row0 + min(r0 + i, rows - 1);  // a repeat when past the end
-        const int token = __ldcg(p.sorted_pair + row) / p.top_k;
+        const int pair = __ldcg(p.sorted_pair + row);
+        const int token = pair / p.top_k;
+        if (lane == 0 && r0 + i < rows) p.sorted_weight[row] = __ldcg(p.pair_weight + pair);
         src[i] = reinterpret_cast<const uint4*>(p.x + static_cast<std::int64_t>(token) * p.hidden);
         dst[i] = reinterpret_cast<uint4*>(p.x_sorted + row * p.hidden);
       }
@@ -133,19 +136,21 @@ struct WsEpilogue {
   }
 
   // The pair and routing weight of this thread's two accumulator rows (r and r + 8), loaded
-  // when the job starts so that they arrive during the mainloop.
+  // when the job starts so that they arrive during the mainloop: both by row (the gathers wrote
+  // the weights in row order), so that no load waits for another before the K loop.
   struct DownRows {
     std::int32_t pair[2];
     float weight[2];
   };
-  __device__ static DownRows down_rows(const KernelParams<T>& p, const WsJob& job) {
+  __device__ static DownRows down_rows(const WsKernelParams<T>& p, const WsJob& job) {
     DownRows d;
     const bool split = split_columns(job);
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int row = acc_row(2 * i, split);  // rows of accumulators 0 and 2
-      d.pair[i] = row < static_cast<int>(job.rows) ? __ldcg(p.sorted_pair + job.row0 + row) : -1;
-      d.weight[i] = d.pair[i] >= 0 ? __ldcg(p.pair_weight + d.pair[i]) : 0.0f;
+      const bool live = row < static_cast<int>(job.rows);
+      d.pair[i] = live ? __ldcg(p.sorted_pair + job.row0 + row) : -1;
+      d.weight[i] = live ? __ldcg(p.sorted_weight + job.row0 + row) : 0.0f;
     }
     return d;
   }
