@@ -1,8 +1,9 @@
 // Collective epilogues of the warp-specialised prefill engine, run by the 256 consumer threads:
-// the gather of an m-tile's token rows into the expert-sorted copy of x, the gate/up tile's
-// act(gate) * up into h, and the down tile's routing weight into the per-pair rows (ypart), its
-// count per token slice and the fixed-order combine of the tokens it completes. What a job
-// publishes is released only when the whole team finished it without a failed wait.
+// the gather of an m-tile's token rows into the expert-sorted copy of x (and of their routing
+// weights into row order), the gate/up tile's act(gate) * up into h, and the down tile's
+// routing weight into the per-pair rows (ypart), its count per token slice and the fixed-order
+// combine of the tokens it completes. What a job publishes is released only when the whole team
+// finished it without a failed wait.
 #pragma once
 
 #include <cstdint>
