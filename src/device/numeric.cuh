@@ -50,9 +50,10 @@ __device__ __forceinline__ void unpack8(const uint4& v, float (&out)[8]) {
 }
 
 // SiLU with the hardware exponential and an approximate division (DeepGEMM's epilogue does the
-// same): a few ulp of float, far below the 16-bit rounding of h, in about 7 instructions
-// against about 45 for expf and an IEEE division (bench/NOTES.md, row 111). Below g = -87 the
-// approximate division gives -0 where the exact value is under 1e-36 in magnitude.
+// same): an error of some ulp of float (growing with |g|: about 20 near |g| = 80), far below
+// the 16-bit rounding of h, in about 7 instructions against about 45 for expf and an IEEE
+// division (bench/NOTES.md, row 111). Below g = -87 the approximate division gives -0 where the
+// exact value is under 1e-36 in magnitude.
 __device__ __forceinline__ float silu(float g) { return __fdividef(g, 1.0f + __expf(-g)); }
 
 __device__ __forceinline__ float activate(float g, int activation) {

@@ -53,12 +53,13 @@ struct WsEpilogue {
     for (int r0 = warp * kRows; r0 < rows; r0 += kWarps * kRows) {
       const uint4* src[kRows];
       uint4* dst[kRows];
+      float weight[kRows];  // stored after the rows, so that no store waits before their loads
 #pragma unroll
       for (int i = 0; i < kRows; ++i) {
         const std::int64_t row = job.row0 + min(r0 + i, rows - 1);  // a repeat when past the end
         const int pair = __ldcg(p.sorted_pair + row);
         const int token = pair / p.top_k;
-        if (lane == 0 && r0 + i < rows) p.sorted_weight[row] = __ldcg(p.pair_weight + pair);
+        weight[i] = lane == 0 ? __ldcg(p.pair_weight + pair) : 0.0f;
         src[i] = reinterpret_cast<const uint4*>(p.x + static_cast<std::int64_t>(token) * p.hidden);
         dst[i] = reinterpret_cast<uint4*>(p.x_sorted + row * p.hidden);
       }
@@ -80,6 +81,10 @@ struct WsEpilogue {
             if (c < chunks && r0 + i < rows) dst[i][c] = v[i][b];
           }
         }
+      }
+#pragma unroll
+      for (int i = 0; i < kRows; ++i) {
+        if (lane == 0 && r0 + i < rows) p.sorted_weight[job.row0 + r0 + i] = weight[i];
       }
     }
     fence_proxy_async_global();
