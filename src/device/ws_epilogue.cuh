@@ -105,8 +105,28 @@ struct WsEpilogue {
     fence_proxy_async_global();
   }
 
-  // Stored in 16-byte chunks (quad_transpose): 32 columns a set of four n8 blocks, rows r and
-  // r + 8 of the thread's.
+  // One of the thread's two accumulator rows (r8 = 0: r, 1: r + 8) into `dst` (that row's
+  // element c0 of the output; written only when `live`) in 16-byte chunks (quad_transpose): a set
+  // of four n8 blocks is 32 columns, and `pack(j)` packs accumulators j and j + 1. Columns stop at
+  // `cols` (this warpgroup's) and at `limit` - c0 (the tensor's edge), both warpgroup-uniform.
+  template <int kSets, class Pack>
+  __device__ static void store_row(int r8, T* dst, bool live, int cols, int c0, int limit,
+                                   Pack pack) {
+    const int chunk = 8 * (threadIdx.x & 3);
+#pragma unroll
+    for (int s = 0; s < kSets; ++s) {
+      if (32 * s >= cols || c0 + 32 * s >= limit) break;
+      std::uint32_t v[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) v[k] = pack(16 * s + 4 * k + 2 * r8);
+      quad_transpose(v);
+      const int col = 32 * s + chunk;
+      if (live && col < cols && c0 + col < limit) {
+        *reinterpret_cast<uint4*>(dst + col) = make_uint4(v[0], v[1], v[2], v[3]);
+      }
+    }
+  }
+
   template <class Act>
   __device__ static void store_h(const KernelParams<T>& p, const WsJob& job,
                                  const float (&acc)[W::kAcc], Act act) {
@@ -117,27 +137,14 @@ struct WsEpilogue {
     // accumulators in a half tile).
     const int cols = split ? W::kGateUpCols / 2 : W::kGateUpCols;
     const int c0 = static_cast<int>(job.ntile) * W::kGateUpCols + (split ? warpgroup() * cols : 0);
-    T* hbase = p.h + static_cast<std::int64_t>(job.row0) * I;
-    const int chunk = 8 * (threadIdx.x & 3);
 #pragma unroll
     for (int r8 = 0; r8 < 2; ++r8) {
       const int row = acc_row(2 * r8, split);
-#pragma unroll
-      for (int s = 0; s < kHalf / 16; ++s) {
-        if (32 * s >= cols || c0 + 32 * s >= I) break;  // warpgroup-uniform
-        std::uint32_t v[4];
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const int j = 16 * s + 4 * k + 2 * r8;
-          v[k] = pack2<T>(act(acc[j]) * acc[j + kHalf], act(acc[j + 1]) * acc[j + 1 + kHalf]);
-        }
-        quad_transpose(v);
-        const int col = 32 * s + chunk;
-        if (row < static_cast<int>(job.rows) && col < cols && c0 + col < I) {
-          *reinterpret_cast<uint4*>(hbase + static_cast<std::int64_t>(row) * I + c0 + col) =
-              make_uint4(v[0], v[1], v[2], v[3]);
-        }
-      }
+      const bool live = row < static_cast<int>(job.rows);
+      T* dst = p.h + (job.row0 + static_cast<std::int64_t>(live ? row : 0)) * I + c0;
+      store_row<kHalf / 16>(r8, dst, live, cols, c0, I, [&](int j) {
+        return pack2<T>(act(acc[j]) * acc[j + kHalf], act(acc[j + 1]) * acc[j + 1 + kHalf]);
+      });
     }
   }
 
@@ -163,8 +170,7 @@ struct WsEpilogue {
 
   // ypart[kslice, pair, n0 : n0 + BN] = w_pair * (h W2^T) for the m-tile's rows, in the
   // activation type (as the grouped-GEMM paths of serving engines keep their per-pair rows):
-  // half the bytes of fp32 rows, written here and read back by the combine. 16-byte chunks as
-  // in gateup.
+  // half the bytes of fp32 rows, written here and read back by the combine.
   __device__ static void down_store(const KernelParams<T>& p, const WsJob& job,
                                     const float (&acc)[W::kAcc], const DownRows& d) {
     const int H = p.hidden;
@@ -173,26 +179,13 @@ struct WsEpilogue {
     const bool split = split_columns(job);
     const int cols = split ? W::BN / 2 : W::BN;  // this warpgroup's
     const int c0 = static_cast<int>(job.ntile) * W::BN + (split ? warpgroup() * cols : 0);
-    const int chunk = 8 * (threadIdx.x & 3);
 #pragma unroll
-    for (int r8 = 0; r8 < 2; ++r8) {  // accumulators with j % 4 >= 2 hold row r + 8
+    for (int r8 = 0; r8 < 2; ++r8) {
+      const bool live = d.pair[r8] >= 0;
       const float w = d.weight[r8];
-#pragma unroll
-      for (int s = 0; s < W::kAcc / 16; ++s) {
-        if (32 * s >= cols || c0 + 32 * s >= H) break;  // warpgroup-uniform
-        std::uint32_t v[4];
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const int j = 16 * s + 4 * k + 2 * r8;
-          v[k] = pack2<T>(acc[j] * w, acc[j + 1] * w);
-        }
-        quad_transpose(v);
-        const int col = 32 * s + chunk;
-        if (d.pair[r8] >= 0 && col < cols && c0 + col < H) {
-          *reinterpret_cast<uint4*>(plane + static_cast<std::int64_t>(d.pair[r8]) * H + c0 + col) =
-              make_uint4(v[0], v[1], v[2], v[3]);
-        }
-      }
+      T* dst = plane + static_cast<std::int64_t>(live ? d.pair[r8] : 0) * H + c0;
+      store_row<W::kAcc / 16>(r8, dst, live, cols, c0, H,
+                              [&](int j) { return pack2<T>(acc[j] * w, acc[j + 1] * w); });
     }
   }
 
