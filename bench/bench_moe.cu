@@ -59,6 +59,7 @@ bool g_cublas = true;
 int g_tokens_per_launch = 0;  // LayerOptions::tokens_per_launch of every benchmarked Layer
 int g_prefill_rows = 0;       // testing::set_prefill_switch of every benchmarked Layer
 int g_ws_tall_rows = 0;       // testing::set_ws_tile_switch of every benchmarked Layer
+int g_down_slices = 0;        // testing::set_down_slices of every benchmarked Layer
 bool g_programmatic = false;  // ForwardOptions::programmatic_launch of the timed forwards
 // Its timing: as many rounds of kInputs forwards as FlashMoE had iterations, at least
 // kCublasRounds, stopping early once they add up to kCublasBudgetMs (Mixtral at T = 4096 takes
@@ -135,6 +136,7 @@ Bench* get_bench(const Shape& s, flashmoe::DType dt) {
   b->status = flashmoe::Layer::create(c, w, b->layer, options);
   flashmoe::testing::set_prefill_switch(b->layer, g_prefill_rows);
   flashmoe::testing::set_ws_tile_switch(b->layer, g_ws_tall_rows);
+  flashmoe::testing::set_down_slices(b->layer, g_down_slices);
   if (g_cublas) {
     flashmoe_bench::BaselineShape bs;
     bs.hidden = c.hidden;
@@ -596,6 +598,18 @@ int main(int argc, char** argv) {
       return 1;
     }
     g_ws_tall_rows = static_cast<int>(n);
+  }
+  // FLASHMOE_BENCH_DOWN_SLICES=4: down tiles in 4 K slices wherever the scratch allows
+  // (measuring choose_down_slices; testing.hpp).
+  if (const char* v = std::getenv("FLASHMOE_BENCH_DOWN_SLICES"); v != nullptr && *v) {
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    if (end == v || *end != '\0' || n < 0 || n > flashmoe::detail::kMaxDownSlices) {
+      std::fprintf(stderr, "FLASHMOE_BENCH_DOWN_SLICES: '%s' is not in [0, %d]\n", v,
+                   flashmoe::detail::kMaxDownSlices);
+      return 1;
+    }
+    g_down_slices = static_cast<int>(n);
   }
   // FLASHMOE_BENCH_PROGRAMMATIC=1: the timed forwards with programmatic dependent launch, so
   // that each forward of the graph starts behind the previous one's tail.

@@ -53,6 +53,9 @@ struct Layer::Impl {
   // Test- and bench-only (testing.hpp): > 0 runs the warp-specialised kernel's 128-row m-tiles
   // once experts average at least this many rows, instead of launch_prefill's rule.
   int ws_tall_rows = 0;
+  // Test- and bench-only (testing.hpp): > 0 cuts every down tile into this many K slices (no
+  // more than the scratch's ypart planes allow), instead of choose_down_slices' model.
+  int down_slices = 0;
 
   // Pointers that forwards of this Layer found to be memory of its device (x, y and the option
   // pointers): an engine passes the same buffers call after call, and cudaPointerGetAttributes

@@ -34,6 +34,14 @@ inline void set_ws_tile_switch(Layer& layer, int rows_per_expert) {
   if (layer.valid()) layer.impl()->ws_tall_rows = rows_per_expert < 0 ? 0 : rows_per_expert;
 }
 
+// Cuts the down tiles of `layer`'s forwards into `slices` K slices (0: the library's model,
+// choose_down_slices). Capped at what the scratch's expert-output planes hold for the forward
+// (down_slices_allowed: one slice past kDownSplitMaxPairs pairs); the trace reports the count
+// used. For measuring the model and testing slices where it would not choose them.
+inline void set_down_slices(Layer& layer, int slices) {
+  if (layer.valid()) layer.impl()->down_slices = slices < 0 ? 0 : slices;
+}
+
 // Whether `layer` runs the warp-specialised engine for its prefill forwards (sm_90a, and a
 // scratch planned for them), which moves the decode/prefill switch (workspace.hpp, runs_prefill).
 inline bool has_ws_engine(Layer& layer) { return layer.valid() && layer.impl()->ws_engine; }

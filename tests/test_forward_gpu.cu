@@ -357,6 +357,7 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     int prefill_rows;  // testing::set_prefill_switch (0: the library's rule)
     int max_tokens = 1024;
     int ws_tall_rows = 0;  // testing::set_ws_tile_switch (0: the library's rule)
+    int down_slices = 0;   // testing::set_down_slices (0: the library's model)
   };
   // Experts' last 128-row m-tiles of at most 64 rows run as half tiles: in the 4000-pair case
   // (about 250 rows an expert), the skewed one (777 rows), the 150-row one of three down column
@@ -371,6 +372,10 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
       {256, 136, 16, 4, 9, 64, false, 1},     // 36 pairs: 2-3 rows in each 64-row m-tile
       // Down tiles in 8 K slices of I, on a scratch planned for no more than 512 tokens.
       {64, 16456, 4, 2, 500, 128, false, 0, 512},
+      // K slices forced where the model would choose others: 3 slices of 33 steps of the 97,
+      // the last 31 and partial; then none over the same long K.
+      {64, 6200, 4, 2, 300, 128, false, 0, 1024, 0, 3},
+      {64, 6200, 4, 2, 300, 128, false, 0, 1024, 0, 1},
   };
   StreamGuard stream;
   for (const Case& k : cases) {
@@ -387,6 +392,7 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     ASSERT_TRUE(layer.set_tracing(1 << 12).ok());
     flashmoe::testing::set_prefill_switch(layer, k.prefill_rows);
     flashmoe::testing::set_ws_tile_switch(layer, k.ws_tall_rows);
+    flashmoe::testing::set_down_slices(layer, k.down_slices);
     SCOPED_TRACE(::testing::Message() << "H " << c.hidden << " I " << c.intermediate << " E "
                                       << c.experts << " T " << k.tokens);
     ForwardRun run = make_run(c, k.tokens, rng_);
@@ -399,6 +405,7 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     ASSERT_TRUE(layer.read_trace(stream.get(), trace).ok());
     EXPECT_EQ(trace.variant, ws ? "prefill_ws" : "prefill");
     if (ws) EXPECT_EQ(trace.tile_m, k.tile_m);
+    if (ws && k.down_slices > 0) EXPECT_EQ(trace.down_k_slices, k.down_slices);
   }
 }
 

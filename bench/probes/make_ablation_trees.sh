@@ -3,7 +3,9 @@
 # .probe/abl<N> with ws_epilogue_ablation.patch applied and kProbeAblate = N. Timing only: the
 # trees' results are wrong by design. Bits of N: 1 no h stores, 2 the activation the identity,
 # 4 no ypart stores, 8 no combine counts (so no combine), 16 the m-tile count's release relaxed,
-# 32 h stored as zeros (the down tiles multiply zeros), 64 no proxy fence after the h stores.
+# 32 h stored as zeros (the down tiles multiply zeros), 64 no proxy fence after the h stores,
+# 128 the weight boxes on even K steps only, 256 the A boxes on even K steps only (half the
+# copy-engine bytes of that operand: whether the tiles wait on L2 -> SM traffic).
 # Usage: bench/probes/make_ablation_trees.sh 1 2 4 8 16
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
