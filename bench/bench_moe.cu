@@ -60,6 +60,7 @@ int g_tokens_per_launch = 0;  // LayerOptions::tokens_per_launch of every benchm
 int g_prefill_rows = 0;       // testing::set_prefill_switch of every benchmarked Layer
 int g_ws_tall_rows = 0;       // testing::set_ws_tile_switch of every benchmarked Layer
 int g_down_slices = 0;        // testing::set_down_slices of every benchmarked Layer
+double g_down_lead = 0.0;     // testing::set_down_lead of every benchmarked Layer
 bool g_programmatic = false;  // ForwardOptions::programmatic_launch of the timed forwards
 // Its timing: as many rounds of kInputs forwards as FlashMoE had iterations, at least
 // kCublasRounds, stopping early once they add up to kCublasBudgetMs (Mixtral at T = 4096 takes
@@ -137,6 +138,7 @@ Bench* get_bench(const Shape& s, flashmoe::DType dt) {
   flashmoe::testing::set_prefill_switch(b->layer, g_prefill_rows);
   flashmoe::testing::set_ws_tile_switch(b->layer, g_ws_tall_rows);
   flashmoe::testing::set_down_slices(b->layer, g_down_slices);
+  flashmoe::testing::set_down_lead(b->layer, g_down_lead);
   if (g_cublas) {
     flashmoe_bench::BaselineShape bs;
     bs.hidden = c.hidden;
@@ -610,6 +612,17 @@ int main(int argc, char** argv) {
       return 1;
     }
     g_down_slices = static_cast<int>(n);
+  }
+  // FLASHMOE_BENCH_DOWN_LEAD=2: the warp-specialised kernel's down tiles interleaved with the
+  // gate/up tiles from two waves into the launch (measuring that order; testing.hpp).
+  if (const char* v = std::getenv("FLASHMOE_BENCH_DOWN_LEAD"); v != nullptr && *v) {
+    char* end = nullptr;
+    const double waves = std::strtod(v, &end);
+    if (end == v || *end != '\0' || !(waves >= 0.0) || waves > 1000.0) {
+      std::fprintf(stderr, "FLASHMOE_BENCH_DOWN_LEAD: '%s' is not a wave count in [0, 1000]\n", v);
+      return 1;
+    }
+    g_down_lead = waves;
   }
   // FLASHMOE_BENCH_PROGRAMMATIC=1: the timed forwards with programmatic dependent launch, so
   // that each forward of the graph starts behind the previous one's tail.

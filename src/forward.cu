@@ -15,6 +15,7 @@
 #include "trace_layout.hpp"
 #include "validate.hpp"
 #include "workspace.hpp"
+#include "ws_ticket_order.hpp"
 
 namespace flashmoe {
 namespace detail {
@@ -508,8 +509,10 @@ Status launch_ws(Layer::Impl& impl, const KernelVariantInfo& info, const void* x
   p.dsplit = launch_down_split(c, num_tokens, W::BM, W::BN, W::BK, full_grid, impl.down_slices);
   if (Status s = check_ypart_fits(impl, p.dsplit, num_tokens); !s.ok()) return s;
   const std::int64_t mtiles = mtile_bound(pairs, c.experts, W::BM);
-  const std::int64_t tiles = mtiles * (1 + (c.intermediate + W::kGateUpCols - 1) / W::kGateUpCols +
-                                       (c.hidden + W::BN - 1) / W::BN * p.dsplit.kslices);
+  const int ng = (c.intermediate + W::kGateUpCols - 1) / W::kGateUpCols;
+  p.down_lead =
+      ws_down_lead(impl.down_lead_waves, full_grid, ng, num_tokens, W::BM, o.topk_ids != nullptr);
+  const std::int64_t tiles = mtiles * (1 + ng + (c.hidden + W::BN - 1) / W::BN * p.dsplit.kslices);
   const std::int64_t grid = launch_grid(
       impl, p, full_grid, p.rsplit.tasks() + tiles,
       {W::BM, W::kGateUpCols, W::BN, p.rsplit.chunk_tokens, WsRouterTile::BN, "prefill_ws"});

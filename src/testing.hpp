@@ -42,6 +42,13 @@ inline void set_down_slices(Layer& layer, int slices) {
   if (layer.valid()) layer.impl()->down_slices = slices < 0 ? 0 : slices;
 }
 
+// Starts the warp-specialised kernel's down tiles `waves` waves of gate/up tiles into the
+// launch (ws_ticket_order.hpp; 0: after every gate/up tile, the library's order), later where
+// an expert's m-tiles need it; forwards with caller routing keep the library's order.
+inline void set_down_lead(Layer& layer, double waves) {
+  if (layer.valid()) layer.impl()->down_lead_waves = waves > 0.0 ? waves : 0.0;
+}
+
 // Whether `layer` runs the warp-specialised engine for its prefill forwards (sm_90a, and a
 // scratch planned for them), which moves the decode/prefill switch (workspace.hpp, runs_prefill).
 inline bool has_ws_engine(Layer& layer) { return layer.valid() && layer.impl()->ws_engine; }

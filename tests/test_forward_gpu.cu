@@ -358,6 +358,7 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     int max_tokens = 1024;
     int ws_tall_rows = 0;  // testing::set_ws_tile_switch (0: the library's rule)
     int down_slices = 0;   // testing::set_down_slices (0: the library's model)
+    double down_lead = 0;  // testing::set_down_lead (0: every gate/up tile before any down tile)
   };
   // Experts' last 128-row m-tiles of at most 64 rows run as half tiles: in the 4000-pair case
   // (about 250 rows an expert), the skewed one (777 rows), the 150-row one of three down column
@@ -376,6 +377,12 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
       // the last 31 and partial; then none over the same long K.
       {64, 6200, 4, 2, 300, 128, false, 0, 1024, 0, 3},
       {64, 6200, 4, 2, 300, 128, false, 0, 1024, 0, 1},
+      // Down tiles interleaved with the gate/up tiles (ws_ticket_order.hpp), on both m-tile
+      // heights; in the skewed and E = 1 cases one expert's m-tiles raise the lead.
+      {256, 136, 16, 4, 200, 64, false, 0, 1024, 0, 0, 0.2},
+      {256, 136, 16, 4, 1000, 128, false, 0, 1024, 0, 0, 0.5},
+      {200, 88, 16, 4, 777, 128, true, 0, 1024, 0, 0, 0.1},
+      {72, 40, 1, 1, 999, 128, false, 0, 1024, 0, 0, 0.1},
   };
   StreamGuard stream;
   for (const Case& k : cases) {
@@ -393,6 +400,7 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     flashmoe::testing::set_prefill_switch(layer, k.prefill_rows);
     flashmoe::testing::set_ws_tile_switch(layer, k.ws_tall_rows);
     flashmoe::testing::set_down_slices(layer, k.down_slices);
+    flashmoe::testing::set_down_lead(layer, k.down_lead);
     SCOPED_TRACE(::testing::Message() << "H " << c.hidden << " I " << c.intermediate << " E "
                                       << c.experts << " T " << k.tokens);
     ForwardRun run = make_run(c, k.tokens, rng_);
@@ -406,6 +414,13 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     EXPECT_EQ(trace.variant, ws ? "prefill_ws" : "prefill");
     if (ws) EXPECT_EQ(trace.tile_m, k.tile_m);
     if (ws && k.down_slices > 0) EXPECT_EQ(trace.down_k_slices, k.down_slices);
+    if (k.down_lead > 0) {
+      // The order of the tiles changes no bit of the result.
+      flashmoe::testing::set_down_lead(layer, 0);
+      ForwardRun again = run;
+      ASSERT_TRUE(run_forward(layer, again, stream.get()));
+      EXPECT_EQ(again.y, run.y);
+    }
   }
 }
 

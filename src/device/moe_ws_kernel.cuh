@@ -3,9 +3,11 @@
 //   [0, R)                 routing, exactly as the prefill kernel's (moe_kernel.cuh), on
 //                          threads 0-255 (the producer warpgroup waits at the block barrier)
 //   [R, R + M)             gathers: m-tile m's token rows copied into x_sorted, in m-tile order
-//   [.., + M*NG)           gate/up tiles (each waits for its m-tile's gather)
-//   [.., total)            down tiles (each waits for its m-tile's gather and NG gate/up tiles),
-//                          the combine done by the last tile to finish a token slice.
+//   [.., total)            M*NG gate/up tiles (each waits for its m-tile's gather) and M*ND*KS
+//                          down tiles (each waits for its m-tile's gather and NG gate/up
+//                          tiles), the combine done by the last tile to finish a token slice;
+//                          interleaved with a lead (ws_ticket_order.hpp) that keeps every down
+//                          tile after what it waits for.
 // At its first ticket past routing a block splits: warp 8 becomes the producer (it claims the
 // tickets from then on, waits for each job's inputs, streams the stages), warpgroups 0-1 the
 // consumers (MMAs, epilogues), with setmaxnreg moving registers to them. A job waits only on

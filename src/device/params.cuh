@@ -71,10 +71,11 @@ struct KernelParams {
 // the copy engine too, as boxes of the m-tile's rows of the expert-sorted copy of x and of h.
 template <typename T>
 struct WsKernelParams : KernelParams<T> {
-  CUtensorMap xs_map;    // x_sorted as [T*K, H], boxes of BM rows
-  CUtensorMap h_map;     // h as [T*K, I], boxes of BM rows
-  T* x_sorted;           // [T*K, H] token rows in expert order (the rows of sorted_pair)
-  float* sorted_weight;  // [T*K] routing weight of each row of sorted_pair (by the gathers)
+  CUtensorMap xs_map;       // x_sorted as [T*K, H], boxes of BM rows
+  CUtensorMap h_map;        // h as [T*K, I], boxes of BM rows
+  T* x_sorted;              // [T*K, H] token rows in expert order (the rows of sorted_pair)
+  float* sorted_weight;     // [T*K] routing weight of each row of sorted_pair (by the gathers)
+  std::uint32_t down_lead;  // m-tile positions of gate/up tiles ahead of the down tiles
 };
 
 // Tokens this launch routes: all num_tokens, or the caller's device count (of the whole

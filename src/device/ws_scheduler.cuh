@@ -3,8 +3,9 @@
 // of x, a gate/up tile or a down tile), waits for what the job reads, and hands it to the
 // consumer warpgroups through a small ring of job slots in shared memory. It claims the next
 // ticket while the current job's stages stream, so the consumers never wait for a ticket's round
-// trip. Ticket order (moe_ws_kernel.cuh): routing, then per launch M gathers, M x NG gate/up
-// tiles, M x ND x KS down tiles; a job waits only on jobs with smaller tickets.
+// trip. Ticket order (moe_ws_kernel.cuh): routing, then per launch M gathers, then M x NG gate/up
+// and M x ND x KS down tiles in the order of ws_ticket_order.hpp; a job waits only on jobs with
+// smaller tickets.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +14,7 @@
 #include "pipeline.cuh"
 #include "sync.cuh"
 #include "tile_table.cuh"
+#include "ws_ticket_order.hpp"
 
 namespace flashmoe::detail {
 
@@ -47,7 +49,7 @@ struct WsGrid {
 
 // Ticket -> job. `ticket` is past routing; at or past g.total (or kNoTicket) is the stop job.
 template <int BM, typename T>
-__device__ WsJob decode_job(const KernelParams<T>& p, const WsGrid& g, std::uint32_t ticket) {
+__device__ WsJob decode_job(const WsKernelParams<T>& p, const WsGrid& g, std::uint32_t ticket) {
   WsJob job{kJobStop, 0, 0, 0, 0, 0, 0};
   if (ticket >= g.total) return job;
   std::uint32_t task = ticket - g.routing_tickets;
@@ -56,14 +58,19 @@ __device__ WsJob decode_job(const KernelParams<T>& p, const WsGrid& g, std::uint
   if (task < g.mtiles) {
     job.kind = kJobGather;
     mt = locate_tile<BM>(p, task, 1, ntile);
-  } else if ((task -= g.mtiles) < g.mtiles * g.ng) {
-    job.kind = kJobGateUp;
-    mt = locate_tile<BM>(p, task, g.ng, ntile);
   } else {
-    job.kind = kJobDown;
-    mt = locate_tile<BM>(p, task - g.mtiles * g.ng, g.nd * g.kslices, ntile);
-    job.kslice = ntile % g.kslices;
-    ntile /= g.kslices;
+    const int ndk = g.nd * g.kslices;
+    const WsTileSlot at = ws_tile_at(task - g.mtiles, g.mtiles, static_cast<std::uint32_t>(g.ng),
+                                     static_cast<std::uint32_t>(ndk), p.down_lead);
+    if (at.gateup) {
+      job.kind = kJobGateUp;
+      mt = locate_tile<BM>(p, at.index, g.ng, ntile);
+    } else {
+      job.kind = kJobDown;
+      mt = locate_tile<BM>(p, at.index, ndk, ntile);
+      job.kslice = ntile % g.kslices;
+      ntile /= g.kslices;
+    }
   }
   job.slot = mt.slot;
   job.expert = mt.expert;
