@@ -61,6 +61,7 @@ int g_prefill_rows = 0;       // testing::set_prefill_switch of every benchmarke
 int g_ws_tall_rows = 0;       // testing::set_ws_tile_switch of every benchmarked Layer
 int g_down_slices = 0;        // testing::set_down_slices of every benchmarked Layer
 double g_down_lead = 0.0;     // testing::set_down_lead of every benchmarked Layer
+std::string g_trace_dir;      // FLASHMOE_BENCH_TRACE_DIR: one traced forward per benchmark
 bool g_programmatic = false;  // ForwardOptions::programmatic_launch of the timed forwards
 // Its timing: as many rounds of kInputs forwards as FlashMoE had iterations, at least
 // kCublasRounds, stopping early once they add up to kCublasBudgetMs (Mixtral at T = 4096 takes
@@ -413,6 +414,30 @@ void BM_Forward(benchmark::State& state, Shape shape, flashmoe::DType dt) {
   if (g_dense_flops > 0) {
     state.counters["pct_of_dense"] = 100.0 * flops / (median_us * 1e-6) / g_dense_flops;
   }
+  // One traced forward of input 0, as timed (the same Layer and test settings), written as
+  // <dir>/<shape>_<dtype>_T<T>.txt (the summary) and .json (bench/trace_tiles.py reads it).
+  if (!g_trace_dir.empty() && !state.error_occurred()) {
+    const std::string name =
+        fmt::format("{}_{}_T{}", shape.name, dt == flashmoe::DType::BF16 ? "bf16" : "fp16", T);
+    flashmoe::Trace trace;
+    flashmoe::Status s = b->layer.set_tracing(4096);
+    if (s.ok()) s = flashmoe::forward(b->layer, x_at(0), y_at(0), T, stream, timed);
+    if (s.ok()) s = b->layer.read_trace(stream, trace);
+    const flashmoe::Status off = b->layer.set_tracing(0);
+    if (s.ok()) s = off;
+    if (s.ok()) {
+      const std::string base = g_trace_dir + "/" + name;
+      std::FILE* txt = std::fopen((base + ".txt").c_str(), "w");
+      std::FILE* json = std::fopen((base + ".json").c_str(), "w");
+      if (txt != nullptr) std::fputs(flashmoe::trace_summary_text(trace).c_str(), txt);
+      if (json != nullptr) std::fputs(flashmoe::trace_to_chrome_json(trace).c_str(), json);
+      if (txt != nullptr) std::fclose(txt);
+      if (json != nullptr) std::fclose(json);
+      if (txt == nullptr || json == nullptr) state.SkipWithError(("cannot write " + base).c_str());
+    } else {
+      state.SkipWithError(fmt::format("trace: {}", s.to_string()).c_str());
+    }
+  }
   // The graph replays above left FlashMoE's y of input 0 in y_at(0).
   // The cuBLAS forward twice: one GEMM per expert, then the grouped API (cublas_grouped_*).
   using flashmoe_bench::ExpertGemms;
@@ -624,6 +649,9 @@ int main(int argc, char** argv) {
     }
     g_down_lead = waves;
   }
+  // FLASHMOE_BENCH_TRACE_DIR=out/trace: after each benchmark's timing, one traced forward with
+  // the same settings (the FLASHMOE_BENCH_* hooks above included), its summary and JSON there.
+  if (const char* v = std::getenv("FLASHMOE_BENCH_TRACE_DIR"); v != nullptr && *v) g_trace_dir = v;
   // FLASHMOE_BENCH_PROGRAMMATIC=1: the timed forwards with programmatic dependent launch, so
   // that each forward of the graph starts behind the previous one's tail.
   if (!read_switch("FLASHMOE_BENCH_PROGRAMMATIC", g_programmatic)) return 1;

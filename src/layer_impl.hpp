@@ -56,8 +56,9 @@ struct Layer::Impl {
   // Test- and bench-only (testing.hpp): > 0 cuts every down tile into this many K slices (no
   // more than the scratch's ypart planes allow), instead of choose_down_slices' model.
   int down_slices = 0;
-  // Test- and bench-only (testing.hpp): > 0 starts the warp-specialised kernel's down tiles this
-  // many waves of gate/up tiles after the first (ws_down_lead), instead of after all of them.
+  // Test- and bench-only (testing.hpp): > 0 lets the warp-specialised kernel's down tiles start
+  // once this many waves of gate/up tiles are handed out (ws_down_lead), interleaved with the
+  // rest, instead of after every gate/up tile.
   double down_lead_waves = 0.0;
 
   // Pointers that forwards of this Layer found to be memory of its device (x, y and the option

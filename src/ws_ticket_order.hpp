@@ -46,14 +46,17 @@ FLASHMOE_HOST_DEVICE inline WsTileSlot ws_tile_at(std::uint32_t task, std::uint3
 // The lead of a launch: `waves` waves of `grid` blocks' gate/up tiles (0: kAllGateUpFirst),
 // raised so that every down tile still comes after the gate/up tiles it waits for, which is
 // what keeps the engine free of deadlock (a job waits only on smaller tickets). An expert's
-// gate/up tiles interleave its m-tiles (locate_tile), so its down tiles wait for all of them:
-// with c m-tiles an expert needs lead >= c - 1. Routed, a token picks an expert at most once,
-// so c <= ceil(tokens / tile_m); caller routing may repeat an expert within a token, so there
+// gate/up tiles interleave its m-tiles (locate_tile), so its down tiles may wait for any of them:
+// with c m-tiles an expert is safe with lead >= c - 1. Routed, a token picks an expert at most
+// once, so c <= ceil(tokens / tile_m); caller routing may repeat an expert within a token, so there
 // the gate/up tiles stay first.
+// `grid` is the full grid, so that max_blocks leaves the order as it is.
 inline std::uint32_t ws_down_lead(double waves, std::int64_t grid, int ng, std::int64_t tokens,
                                   int tile_m, bool caller_routing) {
   if (!(waves > 0.0) || caller_routing || ng <= 0 || grid <= 0) return kAllGateUpFirst;
-  const auto wanted = static_cast<std::int64_t>(std::ceil(waves * static_cast<double>(grid) / ng));
+  const double positions = std::ceil(waves * static_cast<double>(grid) / ng);
+  if (!(positions < 4.0e9)) return kAllGateUpFirst;  // beyond any launch's m-tiles
+  const auto wanted = static_cast<std::int64_t>(positions);
   const std::int64_t safe = std::max<std::int64_t>(0, (tokens + tile_m - 1) / tile_m - 1);
   const std::int64_t lead = std::max(wanted, safe);
   return lead >= kAllGateUpFirst ? kAllGateUpFirst : static_cast<std::uint32_t>(lead);

@@ -359,6 +359,7 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     int ws_tall_rows = 0;  // testing::set_ws_tile_switch (0: the library's rule)
     int down_slices = 0;   // testing::set_down_slices (0: the library's model)
     double down_lead = 0;  // testing::set_down_lead (0: every gate/up tile before any down tile)
+    int max_blocks = 0;    // LayerOptions::max_blocks
   };
   // Experts' last 128-row m-tiles of at most 64 rows run as half tiles: in the 4000-pair case
   // (about 250 rows an expert), the skewed one (777 rows), the 150-row one of three down column
@@ -378,11 +379,13 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
       {64, 6200, 4, 2, 300, 128, false, 0, 1024, 0, 3},
       {64, 6200, 4, 2, 300, 128, false, 0, 1024, 0, 1},
       // Down tiles interleaved with the gate/up tiles (ws_ticket_order.hpp), on both m-tile
-      // heights; in the skewed and E = 1 cases one expert's m-tiles raise the lead.
+      // heights (leads of 14 and 33 m-tiles against about 17 and 37).
       {256, 136, 16, 4, 200, 64, false, 0, 1024, 0, 0, 0.2},
       {256, 136, 16, 4, 1000, 128, false, 0, 1024, 0, 0, 0.5},
-      {200, 88, 16, 4, 777, 128, true, 0, 1024, 0, 0, 0.1},
-      {72, 40, 1, 1, 999, 128, false, 0, 1024, 0, 0, 0.1},
+      // One block takes the tickets in order, so a down tile ahead of a gate/up tile it waits
+      // for would hang it into the watchdog: 4 experts of 7 m-tiles, 7 gate/up tiles each, and
+      // the lead ceil(777 / 128) - 1 = 6, the smallest that keeps this table's order.
+      {200, 896, 16, 4, 777, 128, true, 0, 1024, 0, 0, 0.01, 1},
   };
   StreamGuard stream;
   for (const Case& k : cases) {
@@ -395,7 +398,9 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     Model m = make_model(c, rng_);
     if (k.skewed) rig_router_to_the_first_experts(m);
     Layer layer;
-    ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
+    flashmoe::LayerOptions options;
+    options.max_blocks = k.max_blocks;
+    ASSERT_TRUE(Layer::create(c, m.device_weights(), layer, options).ok());
     ASSERT_TRUE(layer.set_tracing(1 << 12).ok());
     flashmoe::testing::set_prefill_switch(layer, k.prefill_rows);
     flashmoe::testing::set_ws_tile_switch(layer, k.ws_tall_rows);

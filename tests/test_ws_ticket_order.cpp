@@ -26,8 +26,8 @@ std::uint32_t slot_of(std::uint32_t index, std::uint32_t ntiles, const std::vect
   return static_cast<std::uint32_t>(first[s]) + local % static_cast<std::uint32_t>(count[s]);
 }
 
-// Checks the order of one launch; returns false at the first down tile that comes before one of
-// its m-tile's gate/up tiles.
+// Checks the order of one launch (every tile once, as gtest failures); returns false when a down
+// tile comes before one of its m-tile's gate/up tiles.
 bool check_order(const std::vector<int>& mtiles_per_expert, std::uint32_t ng, std::uint32_t ndk,
                  std::uint32_t lead) {
   std::vector<int> first, count;
@@ -120,8 +120,9 @@ TEST(WsTicketOrder, EveryTileOnceAndDownTilesAfterTheirGateUpTiles) {
 }
 
 TEST(WsTicketOrder, ALeadBelowAnExpertsMTilesWouldBreakTheOrder) {
-  // The bound is tight: an expert of 4 m-tiles first, lead 2 (< 4 - 1), puts its first down
-  // tile ahead of its fourth m-tile's last gate/up tile.
+  // The bound is tight here: an expert of 4 m-tiles first, 3 gate/up tiles each, lead 2
+  // (< 4 - 1): its second down tile (m-tile 1) comes before m-tile 1's last gate/up tile, which
+  // the expert's column-major layout puts in the fourth position.
   EXPECT_FALSE(check_order({4, 1, 1, 1}, 3, 2, 2));
   EXPECT_TRUE(check_order({4, 1, 1, 1}, 3, 2, 3));
 }

@@ -7,6 +7,7 @@
 #include "tma.cuh"
 #include "trace.cuh"
 #include "workspace.hpp"
+#include "ws_ticket_order.hpp"
 
 namespace flashmoe::detail {
 
@@ -71,11 +72,13 @@ struct KernelParams {
 // the copy engine too, as boxes of the m-tile's rows of the expert-sorted copy of x and of h.
 template <typename T>
 struct WsKernelParams : KernelParams<T> {
-  CUtensorMap xs_map;       // x_sorted as [T*K, H], boxes of BM rows
-  CUtensorMap h_map;        // h as [T*K, I], boxes of BM rows
-  T* x_sorted;              // [T*K, H] token rows in expert order (the rows of sorted_pair)
-  float* sorted_weight;     // [T*K] routing weight of each row of sorted_pair (by the gathers)
-  std::uint32_t down_lead;  // m-tile positions of gate/up tiles ahead of the down tiles
+  CUtensorMap xs_map;    // x_sorted as [T*K, H], boxes of BM rows
+  CUtensorMap h_map;     // h as [T*K, I], boxes of BM rows
+  T* x_sorted;           // [T*K, H] token rows in expert order (the rows of sorted_pair)
+  float* sorted_weight;  // [T*K] routing weight of each row of sorted_pair (by the gathers)
+  // M-tile positions of gate/up tiles ahead of the down tiles (ws_ticket_order.hpp); the
+  // default keeps them all first, the order that needs no lead to be safe.
+  std::uint32_t down_lead = kAllGateUpFirst;
 };
 
 // Tokens this launch routes: all num_tokens, or the caller's device count (of the whole
