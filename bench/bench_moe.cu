@@ -551,6 +551,21 @@ void BM_HostCostFloor(benchmark::State& state, bool pointer_query) {
   (void)cudaStreamDestroy(stream);
 }
 
+// An integer in [0, max] from the environment variable `name` (unset or empty: `value` stays);
+// false, with a message, when it is something else.
+bool read_count(const char* name, long max, int& value) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return true;
+  char* end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  if (end == v || *end != '\0' || n < 0 || n > max) {
+    std::fprintf(stderr, "%s: '%s' is not in [0, %ld]\n", name, v, max);
+    return false;
+  }
+  value = static_cast<int>(n);
+  return true;
+}
+
 // A 0/1 switch from the environment: leaves `flag` as it is when unset; false for a value that
 // is neither (with a message).
 bool read_switch(const char* name, bool& flag) {
@@ -594,49 +609,17 @@ int main(int argc, char** argv) {
   }
   // FLASHMOE_BENCH_TOKENS_PER_LAUNCH=2048: every Layer with a scratch for that many tokens, so
   // longer forwards run one launch per chunk (LayerOptions::tokens_per_launch).
-  if (const char* v = std::getenv("FLASHMOE_BENCH_TOKENS_PER_LAUNCH"); v != nullptr && *v) {
-    char* end = nullptr;
-    const long n = std::strtol(v, &end, 10);
-    if (end == v || *end != '\0' || n < 0 || n > kMaxTokens) {
-      std::fprintf(stderr, "FLASHMOE_BENCH_TOKENS_PER_LAUNCH: '%s' is not in [0, %d]\n", v,
-                   kMaxTokens);
-      return 1;
-    }
-    g_tokens_per_launch = static_cast<int>(n);
-  }
+  if (!read_count("FLASHMOE_BENCH_TOKENS_PER_LAUNCH", kMaxTokens, g_tokens_per_launch)) return 1;
   // FLASHMOE_BENCH_PREFILL_ROWS=16: forwards whose experts average more than 16 rows run the
   // prefill kernels (measuring the decode/prefill switch; testing.hpp).
-  if (const char* v = std::getenv("FLASHMOE_BENCH_PREFILL_ROWS"); v != nullptr && *v) {
-    char* end = nullptr;
-    const long n = std::strtol(v, &end, 10);
-    if (end == v || *end != '\0' || n < 0 || n > kMaxTokens) {
-      std::fprintf(stderr, "FLASHMOE_BENCH_PREFILL_ROWS: '%s' is not in [0, %d]\n", v, kMaxTokens);
-      return 1;
-    }
-    g_prefill_rows = static_cast<int>(n);
-  }
+  if (!read_count("FLASHMOE_BENCH_PREFILL_ROWS", kMaxTokens, g_prefill_rows)) return 1;
   // FLASHMOE_BENCH_WS_TALL_ROWS=64: the warp-specialised kernel's 128-row m-tiles from 64 rows
   // per expert (measuring that switch; testing.hpp).
-  if (const char* v = std::getenv("FLASHMOE_BENCH_WS_TALL_ROWS"); v != nullptr && *v) {
-    char* end = nullptr;
-    const long n = std::strtol(v, &end, 10);
-    if (end == v || *end != '\0' || n < 0 || n > kMaxTokens) {
-      std::fprintf(stderr, "FLASHMOE_BENCH_WS_TALL_ROWS: '%s' is not in [0, %d]\n", v, kMaxTokens);
-      return 1;
-    }
-    g_ws_tall_rows = static_cast<int>(n);
-  }
+  if (!read_count("FLASHMOE_BENCH_WS_TALL_ROWS", kMaxTokens, g_ws_tall_rows)) return 1;
   // FLASHMOE_BENCH_DOWN_SLICES=4: down tiles in 4 K slices wherever the scratch allows
   // (measuring choose_down_slices; testing.hpp).
-  if (const char* v = std::getenv("FLASHMOE_BENCH_DOWN_SLICES"); v != nullptr && *v) {
-    char* end = nullptr;
-    const long n = std::strtol(v, &end, 10);
-    if (end == v || *end != '\0' || n < 0 || n > flashmoe::detail::kMaxDownSlices) {
-      std::fprintf(stderr, "FLASHMOE_BENCH_DOWN_SLICES: '%s' is not in [0, %d]\n", v,
-                   flashmoe::detail::kMaxDownSlices);
-      return 1;
-    }
-    g_down_slices = static_cast<int>(n);
+  if (!read_count("FLASHMOE_BENCH_DOWN_SLICES", flashmoe::detail::kMaxDownSlices, g_down_slices)) {
+    return 1;
   }
   // FLASHMOE_BENCH_DOWN_LEAD=2: the warp-specialised kernel's down tiles interleaved with the
   // gate/up tiles from two waves into the launch (measuring that order; testing.hpp).
