@@ -351,16 +351,19 @@ void fill_params(const Layer::Impl& impl, const KernelVariantInfo& info, const v
 // K slices of a launch's down tiles (tile_m x down_n tiles, steps of down_k columns), where a few
 // long ones would leave blocks idle (tile_choice.hpp), judged on the full grid so that
 // max_blocks does not change results. `forced` > 0: that many, as far as the scratch allows
-// (testing.hpp).
+// (testing.hpp). `engine`: the warp-specialised engine's model (its gate/up tiles all go first).
 DownSplit launch_down_split(const Config& c, std::int64_t num_tokens, int tile_m, int down_n,
-                            int down_k, std::int64_t full_grid, int forced) {
+                            int down_k, std::int64_t full_grid, int forced, bool engine) {
   int slices = down_slices_allowed(num_tokens * c.top_k, c.intermediate, down_n);
   if (forced > 0) {
     slices = std::min(slices, forced);
   } else if (slices > 1) {
     const double down_tiles = expected_mtiles(num_tokens, c.top_k, c.experts, tile_m) *
                               ((c.hidden + down_n - 1) / down_n);
-    slices = choose_down_slices(down_tiles, full_grid, slices);
+    slices =
+        engine ? choose_engine_down_slices(
+                     down_tiles, static_cast<double>(c.hidden) / c.intermediate, full_grid, slices)
+               : choose_down_slices(down_tiles, full_grid, slices);
   }
   return down_split(c.intermediate, down_k, slices);
 }
@@ -447,8 +450,8 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
                           Cfg::BM, Down::BN, Down::BK);
   // Every block the device holds; max_blocks may launch fewer.
   const std::int64_t full_grid = static_cast<std::int64_t>(info.blocks_per_sm) * impl.sm_count;
-  p.dsplit =
-      launch_down_split(c, num_tokens, Cfg::BM, Down::BN, Down::BK, full_grid, impl.down_slices);
+  p.dsplit = launch_down_split(c, num_tokens, Cfg::BM, Down::BN, Down::BK, full_grid,
+                               impl.down_slices, false);
   if (Status s = check_ypart_fits(impl, p.dsplit, num_tokens); !s.ok()) return s;
 
   // More blocks than tickets would only spin and leave.
@@ -506,7 +509,8 @@ Status launch_ws(Layer::Impl& impl, const KernelVariantInfo& info, const void* x
   p.rsplit = router_split(num_tokens, c.hidden, c.experts, o.topk_ids != nullptr, true,
                           WsRouterTile::BM, WsRouterTile::BN, WsRouterTile::BK);
   const std::int64_t full_grid = static_cast<std::int64_t>(info.blocks_per_sm) * impl.sm_count;
-  p.dsplit = launch_down_split(c, num_tokens, W::BM, W::BN, W::BK, full_grid, impl.down_slices);
+  p.dsplit =
+      launch_down_split(c, num_tokens, W::BM, W::BN, W::BK, full_grid, impl.down_slices, true);
   if (Status s = check_ypart_fits(impl, p.dsplit, num_tokens); !s.ok()) return s;
   const std::int64_t mtiles = mtile_bound(pairs, c.experts, W::BM);
   const int ng = (c.intermediate + W::kGateUpCols - 1) / W::kGateUpCols;
