@@ -602,6 +602,16 @@ double output_error(const std::uint16_t* y, const double* ref, int H, DType dt, 
   return std::sqrt(num) / std::max(std::sqrt(den), floor_norm);
 }
 
+// The soak's bound on output_error: the tests' tolerance, doubled for rows of fewer than 16
+// elements. A token's relative L2 error over H elements spreads more as H shrinks (the row's
+// norm can be small by chance while each element's rounding is not): correct bf16 rounding of
+// h and y, emulated on the CPU with the soak's distributions, gave at most 4.7e-3 over 1e5
+// tokens at H = 32 and 6.2e-3 at H = 16, but 1.4e-2 over 2e5 tokens at H = 8 (2 in 1e5 over
+// 1e-2). A wrong or missing expert part is still an error of O(1 / sqrt(K)).
+double soak_tolerance(DType dt, int H) {
+  return flashmoe_test::tolerance(dt) * (H < 16 ? 2.0 : 1.0);
+}
+
 struct Stats {
   long shapes = 0, shared_shapes = 0, forwards = 0, tokens_checked = 0;
   long tokens_tiny = 0;  // tokens whose reference y is under output_error's floor
@@ -847,7 +857,7 @@ Outcome run_forward(Subject& s, Rng& rng, cudaStream_t stream, HangGuard& guard,
       res[j].err =
           rs.ok() ? output_error(&y[t * H], ref.data(), H, c.dtype, res[j].tiny) : INFINITY;
     });
-    const double tol = flashmoe_test::tolerance(c.dtype);
+    const double tol = soak_tolerance(c.dtype, H);
     for (std::size_t j = 0; j < sample.size(); ++j) {
       ++st.tokens_checked;
       st.tokens_tiny += res[j].tiny ? 1 : 0;
@@ -855,7 +865,7 @@ Outcome run_forward(Subject& s, Rng& rng, cudaStream_t stream, HangGuard& guard,
         problems.push_back(fmt::format("token {}: {}", sample[j], res[j].routing));
       }
       if (!(res[j].err < tol)) {
-        problems.push_back(fmt::format("token {}: {} L2 error {:.3g} over tolerance {:.0e}",
+        problems.push_back(fmt::format("token {}: {} L2 error {:.3g} over tolerance {:.1e}",
                                        sample[j], res[j].tiny ? "floored" : "relative", res[j].err,
                                        tol));
       }
@@ -1005,7 +1015,8 @@ int main(int argc, char** argv) {
   fmt::print(
       "flashmoe_soak: {} | {} | {:.1f} s | {} shapes ({} with a shared scratch) | {} forwards | "
       "{} tokens checked ({} under the dtype's normal range) | {} mismatches | {} device errors | "
-      "max error bf16 {:.2e} (tolerance {:.0e}), fp16 {:.2e} (tolerance {:.0e}){}\n",
+      "max error bf16 {:.2e} (tolerance {:.0e}), fp16 {:.2e} (tolerance {:.0e}; both doubled "
+      "below H = 16){}\n",
       pass ? "PASS" : "FAIL", replay, elapsed(), st.shapes, st.shared_shapes, st.forwards,
       st.tokens_checked, st.tokens_tiny, st.mismatches, st.device_errors, st.max_err[0],
       flashmoe_test::tolerance(DType::BF16), st.max_err[1], flashmoe_test::tolerance(DType::FP16),
