@@ -509,6 +509,10 @@ int main(int argc, char** argv) {
   register_rows<256, 4, AGather::Contiguous, 1>("contiguous");
   register_rows<256, 4, AGather::CpAsync, 1, true>("cp_async");
   register_rows<256, 4, AGather::Contiguous, 1, true>("contiguous");
+  // The engine's gate/up tile with A straight from x by its producer warp (no gathers).
+  register_rows<256, 4, AGather::CpAsyncWarp>("cp_async_warp");
+  register_rows<256, 4, AGather::CpAsyncWarp, 1, true>("cp_async_warp");
+  register_rows<256, 4, AGather::CpAsyncWarp, 0, true>("cp_async_warp");
   register_rows<256, 4, AGather::Contiguous, 0, true>("contiguous");
   // The same mainloops without the test's scalar fp32 stores, and without MMAs (bench/NOTES.md,
   // issue 20's mainloop against the public GEMMs).
@@ -518,6 +522,10 @@ int main(int argc, char** argv) {
       "contiguous");
   register_rows<256, 4, AGather::Contiguous, 0, false, false, flashmoe_test::WsGemmWork::NoMma>(
       "contiguous");
+  register_rows<256, 4, AGather::CpAsyncWarp, 0, false, false, flashmoe_test::WsGemmWork::MmaOnly>(
+      "cp_async_warp");
+  register_rows<256, 4, AGather::CpAsyncWarp, 0, false, false, flashmoe_test::WsGemmWork::NoMma>(
+      "cp_async_warp");
   for (const Shape& s : kShapes) {
     benchmark::RegisterBenchmark((std::string(s.name) + "/cublas").c_str(), BM_CublasGemm, s)
         ->UseManualTime()

@@ -179,6 +179,7 @@ template <class Fn>
 void for_each_gather(Fn&& fn) {
   fn(std::integral_constant<AGather, AGather::RowBoxes>{});
   fn(std::integral_constant<AGather, AGather::CpAsync>{});
+  fn(std::integral_constant<AGather, AGather::CpAsyncWarp>{});
   fn(std::integral_constant<AGather, AGather::Contiguous>{});
 }
 

@@ -23,8 +23,10 @@ inline constexpr std::uint32_t kWsRowBytes = kWsBK * 2;
 
 // How the A rows of a stage arrive: one copy-engine box per gathered row (issued by warp 8's
 // lanes), 16-byte cp.async by the 128 producer threads (one row each, arriving on the full
-// barrier), or one 128-row box of rows already in m-tile order (an expert-sorted copy of x).
-enum class AGather { RowBoxes, CpAsync, Contiguous };
+// barrier), 16-byte cp.async by warp 8 alone with 8 lanes a row (each instruction four whole
+// 128-byte rows: the coalesced form the engine's producer warp could issue without gathers),
+// or one 128-row box of rows already in m-tile order (an expert-sorted copy of x).
+enum class AGather { RowBoxes, CpAsync, CpAsyncWarp, Contiguous };
 
 // What the consumers do besides waiting for and releasing the stages, to split a row's time
 // between the mainloop and the epilogue (bench_ws_mainloop): multiply and store C (the test's
@@ -39,8 +41,8 @@ struct WsGemmSmem {
 };
 
 struct WsGemmArgs {
-  const int* rows;                // [mtiles * 128] gathered x rows (< 0: zeros); RowBoxes, CpAsync
-  const __nv_bfloat16* x;         // [x_rows, k] (CpAsync)
+  const int* rows;                // [mtiles * 128] gathered x rows (< 0: zeros); not Contiguous
+  const __nv_bfloat16* x;         // [x_rows, k] (CpAsync, CpAsyncWarp)
   int x_rows, mtiles, ntiles, k;  // Contiguous: x_rows of the sorted copy
   float* c;                       // [mtiles * 128, n_total]
   int n_total;                    // columns of C (gated: W has 2 n_total rows, gate then up)
@@ -77,23 +79,25 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace flashmoe::detail;
   using Smem = WsGemmSmem<BN, Stages>;
-  constexpr bool kCp = G == AGather::CpAsync;
+  constexpr bool kCp = G == AGather::CpAsync, kCpWarp = G == AGather::CpAsyncWarp;
+  constexpr bool kGenericA = kCp || kCpWarp;  // A written through the generic proxy
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const std::uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   __shared__ Pipeline<Stages> pipe;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wg = warp / 4;
-  if (threadIdx.x == 0) pipe.init(kCp ? 128 : 0, 8);
+  if (threadIdx.x == 0) pipe.init(kCp ? 128 : kCpWarp ? 32 : 0, 8);
   __syncthreads();
   const int tiles = g.mtiles * g.ntiles, ktiles = (g.k + kWsBK - 1) / kWsBK;
 
   if (wg == 2) {
-    // The cp.async gather needs address registers in all 128 producer threads.
-    if constexpr (kCp) {
+    // The cp.async gathers need address registers in the producer threads.
+    if constexpr (kGenericA) {
       asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
     } else {
       asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
-      if (warp != 8) return;
     }
+    if (!kCp && warp != 8) return;
+    __shared__ int tile_rows[kWsBM];                   // CpAsyncWarp: the m-tile's x rows
     [[maybe_unused]] const int r = threadIdx.x - 256;  // CpAsync: this thread's m-tile row
     PipeState<Stages> st;
     for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
@@ -109,6 +113,10 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       } else if constexpr (kCp) {
         const int q = g.rows[mt * kWsBM + r];
         src = q < 0 ? nullptr : g.x + static_cast<std::int64_t>(q) * g.k;
+      } else if constexpr (kCpWarp) {
+        __syncwarp();  // the previous tile's copies have read their rows
+        for (int i = lane; i < kWsBM; i += 32) tile_rows[i] = g.rows[mt * kWsBM + i];
+        __syncwarp();
       }
       for (int kt = 0; kt < ktiles; ++kt) {
         if (!pipe.producer_acquire(st, g.wd, kSiteWeightCopy)) return;
@@ -141,16 +149,27 @@ __global__ void __launch_bounds__(kWsThreads, 1)
                         valid ? 16 : 0);
           }
           cp_async_mbar_arrive(bar);
+        } else if constexpr (kCpWarp) {
+          const int ch = lane % 8, col = kt * kWsBK + ch * 8;
+#pragma unroll 4
+          for (int i = 0; i < kWsBM / 4; ++i) {
+            const int rr = i * 4 + lane / 8, q = tile_rows[rr];
+            const bool valid = q >= 0 && col < g.k;
+            cp_async_16(a + rr * kWsRowBytes + ((ch ^ (rr & 7)) << 4),
+                        valid ? g.x + static_cast<std::int64_t>(q) * g.k + col : g.x,
+                        valid ? 16 : 0);
+          }
+          cp_async_mbar_arrive(bar);
         }
         st.advance();
       }
     }
     // No copy of this thread outlives it (the consumers wait for every stage anyway).
-    if constexpr (kCp) cp_async_wait<0>();
+    if constexpr (kGenericA) cp_async_wait<0>();
     return;
   }
 
-  if constexpr (kCp) {
+  if constexpr (kGenericA) {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
@@ -166,7 +185,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     for (int kt = 0; kt < ktiles; ++kt) {
       if (!pipe.consumer_wait(st, g.wd, kSiteWeightCopy)) return;
       // cp.async wrote A through the generic proxy; the MMA reads it through the async one.
-      if constexpr (kCp) fence_proxy_async_smem();
+      if constexpr (kGenericA) fence_proxy_async_smem();
       if constexpr (Work != WsGemmWork::NoMma) {
         mma_stage<BN>(acc, base + st.index * Smem::kStage + half * 64 * kWsRowBytes,
                       base + st.index * Smem::kStage + Smem::kA);
