@@ -142,7 +142,7 @@ inline int choose_down_slices(double down_tiles, std::int64_t slots, int wanted)
 // its last gate/up tile (H / I of an unsliced down tile: same rows, K = H against I) ends and
 // take 1 / s. In units of one unsliced down tile, the gate/up work being twice the down work.
 // Measured on an H200 (bench/NOTES.md, row 117): Mixtral-8x7B at about 128 down tiles on 132
-// blocks (T = 128, 256) 4 slices -5%, at about 190 (T = 512) +1.7%.
+// blocks (T = 128-384) 2 slices, its pick, -5 to -7% (4 and 8 less); at about 190 (T = 512) one.
 inline int choose_engine_down_slices(double down_tiles, double hidden_over_inter,
                                      std::int64_t slots, int wanted) {
   constexpr double kSliceCost = 0.01;

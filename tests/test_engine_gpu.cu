@@ -449,8 +449,9 @@ TEST_F(Engine, OverlappingForwardsAreCaughtAndWriteNothing) {
     SCOPED_TRACE(held_owned ? "the held forward owned the scratch" : "the late one owned it");
     EXPECT_EQ(codes[held_owned ? 1 : 0], static_cast<int>(StatusCode::WorkspaceBusy));
     if (!held_owned) EXPECT_EQ(codes[1], static_cast<int>(StatusCode::Ok));
+    const ForwardRun& refused_run = held_owned ? b : a;
     const void* refused_y = held_owned ? by.get() : ay.get();
-    EXPECT_EQ(download<std::uint16_t>(refused_y, b.y_in.size()), b.y_in)
+    EXPECT_EQ(download<std::uint16_t>(refused_y, refused_run.y_in.size()), refused_run.y_in)
         << "refused forward wrote y";
     // The refused forward's Layer reports it (and frees the scratch); the owner's its own
     // outcome, if it is another Layer (one Layer keeps the first error it recorded).

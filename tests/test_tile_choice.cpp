@@ -182,8 +182,8 @@ TEST(DownSlices, EngineSlicesWhereTheLastDownTilesWouldEndTheLaunch) {
   constexpr std::int64_t kEngineSlots = 132;  // one block an SM
   constexpr double kMixtralRatio = 4096.0 / 14336.0;
   // Mixtral's 256-column down tiles, 16 an m-tile: about 128 of them at T = 128 (64-row m-tiles)
-  // and T = 256 (128-row) measured 5% faster with 4 slices than with 1; about 190 at T = 512
-  // measured 1.7% slower.
+  // and T = 256 (128-row) measured 5-7% faster with 2 or 4 slices than with 1; about 190 at
+  // T = 512 measured no faster.
   auto mixtral = [&](std::int64_t T, int tile_m) {
     return choose_engine_down_slices(expected_mtiles(T, 2, 8, tile_m) * 16, kMixtralRatio,
                                      kEngineSlots, 8);
