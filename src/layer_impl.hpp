@@ -54,7 +54,7 @@ struct Layer::Impl {
   // once experts average at least this many rows, instead of launch_prefill's rule.
   int ws_tall_rows = 0;
   // Test- and bench-only (testing.hpp): > 0 cuts every down tile into this many K slices (no
-  // more than the scratch's ypart planes allow), instead of choose_down_slices' model.
+  // more than the scratch's ypart planes allow), instead of the slice models (tile_choice.hpp).
   int down_slices = 0;
   // Test- and bench-only (testing.hpp): > 0 lets the warp-specialised kernel's down tiles start
   // once this many waves of gate/up tiles are handed out (ws_down_lead), interleaved with the

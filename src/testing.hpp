@@ -34,8 +34,8 @@ inline void set_ws_tile_switch(Layer& layer, int rows_per_expert) {
   if (layer.valid()) layer.impl()->ws_tall_rows = rows_per_expert < 0 ? 0 : rows_per_expert;
 }
 
-// Cuts the down tiles of `layer`'s forwards into `slices` K slices (0: the library's model,
-// choose_down_slices). Capped at what the scratch's expert-output planes hold for the forward
+// Cuts the down tiles of `layer`'s forwards into `slices` K slices (0: the library's models,
+// tile_choice.hpp). Capped at what the scratch's expert-output planes hold for the forward
 // (down_slices_allowed: one slice past kDownSplitMaxPairs pairs); the trace reports the count
 // used. For measuring the model and testing slices where it would not choose them.
 inline void set_down_slices(Layer& layer, int slices) {

@@ -159,7 +159,7 @@ struct DownSplit {
   int klen = 0;     // columns of I per slice (whole pipeline steps; the last may be shorter)
 };
 // Slices that bring a down tile of tile_n columns over K = inter to kDownSliceBytes; the host
-// takes fewer where they would not shorten the launch (choose_down_slices, tile_choice.hpp).
+// takes fewer where they would not shorten the launch (the slice models of tile_choice.hpp).
 FLASHMOE_HOST_DEVICE inline int down_slices_wanted(int inter, int tile_n) {
   const std::int64_t bytes = std::int64_t{2} * tile_n * inter;
   const std::int64_t s = (bytes + kDownSliceBytes - 1) / kDownSliceBytes;
