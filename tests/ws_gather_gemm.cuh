@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
         if (!pipe.producer_acquire(st, g.wd, kSiteWeightCopy)) return;
         const std::uint32_t a = base + st.index * Smem::kStage, bar = pipe.full_barrier(st);
         if (threadIdx.x == 256) {
-          pipe.producer_expect(st, kCp ? Smem::kB : Smem::kStage);
+          pipe.producer_expect(st, kGenericA ? Smem::kB : Smem::kStage);
           if constexpr (Gated) {
             tma_load_2d(a + Smem::kA, &w_map, bar, kt * kWsBK, nt * (BN / 2));
             tma_load_2d(a + Smem::kA + BN / 2 * kWsRowBytes, &w_map, bar, kt * kWsBK,
