@@ -84,9 +84,11 @@ void BM_WsGatherGemm(benchmark::State& state, Shape s) {
   std::vector<int> rows(static_cast<std::size_t>(mtiles) * flashmoe_test::kWsBM, -1);
   for (int i = 0; i < m; ++i) rows[i] = i / s.top_k;
   std::shuffle(rows.begin(), rows.begin() + m, rng);
+  const int out_cols = Gated ? s.n_total / 2 : s.n_total;
   Buffer dx(x.size() * 2), dw(w.size() * 2), drows(rows.size() * 4),
-      dsorted(rows.size() * s.hidden * 2), dc(rows.size() * s.n_total * 4), words(4096);
-  if (!dx.ptr || !dw.ptr || !drows.ptr || !dsorted.ptr || !dc.ptr || !words.ptr) {
+      dsorted(rows.size() * s.hidden * 2), dc(rows.size() * s.n_total * 4),
+      dh(rows.size() * out_cols * 2), words(4096);
+  if (!dx.ptr || !dw.ptr || !drows.ptr || !dsorted.ptr || !dc.ptr || !dh.ptr || !words.ptr) {
     state.SkipWithError("cudaMalloc failed");
     return;
   }
@@ -96,8 +98,10 @@ void BM_WsGatherGemm(benchmark::State& state, Shape s) {
   gather_rows_kernel<<<1024, 256>>>(dsorted.get<__nv_bfloat16>(), dx.get<__nv_bfloat16>(),
                                     drows.get<int>(), static_cast<int>(rows.size()), s.hidden);
   cudaMemset(words.get(), 0, words.bytes);
-  CUtensorMap x_map, w_map;
+  CUtensorMap x_map, w_map, h_map;
   const bool ok =
+      flashmoe_test::encode_bf16_map(h_map, dh.get(), static_cast<int>(rows.size()), out_cols,
+                                     64) &&
       (G == AGather::Contiguous
            ? flashmoe_test::encode_bf16_map(x_map, dsorted.get(), static_cast<int>(rows.size()),
                                             s.hidden, flashmoe_test::kWsBM)
@@ -118,8 +122,9 @@ void BM_WsGatherGemm(benchmark::State& state, Shape s) {
       (s.n_total + BN - 1) / BN,  // gated: n_total / 2 columns, BN / 2 a tile
       s.hidden,
       dc.get<float>(),
-      Gated ? s.n_total / 2 : s.n_total,
-      {{words.get<std::uint32_t>(), nullptr}, 2'000'000'000ull}};
+      out_cols,
+      {{words.get<std::uint32_t>(), nullptr}, 2'000'000'000ull},
+      dh.get<__nv_bfloat16>()};
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
@@ -130,7 +135,7 @@ void BM_WsGatherGemm(benchmark::State& state, Shape s) {
           x_map, w_map, args, sms, nullptr, clusters);
     } else {
       return flashmoe_test::launch_ws_gather_gemm<BN, Stages, G, InFlight, Gated, Work>(
-          x_map, w_map, args, sms, nullptr);
+          x_map, w_map, args, sms, nullptr, &h_map);
     }
   };
   for (int i = 0; i < 2; ++i) {
@@ -205,9 +210,11 @@ template <int BN, int Stages, AGather G, int InFlight = 0, bool Gated = false,
           flashmoe_test::WsGemmWork Work = flashmoe_test::WsGemmWork::MmaStore>
 void register_rows(const char* gather) {
   using flashmoe_test::WsGemmWork;
-  const char* work = Work == WsGemmWork::MmaOnly ? "/no_store"
-                     : Work == WsGemmWork::NoMma ? "/no_mma"
-                                                 : "";
+  const char* work = Work == WsGemmWork::MmaOnly     ? "/no_store"
+                     : Work == WsGemmWork::NoMma     ? "/no_mma"
+                     : Work == WsGemmWork::StoreBf16 ? "/bf16_store"
+                     : Work == WsGemmWork::StoreTma  ? "/tma_store"
+                                                     : "";
   for (const Shape& s : kShapes) {
     benchmark::RegisterBenchmark((std::string(s.name) + "/BN" + std::to_string(BN) + "/" + gather +
                                   (InFlight ? "/in_flight1" : "") + (Gated ? "/silu" : "") + work)
@@ -526,6 +533,16 @@ int main(int argc, char** argv) {
       "cp_async_warp");
   register_rows<256, 4, AGather::CpAsyncWarp, 0, false, false, flashmoe_test::WsGemmWork::NoMma>(
       "cp_async_warp");
+  // The engine's gate/up epilogue (bf16 h, 16-byte stores from the registers) against the same
+  // values staged in shared memory and written by bulk tensor stores that overlap the next
+  // tile's MMAs, and against no stores at all (session 22's question: would such an epilogue
+  // pay).
+  register_rows<256, 4, AGather::Contiguous, 0, true, false, flashmoe_test::WsGemmWork::StoreBf16>(
+      "contiguous");
+  register_rows<256, 4, AGather::Contiguous, 0, true, false, flashmoe_test::WsGemmWork::StoreTma>(
+      "contiguous");
+  register_rows<256, 4, AGather::Contiguous, 0, true, false, flashmoe_test::WsGemmWork::MmaOnly>(
+      "contiguous");
   for (const Shape& s : kShapes) {
     benchmark::RegisterBenchmark((std::string(s.name) + "/cublas").c_str(), BM_CublasGemm, s)
         ->UseManualTime()

@@ -48,15 +48,19 @@ struct Case {
 };
 
 // Multicast: the cluster kernel (ws_multicast_gemm_kernel; A contiguous, an even grid).
+// Work StoreBf16 / StoreTma: the product goes to a bf16 h (checked instead of C).
 template <int BN, int Stages, AGather G, int InFlight = 0, bool Gated = false,
-          bool Multicast = false>
+          bool Multicast = false,
+          flashmoe_test::WsGemmWork Work = flashmoe_test::WsGemmWork::MmaStore>
 void run_case(const Case& cs, std::mt19937_64& rng) {
   static_assert(!Multicast || G == AGather::Contiguous, "the cluster kernel reads sorted rows");
+  constexpr bool kStoreH =
+      Work == flashmoe_test::WsGemmWork::StoreBf16 || Work == flashmoe_test::WsGemmWork::StoreTma;
   SCOPED_TRACE(::testing::Message()
                << "A by " << static_cast<int>(G) << " multicast " << Multicast << " in flight "
-               << InFlight << " gated " << Gated << " BN " << BN << " stages " << Stages
-               << " x_rows " << cs.x_rows << " mtiles " << cs.mtiles << " n " << cs.n_total << " k "
-               << cs.k << " grid " << cs.grid);
+               << InFlight << " gated " << Gated << " work " << static_cast<int>(Work) << " BN "
+               << BN << " stages " << Stages << " x_rows " << cs.x_rows << " mtiles " << cs.mtiles
+               << " n " << cs.n_total << " k " << cs.k << " grid " << cs.grid);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   std::vector<__nv_bfloat16> x(static_cast<std::size_t>(cs.x_rows) * cs.k),
       w(static_cast<std::size_t>(cs.n_total) * (Gated ? 2 : 1) * cs.k);
@@ -71,12 +75,13 @@ void run_case(const Case& cs, std::mt19937_64& rng) {
   const std::size_t cells = static_cast<std::size_t>(cs.mtiles) * kWsBM * cs.n_total;
 
   DeviceBuffer dx(x.size() * 2), dw(w.size() * 2), drows(rows.size() * 4), dc(cells * 4),
-      words(64 * 4 * 16);
+      dh(cells * 2), words(64 * 4 * 16);
   ASSERT_EQ(cudaMemcpy(dx.get(), x.data(), x.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
   ASSERT_EQ(cudaMemcpy(dw.get(), w.data(), w.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
   ASSERT_EQ(cudaMemcpy(drows.get(), rows.data(), rows.size() * 4, cudaMemcpyHostToDevice),
             cudaSuccess);
   ASSERT_EQ(cudaMemset(dc.get(), 0xff, cells * 4), cudaSuccess);  // poison: NaN
+  ASSERT_EQ(cudaMemset(dh.get(), 0xff, cells * 2), cudaSuccess);
   ASSERT_EQ(cudaMemset(words.get(), 0, words.bytes()), cudaSuccess);
   // Contiguous: the gathered rows copied in m-tile order first (the expert-sorted copy of x).
   std::vector<__nv_bfloat16> sorted;
@@ -112,7 +117,10 @@ void run_case(const Case& cs, std::mt19937_64& rng) {
       cs.k,
       dc.get<float>(),
       cs.n_total,
-      Watchdog{Control{words.get<std::uint32_t>(), nullptr}, 2'000'000'000ull}};
+      Watchdog{Control{words.get<std::uint32_t>(), nullptr}, 2'000'000'000ull},
+      dh.get<__nv_bfloat16>()};
+  CUtensorMap h_map;
+  ASSERT_TRUE(flashmoe_test::encode_bf16_map(h_map, dh.get(), cs.mtiles * kWsBM, cs.n_total, 64));
   if constexpr (Multicast) {
     int clusters = 0;
     ASSERT_EQ((flashmoe_test::launch_ws_multicast_gemm<BN, Stages, InFlight, Gated>(
@@ -120,8 +128,8 @@ void run_case(const Case& cs, std::mt19937_64& rng) {
               cudaSuccess);
     ASSERT_GE(clusters, 1);
   } else {
-    ASSERT_EQ((flashmoe_test::launch_ws_gather_gemm<BN, Stages, G, InFlight, Gated>(
-                  x_map, w_map, args, cs.grid, nullptr)),
+    ASSERT_EQ((flashmoe_test::launch_ws_gather_gemm<BN, Stages, G, InFlight, Gated, Work>(
+                  x_map, w_map, args, cs.grid, nullptr, &h_map)),
               cudaSuccess);
   }
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
@@ -136,6 +144,11 @@ void run_case(const Case& cs, std::mt19937_64& rng) {
 
   std::vector<float> c(cells);
   ASSERT_EQ(cudaMemcpy(c.data(), dc.get(), cells * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  if constexpr (kStoreH) {
+    std::vector<__nv_bfloat16> h(cells);
+    ASSERT_EQ(cudaMemcpy(h.data(), dh.get(), cells * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+    for (std::size_t i = 0; i < cells; ++i) c[i] = __bfloat162float(h[i]);
+  }
   int bad = 0;
   for (int r = 0; r < cs.mtiles * kWsBM && bad < 5; ++r) {
     for (int n = 0; n < cs.n_total && bad < 5; ++n) {
@@ -165,6 +178,7 @@ void run_case(const Case& cs, std::mt19937_64& rng) {
         ref = dot(n, mag);
         tol = 1e-5 * mag + 1e-6;
       }
+      if (kStoreH) tol += std::fabs(ref) / 256.0;  // one rounding to bf16
       const float got = c[static_cast<std::size_t>(r) * cs.n_total + n];
       if (!(std::fabs(got - ref) <= tol)) {
         ADD_FAILURE() << "C[" << r << ", " << n << "] = " << got << ", expected " << ref
@@ -204,6 +218,24 @@ TEST(WsMainloop, GatheredRowsTimesWeightBoxesMatchTheCpu) {
     run_case<256, 4, G, 1, true>({1000, 3, 300, 2048, 5}, rng);
     run_case<128, 6, G, 0, true>({77, 2, 200, 136, 2}, rng);
   });
+}
+
+// The engine's gate/up epilogue into a bf16 h, stored from the registers or staged in shared
+// memory and written by bulk tensor stores that overlap the next tile: more tiles than blocks
+// (the staging buffer reused), N tails inside a box, one block.
+TEST(WsMainloop, GateUpStoresIntoBf16MatchTheCpu) {
+  FLASHMOE_NEED_GPU();
+  if (!is_hopper()) GTEST_SKIP() << "the warp-specialised mainloop is sm_90a only";
+  const std::uint64_t seed = flashmoe_test::fresh_seed();
+  SCOPED_TRACE(seed);
+  std::mt19937_64 rng(seed);
+  using flashmoe_test::WsGemmWork;
+  constexpr AGather kC = AGather::Contiguous;
+  for (const Case& cs :
+       {Case{1000, 3, 512, 2048, 4}, Case{129, 2, 200, 72, 3}, Case{300, 5, 384, 1000, 1}}) {
+    run_case<256, 4, kC, 0, true, false, WsGemmWork::StoreBf16>(cs, rng);
+    run_case<256, 4, kC, 0, true, false, WsGemmWork::StoreTma>(cs, rng);
+  }
 }
 
 TEST(WsMainloop, ClusterPairsSharingWeightBoxesMatchTheCpu) {

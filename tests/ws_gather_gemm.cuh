@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "device/cluster.cuh"
+#include "device/numeric.cuh"
 #include "device/pipeline.cuh"
 #include "device/tile_mma.cuh"
 #include "device/wgmma.cuh"
@@ -32,12 +33,20 @@ enum class AGather { RowBoxes, CpAsync, CpAsyncWarp, Contiguous };
 // between the mainloop and the epilogue (bench_ws_mainloop): multiply and store C (the test's
 // form), multiply and store nothing (C is written only where an accumulator equals 1e30, which
 // random data never gives, so the MMAs still count), or neither (the copy supply's ceiling).
-enum class WsGemmWork { MmaStore, MmaOnly, NoMma };
+// Gated with contiguous A only, the engine's gate/up epilogue into a bf16 h: stored from the
+// registers, 16 bytes a lane as the engine does (StoreBf16), or written into a shared-memory
+// buffer of the warpgroup in the copy engine's 128-byte swizzle and stored by two bulk tensor
+// copies, which run while the warpgroup multiplies its next tile (StoreTma): whether an
+// epilogue that overlaps the MMAs would pay (bench/NOTES.md, session 22).
+enum class WsGemmWork { MmaStore, MmaOnly, NoMma, StoreBf16, StoreTma };
 
-template <int BN, int Stages>
+template <int BN, int Stages, WsGemmWork Work = WsGemmWork::MmaStore>
 struct WsGemmSmem {
   static constexpr std::uint32_t kA = kWsBM * kWsRowBytes, kB = BN * kWsRowBytes, kStage = kA + kB;
-  static constexpr std::uint32_t kBytes = Stages * kStage + 1024;  // + alignment slack
+  // StoreTma: a warpgroup's 64 rows x BN / 2 columns of bf16, as 64-column boxes of 8 KB.
+  static constexpr std::uint32_t kBoxBytes = 64 * kWsRowBytes;
+  static constexpr std::uint32_t kStaging = Work == WsGemmWork::StoreTma ? BN / 128 * kBoxBytes : 0;
+  static constexpr std::uint32_t kBytes = Stages * kStage + 2 * kStaging + 1024;  // + alignment
 };
 
 struct WsGemmArgs {
@@ -47,7 +56,36 @@ struct WsGemmArgs {
   float* c;                       // [mtiles * 128, n_total]
   int n_total;                    // columns of C (gated: W has 2 n_total rows, gate then up)
   flashmoe::detail::Watchdog wd;
+  __nv_bfloat16* h;  // [mtiles * 128, n_total]: StoreBf16 (StoreTma writes it through h_map)
 };
+
+// StoreTma's bulk tensor stores: shared memory -> global through a tensor map, tracked per
+// thread in bulk groups (the .read wait: the source may be overwritten; the plain one: written).
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, std::uint32_t src, int col,
+                                             int row) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(
+          reinterpret_cast<std::uint64_t>(map)),
+      "r"(src), "r"(col), "r"(row)
+      : "memory");
+}
+__device__ __forceinline__ void bulk_commit() {
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
+__device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
+// Named barriers 2 and 3 (immediate ids: a register id makes ptxas reserve all 16).
+__device__ __forceinline__ void warpgroup_sync(int wg) {
+  if (wg == 0) {
+    asm volatile("bar.sync 2, 128;\n" ::: "memory");
+  } else {
+    asm volatile("bar.sync 3, 128;\n" ::: "memory");
+  }
+}
 
 // acc += A (64 rows at shared address a) x B (BN rows at b)^T over one stage's 64 columns, as
 // one committed batch of warpgroup MMAs.
@@ -75,10 +113,14 @@ template <int BN, int Stages, AGather G, int InFlight = 0, bool Gated = false,
           WsGemmWork Work = WsGemmWork::MmaStore>
 __global__ void __launch_bounds__(kWsThreads, 1)
     ws_gather_gemm_kernel(const __grid_constant__ CUtensorMap x_map,
-                          const __grid_constant__ CUtensorMap w_map, const WsGemmArgs g) {
+                          const __grid_constant__ CUtensorMap w_map, const WsGemmArgs g,
+                          const __grid_constant__ CUtensorMap h_map) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace flashmoe::detail;
-  using Smem = WsGemmSmem<BN, Stages>;
+  using Smem = WsGemmSmem<BN, Stages, Work>;
+  constexpr bool kStoreH = Work == WsGemmWork::StoreBf16 || Work == WsGemmWork::StoreTma;
+  static_assert(!kStoreH || (Gated && G == AGather::Contiguous && InFlight == 0),
+                "the engine's gate/up epilogue forms");
   constexpr bool kCp = G == AGather::CpAsync, kCpWarp = G == AGather::CpAsyncWarp;
   constexpr bool kGenericA = kCp || kCpWarp;  // A written through the generic proxy
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -176,6 +218,16 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   }
   static_assert(InFlight == 0 || InFlight == 1, "at most one MMA batch in flight");
   const int half = wg;  // rows [64 half, 64 half + 64) of each m-tile
+  // StoreTma: this warpgroup's staging buffer, and its thread that issues the stores (no
+  // store may still read the buffer, or be in flight, when the block leaves).
+  [[maybe_unused]] const std::uint32_t staging =
+      base + Stages * Smem::kStage + half * Smem::kStaging;
+  [[maybe_unused]] const bool store_leader = (threadIdx.x & 127) == 0;
+  auto leave = [&] {
+    if constexpr (Work == WsGemmWork::StoreTma) {
+      if (store_leader) bulk_wait();
+    }
+  };
   PipeState<Stages> st, prev;
   for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const int mt = tile / g.ntiles, nt = tile % g.ntiles;
@@ -183,7 +235,10 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 #pragma unroll
     for (int j = 0; j < BN / 2; ++j) acc[j] = 0.0f;
     for (int kt = 0; kt < ktiles; ++kt) {
-      if (!pipe.consumer_wait(st, g.wd, kSiteWeightCopy)) return;
+      if (!pipe.consumer_wait(st, g.wd, kSiteWeightCopy)) {
+        leave();
+        return;
+      }
       // cp.async wrote A through the generic proxy; the MMA reads it through the async one.
       if constexpr (kGenericA) fence_proxy_async_smem();
       if constexpr (Work != WsGemmWork::NoMma) {
@@ -210,6 +265,55 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 #pragma unroll
       for (int j = 0; j < BN / 2; ++j) hit = hit || acc[j] == 1.0e30f;
       if (hit) g.c[mt * kWsBM + half * 64] = 1.0f;
+    } else if constexpr (Work == WsGemmWork::StoreBf16) {
+      // As the engine's store_row: per row (r and r + 8) and set of four n8 blocks, the quad's
+      // values transposed so that each lane stores one block's 16 bytes.
+      const int c0 = nt * (BN / 2), chunk = 8 * (threadIdx.x & 3);
+#pragma unroll
+      for (int r8 = 0; r8 < 2; ++r8) {
+        const int row = mt * kWsBM + half * 64 + wgmma_acc_row(2 * r8);
+        __nv_bfloat16* dst = g.h + static_cast<std::int64_t>(row) * g.n_total + c0;
+#pragma unroll
+        for (int s = 0; s < BN / 64; ++s) {
+          std::uint32_t v[4];
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            const int j = 16 * s + 4 * k + 2 * r8;
+            v[k] = pack2<__nv_bfloat16>(silu(acc[j]) * acc[j + BN / 4],
+                                        silu(acc[j + 1]) * acc[j + 1 + BN / 4]);
+          }
+          quad_transpose(v);
+          const int col = 32 * s + chunk;
+          if (c0 + col < g.n_total) {
+            *reinterpret_cast<uint4*>(dst + col) = make_uint4(v[0], v[1], v[2], v[3]);
+          }
+        }
+      }
+    } else if constexpr (Work == WsGemmWork::StoreTma) {
+      // The buffer is free once the warpgroup's previous stores have read it; the values go
+      // in at the 128-byte swizzle of the h map's 64 x 64 boxes (16-byte chunk c of row r at
+      // chunk c ^ (r % 8)), then one thread stores both boxes and the warpgroup moves on.
+      if (store_leader) bulk_wait_read();
+      warpgroup_sync(half);
+#pragma unroll
+      for (int j = 0; j < BN / 4; j += 2) {
+        const int row = wgmma_acc_row(j), col = wgmma_acc_col(j), c = col & 63;
+        const std::uint32_t at = staging + (col >> 6) * Smem::kBoxBytes + row * kWsRowBytes +
+                                 ((((c >> 3) ^ (row & 7)) << 4) | ((c & 7) * 2));
+        const std::uint32_t v = pack2<__nv_bfloat16>(silu(acc[j]) * acc[j + BN / 4],
+                                                     silu(acc[j + 1]) * acc[j + 1 + BN / 4]);
+        asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(at), "r"(v) : "memory");
+      }
+      fence_proxy_async_smem();  // the generic writes before the copy engine's reads
+      warpgroup_sync(half);
+      if (store_leader) {
+#pragma unroll
+        for (int b = 0; b < BN / 128; ++b) {
+          tma_store_2d(&h_map, staging + b * Smem::kBoxBytes, nt * (BN / 2) + 64 * b,
+                       mt * kWsBM + half * 64);
+        }
+        bulk_commit();
+      }
     } else if constexpr (Gated) {
       // Gate columns past n_total read up rows (discarded here); up rows past 2 n_total read zeros.
 #pragma unroll
@@ -231,8 +335,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       }
     }
   }
+  leave();
 #else
-  (void)x_map, (void)w_map, (void)g;
+  (void)x_map, (void)w_map, (void)g, (void)h_map;
 #endif
 }
 
@@ -373,18 +478,21 @@ inline bool encode_bf16_map(CUtensorMap& map, const void* base, int rows, int co
 }
 
 // Launches the kernel on `stream` (its shared-memory size set once per instantiation).
+// h_map (StoreTma): h as [rows, n_total] in 64 x 64 boxes, 128-byte swizzle (encode_bf16_map).
 template <int BN, int Stages, AGather G, int InFlight = 0, bool Gated = false,
           WsGemmWork Work = WsGemmWork::MmaStore>
 cudaError_t launch_ws_gather_gemm(const CUtensorMap& x_map, const CUtensorMap& w_map,
-                                  const WsGemmArgs& g, int grid, cudaStream_t stream) {
-  using Smem = WsGemmSmem<BN, Stages>;
+                                  const WsGemmArgs& g, int grid, cudaStream_t stream,
+                                  const CUtensorMap* h_map = nullptr) {
+  using Smem = WsGemmSmem<BN, Stages, Work>;
   auto kernel = ws_gather_gemm_kernel<BN, Stages, G, InFlight, Gated, Work>;
   if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(Smem::kBytes));
       e != cudaSuccess) {
     return e;
   }
-  kernel<<<grid, kWsThreads, Smem::kBytes, stream>>>(x_map, w_map, g);
+  kernel<<<grid, kWsThreads, Smem::kBytes, stream>>>(x_map, w_map, g,
+                                                     h_map != nullptr ? *h_map : x_map);
   return cudaGetLastError();
 }
 
