@@ -44,11 +44,12 @@ struct Buffer {
 struct Shape {
   const char* name;
   int tokens, top_k, hidden, n_total;  // n_total: gate + up rows of one expert GEMM
+  int experts;                         // the "/dram_w" rows' copies of W
 };
 
 // Gate/up of Qwen3-30B-A3B at T = 4096 (2 x 768 rows) and of Mixtral-8x7B (2 x 14336).
-constexpr Shape kShapes[] = {{"Qwen3_gateup", 4096, 8, 2048, 1536},
-                             {"Mixtral_gateup", 4096, 2, 4096, 28672}};
+constexpr Shape kShapes[] = {{"Qwen3_gateup", 4096, 8, 2048, 1536, 128},
+                             {"Mixtral_gateup", 4096, 2, 4096, 28672, 8}};
 
 // The expert-sorted copy of x as routing's gathers would write it: row i is x[rows[i]] (zeros
 // for padding rows), so that the Contiguous rows multiply real data (an all-zero A runs the
@@ -66,7 +67,8 @@ __global__ void gather_rows_kernel(__nv_bfloat16* sorted, const __nv_bfloat16* x
 
 template <int BN, int Stages, AGather G, int InFlight, bool Gated, bool Multicast,
           flashmoe_test::WsGemmWork Work = flashmoe_test::WsGemmWork::MmaStore>
-void BM_WsGatherGemm(benchmark::State& state, Shape s) {
+// copies > 1: that many copies of W, m-tile mt on copy mt % copies (weights from DRAM).
+void BM_WsGatherGemm(benchmark::State& state, Shape s, int copies) {
   int major = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
       major != 9) {
@@ -87,13 +89,23 @@ void BM_WsGatherGemm(benchmark::State& state, Shape s) {
   const int out_cols = Gated ? s.n_total / 2 : s.n_total;
   Buffer dx(x.size() * 2), dw(w.size() * 2), drows(rows.size() * 4),
       dsorted(rows.size() * s.hidden * 2), dc(rows.size() * s.n_total * 4),
-      dh(rows.size() * out_cols * 2), words(4096);
+      dh(rows.size() * out_cols * 2), dw_all(copies > 1 ? w.size() * 2 * copies : 0), words(4096);
   if (!dx.ptr || !dw.ptr || !drows.ptr || !dsorted.ptr || !dc.ptr || !dh.ptr || !words.ptr) {
     state.SkipWithError("cudaMalloc failed");
     return;
   }
   cudaMemcpy(dx.get(), x.data(), x.size() * 2, cudaMemcpyHostToDevice);
   cudaMemcpy(dw.get(), w.data(), w.size() * 2, cudaMemcpyHostToDevice);
+  if (copies > 1) {
+    if (!dw_all.ptr) {
+      state.SkipWithError("cudaMalloc failed");
+      return;
+    }
+    for (int i = 0; i < copies; ++i) {
+      cudaMemcpy(dw_all.get<char>() + i * w.size() * 2, dw.get(), w.size() * 2,
+                 cudaMemcpyDeviceToDevice);
+    }
+  }
   cudaMemcpy(drows.get(), rows.data(), rows.size() * 4, cudaMemcpyHostToDevice);
   gather_rows_kernel<<<1024, 256>>>(dsorted.get<__nv_bfloat16>(), dx.get<__nv_bfloat16>(),
                                     drows.get<int>(), static_cast<int>(rows.size()), s.hidden);
@@ -106,7 +118,8 @@ void BM_WsGatherGemm(benchmark::State& state, Shape s) {
            ? flashmoe_test::encode_bf16_map(x_map, dsorted.get(), static_cast<int>(rows.size()),
                                             s.hidden, flashmoe_test::kWsBM)
            : flashmoe_test::encode_bf16_map(x_map, dx.get(), s.tokens, s.hidden, 1)) &&
-      flashmoe_test::encode_bf16_map(w_map, dw.get(), s.n_total, s.hidden,
+      flashmoe_test::encode_bf16_map(w_map, copies > 1 ? dw_all.get() : dw.get(),
+                                     s.n_total * copies, s.hidden,
                                      Gated || Multicast ? BN / 2 : BN);
   if (!ok) {
     state.SkipWithError("cuTensorMapEncodeTiled failed");
@@ -124,7 +137,8 @@ void BM_WsGatherGemm(benchmark::State& state, Shape s) {
       dc.get<float>(),
       out_cols,
       {{words.get<std::uint32_t>(), nullptr}, 2'000'000'000ull},
-      dh.get<__nv_bfloat16>()};
+      dh.get<__nv_bfloat16>(),
+      copies};
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
@@ -208,7 +222,7 @@ void BM_CublasGemm(benchmark::State& state, Shape s) {
 template <int BN, int Stages, AGather G, int InFlight = 0, bool Gated = false,
           bool Multicast = false,
           flashmoe_test::WsGemmWork Work = flashmoe_test::WsGemmWork::MmaStore>
-void register_rows(const char* gather) {
+void register_rows(const char* gather, bool dram_w = false) {
   using flashmoe_test::WsGemmWork;
   const char* work = Work == WsGemmWork::MmaOnly     ? "/no_store"
                      : Work == WsGemmWork::NoMma     ? "/no_mma"
@@ -217,10 +231,11 @@ void register_rows(const char* gather) {
                                                      : "";
   for (const Shape& s : kShapes) {
     benchmark::RegisterBenchmark((std::string(s.name) + "/BN" + std::to_string(BN) + "/" + gather +
-                                  (InFlight ? "/in_flight1" : "") + (Gated ? "/silu" : "") + work)
+                                  (InFlight ? "/in_flight1" : "") + (Gated ? "/silu" : "") + work +
+                                  (dram_w ? "/dram_w/stages" + std::to_string(Stages) : ""))
                                      .c_str(),
                                  BM_WsGatherGemm<BN, Stages, G, InFlight, Gated, Multicast, Work>,
-                                 s)
+                                 s, dram_w ? s.experts : 1)
         ->UseManualTime()
         ->Iterations(10)
         ->Unit(benchmark::kMicrosecond);
@@ -543,6 +558,15 @@ int main(int argc, char** argv) {
       "contiguous");
   register_rows<256, 4, AGather::Contiguous, 0, true, false, flashmoe_test::WsGemmWork::MmaOnly>(
       "contiguous");
+  // The same gate/up tiles with the weights streamed from DRAM (m-tile mt on expert
+  // mt % experts), on rings of 3 and 4 stages: whether the K loop is bound by the ring's depth
+  // (session 22's design study, X1); if so, 3 stages run about a third slower than 4.
+  register_rows<256, 3, AGather::Contiguous, 0, true, false, flashmoe_test::WsGemmWork::MmaOnly>(
+      "contiguous", true);
+  register_rows<256, 4, AGather::Contiguous, 0, true, false, flashmoe_test::WsGemmWork::MmaOnly>(
+      "contiguous", true);
+  register_rows<256, 4, AGather::Contiguous, 0, true, false, flashmoe_test::WsGemmWork::StoreBf16>(
+      "contiguous", true);
   for (const Shape& s : kShapes) {
     benchmark::RegisterBenchmark((std::string(s.name) + "/cublas").c_str(), BM_CublasGemm, s)
         ->UseManualTime()

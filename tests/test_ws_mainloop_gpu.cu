@@ -118,7 +118,8 @@ void run_case(const Case& cs, std::mt19937_64& rng) {
       dc.get<float>(),
       cs.n_total,
       Watchdog{Control{words.get<std::uint32_t>(), nullptr}, 2'000'000'000ull},
-      dh.get<__nv_bfloat16>()};
+      dh.get<__nv_bfloat16>(),
+      1};
   CUtensorMap h_map;
   ASSERT_TRUE(flashmoe_test::encode_bf16_map(h_map, dh.get(), cs.mtiles * kWsBM, cs.n_total, 64));
   if constexpr (Multicast) {

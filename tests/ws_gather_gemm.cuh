@@ -57,6 +57,9 @@ struct WsGemmArgs {
   int n_total;                    // columns of C (gated: W has 2 n_total rows, gate then up)
   flashmoe::detail::Watchdog wd;
   __nv_bfloat16* h;  // [mtiles * 128, n_total]: StoreBf16 (StoreTma writes it through h_map)
+  // Copies of W one after another (the experts): m-tile mt multiplies copy mt % w_copies, so
+  // that with many the weights stream from DRAM as the engine's do (1: one W, L2-resident).
+  int w_copies;
 };
 
 // StoreTma's bulk tensor stores: shared memory -> global through a tensor map, tracked per
@@ -144,6 +147,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     PipeState<Stages> st;
     for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
       const int mt = tile / g.ntiles, nt = tile % g.ntiles;
+      const int w0 = mt % max(g.w_copies, 1) * (Gated ? 2 : 1) * g.n_total;
       [[maybe_unused]] int row[kWsBM / 32];
       [[maybe_unused]] const __nv_bfloat16* src = nullptr;
       if constexpr (G == AGather::RowBoxes) {
@@ -166,11 +170,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
         if (threadIdx.x == 256) {
           pipe.producer_expect(st, kGenericA ? Smem::kB : Smem::kStage);
           if constexpr (Gated) {
-            tma_load_2d(a + Smem::kA, &w_map, bar, kt * kWsBK, nt * (BN / 2));
+            tma_load_2d(a + Smem::kA, &w_map, bar, kt * kWsBK, w0 + nt * (BN / 2));
             tma_load_2d(a + Smem::kA + BN / 2 * kWsRowBytes, &w_map, bar, kt * kWsBK,
-                        g.n_total + nt * (BN / 2));
+                        w0 + g.n_total + nt * (BN / 2));
           } else {
-            tma_load_2d(a + Smem::kA, &w_map, bar, kt * kWsBK, nt * BN);
+            tma_load_2d(a + Smem::kA, &w_map, bar, kt * kWsBK, w0 + nt * BN);
           }
           if constexpr (G == AGather::Contiguous) {
             tma_load_2d(a, &x_map, bar, kt * kWsBK, mt * kWsBM);
