@@ -5,7 +5,8 @@
 # 4 no ypart stores, 8 no combine counts (so no combine), 16 the m-tile count's release relaxed,
 # 32 h stored as zeros (the down tiles multiply zeros), 64 no proxy fence after the h stores,
 # 128 the weight boxes on even K steps only, 256 the A boxes on even K steps only (half the
-# copy-engine bytes of that operand: whether the tiles wait on L2 -> SM traffic). Check a new
+# copy-engine bytes of that operand: whether the tiles wait on L2 -> SM traffic), 512 the ypart
+# values into a 16 KB shared-memory buffer instead of global memory. Check a new
 # combination with ptxas first: 384 (128 and 256) makes the 128-row engine's wgmma serialise.
 # Usage: bench/probes/make_ablation_trees.sh 1 2 4 8 16
 set -euo pipefail
