@@ -34,11 +34,8 @@
 
 namespace flashmoe::detail {
 
-// The prefill kernel's router tile (64 tokens x 64 experts, warpgroup MMA) with 10 stages
-// instead of 4: routing runs before the ring exists, so its loads may use the ring's shared
-// memory, and a router task's K steps (8 at Qwen3 T = 1024, 32 at T = 4096) then wait for one
-// round trip of 8 stages at a time instead of one for every 2 (bench/NOTES.md, row 124).
-using WsRouterTile = TileShape<64, 64, false, 4, 2, 1, 10, 64, true>;
+// The prefill kernel's router tile shape, which the warp-specialised kernel's routing reuses.
+using WsRouterTile = PrefillConfig::Down0;
 inline constexpr int kWsJobDepth = 2;
 
 template <class W, typename T>
