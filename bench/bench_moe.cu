@@ -27,6 +27,7 @@
 #include "cublas_baseline.cuh"
 #include "flashmoe/flashmoe.hpp"
 #include "testing.hpp"
+#include "tile_choice.hpp"
 
 namespace {
 
@@ -61,6 +62,7 @@ int g_prefill_rows = 0;       // testing::set_prefill_switch of every benchmarke
 int g_ws_tall_rows = 0;       // testing::set_ws_tile_switch of every benchmarked Layer
 int g_down_slices = 0;        // testing::set_down_slices of every benchmarked Layer
 double g_down_lead = 0.0;     // testing::set_down_lead of every benchmarked Layer
+int g_gather_parts = 0;       // testing::set_gather_parts of every benchmarked Layer
 std::string g_trace_dir;      // FLASHMOE_BENCH_TRACE_DIR: one traced forward per benchmark
 bool g_programmatic = false;  // ForwardOptions::programmatic_launch of the timed forwards
 // Its timing: as many rounds of kInputs forwards as FlashMoE had iterations, at least
@@ -140,6 +142,7 @@ Bench* get_bench(const Shape& s, flashmoe::DType dt) {
   flashmoe::testing::set_ws_tile_switch(b->layer, g_ws_tall_rows);
   flashmoe::testing::set_down_slices(b->layer, g_down_slices);
   flashmoe::testing::set_down_lead(b->layer, g_down_lead);
+  flashmoe::testing::set_gather_parts(b->layer, g_gather_parts);
   if (g_cublas) {
     flashmoe_bench::BaselineShape bs;
     bs.hidden = c.hidden;
@@ -619,6 +622,12 @@ int main(int argc, char** argv) {
   // FLASHMOE_BENCH_DOWN_SLICES=4: down tiles in 4 K slices wherever the scratch allows
   // (measuring choose_down_slices; testing.hpp).
   if (!read_count("FLASHMOE_BENCH_DOWN_SLICES", flashmoe::detail::kMaxDownSlices, g_down_slices)) {
+    return 1;
+  }
+  // FLASHMOE_BENCH_GATHER_PARTS=1: each of the warp-specialised kernel's gathers one job
+  // (measuring choose_gather_parts; testing.hpp).
+  if (!read_count("FLASHMOE_BENCH_GATHER_PARTS", flashmoe::detail::kMaxGatherParts,
+                  g_gather_parts)) {
     return 1;
   }
   // FLASHMOE_BENCH_DOWN_LEAD=2: the warp-specialised kernel's down tiles interleaved with the

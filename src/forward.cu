@@ -388,6 +388,7 @@ struct TracedShape {
   int tile_m, gateup_n, down_n;  // m-tile height, gate/up and down tile widths
   int router_m, router_n;        // tokens and experts of one router task
   const char* variant;
+  int gather_parts = 0;  // gather jobs an m-tile (the warp-specialised kernel's; else none)
 };
 
 // A launch with programmatic dependent launch (ForwardOptions::programmatic_launch): the kernel
@@ -432,6 +433,7 @@ std::int64_t launch_grid(Layer::Impl& impl, const KernelParams<T>& p, std::int64
                        routed ? shape.router_m : 0,
                        routed ? shape.router_n : 0,
                        p.dsplit.kslices,
+                       shape.gather_parts,
                        shape.variant};
   }
   // A non-sticky error the caller left pending would otherwise come back from the check after
@@ -516,10 +518,17 @@ Status launch_ws(Layer::Impl& impl, const KernelVariantInfo& info, const void* x
   const int ng = (c.intermediate + W::kGateUpCols - 1) / W::kGateUpCols;
   p.down_lead =
       ws_down_lead(impl.down_lead_waves, full_grid, ng, num_tokens, W::BM, o.topk_ids != nullptr);
-  const std::int64_t tiles = mtiles * (1 + ng + (c.hidden + W::BN - 1) / W::BN * p.dsplit.kslices);
-  const std::int64_t grid = launch_grid(
-      impl, p, full_grid, p.rsplit.tasks() + tiles,
-      {W::BM, W::kGateUpCols, W::BN, p.rsplit.chunk_tokens, WsRouterTile::BN, "prefill_ws"});
+  p.gather_parts = static_cast<std::uint32_t>(
+      impl.gather_parts > 0
+          ? std::min(impl.gather_parts, kMaxGatherParts)
+          : choose_gather_parts(expected_mtiles(num_tokens, c.top_k, c.experts, W::BM), full_grid,
+                                c.hidden));
+  const std::int64_t tiles =
+      mtiles * (p.gather_parts + ng + (c.hidden + W::BN - 1) / W::BN * p.dsplit.kslices);
+  const std::int64_t grid =
+      launch_grid(impl, p, full_grid, p.rsplit.tasks() + tiles,
+                  {W::BM, W::kGateUpCols, W::BN, p.rsplit.chunk_tokens, WsRouterTile::BN,
+                   "prefill_ws", static_cast<int>(p.gather_parts)});
   if (o.programmatic_launch && impl.programmatic_launch) {
     return launch_programmatic(moe_ws_kernel<W, T>, grid, W::kThreads, info.smem_bytes, stream, p);
   }

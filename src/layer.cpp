@@ -383,6 +383,7 @@ Status Layer::read_trace(cudaStream_t stream, Trace& out) {
   t.router_tile_m = last.router_tile_m;
   t.router_tile_n = last.router_tile_n;
   t.down_k_slices = last.down_k_slices;
+  t.gather_parts = last.gather_parts;
   t.variant = last.variant;
   for (std::size_t b = 0; b < grid; ++b) {
     const detail::RawTraceBlock& rb = blocks[b];

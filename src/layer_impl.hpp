@@ -60,6 +60,9 @@ struct Layer::Impl {
   // once this many waves of gate/up tiles are handed out (ws_down_lead), interleaved with the
   // rest, instead of after every gate/up tile.
   double down_lead_waves = 0.0;
+  // Test- and bench-only (testing.hpp): > 0 splits each of the warp-specialised kernel's
+  // gathers into this many jobs, instead of choose_gather_parts's rule.
+  int gather_parts = 0;
 
   // Pointers that forwards of this Layer found to be memory of its device (x, y and the option
   // pointers): an engine passes the same buffers call after call, and cudaPointerGetAttributes
@@ -77,7 +80,7 @@ struct Layer::Impl {
     bool valid = false;
     int grid = 0, num_tokens = 0, tile_m = 0, tile_n_gateup = 0, tile_n_down = 0;
     int router_tasks = 0, router_k_slices = 0, router_tile_m = 0, router_tile_n = 0;
-    int down_k_slices = 0;
+    int down_k_slices = 0, gather_parts = 0;
     const char* variant = "decode";
   } last_trace;
 

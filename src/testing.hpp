@@ -49,6 +49,13 @@ inline void set_down_lead(Layer& layer, double waves) {
   if (layer.valid()) layer.impl()->down_lead_waves = waves > 0.0 ? waves : 0.0;
 }
 
+// Splits each gather of the warp-specialised kernel (an m-tile's token rows copied into the
+// expert-sorted x) into `parts` jobs, capped at kMaxGatherParts (0: the library's rule,
+// tile_choice.hpp). For measuring the rule and testing splits where it would not choose them.
+inline void set_gather_parts(Layer& layer, int parts) {
+  if (layer.valid()) layer.impl()->gather_parts = parts < 0 ? 0 : parts;
+}
+
 // Whether `layer` runs the warp-specialised engine for its prefill forwards (sm_90a, and a
 // scratch planned for them), which moves the decode/prefill switch (workspace.hpp, runs_prefill).
 inline bool has_ws_engine(Layer& layer) { return layer.valid() && layer.impl()->ws_engine; }

@@ -162,4 +162,18 @@ inline int choose_engine_down_slices(double down_tiles, double hidden_over_inter
   return best;
 }
 
+// Gather jobs per m-tile of the warp-specialised engine (1 to kMaxGatherParts), each copying
+// an equal share of the rows' 16-byte chunks. A gather is a chain of L2 round trips on one SM,
+// and every gate/up tile of its m-tile waits for it: with a few m-tiles of long rows (Mixtral
+// at T = 128-256: 8 gathers of 16 us on 8 SMs while 124 idle) the launch's first tile waits
+// for one SM's copy rate. Parts spread the copy over about `slots` SMs; a part keeps at least
+// kMinGatherPartChunks chunks of a row (1 KB), so that its loads stay whole lines.
+inline constexpr int kMaxGatherParts = 8, kMinGatherPartChunks = 64;
+inline int choose_gather_parts(double mtiles, std::int64_t slots, int hidden) {
+  const int by_row = std::max(1, hidden / 8 / kMinGatherPartChunks);
+  const double fill = static_cast<double>(slots) / std::fmax(mtiles, 1.0);
+  const int parts = static_cast<int>(std::floor(fill + 0.5));
+  return std::clamp(parts, 1, std::min(kMaxGatherParts, by_row));
+}
+
 }  // namespace flashmoe::detail

@@ -227,11 +227,13 @@ std::string trace_to_chrome_json(const Trace& trace) {
   fmt::format_to(it,
                  R"(,"num_tokens":{},"grid_blocks":{},"sm_count":{},"tile_m":{},)"
                  R"("tile_n_gateup":{},"tile_n_down":{},"router_tasks":{},"router_k_slices":{},)"
-                 R"("router_tile_m":{},"router_tile_n":{},"down_k_slices":{},"base_ns":{}}},)"
+                 R"("router_tile_m":{},"router_tile_n":{},"down_k_slices":{},"gather_parts":{},)"
+                 R"("base_ns":{}}},)"
                  R"("traceEvents":[)",
                  trace.num_tokens, trace.grid_blocks, trace.sm_count, trace.tile_m,
                  trace.tile_n_gateup, trace.tile_n_down, trace.router_tasks, trace.router_k_slices,
-                 trace.router_tile_m, trace.router_tile_n, trace.down_k_slices, w.base);
+                 trace.router_tile_m, trace.router_tile_n, trace.down_k_slices, trace.gather_parts,
+                 w.base);
 
   bool first = true;
   auto sep = [&] {
@@ -551,9 +553,10 @@ std::string trace_summary_text(const Trace& trace) {
   auto it = std::back_inserter(out);
   fmt::format_to(it,
                  "FlashMoE trace: variant {}, T = {}, grid {} blocks, tile_m {}, tile_n {} / {}, "
-                 "down K slices {}\n",
+                 "down K slices {}, gather parts {}\n",
                  trace.variant.empty() ? "?" : trace.variant, trace.num_tokens, trace.grid_blocks,
-                 trace.tile_m, trace.tile_n_gateup, trace.tile_n_down, trace.down_k_slices);
+                 trace.tile_m, trace.tile_n_gateup, trace.tile_n_down, trace.down_k_slices,
+                 trace.gather_parts);
   fmt::format_to(it, "  {} blocks on {} SMs (device has {}), {} events, span {:.3f} us\n",
                  trace.blocks.size(), by_sm.size(), trace.sm_count, trace.events.size(), s.span_us);
   if (trace.events.empty()) {

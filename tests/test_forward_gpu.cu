@@ -360,6 +360,7 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     int down_slices = 0;   // testing::set_down_slices (0: the library's model)
     double down_lead = 0;  // testing::set_down_lead (0: every gate/up tile before any down tile)
     int max_blocks = 0;    // LayerOptions::max_blocks
+    int gather_parts = 0;  // testing::set_gather_parts (0: the library's rule)
   };
   // Experts' last 128-row m-tiles of at most 64 rows run as half tiles: in the 4000-pair case
   // (about 250 rows an expert), the skewed one (777 rows), the 150-row one of three down column
@@ -386,6 +387,11 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
       // for would hang it into the watchdog: 4 experts of 7 m-tiles, 7 gate/up tiles each, and
       // the lead ceil(777 / 128) - 1 = 6, the smallest that keeps this table's order.
       {200, 896, 16, 4, 777, 128, true, 0, 1024, 0, 0, 0.01, 1},
+      // Gathers split into column shares where the rule keeps one job an m-tile: 65 chunks a
+      // row in 8 parts of 8-9, 25 in 3 on the skewed routing, 9 in 8 (parts of 1-2 chunks).
+      {520, 136, 16, 4, 600, 128, false, 0, 1024, 0, 0, 0, 0, 8},
+      {200, 88, 16, 4, 777, 128, true, 0, 1024, 0, 0, 0, 0, 3},
+      {72, 40, 1, 1, 999, 128, false, 0, 1024, 0, 0, 0, 0, 8},
   };
   StreamGuard stream;
   for (const Case& k : cases) {
@@ -406,6 +412,7 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     flashmoe::testing::set_ws_tile_switch(layer, k.ws_tall_rows);
     flashmoe::testing::set_down_slices(layer, k.down_slices);
     flashmoe::testing::set_down_lead(layer, k.down_lead);
+    flashmoe::testing::set_gather_parts(layer, k.gather_parts);
     SCOPED_TRACE(::testing::Message() << "H " << c.hidden << " I " << c.intermediate << " E "
                                       << c.experts << " T " << k.tokens);
     ForwardRun run = make_run(c, k.tokens, rng_);
@@ -422,6 +429,14 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     if (k.down_lead > 0) {
       // The order of the tiles changes no bit of the result.
       flashmoe::testing::set_down_lead(layer, 0);
+      ForwardRun again = run;
+      ASSERT_TRUE(run_forward(layer, again, stream.get()));
+      EXPECT_EQ(again.y, run.y);
+    }
+    if (ws && k.gather_parts > 0) {
+      EXPECT_EQ(trace.gather_parts, k.gather_parts);
+      // How the copy is split changes no bit of the result.
+      flashmoe::testing::set_gather_parts(layer, 1);
       ForwardRun again = run;
       ASSERT_TRUE(run_forward(layer, again, stream.get()));
       EXPECT_EQ(again.y, run.y);

@@ -202,4 +202,32 @@ TEST(DownSlices, EngineSlicesWhereTheLastDownTilesWouldEndTheLaunch) {
   }
 }
 
+// Gathers split into column shares where the m-tiles are too few to keep the SMs copying.
+TEST(GatherParts, SplitWhereFewMTilesWouldLeaveTheSmsIdle) {
+  using flashmoe::detail::choose_gather_parts;
+  using flashmoe::detail::expected_mtiles;
+  using flashmoe::detail::kMaxGatherParts;
+  constexpr std::int64_t kEngineSlots = 132;
+  // Mixtral-8x7B (H = 4096): about 8-12 m-tiles at T = 128 (64 rows) and T = 256 (128 rows).
+  EXPECT_EQ(choose_gather_parts(expected_mtiles(128, 2, 8, 64), kEngineSlots, 4096),
+            kMaxGatherParts);
+  EXPECT_EQ(choose_gather_parts(expected_mtiles(256, 2, 8, 128), kEngineSlots, 4096),
+            kMaxGatherParts);
+  // Qwen3-30B-A3B at T = 1024: more m-tiles than SMs, one job an m-tile.
+  EXPECT_EQ(choose_gather_parts(expected_mtiles(1024, 8, 128, 128), kEngineSlots, 2048), 1);
+  // About 66 m-tiles fill the SMs in two parts; 44 in three.
+  EXPECT_EQ(choose_gather_parts(66.0, kEngineSlots, 4096), 2);
+  EXPECT_EQ(choose_gather_parts(44.0, kEngineSlots, 4096), 3);
+  // A part keeps 64 chunks of a row: H = 1024 has 128, so two parts at most; H = 256 one.
+  EXPECT_EQ(choose_gather_parts(4.0, kEngineSlots, 1024), 2);
+  EXPECT_EQ(choose_gather_parts(4.0, kEngineSlots, 256), 1);
+  for (double mtiles : {0.0, 0.5, 1.0, 16.0, 131.0, 1e6}) {
+    for (int hidden : {8, 512, 2048, 16384}) {
+      const int parts = choose_gather_parts(mtiles, kEngineSlots, hidden);
+      EXPECT_GE(parts, 1);
+      EXPECT_LE(parts, kMaxGatherParts);
+    }
+  }
+}
+
 }  // namespace

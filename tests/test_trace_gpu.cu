@@ -135,8 +135,15 @@ class TraceGpu : public ::testing::Test {
                      .selects;
     EXPECT_EQ(count[TraceKind::Routing], (decode ? selects : 2 * selects) + 1);
     EXPECT_EQ(count[TraceKind::GateUp], mtiles * ng);
-    // The warp-specialised kernel first copies each m-tile's token rows into expert order.
-    EXPECT_EQ(count[TraceKind::Gather], trace.variant == "prefill_ws" ? mtiles : 0);
+    // The warp-specialised kernel first copies each m-tile's token rows into expert order, in
+    // gather_parts jobs (1 to kMaxGatherParts) an m-tile.
+    if (trace.variant == "prefill_ws") {
+      EXPECT_GE(trace.gather_parts, 1);
+      EXPECT_LE(trace.gather_parts, flashmoe::detail::kMaxGatherParts);
+    } else {
+      EXPECT_EQ(trace.gather_parts, 0);
+    }
+    EXPECT_EQ(count[TraceKind::Gather], mtiles * trace.gather_parts);
     // Down tiles split I only when one would stream more than kDownSliceBytes of weights.
     EXPECT_GE(trace.down_k_slices, 1);
     EXPECT_LE(trace.down_k_slices,

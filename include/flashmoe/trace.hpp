@@ -66,6 +66,9 @@ struct Trace {
   // Slices of the intermediate dimension each down tile is split into (1: none; long down
   // tiles of few-expert shapes are split so that the launch does not end on a few of them).
   int down_k_slices = 0;
+  // Jobs each m-tile's gather (its token rows copied into expert order) is split into, each a
+  // share of the columns: the warp-specialised kernel's, 0 in the others.
+  int gather_parts = 0;
   // "decode", "prefill", or "prefill_ws" (the warp-specialised prefill kernel of sm_90a).
   std::string variant;
 };

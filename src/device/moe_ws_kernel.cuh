@@ -2,10 +2,12 @@
 // SM. Ticket order, a topological order of the task graph:
 //   [0, R)                 routing, exactly as the prefill kernel's (moe_kernel.cuh), on
 //                          threads 0-255 (the producer warpgroup waits at the block barrier)
-//   [R, R + M)             gathers: m-tile m's token rows copied into x_sorted, in m-tile order
-//   [.., total)            M*NG gate/up tiles (each waits for its m-tile's gather) and M*ND*KS
-//                          down tiles (each waits for its m-tile's gather and NG gate/up
-//                          tiles), the combine done by the last tile to finish a token slice;
+//   [R, R + M*P)           gathers: m-tile m's token rows copied into x_sorted, P jobs an m-tile
+//                          (each a share of the columns; P = p.gather_parts)
+//   [.., total)            M*NG gate/up tiles (each waits for its m-tile's P gathers) and
+//                          M*ND*KS down tiles (each waits for its m-tile's gathers and NG
+//                          gate/up tiles), the combine done by the last tile to finish a token
+//                          slice;
 //                          interleaved with a lead (ws_ticket_order.hpp) that keeps every down
 //                          tile after what it waits for.
 // At its first ticket past routing a block splits: warp 8 becomes the producer (it claims the
@@ -59,7 +61,7 @@ struct WsRoles {
     PipeState<kWsJobDepth> js;
     for (;;) {
       WsJob job = decode_job<W::BM>(p, g, ticket);
-      if (const std::uint32_t need = job_dependency(job, g.ng); need != 0) {
+      if (const std::uint32_t need = job_dependency(job, p.gather_parts, g.ng); need != 0) {
         bool spun = false;  // the producer is not the tracing thread
         if (wait_at_least(p.ctl, &p.mtile_done[job.slot], need, p.timeout_ns, kSiteMTileDone,
                           spun)) {
@@ -161,9 +163,10 @@ __global__ void __launch_bounds__(W::kThreads, 1)
   const std::uint32_t routing_tickets = static_cast<std::uint32_t>(rs.tasks());
   const int ng = (p.inter + W::kGateUpCols - 1) / W::kGateUpCols;
   const int nd = (p.hidden + W::BN - 1) / W::BN;
-  // Per m-tile: its gather, NG gate/up tiles, ND x KS down tiles (the tile table publishes
+  // Per m-tile: its gathers, NG gate/up tiles, ND x KS down tiles (the tile table publishes
   // routing + m-tiles x this as the ticket total).
-  const std::uint32_t tasks_per_mtile = static_cast<std::uint32_t>(1 + ng + nd * p.dsplit.kslices);
+  const std::uint32_t tasks_per_mtile =
+      p.gather_parts + static_cast<std::uint32_t>(ng + nd * p.dsplit.kslices);
   if (threadIdx.x == 0) {
     s_total = 0;
     s_live = live_token_count(p);

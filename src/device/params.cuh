@@ -79,6 +79,9 @@ struct WsKernelParams : KernelParams<T> {
   // M-tile positions of gate/up tiles ahead of the down tiles (ws_ticket_order.hpp); the
   // default keeps them all first, the order that needs no lead to be safe.
   std::uint32_t down_lead = kAllGateUpFirst;
+  // Gather jobs per m-tile, each copying a share of the row's columns: several where the
+  // m-tiles are too few to keep the SMs busy copying (tile_choice.hpp, choose_gather_parts).
+  std::uint32_t gather_parts = 1;
 };
 
 // Tokens this launch routes: all num_tokens, or the caller's device count (of the whole

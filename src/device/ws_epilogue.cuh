@@ -39,16 +39,19 @@ struct WsEpilogue {
     if (threadIdx.x == 0) fetch_add_acq_rel(&p.mtile_done[job.slot], 1);
   }
 
-  // x_sorted[row0 + r] = x[token of sorted row row0 + r] and sorted_weight[row0 + r] = its routing
-  // weight, for the m-tile's rows: two rows a warp at a time, 16 bytes per lane, every load of
-  // both rows issued before their stores (64 KB in flight a block: a gather is a chain of L2
-  // round trips, bench/NOTES.md row 112). x may alias y (an in-place forward): it is read
-  // through L2, and no y row of these tokens is written before the m-tile's down tiles, which
-  // wait for this.
+  // x_sorted[row0 + r] = x[token of sorted row row0 + r] for the m-tile's rows and the job's
+  // share of their 16-byte chunks (part job.ntile of p.gather_parts), and, by part 0,
+  // sorted_weight[row0 + r] = the row's routing weight: two rows a warp at a time, 16 bytes a
+  // lane, every load of both rows issued before their stores (64 KB in flight a block: a gather
+  // is a chain of L2 round trips, bench/NOTES.md row 112). x may alias y (an in-place forward):
+  // it is read through L2, and no y row of these tokens is written before the m-tile's down
+  // tiles, which wait for this.
   __device__ static bool gather(const WsKernelParams<T>& p, const WsJob& job) {
     constexpr int kRows = 2, kBatch = 8, kWarps = kThreads / 32;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int chunks = p.hidden / 8;  // H % 8 == 0
+    const int parts = static_cast<int>(p.gather_parts), part = job.ntile;
+    const int first = chunks * part / parts, end = chunks * (part + 1) / parts;
     const int rows = static_cast<int>(job.rows);
     for (int r0 = warp * kRows; r0 < rows; r0 += kWarps * kRows) {
       const uint4* src[kRows];
@@ -59,18 +62,18 @@ struct WsEpilogue {
         const std::int64_t row = job.row0 + min(r0 + i, rows - 1);  // a repeat when past the end
         const int pair = __ldcg(p.sorted_pair + row);
         const int token = pair / p.top_k;
-        weight[i] = lane == 0 ? __ldcg(p.pair_weight + pair) : 0.0f;
+        weight[i] = lane == 0 && part == 0 ? __ldcg(p.pair_weight + pair) : 0.0f;
         src[i] = reinterpret_cast<const uint4*>(p.x + static_cast<std::int64_t>(token) * p.hidden);
         dst[i] = reinterpret_cast<uint4*>(p.x_sorted + row * p.hidden);
       }
-      for (int c0 = 0; c0 < chunks; c0 += kBatch * 32) {
+      for (int c0 = first; c0 < end; c0 += kBatch * 32) {
         uint4 v[kRows][kBatch];
 #pragma unroll
         for (int i = 0; i < kRows; ++i) {
 #pragma unroll
           for (int b = 0; b < kBatch; ++b) {
             const int c = c0 + b * 32 + lane;
-            if (c < chunks) v[i][b] = __ldcg(src[i] + c);
+            if (c < end) v[i][b] = __ldcg(src[i] + c);
           }
         }
 #pragma unroll
@@ -78,13 +81,15 @@ struct WsEpilogue {
 #pragma unroll
           for (int b = 0; b < kBatch; ++b) {
             const int c = c0 + b * 32 + lane;
-            if (c < chunks && r0 + i < rows) dst[i][c] = v[i][b];
+            if (c < end && r0 + i < rows) dst[i][c] = v[i][b];
           }
         }
       }
 #pragma unroll
       for (int i = 0; i < kRows; ++i) {
-        if (lane == 0 && r0 + i < rows) p.sorted_weight[job.row0 + r0 + i] = weight[i];
+        if (part == 0 && lane == 0 && r0 + i < rows) {
+          p.sorted_weight[job.row0 + r0 + i] = weight[i];
+        }
       }
     }
     fence_proxy_async_global();

@@ -55,12 +55,15 @@ __device__ WsJob decode_job(const WsKernelParams<T>& p, const WsGrid& g, std::ui
   std::uint32_t task = ticket - g.routing_tickets;
   int ntile = 0;
   MTile mt;
-  if (task < g.mtiles) {
-    job.kind = kJobGather;
-    mt = locate_tile<BM>(p, task, 1, ntile);
+  // The gather parts come from the parameters, not WsGrid, which the consumers keep live (one
+  // more register there serialises the 128-row engine's wgmma: ptxas C7511).
+  const std::uint32_t gathers = g.mtiles * p.gather_parts;
+  if (task < gathers) {
+    job.kind = kJobGather;  // ntile: the part
+    mt = locate_tile<BM>(p, task, static_cast<int>(p.gather_parts), ntile);
   } else {
     const int ndk = g.nd * g.kslices;
-    const WsTileSlot at = ws_tile_at(task - g.mtiles, g.mtiles, static_cast<std::uint32_t>(g.ng),
+    const WsTileSlot at = ws_tile_at(task - gathers, g.mtiles, static_cast<std::uint32_t>(g.ng),
                                      static_cast<std::uint32_t>(ndk), p.down_lead);
     if (at.gateup) {
       job.kind = kJobGateUp;
@@ -80,11 +83,12 @@ __device__ WsJob decode_job(const WsKernelParams<T>& p, const WsGrid& g, std::ui
   return job;
 }
 
-// The m-tile's count a job waits for: its gather (gate/up: 1), then its NG gate/up tiles too
-// (down: 1 + NG). mtile_done counts both.
-__device__ __forceinline__ std::uint32_t job_dependency(const WsJob& job, int ng) {
-  return job.kind == kJobGateUp ? 1u
-         : job.kind == kJobDown ? 1u + static_cast<std::uint32_t>(ng)
+// The m-tile's count a job waits for: its gathers (gate/up: P), then its NG gate/up tiles too
+// (down: P + NG). mtile_done counts both.
+__device__ __forceinline__ std::uint32_t job_dependency(const WsJob& job, std::uint32_t parts,
+                                                        int ng) {
+  return job.kind == kJobGateUp ? parts
+         : job.kind == kJobDown ? parts + static_cast<std::uint32_t>(ng)
                                 : 0u;
 }
 
