@@ -280,7 +280,9 @@ Status Layer::device_status(cudaStream_t stream) {
           ? "a prefill block's producer and consumers waiting for each other"
       : site == detail::kSiteRouterDone ? "a top-k selection waiting for its tokens' router logits"
       : site == detail::kSiteRowMap     ? "a prefill tile waiting for the tile table's row map"
-                                        : "an unknown site";
+      : site == detail::kSiteSelectsDone
+          ? "a prefill row map waiting for every token's top-k selection"
+          : "an unknown site";
   if (code == static_cast<std::uint32_t>(StatusCode::DeviceTimeout)) {
     return {StatusCode::DeviceTimeout,
             fmt::format("a device-side wait exceeded watchdog_ms = {} ({}); that forward's "

@@ -233,6 +233,7 @@ enum ErrorSite : std::uint32_t {
   kSiteJobRing = 6,      // a warp-specialised block's roles waiting for each other (job ring)
   kSiteRouterDone = 7,   // a select ticket waiting for its chunk's router tasks
   kSiteRowMap = 8,       // a prefill tile waiting for the row map of the tile table
+  kSiteSelectsDone = 9,  // a prefill row-map ticket waiting for every top-k selection
 };
 
 // The scratch's first line: which launch owns it. 0 when idle; a launch's id (from %gridid)

@@ -321,6 +321,27 @@ struct ScanSmem {
   std::uint32_t count[1024], offset[1024], mtile_offset[1024];
 };
 
+// The team: s.offset[e] = each expert's first sorted row (the exclusive sum of the expert
+// counts, final once every selection is counted; written by other blocks this launch: through
+// L2). The same sum as the tile table's, so a row-map ticket needs no table to place its pairs.
+template <typename T>
+__device__ void expert_row_offsets(const KernelParams<T>& p, ScanSmem& s) {
+  constexpr int kItems = 1024 / kThreads;
+  const int E = p.experts;
+  std::uint32_t cnt[kItems], off[kItems], total = 0;
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const int e = threadIdx.x * kItems + i;
+    cnt[i] = e < E ? __ldcg(reinterpret_cast<const unsigned*>(p.expert_count + e)) : 0u;
+  }
+  team_exclusive_sum(cnt, off, total, s.count);  // s.count: the warps' sums
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const int e = threadIdx.x * kItems + i;
+    if (e < E) s.offset[e] = off[i];
+  }
+}
+
 // The team: sorted_pair[row0[e] + pos] = q for the pairs q in [q0, q1) (expert e, position pos
 // among e's rows). Four consecutive pairs a 16-byte load (the pair arrays start 256-byte
 // aligned), kMapBatch loads of each array in flight: one L2 round trip per 4 * kMapBatch *

@@ -100,19 +100,32 @@ __device__ __forceinline__ void run_tile_routing_ticket(const KernelParams<T>& p
   const bool user_routing = p.user_ids != nullptr;
   std::uint64_t start = tr.now();
   if (row_map) {
+    // Once every select ticket is counted, the expert counts are final: the ticket scans them
+    // itself while the last select ticket builds the tile table, instead of waiting for the
+    // table (bench/NOTES.md row 130). A single select ticket skips its count (finish_routing):
+    // its row map waits for the table and reads the table's first rows.
+    const bool scan = live_selects > 1;
     if (threadIdx.x == 0) {
       bool spun = false;
-      s_flag =
-          wait_at_least(p.ctl, p.ctl.word(kTasksTotal), 1, p.timeout_ns, kSiteTasksTotal, spun);
+      s_flag = scan ? wait_at_least(p.ctl, p.ctl.word(kRoutingDone),
+                                    static_cast<std::uint32_t>(live_selects), p.timeout_ns,
+                                    kSiteSelectsDone, spun)
+                    : wait_at_least(p.ctl, p.ctl.word(kTasksTotal), 1, p.timeout_ns,
+                                    kSiteTasksTotal, spun);
       if (spun) tr.record(TraceKind::Wait, start, -1, -1);
     }
     team_sync();
     if (!s_flag) return;  // abandoned: the launch has failed
     start = tr.now();
-    // Each expert's first row, written by another block this launch: through L2, into shared
-    // memory for the scattered lookups.
-    std::uint32_t* row0 = reinterpret_cast<ScanSmem*>(smem)->offset;
-    for (int e = threadIdx.x; e < p.experts; e += kThreads) row0[e] = __ldcg(p.expert_row0 + e);
+    // Each expert's first row, in shared memory for the scattered lookups.
+    ScanSmem& scan_smem = *reinterpret_cast<ScanSmem*>(smem);
+    std::uint32_t* row0 = scan_smem.offset;
+    if (scan) {
+      expert_row_offsets(p, scan_smem);
+    } else {
+      // Written by another block this launch: through L2.
+      for (int e = threadIdx.x; e < p.experts; e += kThreads) row0[e] = __ldcg(p.expert_row0 + e);
+    }
     team_sync();
     write_row_map(p, row0, static_cast<std::int64_t>(t0) * p.top_k,
                   static_cast<std::int64_t>(t_end) * p.top_k);
