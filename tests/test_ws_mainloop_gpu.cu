@@ -123,8 +123,7 @@ void run_case(const Case& cs, std::mt19937_64& rng) {
   // Only the bulk-store epilogue reads h through a map (its rows must be 16-byte multiples).
   CUtensorMap h_map{};
   if constexpr (Work == flashmoe_test::WsGemmWork::StoreTma) {
-    ASSERT_TRUE(
-        flashmoe_test::encode_bf16_map(h_map, dh.get(), cs.mtiles * kWsBM, cs.n_total, 64));
+    ASSERT_TRUE(flashmoe_test::encode_bf16_map(h_map, dh.get(), cs.mtiles * kWsBM, cs.n_total, 64));
   }
   if constexpr (Multicast) {
     int clusters = 0;
