@@ -50,8 +50,8 @@ def phase_of(e):
     if kind == "router":
         return "router"
     if kind == "wait":
-        if expert in CHECKPOINTS:
-            return None  # checkpoints, not waits
+        if expert in CHECKPOINTS or expert <= -30:
+            return None  # probes' checkpoints and totals (trace_gaps.py reads the latter)
         if expert == -2:
             return "wait router chunk"
         if expert < 0:

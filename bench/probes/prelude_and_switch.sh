@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # One device call (about 6 minutes), planned in session 24 (bench/NOTES.md): the decode/engine
 # switch measured between 16 and 28 rows an expert on all four shapes (env1 forces the engine
-# from 8 rows; the default switches at kEngineMinRows), the routing prelude traced with the
-# router-phases probe and read by trace_prelude.py, and the 128-row engine's spills located in
-# its SASS. Run from the repository root on the device with `carry: [".probe"]`.
+# from 9 rows; the default switches at kEngineMinRows), traces from a tree with the
+# router-phases and engine-waits probes (tracing only) read by trace_prelude.py and
+# trace_gaps.py, and the 128-row engine's spills located in its SASS. Run from the repository
+# root on the device.
 set -uo pipefail
 out=${OUT:-out}/s
 mkdir -p "$out/rt"
 rm -rf .probe/rt && mkdir -p .probe/rt
 git archive HEAD 2>/dev/null | tar -x -C .probe/rt || cp -r CMakeLists.txt CMakePresets.json bench \
   cmake examples include src tests tools .probe/rt/
-patch -d .probe/rt -p1 <bench/probes/router_phases.patch >"$out/rt.log" 2>&1
+for patch in router_phases engine_waits; do
+  patch -d .probe/rt -p1 <"bench/probes/$patch.patch" >>"$out/rt.log" 2>&1
+done
 (cmake -S .probe/rt -B build/rt -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a-real \
    -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >>"$out/rt.log" 2>&1
  cmake --build build/rt -j 6 --target bench_moe >>"$out/rt.log" 2>&1
@@ -27,6 +30,7 @@ FLASHMOE_BENCH_NO_CUBLAS=1 FLASHMOE_BENCH_TOKENS=128,512,1024 FLASHMOE_BENCH_TRA
 for j in "$out"/rt/*.json; do
   [ -e "$j" ] || continue
   python3 bench/trace_prelude.py "$j"
+  python3 bench/trace_gaps.py "$j"
   gzip "$j"
 done
 rm -f "$out"/rt/*.svg
