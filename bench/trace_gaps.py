@@ -4,7 +4,9 @@ the gaps between a block's traced tasks (gathers, gate/up and down tiles, combin
 kind of task that ends each gap and by tenth of the span, and the block's end (its last task to
 its exit). With bench/probes/engine_waits.patch the trace also carries each engine block's
 producer totals (Wait events, expert -30: waits for an m-tile's inputs, -31: for a free job
-slot, -32: decoding tickets), which say what the producer waited for in those gaps.
+slot, -32: decoding tickets), which say what the producer waited for in those gaps, and the
+combine counts of a down tile that completed no token (combine events of expert -5, listed here
+as "counts"), which are otherwise not traced.
 
 Usage: bench/trace_gaps.py trace_T1024.json   (examples/trace, or bench_moe's
 FLASHMOE_BENCH_TRACE_DIR).
@@ -13,7 +15,7 @@ import json
 import statistics
 import sys
 
-TASKS = ("gather", "gate_up", "down", "combine")
+TASKS = ("gather", "gate_up", "down", "combine", "counts")
 PRODUCER_TOTALS = {-30: "m-tile inputs", -31: "free job slot", -32: "ticket decode"}
 
 
@@ -42,7 +44,9 @@ def main(argv):
     span_end = max(max(exits.values(), default=0.0), max(e[3] for e in events))
     span = span_end - base
     by_block = {}
-    for kind, block, start, end, _, _ in events:
+    for kind, block, start, end, expert, _ in events:
+        if kind == "combine" and expert == -5:
+            kind = "counts"
         if kind in TASKS:
             by_block.setdefault(block, []).append((start, end, kind))
     gaps_by_kind, gaps_per_block, end_gaps = {}, [], []
@@ -84,6 +88,11 @@ def main(argv):
     if end_gaps:
         print(f"  {'exit':10s} {len(end_gaps):6d} {sum(end_gaps):10.1f} {statistics.fmean(end_gaps):8.2f}"
               f" {max(end_gaps):8.2f}   (last task to the block's exit)")
+    counts = [end - start for kind, _, start, end, expert, _ in events
+              if kind == "combine" and expert == -5]
+    if counts:
+        print(f"combine counts of tiles that completed no token: {len(counts)}, mean {statistics.fmean(counts):.2f} us,"
+              f" {sum(counts) / len(gaps_per_block):.2f} us a block")
     print("idle blocks (gaps and ends above), mean over each tenth of the span:")
     print("  " + " ".join(f"{t / (span / 10):6.1f}" for t in tenths))
     totals = {}
