@@ -68,9 +68,12 @@ done
 if [ -n "${TRACE_T:-}" ]; then
   mkdir -p "$out/trace"
   ./build/gpu/examples/trace/flashmoe_trace "$out/trace" $TRACE_T >>"$out/session.log" 2>&1
-  for t in $TRACE_T; do  # engine traces: full m-tiles against each expert's last, stream rates
+  for t in $TRACE_T; do  # engine traces: full m-tiles against each expert's last, stream rates,
+    # the prelude by phase and the gaps between a block's tasks
     python3 bench/trace_tiles.py "$out/trace/trace_T$t.json" --shape 2048,768 \
       >>"$out/trace/trace_T$t.txt" 2>&1
+    python3 bench/trace_prelude.py "$out/trace/trace_T$t.json" >>"$out/trace/trace_T$t.txt" 2>&1
+    python3 bench/trace_gaps.py "$out/trace/trace_T$t.json" >>"$out/trace/trace_T$t.txt" 2>&1
   done
   rm -f "$out"/trace/*.json "$out"/trace/*.svg
   cat "$out"/trace/*.txt
