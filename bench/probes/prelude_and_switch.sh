@@ -11,8 +11,11 @@ mkdir -p "$out/rt"
 rm -rf .probe/rt && mkdir -p .probe/rt
 git archive HEAD 2>/dev/null | tar -x -C .probe/rt || cp -r CMakeLists.txt CMakePresets.json bench \
   cmake examples include src tests tools .probe/rt/
+apply_patch() {  # directory, patch: patch(1) where there is one, else git apply
+  if command -v patch >/dev/null; then patch -s -d "$1" -p1 <"$2"; else git apply --directory="$1" "$2"; fi
+}
 for patch in router_phases engine_waits; do
-  patch -d .probe/rt -p1 <"bench/probes/$patch.patch" >>"$out/rt.log" 2>&1
+  apply_patch .probe/rt "bench/probes/$patch.patch" >>"$out/rt.log" 2>&1 || exit 1
 done
 (cmake -S .probe/rt -B build/rt -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a-real \
    -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >>"$out/rt.log" 2>&1
