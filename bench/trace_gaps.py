@@ -78,21 +78,24 @@ def main(argv):
     if not gaps_per_block:
         print("no expert tiles in the trace")
         return 0
-    print(f"gaps between a block's tasks after its first expert tile: mean {statistics.fmean(gaps_per_block):.2f}"
-          f" us a block, max {max(gaps_per_block):.2f}")
+    print("gaps between a block's tasks after its first expert tile: mean "
+          f"{statistics.fmean(gaps_per_block):.2f} us a block, max {max(gaps_per_block):.2f}")
     print(f"  {'before a':10s} {'gaps':>6s} {'total us':>10s} {'mean us':>8s} {'max us':>8s}")
     for kind in TASKS:
         g = gaps_by_kind.get(kind, [])
         if g:
-            print(f"  {kind:10s} {len(g):6d} {sum(g):10.1f} {statistics.fmean(g):8.2f} {max(g):8.2f}")
+            print(f"  {kind:10s} {len(g):6d} {sum(g):10.1f} {statistics.fmean(g):8.2f}"
+                  f" {max(g):8.2f}")
     if end_gaps:
-        print(f"  {'exit':10s} {len(end_gaps):6d} {sum(end_gaps):10.1f} {statistics.fmean(end_gaps):8.2f}"
-              f" {max(end_gaps):8.2f}   (last task to the block's exit)")
+        print(f"  {'exit':10s} {len(end_gaps):6d} {sum(end_gaps):10.1f}"
+              f" {statistics.fmean(end_gaps):8.2f} {max(end_gaps):8.2f}"
+              "   (last task to the block's exit)")
     counts = [end - start for kind, _, start, end, expert, _ in events
               if kind == "combine" and expert == -5]
     if counts:
-        print(f"combine counts of tiles that completed no token: {len(counts)}, mean {statistics.fmean(counts):.2f} us,"
-              f" {sum(counts) / len(gaps_per_block):.2f} us a block")
+        print(f"combine counts of tiles that completed no token: {len(counts)}, mean"
+              f" {statistics.fmean(counts):.2f} us, {sum(counts) / len(gaps_per_block):.2f} us"
+              " a block")
     print("idle blocks (gaps and ends above), mean over each tenth of the span:")
     print("  " + " ".join(f"{t / (span / 10):6.1f}" for t in tenths))
     totals = {}

@@ -117,7 +117,8 @@ def router_split(events):
     lines = ["router tasks split by the probe's checkpoints (us):"]
     for name, v in parts.items():
         if v:
-            lines.append(f"  {name:9s} median {quantiles(v)[1]:6.2f}  mean {statistics.fmean(v):6.2f}"
+            lines.append(f"  {name:9s} median {quantiles(v)[1]:6.2f}"
+                         f"  mean {statistics.fmean(v):6.2f}"
                          f"  max {max(v):6.2f}")
     return lines
 
@@ -137,7 +138,8 @@ def first_tiles(events):
     lines = [f"first expert tile per block: earliest {lo:.2f} us, median {med:.2f}, latest {hi:.2f}"
              f" ({len(starts)} blocks)"]
     for q in (0.1, 0.25, 0.5, 0.75, 0.9):
-        lines.append(f"  {int(q * 100):3d}% of blocks have started one by {starts[int(q * (len(starts) - 1))]:.2f} us")
+        at = starts[int(q * (len(starts) - 1))]
+        lines.append(f"  {int(q * 100):3d}% of blocks have started one by {at:.2f} us")
     busy = {}
     for e in events:
         phase = phase_of(e)
@@ -145,8 +147,9 @@ def first_tiles(events):
             continue
         busy[phase] = busy.get(phase, 0.0) + (e["end"] - e["start"])
     n = len(first)
+    ranked = sorted(busy.items(), key=lambda kv: -kv[1])
     lines.append("  before it, per block on average (us): " +
-                 ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(busy.items(), key=lambda kv: -kv[1])))
+                 ", ".join(f"{k} {v / n:.2f}" for k, v in ranked))
     return lines
 
 
@@ -158,7 +161,8 @@ def main(argv):
     print(f"{argv[1]}: variant {meta.get('variant', '?')}, T = {meta.get('num_tokens', '?')}, "
           f"{meta.get('grid_blocks', '?')} blocks, router tasks {meta.get('router_tasks', '?')} "
           f"({meta.get('router_tile_m', '?')} x {meta.get('router_tile_n', '?')}, "
-          f"{meta.get('router_k_slices', '?')} K slices), gather parts {meta.get('gather_parts', '?')}")
+          f"{meta.get('router_k_slices', '?')} K slices), "
+          f"gather parts {meta.get('gather_parts', '?')}")
     for line in phase_table(events) + router_split(events) + first_tiles(events):
         print(line)
     return 0

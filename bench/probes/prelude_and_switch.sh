@@ -9,10 +9,14 @@ set -uo pipefail
 out=${OUT:-out}/s
 mkdir -p "$out/rt"
 rm -rf .probe/rt && mkdir -p .probe/rt
-git archive HEAD 2>/dev/null | tar -x -C .probe/rt || cp -r CMakeLists.txt CMakePresets.json bench \
-  cmake examples include src tests tools .probe/rt/
+git archive HEAD 2>/dev/null | tar -x -C .probe/rt ||
+  cp -r CMakeLists.txt CMakePresets.json bench cmake examples include src tests tools .probe/rt/
 apply_patch() {  # directory, patch: patch(1) where there is one, else git apply
-  if command -v patch >/dev/null; then patch -s -d "$1" -p1 <"$2"; else git apply --directory="$1" "$2"; fi
+  if command -v patch >/dev/null; then
+    patch -s -d "$1" -p1 <"$2"
+  else
+    git apply --directory="$1" "$2"
+  fi
 }
 for patch in router_phases engine_waits; do
   apply_patch .probe/rt "bench/probes/$patch.patch" >>"$out/rt.log" 2>&1 || exit 1
@@ -21,10 +25,10 @@ done
    -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >>"$out/rt.log" 2>&1
  cmake --build build/rt -j 6 --target bench_moe >>"$out/rt.log" 2>&1
  echo "rt build $?") &
+filter='^(Qwen3-30B-A3B/bf16/T:(256|320|384)|OLMoE/bf16/T:(128|160|192)|'
+filter+='DeepSeek-V2-Lite/bf16/T:(192|256)|Mixtral-8x7B/bf16/T:(64|80|96))/'
 OUT="$out" FLASHMOE_BENCH_TOKENS=64,80,96,128,160,192,256,320,384 \
-  ENV_VARIANTS="FLASHMOE_BENCH_PREFILL_ROWS=8" bash bench/ab_session.sh \
-  '^(Qwen3-30B-A3B/bf16/T:(256|320|384)|OLMoE/bf16/T:(128|160|192)|DeepSeek-V2-Lite/bf16/T:(192|256)|Mixtral-8x7B/bf16/T:(64|80|96))/' \
-  2>&1 | tail -45
+  ENV_VARIANTS="FLASHMOE_BENCH_PREFILL_ROWS=8" bash bench/ab_session.sh "$filter" 2>&1 | tail -45
 wait
 FLASHMOE_BENCH_NO_CUBLAS=1 FLASHMOE_BENCH_TOKENS=128,512,1024 FLASHMOE_BENCH_TRACE_DIR="$out/rt" \
   build/rt/bench/bench_moe \
@@ -42,5 +46,5 @@ cuobjdump -sass "$lib" >/tmp/all.sass 2>/dev/null
 echo "local loads and stores by function (the 12 most):"
 awk '/Function :/ {f = $3} /LDL|STL/ {n[f]++} END {for (k in n) print n[k], k}' /tmp/all.sass |
   sort -rn | head -12
-awk '/Function : .*moe_ws_kernel.*WsShapeILi128/ {p = 1} /Function :/ && !/WsShapeILi128/ {p = 0} p' \
-  /tmp/all.sass | gzip >"$out/ws128.sass.gz"
+awk '/Function : .*moe_ws_kernel.*WsShapeILi128/ {p = 1}
+     /Function :/ && !/WsShapeILi128/ {p = 0} p' /tmp/all.sass | gzip >"$out/ws128.sass.gz"

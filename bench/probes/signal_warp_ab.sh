@@ -11,11 +11,16 @@ for v in base cw; do
     cp -r CMakeLists.txt CMakePresets.json bench cmake examples include src tests tools ".probe/$v/"
 done
 apply_patch() {  # directory, patch: patch(1) where there is one, else git apply
-  if command -v patch >/dev/null; then patch -s -d "$1" -p1 <"$2"; else git apply --directory="$1" "$2"; fi
+  if command -v patch >/dev/null; then
+    patch -s -d "$1" -p1 <"$2"
+  else
+    git apply --directory="$1" "$2"
+  fi
 }
 apply_patch .probe/cw bench/probes/count_warp.patch || exit 1
 if command -v patch >/dev/null; then patch -s -p1 <bench/probes/signal_warp.patch; else
   git apply bench/probes/signal_warp.patch; fi || exit 1
+filter='^(Qwen3-30B-A3B/bf16/T:(512|1024|4096)|OLMoE/bf16/T:512|'
+filter+='DeepSeek-V2-Lite/bf16/T:1024|Mixtral-8x7B/bf16/T:128)/'
 TESTS=ON VARIANTS="base cw" TRACE_T=1024 FLASHMOE_BENCH_TOKENS=128,512,1024,4096 \
-  bash bench/ab_session.sh \
-  '^(Qwen3-30B-A3B/bf16/T:(512|1024|4096)|OLMoE/bf16/T:512|DeepSeek-V2-Lite/bf16/T:1024|Mixtral-8x7B/bf16/T:128)/'
+  bash bench/ab_session.sh "$filter"
