@@ -11,50 +11,33 @@ as "counts"), which are otherwise not traced.
 Usage: bench/trace_gaps.py trace_T1024.json   (examples/trace, or bench_moe's
 FLASHMOE_BENCH_TRACE_DIR).
 """
-import json
 import statistics
 import sys
 
+from trace_prelude import load  # the same loader (this folder)
+
 TASKS = ("gather", "gate_up", "down", "combine", "counts")
 PRODUCER_TOTALS = {-30: "m-tile inputs", -31: "free job slot", -32: "ticket decode"}
-
-
-def load(path):
-    with open(path) as f:
-        doc = json.load(f)
-    events, entry, exits = [], {}, {}
-    for e in doc["traceEvents"]:
-        if e.get("ph") == "X":
-            args = e.get("args", {})
-            events.append((e.get("cat", ""), e["tid"], e["ts"], e["ts"] + e["dur"],
-                           args.get("expert", -1), args.get("tile", -1)))
-        elif e.get("ph") == "i" and e.get("name") == "block entry":
-            entry[e["tid"]] = e["ts"]
-        elif e.get("ph") == "i" and e.get("name") == "block exit":
-            exits[e["tid"]] = e["ts"]
-    return doc.get("otherData", {}), events, entry, exits
 
 
 def main(argv):
     if len(argv) != 2:
         print(__doc__)
         return 2
-    meta, events, entry, exits = load(argv[1])
-    base = min(entry.values()) if entry else min(e[2] for e in events)
-    span_end = max(max(exits.values(), default=0.0), max(e[3] for e in events))
-    span = span_end - base
+    meta, events, exits = load(argv[1])
+    # load() counts from the first block's entry.
+    span = max(max(exits.values(), default=0.0), max((e["end"] for e in events), default=0.0))
     by_block = {}
-    for kind, block, start, end, expert, _ in events:
-        if kind == "combine" and expert == -5:
-            kind = "counts"
+    for e in events:
+        kind = "counts" if e["kind"] == "combine" and e["expert"] == -5 else e["kind"]
         if kind in TASKS:
-            by_block.setdefault(block, []).append((start, end, kind))
+            by_block.setdefault(e["block"], []).append((e["start"], e["end"], kind))
     gaps_by_kind, gaps_per_block, end_gaps = {}, [], []
     tenths = [0.0] * 10
 
     def spread(a, b):  # idle interval [a, b) into the tenths of the span
         for i in range(10):
-            lo, hi = base + span * i / 10, base + span * (i + 1) / 10
+            lo, hi = span * i / 10, span * (i + 1) / 10
             tenths[i] += max(0.0, min(b, hi) - max(a, lo))
 
     for block, tasks in by_block.items():
@@ -90,8 +73,8 @@ def main(argv):
         print(f"  {'exit':10s} {len(end_gaps):6d} {sum(end_gaps):10.1f}"
               f" {statistics.fmean(end_gaps):8.2f} {max(end_gaps):8.2f}"
               "   (last task to the block's exit)")
-    counts = [end - start for kind, _, start, end, expert, _ in events
-              if kind == "combine" and expert == -5]
+    counts = [e["end"] - e["start"] for e in events
+              if e["kind"] == "combine" and e["expert"] == -5]
     if counts:
         print(f"combine counts of tiles that completed no token: {len(counts)}, mean"
               f" {statistics.fmean(counts):.2f} us, {sum(counts) / len(gaps_per_block):.2f} us"
@@ -99,9 +82,9 @@ def main(argv):
     print("idle blocks (gaps and ends above), mean over each tenth of the span:")
     print("  " + " ".join(f"{t / (span / 10):6.1f}" for t in tenths))
     totals = {}
-    for kind, _, start, end, expert, tile in events:
-        if kind == "wait" and expert in PRODUCER_TOTALS:
-            totals.setdefault(expert, []).append((end - start, tile))
+    for e in events:
+        if e["kind"] == "wait" and e["expert"] in PRODUCER_TOTALS:
+            totals.setdefault(e["expert"], []).append((e["end"] - e["start"], e["tile"]))
     if totals:
         print("producer totals a block (engine_waits probe):")
         for expert, name in PRODUCER_TOTALS.items():

@@ -20,10 +20,12 @@ EXPERT_KINDS = ("gate_up", "down")
 
 
 def load(path):
+    """A trace JSON's metadata, its task events (dicts: kind, block, start, end, expert, tile) and
+    each block's exit, all in microseconds from the first block's entry."""
     with open(path) as f:
         doc = json.load(f)
     meta = doc.get("otherData", {})
-    events, entries = [], []
+    events, entries, exits = [], [], {}
     for e in doc["traceEvents"]:
         if e.get("ph") == "X":
             args = e.get("args", {})
@@ -37,11 +39,13 @@ def load(path):
             })
         elif e.get("ph") == "i" and e.get("name") == "block entry":
             entries.append(e["ts"])
+        elif e.get("ph") == "i" and e.get("name") == "block exit":
+            exits[e["tid"]] = e["ts"]
     base = min(entries) if entries else min((e["start"] for e in events), default=0.0)
     for e in events:
         e["start"] -= base
         e["end"] -= base
-    return meta, events
+    return meta, events, {b: t - base for b, t in exits.items()}
 
 
 def phase_of(e):
@@ -157,7 +161,7 @@ def main(argv):
     if len(argv) != 2:
         print(__doc__)
         return 2
-    meta, events = load(argv[1])
+    meta, events, _ = load(argv[1])
     print(f"{argv[1]}: variant {meta.get('variant', '?')}, T = {meta.get('num_tokens', '?')}, "
           f"{meta.get('grid_blocks', '?')} blocks, router tasks {meta.get('router_tasks', '?')} "
           f"({meta.get('router_tile_m', '?')} x {meta.get('router_tile_n', '?')}, "
