@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One device call (about 8.5 minutes), planned in session 25 (bench/NOTES.md row 137): the working
+# tree with down_order.patch (runtime switches of the engine's down phase, FLASHMOE_BENCH_PROBE_BITS:
+# 1 down tiles column-major, 2 w2 evict-first, 4 ypart lines discarded after the combine) built
+# with its tests and GPU ctest run on it; the bits against 0 (main's down phase through the same
+# binary) in two interleaved rounds; traces of Qwen3 T = 1024 under bits 0 and 7, read by
+# trace_tiles.py (weights' stream rate per tenth) and trace_gaps.py (idle blocks per tenth).
+# Run from the repository root on the device (a clean working tree: the patch goes in there).
+set -uo pipefail
+out=${OUT:-out}
+if command -v patch >/dev/null; then patch -s -p1 <bench/probes/down_order.patch; else
+  git apply bench/probes/down_order.patch; fi || exit 1
+filter='^(Qwen3-30B-A3B/bf16/T:(512|1024|4096)|OLMoE/bf16/T:512|'
+filter+='DeepSeek-V2-Lite/bf16/T:1024|Mixtral-8x7B/bf16/T:128)/'
+TESTS=ON FLASHMOE_BENCH_TOKENS=128,512,1024,4096 \
+  ENV_VARIANTS="FLASHMOE_BENCH_PROBE_BITS=1 FLASHMOE_BENCH_PROBE_BITS=3 \
+FLASHMOE_BENCH_PROBE_BITS=5 FLASHMOE_BENCH_PROBE_BITS=7" \
+  bash bench/ab_session.sh "$filter"
+for bits in 0 7; do
+  mkdir -p "$out/tr$bits"
+  FLASHMOE_BENCH_NO_CUBLAS=1 FLASHMOE_BENCH_TOKENS=1024 FLASHMOE_BENCH_PROBE_BITS=$bits \
+    FLASHMOE_BENCH_TRACE_DIR="$out/tr$bits" build/gpu/bench/bench_moe \
+    --benchmark_filter='^Qwen3-30B-A3B/bf16/T:1024/' >"$out/tr$bits/bench.txt" 2>&1
+  for j in "$out/tr$bits"/*.json; do
+    python3 bench/trace_tiles.py "$j" --shape 2048,768 >"${j%.json}.tiles.txt" 2>&1
+    python3 bench/trace_gaps.py "$j" >"${j%.json}.gaps.txt" 2>&1
+    rm -f "$j"
+  done
+  cat "$out/tr$bits"/*.tiles.txt "$out/tr$bits"/*.gaps.txt
+done
