@@ -8,20 +8,9 @@
 # rounds; a trace of the working tree at Qwen3 T = 512 and 1024.
 # Run from the repository root on the device (a clean working tree: the patches go in there).
 set -uo pipefail
-for v in base wa; do
-  rm -rf ".probe/$v" && mkdir -p ".probe/$v"
-  git archive HEAD 2>/dev/null | tar -x -C ".probe/$v" ||
-    cp -r CMakeLists.txt CMakePresets.json bench cmake examples include src tests tools ".probe/$v/"
-done
-apply_patch() {  # directory, patch: patch(1) where there is one, else git apply
-  if command -v patch >/dev/null; then
-    patch -s -d "$1" -p1 <"$2"
-  elif [ "$1" = . ]; then
-    git apply "$2"
-  else
-    git apply --directory="$1" "$2"
-  fi
-}
+source bench/probes/tree.sh
+fresh_tree base
+fresh_tree wa
 apply_patch .probe/wa bench/probes/weights_ahead.patch || exit 1
 apply_patch . bench/probes/weights_ahead.patch || exit 1
 apply_patch . bench/probes/gather_lead.patch || exit 1

@@ -8,8 +8,8 @@
 # Run from the repository root on the device (a clean working tree: the patch goes in there).
 set -uo pipefail
 out=${OUT:-out}
-if command -v patch >/dev/null; then patch -s -p1 <bench/probes/down_order.patch; else
-  git apply bench/probes/down_order.patch; fi || exit 1
+source bench/probes/tree.sh
+apply_patch . bench/probes/down_order.patch || exit 1
 filter='^(Qwen3-30B-A3B/bf16/T:(512|1024|4096)|OLMoE/bf16/T:512|'
 filter+='DeepSeek-V2-Lite/bf16/T:1024|Mixtral-8x7B/bf16/T:128)/'
 TESTS=ON FLASHMOE_BENCH_TOKENS=128,512,1024,4096 \

@@ -8,16 +8,8 @@
 set -uo pipefail
 out=${OUT:-out}/s
 mkdir -p "$out/rt"
-rm -rf .probe/rt && mkdir -p .probe/rt
-git archive HEAD 2>/dev/null | tar -x -C .probe/rt ||
-  cp -r CMakeLists.txt CMakePresets.json bench cmake examples include src tests tools .probe/rt/
-apply_patch() {  # directory, patch: patch(1) where there is one, else git apply
-  if command -v patch >/dev/null; then
-    patch -s -d "$1" -p1 <"$2"
-  else
-    git apply --directory="$1" "$2"
-  fi
-}
+source bench/probes/tree.sh
+fresh_tree rt
 for patch in router_phases engine_waits; do
   apply_patch .probe/rt "bench/probes/$patch.patch" >>"$out/rt.log" 2>&1 || exit 1
 done

@@ -5,21 +5,11 @@
 # the counts only), in two interleaved rounds; a trace of the patched tree at Qwen3 T = 1024.
 # Run from the repository root on the device (a clean working tree: the patch goes in there).
 set -uo pipefail
-for v in base cw; do
-  rm -rf ".probe/$v" && mkdir -p ".probe/$v"
-  git archive HEAD 2>/dev/null | tar -x -C ".probe/$v" ||
-    cp -r CMakeLists.txt CMakePresets.json bench cmake examples include src tests tools ".probe/$v/"
-done
-apply_patch() {  # directory, patch: patch(1) where there is one, else git apply
-  if command -v patch >/dev/null; then
-    patch -s -d "$1" -p1 <"$2"
-  else
-    git apply --directory="$1" "$2"
-  fi
-}
+source bench/probes/tree.sh
+fresh_tree base
+fresh_tree cw
 apply_patch .probe/cw bench/probes/count_warp.patch || exit 1
-if command -v patch >/dev/null; then patch -s -p1 <bench/probes/signal_warp.patch; else
-  git apply bench/probes/signal_warp.patch; fi || exit 1
+apply_patch . bench/probes/signal_warp.patch || exit 1
 filter='^(Qwen3-30B-A3B/bf16/T:(512|1024|4096)|OLMoE/bf16/T:512|'
 filter+='DeepSeek-V2-Lite/bf16/T:1024|Mixtral-8x7B/bf16/T:128)/'
 TESTS=ON VARIANTS="base cw" TRACE_T=1024 FLASHMOE_BENCH_TOKENS=128,512,1024,4096 \
