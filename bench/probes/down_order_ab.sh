@@ -18,14 +18,6 @@ TESTS=ON FLASHMOE_BENCH_TOKENS=128,256,512,1024,4096 \
   ENV_VARIANTS="FLASHMOE_BENCH_PROBE_BITS=1 FLASHMOE_BENCH_PROBE_BITS=5 FLASHMOE_BENCH_PROBE_BITS=7" \
   bash bench/ab_session.sh "$filter"
 for bits in 0 7; do
-  mkdir -p "$out/tr$bits"
-  FLASHMOE_BENCH_NO_CUBLAS=1 FLASHMOE_BENCH_TOKENS=1024 FLASHMOE_BENCH_PROBE_BITS=$bits \
-    FLASHMOE_BENCH_TRACE_DIR="$out/tr$bits" build/gpu/bench/bench_moe \
-    --benchmark_filter='^Qwen3-30B-A3B/bf16/T:1024/' >"$out/tr$bits/bench.txt" 2>&1
-  for j in "$out/tr$bits"/*.json; do
-    python3 bench/trace_tiles.py "$j" --shape 2048,768 >"${j%.json}.tiles.txt" 2>&1
-    python3 bench/trace_gaps.py "$j" >"${j%.json}.gaps.txt" 2>&1
-    rm -f "$j"
-  done
-  cat "$out/tr$bits"/*.tiles.txt "$out/tr$bits"/*.gaps.txt
+  trace_one "$out/tr$bits" '^Qwen3-30B-A3B/bf16/T:1024/' 1024 2048,768 \
+    FLASHMOE_BENCH_PROBE_BITS=$bits
 done

@@ -16,13 +16,4 @@ filter+='DeepSeek-V2-Lite/bf16/T:1024|Mixtral-8x7B/bf16/T:128)/'
 TESTS=ON FLASHMOE_BENCH_TOKENS=128,512,1024,4096 \
   ENV_VARIANTS="FLASHMOE_BENCH_PREFETCH=8 FLASHMOE_BENCH_PREFETCH=264 FLASHMOE_BENCH_PREFETCH=272" \
   bash bench/ab_session.sh "$filter"
-mkdir -p "$out/tr264"
-FLASHMOE_BENCH_NO_CUBLAS=1 FLASHMOE_BENCH_TOKENS=1024 FLASHMOE_BENCH_PREFETCH=264 \
-  FLASHMOE_BENCH_TRACE_DIR="$out/tr264" build/gpu/bench/bench_moe \
-  --benchmark_filter='^Qwen3-30B-A3B/bf16/T:1024/' >"$out/tr264/bench.txt" 2>&1
-for j in "$out/tr264"/*.json; do
-  python3 bench/trace_tiles.py "$j" --shape 2048,768 >"${j%.json}.tiles.txt" 2>&1
-  python3 bench/trace_prelude.py "$j" >"${j%.json}.prelude.txt" 2>&1
-  rm -f "$j"
-done
-cat "$out/tr264"/*.txt
+trace_one "$out/tr264" '^Qwen3-30B-A3B/bf16/T:1024/' 1024 2048,768 FLASHMOE_BENCH_PREFETCH=264

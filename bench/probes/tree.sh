@@ -18,3 +18,23 @@ apply_patch() {
     git apply --directory="$1" "$2"
   fi
 }
+
+# One traced forward of the working tree's benchmarks matching a filter, under NAME=VALUE
+# settings, each trace read into text beside it (weights' stream per tenth for the shape H,I,
+# the prelude by phase, the gaps between a block's tasks) and printed:
+# trace_one DIR FILTER TOKENS H,I [NAME=VALUE ...]
+trace_one() {
+  local dir=$1 filter=$2 tokens=$3 shape=$4
+  shift 4
+  mkdir -p "$dir"
+  env FLASHMOE_BENCH_NO_CUBLAS=1 FLASHMOE_BENCH_TOKENS="$tokens" FLASHMOE_BENCH_TRACE_DIR="$dir" \
+    "$@" build/gpu/bench/bench_moe --benchmark_filter="$filter" >"$dir/bench.txt" 2>&1
+  for j in "$dir"/*.json; do
+    [ -e "$j" ] || continue
+    python3 bench/trace_tiles.py "$j" --shape "$shape" >"${j%.json}.tiles.txt" 2>&1
+    python3 bench/trace_prelude.py "$j" >"${j%.json}.prelude.txt" 2>&1
+    python3 bench/trace_gaps.py "$j" >"${j%.json}.gaps.txt" 2>&1
+    rm -f "$j"
+  done
+  cat "$dir"/*.txt
+}
