@@ -717,7 +717,8 @@ Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens, cu
     // (The test hook applies only where the scratch was planned for prefill forwards.)
     const bool decode = impl.prefill_rows > 0 && impl.scratch_layout.has_x_sorted
                             ? rows * c.top_k <= std::int64_t{impl.prefill_rows} * c.experts
-                            : !runs_prefill(rows, c.top_k, c.experts, impl.ws_engine);
+                            : !runs_prefill(rows, c.top_k, c.experts, impl.ws_engine,
+                                            large_experts(c.hidden, c.intermediate));
     Status s;
     if (c.dtype == DType::BF16) {
       s = decode ? launch_decode<__nv_bfloat16>(impl, cx, cy, rows, stream, o)

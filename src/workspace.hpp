@@ -129,16 +129,25 @@ FLASHMOE_HOST_DEVICE inline bool runs_prefill_kernel(std::int64_t tokens, int to
   return tokens * top_k > static_cast<std::int64_t>(kDecodeTileM) * experts;
 }
 // Rows per expert (on average) from which the warp-specialised engine (sm_90a) runs a forward
-// instead of the decode kernels: with its 64-row tiles and a producer that runs ahead across
-// tiles it beat the 32- and 48-row decode kernels from 28 rows on every shape measured, and lost
-// at 24 (bench/NOTES.md, row 93). The 256-thread prefill kernel keeps runs_prefill_kernel's rule.
-inline constexpr int kEngineMinRows = 28;
-static_assert(kEngineMinRows <= kDecodeTileM, "the scratch is planned for the earlier switch");
+// instead of the decode kernels. Its prelude costs about what the decode kernels' does and its
+// stream is faster: it wins from 24 rows (Qwen3-30B-A3B -5%, DeepSeek-V2-Lite -1.6%, OLMoE even)
+// and loses at 16-20 on all but Qwen3. Large experts stream at the copy rate on the tall 48-row
+// decode tiles, which still win at 24 rows (Mixtral-8x7B: +1.6% on the engine), so they keep
+// the switch at 28 (bench/NOTES.md, rows 93 and 139). The 256-thread prefill kernel keeps
+// runs_prefill_kernel's rule.
+inline constexpr int kEngineMinRows = 24;
+inline constexpr int kEngineMinRowsLargeExperts = 28;
+static_assert(kEngineMinRows <= kDecodeTileM && kEngineMinRowsLargeExperts <= kDecodeTileM,
+              "the scratch is planned for the earlier switch");
+FLASHMOE_HOST_DEVICE inline int engine_min_rows(bool large) {
+  return large ? kEngineMinRowsLargeExperts : kEngineMinRows;
+}
 // Whether a forward of `tokens` tokens runs a prefill kernel on a Layer with (engine) or without
-// the warp-specialised engine. Either rule only grows with T.
+// the warp-specialised engine; `large`: large_experts() of the layer. Either rule only grows
+// with T.
 FLASHMOE_HOST_DEVICE inline bool runs_prefill(std::int64_t tokens, int top_k, int experts,
-                                              bool engine) {
-  return engine ? tokens * top_k >= static_cast<std::int64_t>(kEngineMinRows) * experts
+                                              bool engine, bool large) {
+  return engine ? tokens * top_k >= static_cast<std::int64_t>(engine_min_rows(large)) * experts
                 : runs_prefill_kernel(tokens, top_k, experts);
 }
 
@@ -191,8 +200,9 @@ inline std::int64_t ypart_rows(std::int64_t max_tokens, int top_k, int inter) {
 // the prefill kernels split K, so a layer whose forwards never reach them (on any device: the
 // engine's earlier switch) needs T rows. With more than one K slice, chunks * kslices <=
 // kRouterTargetTasks, so kslices * T is at most that many chunks of the tallest m-tile (64 rows).
-inline std::int64_t router_partial_rows(std::int64_t max_tokens, int top_k, int experts) {
-  if (!runs_prefill(max_tokens, top_k, experts, true)) return max_tokens;
+inline std::int64_t router_partial_rows(std::int64_t max_tokens, int top_k, int experts,
+                                        bool large) {
+  if (!runs_prefill(max_tokens, top_k, experts, true, large)) return max_tokens;
   const std::int64_t split = std::min<std::int64_t>(kRouterMaxKSlices * max_tokens,
                                                     std::int64_t{kRouterTargetTasks} * kMaxTileM);
   return std::max(max_tokens, split);
@@ -297,12 +307,13 @@ inline StateLayout plan_state(const Config& c) {
 inline ScratchLayout plan_scratch(const Config& c) {
   ScratchLayout w;
   const std::int64_t T = c.max_tokens, K = c.top_k, E = c.experts, H = c.hidden, I = c.intermediate;
+  const bool large = large_experts(c.hidden, c.intermediate);
   w.max_pairs = T * K;
   w.max_mtiles = mtile_bound(w.max_pairs, E, kMinTileM);
   w.max_down_ntiles = (H + kMinDownTileN - 1) / kMinDownTileN;
   RegionPlanner r;
   w.owner = r.take(kScratchHeaderBytes);
-  w.logits = r.take(router_partial_rows(T, c.top_k, c.experts) * E * 4);
+  w.logits = r.take(router_partial_rows(T, c.top_k, c.experts, large) * E * 4);
   w.pair_expert = r.take(w.max_pairs * 4);
   w.pair_weight = r.take(w.max_pairs * 4);
   w.pair_pos = r.take(w.max_pairs * 4);
@@ -317,7 +328,7 @@ inline ScratchLayout plan_scratch(const Config& c) {
   // The warp-specialised prefill kernel (sm_90a) reads its token rows as boxes of an
   // expert-sorted copy of x, [T*K, H] (the rows of sorted_pair). The plan does not know the
   // device, so it takes the engine's switch.
-  w.has_x_sorted = runs_prefill(T, c.top_k, c.experts, true);
+  w.has_x_sorted = runs_prefill(T, c.top_k, c.experts, true, large);
   // Its gathers also write each sorted row's routing weight, so that a down tile loads a row's
   // pair and weight at once instead of the weight after the pair.
   if (w.has_x_sorted) {

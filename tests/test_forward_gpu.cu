@@ -334,8 +334,8 @@ TEST_F(Forward, MinusInfinityBiasMasksExperts) {
 // in bf16. The forward matrix reaches only some of them: the narrow gate/up kernels of the 32-
 // and 48-row heights need few experts and a wide H. The shapes and token counts below reach all
 // twelve on a device of 132 SMs with two blocks each (H100, H200; worked out from
-// decode_variant and choose_decode_kernel); the trace says which kernel ran. The 48-row T's stay
-// below the warp-specialised engine's switch (28 rows per expert: 168 tokens for E = 6, K = 1).
+// decode_variant and choose_decode_kernel); the trace says which kernel ran. The 48-row T's lie
+// past the warp-specialised engine's switch, so the test moves it to the decode kernels' rule.
 // Prefill forwards on an sm_90 device run the warp-specialised kernel when the build carries
 // sm_90a code: 64-row m-tiles while experts average fewer than 96 rows, 128-row ones from there;
 // the prefill kernel otherwise. Skewed routing (every token to the same experts) and E = 1 put
@@ -469,6 +469,9 @@ TEST_F(Forward, EveryDecodeKernelMatchesReference) {
     Layer layer;
     ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
     ASSERT_TRUE(layer.set_tracing(1 << 12).ok());
+    // Decode up to the rule of a device without the engine, where the tall kernels run: with the
+    // engine (from engine_min_rows() rows an expert) they would not be reached.
+    flashmoe::testing::set_prefill_switch(layer, flashmoe::detail::kDecodeTileM);
     for (int T : k.tokens) {
       SCOPED_TRACE(::testing::Message() << "H " << c.hidden << " E " << c.experts << " T " << T);
       ForwardRun run = make_run(c, T, rng_);
