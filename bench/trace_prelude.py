@@ -8,7 +8,11 @@ FLASHMOE_BENCH_TRACE_DIR). Times are microseconds from the first block's entry.
 
 Router tasks traced with bench/probes/router_phases.patch also carry three checkpoints (Wait
 events with expert -20: row pointers set, -22: the weight prologue issued, -21: the K loop
-done), which split each task into setup, prologue, K loop and the partials' stores.
+done), which split each task into setup, prologue, K loop and the partials' stores. Select
+tickets traced with bench/probes/select_phases.patch carry five more (expert -40: partials
+summed, -44: thread 0's token selected (start) and its pairs registered (end), -41: thread 0
+done, -42: every warp done, -43: combine counters zeroed), which split each ticket into the
+partials' sum, the top-k, the pairs' registration, the other warps, the zeroing and the count.
 """
 import json
 import statistics
@@ -127,6 +131,40 @@ def router_split(events):
     return lines
 
 
+SELECT_MARKS = (-40, -44, -41, -42, -43)
+
+
+def select_split(events):
+    """Median and mean of each select ticket's parts, from the select-phases probe."""
+    marks = {}
+    for e in events:
+        if e["kind"] == "wait" and e["expert"] in SELECT_MARKS:
+            marks.setdefault((e["block"], e["tile"]), {})[e["expert"]] = e
+    if not marks:
+        return []
+    parts = {"partials": [], "top-k": [], "register": [], "others": [], "zero": [],
+             "count": []}
+    for e in events:
+        if e["kind"] != "routing" or e["tile"] < 0 or e["expert"] == -3:
+            continue
+        m = marks.get((e["block"], e["tile"]))
+        if not m or len(m) != len(SELECT_MARKS):
+            continue
+        parts["partials"].append(m[-40]["end"] - e["start"])
+        parts["top-k"].append(m[-44]["start"] - m[-40]["end"])
+        parts["register"].append(m[-41]["end"] - m[-44]["start"])
+        parts["others"].append(m[-42]["end"] - m[-41]["end"])
+        parts["zero"].append(m[-43]["end"] - m[-42]["end"])
+        parts["count"].append(e["end"] - m[-43]["end"])
+    lines = ["select tickets split by the probe's checkpoints (us):"]
+    for name, v in parts.items():
+        if v:
+            lines.append(f"  {name:9s} median {quantiles(v)[1]:6.2f}"
+                         f"  mean {statistics.fmean(v):6.2f}"
+                         f"  max {max(v):6.2f}")
+    return lines
+
+
 def first_tiles(events):
     """Each block's first expert tile: when it starts, and what the block did before."""
     first = {}
@@ -167,7 +205,8 @@ def main(argv):
           f"({meta.get('router_tile_m', '?')} x {meta.get('router_tile_n', '?')}, "
           f"{meta.get('router_k_slices', '?')} K slices), "
           f"gather parts {meta.get('gather_parts', '?')}")
-    for line in phase_table(events) + router_split(events) + first_tiles(events):
+    lines = phase_table(events) + router_split(events) + select_split(events)
+    for line in lines + first_tiles(events):
         print(line)
     return 0
 
