@@ -1,28 +1,37 @@
 #!/usr/bin/env bash
-# One device call (about 6 minutes), session 27 (bench/NOTES.md row 140): the working tree (the
-# select tickets sum the router's partials themselves, and the gathers look up their rows'
-# pairs first) against HEAD (`base`) and HEAD with the gather change alone (`ga`), at the
-# engine's cells, no tests; then the working tree's prelude at Qwen3 T = 1024 and where the
-# 128-row engine's local loads and stores sit in its SASS. Run from the repository root.
+# One device call (about 6 minutes), planned in session 27 (bench/NOTES.md row 140), on a clean
+# working tree (main, the `gpu` build): `ga` = main + gather_hoist.patch (the engine's gathers
+# look up their rows' pairs first), `sg` = main + select_gather.patch (that, and the select
+# tickets summing the router's partials themselves), at the engine's cells, no tests; then the
+# `sg` tree's prelude at Qwen3 T = 1024 (with the select split if select_phases applies on top)
+# and where each build's 128-row engine keeps its local loads and stores in the SASS (sg's
+# spills are 436 / 952 bytes against main's 140 / 424: row 77's warning). Run from the
+# repository root on the device.
 set -uo pipefail
 out=${OUT:-out}
 source bench/probes/tree.sh
-fresh_tree base
 fresh_tree ga
 apply_patch .probe/ga bench/probes/gather_hoist.patch || exit 1
+fresh_tree sg
+apply_patch .probe/sg bench/probes/select_gather.patch || exit 1
 filter='^(Qwen3-30B-A3B/bf16/T:(512|1024|4096)|OLMoE/bf16/T:512|'
 filter+='DeepSeek-V2-Lite/bf16/T:1024|Mixtral-8x7B/bf16/T:128)/'
-VARIANTS="base ga" FLASHMOE_BENCH_TOKENS=128,512,1024,4096 bash bench/ab_session.sh "$filter"
-trace_one "$out/tr" '^Qwen3-30B-A3B/bf16/T:1024/' 1024 2048,768 | grep -A12 "phase  "
-for b in gpu ga; do
-  lib=$(find build/$b -name 'libflashmoe*.a' | head -1)
+VARIANTS="ga sg" FLASHMOE_BENCH_TOKENS=128,512,1024,4096 bash bench/ab_session.sh "$filter"
+mkdir -p "$out/tr"
+FLASHMOE_BENCH_NO_CUBLAS=1 FLASHMOE_BENCH_TOKENS=1024 FLASHMOE_BENCH_TRACE_DIR="$out/tr" \
+  build/sg/bench/bench_moe --benchmark_filter='^Qwen3-30B-A3B/bf16/T:1024/' >"$out/tr/bench.txt" 2>&1
+for j in "$out"/tr/*.json; do
+  [ -e "$j" ] && python3 bench/trace_prelude.py "$j" && rm -f "$j"
+done
+for b in gpu ga sg; do
+  lib=$(find "build/$b" -name 'libflashmoe*.a' | head -1)
   cuobjdump -sass "$lib" 2>/dev/null |
     awk '/Function : .*moe_ws_kernel.*WsShapeILi128.*nv_bfloat16/ {p = 1; next}
          /Function :/ {p = 0} p' >"/tmp/ws_$b.sass"
-  # Local memory ops by the nearest preceding marker: the router's or the tiles' MMAs, the
-  # copy engine (UTMALDG/UBLKCP), a warp reduction (the select), or none yet.
+  # Local memory ops by the last marker before them: tensor-core MMAs (the router's HMMA or
+  # any HGMMA), the copy engine (UTMALDG/UBLKCP), a warp reduction (the select), setmaxnreg.
   echo "== $b: LDL/STL by the last marker before them"
   awk '/HMMA/ {m = "HMMA"} /HGMMA/ {m = "HGMMA"} /UTMALDG|UBLKCP/ {m = "TMA"}
-       /REDUX/ {m = "REDUX"} /SETMAXREG|USETMAXREG/ {m = "SETMAXNREG"}
+       /REDUX/ {m = "REDUX"} /SETMAXREG/ {m = "SETMAXNREG"}
        /LDL|STL/ {n[m]++} END {for (k in n) print n[k], k}' "/tmp/ws_$b.sass" | sort -rn
 done
