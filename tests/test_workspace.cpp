@@ -285,6 +285,7 @@ TEST(KernelChoice, PrefillKernelPastOneDecodeMTileOfRowsPerExpert) {
   // (Mixtral T = 112; at T = 96 the tall decode kernels still win).
   EXPECT_FALSE(runs_prefill(111, 2, 8, true, true));
   EXPECT_TRUE(runs_prefill(112, 2, 8, true, true));
+  EXPECT_FALSE(runs_prefill(95, 2, 8, true, false));  // small experts with E = 8, K = 2: T = 96
   EXPECT_TRUE(runs_prefill(96, 2, 8, true, false));
   EXPECT_FALSE(runs_prefill(191, 8, 64, true, false));
   EXPECT_TRUE(runs_prefill(192, 8, 64, true, false));
