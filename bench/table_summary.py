@@ -20,7 +20,8 @@ def main(argv):
         with open(path) as f:
             doc = json.load(f)
         ctx = doc.get("context", {})
-        print(f"# {path}: {ctx.get('device', '?')}, copy {ctx.get('copy_bandwidth_GBps', '?')} GB/s,"
+        print(f"# {path}: {ctx.get('device', '?')},"
+              f" copy {ctx.get('copy_bandwidth_GBps', '?')} GB/s,"
               f" dense bf16 {ctx.get('dense_bf16_TFLOPs', '?')} TFLOP/s")
         for b in doc.get("benchmarks", []):
             if b.get("error_occurred"):
@@ -32,7 +33,8 @@ def main(argv):
             g = lambda k: b.get(k, float("nan"))
             print(f"{name:34s} {g('us_median'):9.1f} {g('pct_of_floor'):7.1f} {g('TFLOPs'):8.1f}"
                   f" {g('pct_of_dense'):7.1f} {g('cublas_grouped_us'):10.1f}"
-                  f" {g('cublas_grouped_ratio'):6.2f} {g('cublas_us'):9.1f} {g('cublas_ratio'):6.2f}")
+                  f" {g('cublas_grouped_ratio'):6.2f} {g('cublas_us'):9.1f}"
+                  f" {g('cublas_ratio'):6.2f}")
     return 0
 
 

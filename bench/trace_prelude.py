@@ -103,6 +103,16 @@ def phase_table(events):
     return lines
 
 
+def split_lines(what, parts):
+    """Median, mean and max of each named part (lists of microseconds)."""
+    lines = [f"{what} split by the probe's checkpoints (us):"]
+    for name, v in parts.items():
+        if v:
+            lines.append(f"  {name:9s} median {quantiles(v)[1]:6.2f}"
+                         f"  mean {statistics.fmean(v):6.2f}  max {max(v):6.2f}")
+    return lines
+
+
 def router_split(events):
     """Median and mean of each router task's parts, from the probe's checkpoints."""
     marks = {}
@@ -122,13 +132,7 @@ def router_split(events):
         parts["prologue"].append(m["prologue"] - m["setup"])
         parts["k_loop"].append(m["k_loop"] - m["prologue"])
         parts["stores"].append(e["end"] - m["k_loop"])
-    lines = ["router tasks split by the probe's checkpoints (us):"]
-    for name, v in parts.items():
-        if v:
-            lines.append(f"  {name:9s} median {quantiles(v)[1]:6.2f}"
-                         f"  mean {statistics.fmean(v):6.2f}"
-                         f"  max {max(v):6.2f}")
-    return lines
+    return split_lines("router tasks", parts)
 
 
 SELECT_MARKS = (-40, -44, -41, -42, -43)
@@ -156,13 +160,7 @@ def select_split(events):
         parts["others"].append(m[-42]["end"] - m[-41]["end"])
         parts["zero"].append(m[-43]["end"] - m[-42]["end"])
         parts["count"].append(e["end"] - m[-43]["end"])
-    lines = ["select tickets split by the probe's checkpoints (us):"]
-    for name, v in parts.items():
-        if v:
-            lines.append(f"  {name:9s} median {quantiles(v)[1]:6.2f}"
-                         f"  mean {statistics.fmean(v):6.2f}"
-                         f"  max {max(v):6.2f}")
-    return lines
+    return split_lines("select tickets", parts)
 
 
 def first_tiles(events):
