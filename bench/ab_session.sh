@@ -8,7 +8,8 @@
 # a filter with '/', not '$'; T = 512 and 2048 need FLASHMOE_BENCH_TOKENS.)
 # Environment: TESTS=ON (also build and run the tests of the working tree), TRACE_T="1 16"
 # (trace the working tree at these T), ENV_VARIANTS="A=1 A=1,B=1 ..." (the working tree's
-# benchmark again under each comma-separated list of NAME=VALUE settings, as variants env1, ...).
+# benchmark again under each comma-separated list of NAME=VALUE settings, as variants env1, ...),
+# FLAGS_<variant>="-DNAME=VALUE ..." (extra CMake options of that variant tree's build).
 set -uo pipefail
 out=${OUT:-out}
 start=$SECONDS
@@ -21,9 +22,11 @@ cmake --preset gpu -DFLASHMOE_BUILD_TESTS="${TESTS:-OFF}" -DFLASHMOE_BUILD_EXAMP
   >>"$out/session.log" 2>&1
 (cmake --build --preset gpu -j 10 >>"$out/session.log" 2>&1; echo "gpu build $?") &
 for v in $variants; do
+  flags_name="FLAGS_$v"
+  read -r -a flags <<<"${!flags_name:-}"
   (cmake -S ".probe/$v" -B "build/$v" -DCMAKE_BUILD_TYPE=Release \
      -DCMAKE_CUDA_ARCHITECTURES=90a-real -DFLASHMOE_BUILD_TESTS=OFF \
-     -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/$v.log" 2>&1
+     -DFLASHMOE_BUILD_EXAMPLES=OFF "${flags[@]}" >"$out/$v.log" 2>&1
    cmake --build "build/$v" -j 6 --target bench_moe >>"$out/$v.log" 2>&1
    echo "$v build $?") &
 done
