@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "bench_fill.cuh"
+#include "stream_paths.cuh"
 #include "ws_decode_layer.cuh"
 #include "ws_decode_prelude.cuh"
 #include "ws_decode_stream.cuh"
@@ -368,6 +369,96 @@ void BM_DecodeStream(benchmark::State& state, StreamShape s) {
   if (us > 0) state.counters["weights_TBps"] = 3.0 * S * H * I * 2 / (us * 1e-6) / 1e12;
 }
 
+// The decode stream's copy paths alone (stream_paths.cuh): a CUDA graph of 8 launches, each on
+// its own selection of experts, timed as BM_DecodeStream's; every launch's XOR of the bytes it
+// read is then checked against the reference kernel's, so a row whose path skipped or repeated
+// bytes fails instead of reporting a rate.
+template <flashmoe_bench::StreamPath P, int R, int BK, int Stages>
+void BM_StreamPath(benchmark::State& state, StreamShape s) {
+  using flashmoe_bench::StreamPathArgs;
+  using Kernel = flashmoe_bench::StreamPathKernel<P, R, BK, Stages>;
+  int major = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
+      major != 9) {
+    state.SkipWithError("needs an sm_90 GPU");
+    return;
+  }
+  if ((2 * s.inter) % R != 0 || s.hidden % R != 0 || s.hidden % BK != 0 || s.inter % BK != 0) {
+    state.SkipWithError("the shape is not whole tiles and stages of this path");
+    return;
+  }
+  constexpr int kLaunches = 8, kWords = 5;  // per launch: the tile queue, then the XOR
+  const std::size_t H = s.hidden, I = s.inter, E = s.experts, S = s.selected;
+  Buffer dw13(E * 2 * I * H * 2), dw2(E * H * I * 2), dexperts(kLaunches * S * 4),
+      words(kLaunches * kWords * 4), ref(kLaunches * 4 * 4), control(64 * 4 * 16);
+  if (!dw13.ptr || !dw2.ptr || !dexperts.ptr || !words.ptr || !ref.ptr || !control.ptr) {
+    state.SkipWithError("cudaMalloc failed");
+    return;
+  }
+  fill_random<<<1024, 256>>>(dw13.get<__nv_bfloat16>(), dw13.bytes / 2, 13, 1.0f);
+  fill_random<<<1024, 256>>>(dw2.get<__nv_bfloat16>(), dw2.bytes / 2, 2, 1.0f);
+  cudaMemset(control.ptr, 0, control.bytes);
+  std::vector<int> experts(kLaunches * S);
+  for (std::size_t i = 0; i < experts.size(); ++i) experts[i] = static_cast<int>(i % E);
+  cudaMemcpy(dexperts.ptr, experts.data(), experts.size() * 4, cudaMemcpyHostToDevice);
+  CUtensorMap m13{}, m2{};
+  if (!flashmoe_test::encode_bf16_map(m13, dw13.ptr, static_cast<int>(E * 2 * I), s.hidden, R) ||
+      !flashmoe_test::encode_bf16_map(m2, dw2.ptr, static_cast<int>(E * H), s.inter, R)) {
+    state.SkipWithError("cuTensorMapEncodeTiled failed");
+    return;
+  }
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  const int per_sm = Kernel::blocks_per_sm();
+  if (per_sm == 0) {
+    state.SkipWithError("the kernel does not fit an SM");
+    return;
+  }
+  auto args = [&](int l, std::uint32_t* w) {
+    return StreamPathArgs{dw13.get<__nv_bfloat16>(),
+                          dw2.get<__nv_bfloat16>(),
+                          dexperts.get<int>() + l * S,
+                          s.selected,
+                          s.hidden,
+                          s.inter,
+                          w + l * kWords,
+                          w + l * kWords + 1};
+  };
+  const double us = time_graph(state, kLaunches, words, control, [&](cudaStream_t stream) {
+    for (int l = 0; l < kLaunches; ++l) {
+      if (Kernel::launch(m13, m2, args(l, words.get<std::uint32_t>()), sms * per_sm, stream) !=
+          cudaSuccess) {
+        return false;
+      }
+    }
+    return true;
+  });
+  if (us <= 0) return;
+  // The reference XOR of each launch's bytes, against what the last graph run's launches read.
+  std::vector<std::uint32_t> got(kLaunches * kWords), want(kLaunches * 4);
+  cudaMemset(ref.ptr, 0, ref.bytes);
+  for (int l = 0; l < kLaunches; ++l) {
+    StreamPathArgs a = args(l, words.get<std::uint32_t>());
+    a.xor4 = ref.get<std::uint32_t>() + l * 4;
+    flashmoe_bench::stream_reference_xor<<<sms * 8, 256>>>(a);
+  }
+  cudaMemcpy(got.data(), words.ptr, words.bytes, cudaMemcpyDeviceToHost);
+  if (cudaMemcpy(want.data(), ref.ptr, ref.bytes, cudaMemcpyDeviceToHost) != cudaSuccess) {
+    state.SkipWithError("the reference kernel failed");
+    return;
+  }
+  for (int l = 0; l < kLaunches; ++l) {
+    for (int j = 0; j < 4; ++j) {
+      if (got[l * kWords + 1 + j] != want[l * 4 + j]) {
+        state.SkipWithError("the path's XOR differs from the reference: bytes skipped or repeated");
+        return;
+      }
+    }
+  }
+  state.counters["weights_TBps"] = 3.0 * S * H * I * 2 / (us * 1e-6) / 1e12;
+  state.counters["blocks_per_sm"] = per_sm;
+}
+
 __global__ void empty_kernel() {}
 
 // The prelude (router, one publish, every block's own top-k) for T tokens: a CUDA graph of 256
@@ -516,6 +607,22 @@ void register_stream_rows(const char* variant) {
   }
 }
 
+template <flashmoe_bench::StreamPath P, int R, int BK, int Stages>
+void register_path_rows(const char* variant) {
+  // One token's experts on three shapes, and Qwen3's at about T = 4 (32 experts).
+  static constexpr StreamShape kPathShapes[] = {{"Qwen3-30B-A3B", 2048, 768, 128, 8},
+                                                {"OLMoE", 2048, 1024, 64, 8},
+                                                {"Mixtral-8x7B", 4096, 14336, 8, 2},
+                                                {"Qwen3-30B-A3B-32experts", 2048, 768, 128, 32}};
+  for (const StreamShape& s : kPathShapes) {
+    benchmark::RegisterBenchmark((std::string("StreamPath/") + s.name + "/" + variant).c_str(),
+                                 BM_StreamPath<P, R, BK, Stages>, s)
+        ->UseManualTime()
+        ->Iterations(50)
+        ->Unit(benchmark::kMicrosecond);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -602,6 +709,20 @@ int main(int argc, char** argv) {
   // No MMA: the consumers only wait for and release each stage (the producer's own rate).
   register_stream_rows<DsVariant<1, 0, 1, false>>("no_mma");
   register_stream_rows<DsVariant<1, 0, 2, false>>("no_mma/k128");
+  // The weight stream's copy paths alone (stream_paths.cuh; issue 21): the decode kernels'
+  // 64-column boxes of 64 rows, 6 stages of 16 KB, two blocks an SM, with and without their
+  // evict-first policy; smaller and deeper stages; one block an SM with 13 stages; cp.async;
+  // whole rows' pieces and contiguous stages as 1-D bulk copies; plain 16-byte loads.
+  using flashmoe_bench::StreamPath;
+  register_path_rows<StreamPath::Tma2d, 64, 128, 6>("tma2d/r64_k128_s6");
+  register_path_rows<StreamPath::Tma2dEvictFirst, 64, 128, 6>("tma2d_evict_first/r64_k128_s6");
+  register_path_rows<StreamPath::Tma2d, 32, 128, 12>("tma2d/r32_k128_s12");
+  register_path_rows<StreamPath::Tma2d, 64, 128, 13>("tma2d/r64_k128_s13");
+  register_path_rows<StreamPath::CpAsync, 64, 128, 6>("cp_async/r64_k128_s6");
+  register_path_rows<StreamPath::Bulk1dRows, 64, 128, 6>("bulk1d_rows/r64_k128_s6");
+  register_path_rows<StreamPath::Bulk1dLinear, 64, 128, 6>("bulk1d_linear/r64_k128_s6");
+  register_path_rows<StreamPath::Bulk1dLinear, 64, 256, 3>("bulk1d_linear/r64_k256_s3");
+  register_path_rows<StreamPath::Ldg, 64, 128, 1>("ldg/r64");
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
