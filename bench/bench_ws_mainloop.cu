@@ -383,11 +383,16 @@ void BM_StreamPath(benchmark::State& state, StreamShape s) {
     state.SkipWithError("needs an sm_90 GPU");
     return;
   }
-  if ((2 * s.inter) % R != 0 || s.hidden % R != 0 || s.hidden % BK != 0 || s.inter % BK != 0) {
+  const auto chunks_fit = [](int kdim) {
+    return kdim % BK == 0 &&
+           (kdim <= flashmoe_bench::kTileCols || kdim % flashmoe_bench::kTileCols == 0);
+  };
+  if ((2 * s.inter) % R != 0 || s.hidden % R != 0 || !chunks_fit(s.hidden) ||
+      !chunks_fit(s.inter)) {
     state.SkipWithError("the shape is not whole tiles and stages of this path");
     return;
   }
-  constexpr int kLaunches = 8, kWords = 5;  // per launch: the tile queue, then the XOR
+  constexpr int kLaunches = 8, kWords = 6;  // per launch: the tile queue, the XOR, the count
   const std::size_t H = s.hidden, I = s.inter, E = s.experts, S = s.selected;
   Buffer dw13(E * 2 * I * H * 2), dw2(E * H * I * 2), dexperts(kLaunches * S * 4),
       words(kLaunches * kWords * 4), ref(kLaunches * 4 * 4), control(64 * 4 * 16);
@@ -422,7 +427,8 @@ void BM_StreamPath(benchmark::State& state, StreamShape s) {
                           s.hidden,
                           s.inter,
                           w + l * kWords,
-                          w + l * kWords + 1};
+                          w + l * kWords + 1,
+                          w + l * kWords + 5};
   };
   const double us = time_graph(state, kLaunches, words, control, [&](cudaStream_t stream) {
     for (int l = 0; l < kLaunches; ++l) {
@@ -447,7 +453,12 @@ void BM_StreamPath(benchmark::State& state, StreamShape s) {
     state.SkipWithError("the reference kernel failed");
     return;
   }
+  const std::uint64_t expected_words = 3 * S * H * I / 8;
   for (int l = 0; l < kLaunches; ++l) {
+    if (got[l * kWords + 5] != expected_words) {
+      state.SkipWithError("the path read a different number of words than the experts hold");
+      return;
+    }
     for (int j = 0; j < 4; ++j) {
       if (got[l * kWords + 1 + j] != want[l * 4 + j]) {
         state.SkipWithError("the path's XOR differs from the reference: bytes skipped or repeated");
@@ -712,7 +723,8 @@ int main(int argc, char** argv) {
   // The weight stream's copy paths alone (stream_paths.cuh; issue 21): the decode kernels'
   // 64-column boxes of 64 rows, 6 stages of 16 KB, two blocks an SM, with and without their
   // evict-first policy; smaller and deeper stages; one block an SM with 13 stages; cp.async;
-  // whole rows' pieces and contiguous stages as 1-D bulk copies; plain 16-byte loads.
+  // rows' pieces of 256, 512 and 1024 bytes and contiguous stages as 1-D bulk copies (where the
+  // pieces' DRAM locality is what the boxes' 128-byte rows lose); plain 16-byte loads.
   using flashmoe_bench::StreamPath;
   register_path_rows<StreamPath::Tma2d, 64, 128, 6>("tma2d/r64_k128_s6");
   register_path_rows<StreamPath::Tma2dEvictFirst, 64, 128, 6>("tma2d_evict_first/r64_k128_s6");
@@ -720,6 +732,8 @@ int main(int argc, char** argv) {
   register_path_rows<StreamPath::Tma2d, 64, 128, 13>("tma2d/r64_k128_s13");
   register_path_rows<StreamPath::CpAsync, 64, 128, 6>("cp_async/r64_k128_s6");
   register_path_rows<StreamPath::Bulk1dRows, 64, 128, 6>("bulk1d_rows/r64_k128_s6");
+  register_path_rows<StreamPath::Bulk1dRows, 32, 256, 6>("bulk1d_rows/r32_k256_s6");
+  register_path_rows<StreamPath::Bulk1dRows, 16, 512, 6>("bulk1d_rows/r16_k512_s6");
   register_path_rows<StreamPath::Bulk1dLinear, 64, 128, 6>("bulk1d_linear/r64_k128_s6");
   register_path_rows<StreamPath::Bulk1dLinear, 64, 256, 3>("bulk1d_linear/r64_k256_s3");
   register_path_rows<StreamPath::Ldg, 64, 128, 1>("ldg/r64");
