@@ -61,6 +61,7 @@ int g_tokens_per_launch = 0;  // LayerOptions::tokens_per_launch of every benchm
 int g_prefill_rows = 0;       // testing::set_prefill_switch of every benchmarked Layer
 int g_ws_tall_rows = 0;       // testing::set_ws_tile_switch of every benchmarked Layer
 int g_down_slices = 0;        // testing::set_down_slices of every benchmarked Layer
+int g_decode_kernel = 0;      // testing::set_decode_kernel (+ 1) of every benchmarked Layer
 double g_down_lead = 0.0;     // testing::set_down_lead of every benchmarked Layer
 int g_gather_parts = 0;       // testing::set_gather_parts of every benchmarked Layer
 std::string g_trace_dir;      // FLASHMOE_BENCH_TRACE_DIR: one traced forward per benchmark
@@ -141,6 +142,7 @@ Bench* get_bench(const Shape& s, flashmoe::DType dt) {
   flashmoe::testing::set_prefill_switch(b->layer, g_prefill_rows);
   flashmoe::testing::set_ws_tile_switch(b->layer, g_ws_tall_rows);
   flashmoe::testing::set_down_slices(b->layer, g_down_slices);
+  flashmoe::testing::set_decode_kernel(b->layer, g_decode_kernel - 1);
   flashmoe::testing::set_down_lead(b->layer, g_down_lead);
   flashmoe::testing::set_gather_parts(b->layer, g_gather_parts);
   if (g_cublas) {
@@ -624,6 +626,9 @@ int main(int argc, char** argv) {
   if (!read_count("FLASHMOE_BENCH_DOWN_SLICES", flashmoe::detail::kMaxDownSlices, g_down_slices)) {
     return 1;
   }
+  // FLASHMOE_BENCH_DECODE_KERNEL=4: decode forwards on kernel 3 of their m-tile height (wide
+  // gate/up and down tiles; 1-4 for choose_decode_kernel's 0-3), measuring that rule.
+  if (!read_count("FLASHMOE_BENCH_DECODE_KERNEL", 4, g_decode_kernel)) return 1;
   // FLASHMOE_BENCH_GATHER_PARTS=1: each of the warp-specialised kernel's gathers one job
   // (measuring choose_gather_parts; testing.hpp).
   if (!read_count("FLASHMOE_BENCH_GATHER_PARTS", flashmoe::detail::kMaxGatherParts,

@@ -565,6 +565,7 @@ Status launch_prefill(Layer::Impl& impl, const void* x, void* y, std::int64_t nu
 template <class D>
 int decode_kernel_for(const Layer::Impl& impl, const KernelVariantInfo (&infos)[4],
                       std::int64_t num_tokens) {
+  if (impl.decode_kernel > 0) return impl.decode_kernel - 1;  // testing::set_decode_kernel
   const Config& c = impl.config;
   const std::int64_t slots = static_cast<std::int64_t>(infos[3].blocks_per_sm) * impl.sm_count;
   return choose_decode_kernel(num_tokens, c.hidden, c.intermediate, c.experts, c.top_k, slots,

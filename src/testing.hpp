@@ -27,6 +27,14 @@ inline void set_prefill_switch(Layer& layer, int rows_per_expert) {
   if (layer.valid()) layer.impl()->prefill_rows = rows_per_expert < 0 ? 0 : rows_per_expert;
 }
 
+// Runs the decode kernel `kernel` (0-3, choose_decode_kernel's order: narrow gate/up with
+// narrow, mid and wide down tiles, then wide gate/up with wide down) of whichever m-tile height
+// a decode forward of `layer` takes, instead of the rule's (-1). For measuring the rule's tile
+// widths against the others and testing each on the same forward.
+inline void set_decode_kernel(Layer& layer, int kernel) {
+  if (layer.valid()) layer.impl()->decode_kernel = kernel >= 0 && kernel <= 3 ? kernel + 1 : 0;
+}
+
 // Moves the switch between the warp-specialised prefill kernel's 64- and 128-row m-tiles:
 // 128-row ones once experts average at least rows_per_expert rows (0: the library's rule). For
 // measuring the switch and testing both shapes on the same forward.

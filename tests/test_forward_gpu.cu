@@ -499,6 +499,41 @@ TEST_F(Forward, EveryDecodeKernelMatchesReference) {
   }
 }
 
+TEST_F(Forward, ForcedDecodeKernelsMatchReference) {
+  SCOPED_TRACE(seed_);
+  // testing::set_decode_kernel runs each tile-width pair of the forward's m-tile height, so that
+  // the benchmark can measure the rule's choice against the others on the same forwards.
+  Config c;
+  c.hidden = 512;
+  c.intermediate = 320;
+  c.experts = 16;
+  c.top_k = 4;
+  c.max_tokens = 256;
+  const Model m = make_model(c, rng_);
+  Layer layer;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
+  ASSERT_TRUE(layer.set_tracing(1 << 12).ok());
+  const std::pair<int, int> widths[] = {{32, 32}, {32, 64}, {32, 128}, {64, 128}};
+  StreamGuard stream;
+  for (int T : {1, 4, 37}) {
+    for (int k = 0; k < 4; ++k) {
+      SCOPED_TRACE(::testing::Message() << "T " << T << " kernel " << k);
+      flashmoe::testing::set_decode_kernel(layer, k);
+      ForwardRun run = make_run(c, T, rng_);
+      ASSERT_TRUE(run_forward(layer, run, stream.get()));
+      const std::vector<int> tokens = sample_tokens(T, 16, rng_);
+      check_routing(m, run, tokens);
+      check_output(m, run, tokens);
+      flashmoe::Trace trace;
+      ASSERT_TRUE(layer.read_trace(stream.get(), trace).ok());
+      ASSERT_EQ(trace.variant, "decode");
+      EXPECT_EQ(trace.tile_n_gateup, widths[k].first);
+      EXPECT_EQ(trace.tile_n_down, widths[k].second);
+    }
+  }
+  flashmoe::testing::set_decode_kernel(layer, -1);  // the rule again
+}
+
 TEST_F(Forward, BitwiseIdenticalAcrossRunsAndGridSizes) {
   SCOPED_TRACE(seed_);
   check_bitwise_identical(small_model());
