@@ -106,39 +106,71 @@ constexpr int ws_smem_bytes() {
          kSmemAlign;
 }
 
-// A kernel's launch facts: its shared-memory limit set and the blocks an SM holds.
-template <class Kernel>
-Status prepare_launch(Kernel* kernel, int threads, int smem_bytes, int sm_count,
-                      KernelVariantInfo& info) {
-  info.smem_bytes = smem_bytes;
-  if (cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             info.smem_bytes);
+// Sets a kernel's shared-memory limit and reads how many of its blocks an SM holds.
+template <class Params>
+Status prepare_kernel(void (*kernel)(Params), int threads, int smem_bytes, int sm_count,
+                      int& blocks_per_sm) {
+  if (cudaError_t err =
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
       err != cudaSuccess) {
     (void)cudaGetLastError();
     return {StatusCode::NotSupported,
-            fmt::format("the kernel needs {} bytes of shared memory per block: {}", info.smem_bytes,
+            fmt::format("the kernel needs {} bytes of shared memory per block: {}", smem_bytes,
                         cudaGetErrorString(err))};
   }
-  if (cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&info.blocks_per_sm, kernel,
-                                                                      threads, info.smem_bytes);
+  if (cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel,
+                                                                      threads, smem_bytes);
       err != cudaSuccess) {
     (void)cudaGetLastError();
     return {StatusCode::NotSupported,
             fmt::format("occupancy query failed ({}): is this build compiled for the device?",
                         cudaGetErrorString(err))};
   }
-  if (info.blocks_per_sm < 1 || sm_count < 1) {
+  if (blocks_per_sm < 1 || sm_count < 1) {
     return {StatusCode::NotSupported, "the kernel cannot be resident on this device"};
   }
   return {};
+}
+
+// A kernel's launch facts, for its untraced instantiation and its traced one (null where tracing
+// is not compiled in).
+template <class Params>
+Status prepare_launch(void (*untraced)(Params), void (*traced)(Params), int threads, int smem_bytes,
+                      int sm_count, KernelVariantInfo& info) {
+  info.smem_bytes = smem_bytes;
+  info.traced_blocks_per_sm = 0;
+  Status s = prepare_kernel(untraced, threads, smem_bytes, sm_count, info.blocks_per_sm);
+  if (s.ok() && traced != nullptr) {
+    s = prepare_kernel(traced, threads, smem_bytes, sm_count, info.traced_blocks_per_sm);
+  }
+  return s;
+}
+
+// The instantiation of a kernel that a forward runs: the traced one only while a trace buffer is
+// set, so that untraced forwards carry no tracer state.
+template <class Cfg, class GateUp, class Down, typename T>
+auto moe_kernel_for(bool traced) -> void (*)(KernelParams<T>) {
+  if constexpr (kTraceCompiled) {
+    if (traced) return moe_kernel<Cfg, GateUp, Down, T, true>;
+  }
+  return moe_kernel<Cfg, GateUp, Down, T, false>;
+}
+
+template <class W, typename T>
+auto moe_ws_kernel_for(bool traced) -> void (*)(WsKernelParams<T>) {
+  if constexpr (kTraceCompiled) {
+    if (traced) return moe_ws_kernel<W, T, true>;
+  }
+  return moe_ws_kernel<W, T, false>;
 }
 
 // The warp-specialised kernels' launch facts and weight maps (sm_90a builds on sm_90 only: the
 // caller checks).
 template <class W, typename T>
 Status prepare_ws_variant(const Layer::Impl& impl, KernelVariantInfo& info) {
-  if (Status s =
-          prepare_launch(moe_ws_kernel<W, T>, W::kThreads, ws_smem_bytes<W>(), impl.sm_count, info);
+  if (Status s = prepare_launch(moe_ws_kernel_for<W, T>(false),
+                                kTraceCompiled ? moe_ws_kernel_for<W, T>(true) : nullptr,
+                                W::kThreads, ws_smem_bytes<W>(), impl.sm_count, info);
       !s.ok()) {
     return s;
   }
@@ -158,8 +190,9 @@ bool device_code_has(const int& flag) {
 
 template <class Cfg, class GateUp, class Down, typename T>
 Status prepare_variant(const Layer::Impl& impl, KernelVariantInfo& info) {
-  return prepare_launch(moe_kernel<Cfg, GateUp, Down, T>, kThreads,
-                        Cfg::template smem_bytes<GateUp, Down>(), impl.sm_count, info);
+  return prepare_launch(moe_kernel_for<Cfg, GateUp, Down, T>(false),
+                        kTraceCompiled ? moe_kernel_for<Cfg, GateUp, Down, T>(true) : nullptr,
+                        kThreads, Cfg::template smem_bytes<GateUp, Down>(), impl.sm_count, info);
 }
 
 // Where decode variant D's kernels sit in Layer::Impl::decode: the number decode_variant gives
@@ -413,10 +446,17 @@ Status launch_programmatic(void (*kernel)(Params), std::int64_t grid, int thread
   return {};
 }
 
+// The blocks the device holds of the instantiation that a forward runs (moe_kernel_for). Plans
+// use the untraced kernel's full grid either way, so that tracing does not change results.
+std::int64_t resident_grid(const Layer::Impl& impl, const KernelVariantInfo& info) {
+  const int per_sm = impl.trace_buffer != nullptr ? info.traced_blocks_per_sm : info.blocks_per_sm;
+  return static_cast<std::int64_t>(per_sm) * impl.sm_count;
+}
+
 template <typename T>
-std::int64_t launch_grid(Layer::Impl& impl, const KernelParams<T>& p, std::int64_t full_grid,
+std::int64_t launch_grid(Layer::Impl& impl, const KernelParams<T>& p, std::int64_t resident,
                          std::int64_t tickets, const TracedShape& shape) {
-  std::int64_t grid = full_grid;
+  std::int64_t grid = resident;
   if (impl.options.max_blocks > 0) grid = std::min<std::int64_t>(grid, impl.options.max_blocks);
   grid = std::max<std::int64_t>(1, std::min(grid, tickets));
   if (impl.trace_buffer != nullptr) {
@@ -462,15 +502,14 @@ Status launch(Layer::Impl& impl, const KernelVariantInfo& info, const void* x, v
                                        (c.hidden + Down::BN - 1) / Down::BN * p.dsplit.kslices);
   constexpr bool decode = !std::is_same_v<Cfg, PrefillConfig>;
   const std::int64_t grid =
-      launch_grid(impl, p, full_grid, p.rsplit.tasks() + tiles,
+      launch_grid(impl, p, resident_grid(impl, info), p.rsplit.tasks() + tiles,
                   {Cfg::BM, GateUp::BN, Down::BN, p.rsplit.chunk_tokens,
                    Cfg::tile_router ? Down::BN : kRouterExperts, decode ? "decode" : "prefill"});
+  auto* kernel = moe_kernel_for<Cfg, GateUp, Down, T>(impl.trace_buffer != nullptr);
   if (o.programmatic_launch && impl.programmatic_launch) {
-    return launch_programmatic(moe_kernel<Cfg, GateUp, Down, T>, grid, kThreads, info.smem_bytes,
-                               stream, p);
+    return launch_programmatic(kernel, grid, kThreads, info.smem_bytes, stream, p);
   }
-  moe_kernel<Cfg, GateUp, Down, T>
-      <<<static_cast<unsigned>(grid), kThreads, info.smem_bytes, stream>>>(p);
+  kernel<<<static_cast<unsigned>(grid), kThreads, info.smem_bytes, stream>>>(p);
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
     return cuda_status(err, "launching the MoE kernel");
   }
@@ -526,13 +565,14 @@ Status launch_ws(Layer::Impl& impl, const KernelVariantInfo& info, const void* x
   const std::int64_t tiles =
       mtiles * (p.gather_parts + ng + (c.hidden + W::BN - 1) / W::BN * p.dsplit.kslices);
   const std::int64_t grid =
-      launch_grid(impl, p, full_grid, p.rsplit.tasks() + tiles,
+      launch_grid(impl, p, resident_grid(impl, info), p.rsplit.tasks() + tiles,
                   {W::BM, W::kGateUpCols, W::BN, p.rsplit.chunk_tokens, WsRouterTile::BN,
                    "prefill_ws", static_cast<int>(p.gather_parts)});
+  auto* kernel = moe_ws_kernel_for<W, T>(impl.trace_buffer != nullptr);
   if (o.programmatic_launch && impl.programmatic_launch) {
-    return launch_programmatic(moe_ws_kernel<W, T>, grid, W::kThreads, info.smem_bytes, stream, p);
+    return launch_programmatic(kernel, grid, W::kThreads, info.smem_bytes, stream, p);
   }
-  moe_ws_kernel<W, T><<<static_cast<unsigned>(grid), W::kThreads, info.smem_bytes, stream>>>(p);
+  kernel<<<static_cast<unsigned>(grid), W::kThreads, info.smem_bytes, stream>>>(p);
   if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
     return cuda_status(err, "launching the MoE kernel");
   }

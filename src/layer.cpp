@@ -321,10 +321,13 @@ Status Layer::set_tracing(int events_per_block) {
   }
   impl_->last_trace.valid = false;
   if (events_per_block == 0) return {};
-  int blocks_per_sm = impl_->prefill.blocks_per_sm;
+  // The traced kernels' grids (forward.cu's resident_grid): the most blocks a traced launch has.
+  int blocks_per_sm = impl_->prefill.traced_blocks_per_sm;
   for (const auto& height : impl_->decode)
     for (const KernelVariantInfo& v : height)
-      blocks_per_sm = std::max(blocks_per_sm, v.blocks_per_sm);
+      blocks_per_sm = std::max(blocks_per_sm, v.traced_blocks_per_sm);
+  for (const KernelVariantInfo& v : impl_->ws)
+    blocks_per_sm = std::max(blocks_per_sm, v.traced_blocks_per_sm);
   const int grid = blocks_per_sm * impl_->sm_count;
   const std::size_t bytes = detail::trace_buffer_bytes(grid, events_per_block);
   if (cudaError_t err = cudaMalloc(&impl_->trace_buffer, bytes); err != cudaSuccess) {

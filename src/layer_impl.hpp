@@ -17,6 +17,7 @@ struct alignas(64) TensorMapBytes {
 // A kernel variant's launch facts, read once at Layer::create.
 struct KernelVariantInfo {
   int blocks_per_sm = 0;
+  int traced_blocks_per_sm = 0;  // of its traced instantiation (0: FLASHMOE_ENABLE_TRACE=OFF)
   int smem_bytes = 0;
   TensorMapBytes w13_map, w2_map;  // weight boxes of the variant's tile shapes (forward.cu)
 };

@@ -88,6 +88,18 @@ inline ::testing::AssertionResult run_forward(Layer& layer, ForwardRun& run, cud
   return ::testing::AssertionSuccess();
 }
 
+// A forward that ran traced, again with tracing off (the untraced kernels, which engines run):
+// the same bits. Tracing is left on with `events_per_block`.
+inline void expect_untraced_matches(Layer& layer, const ForwardRun& traced, cudaStream_t stream,
+                                    int events_per_block) {
+  ASSERT_TRUE(layer.set_tracing(0).ok());
+  ForwardRun again = traced;
+  ASSERT_TRUE(run_forward(layer, again, stream));
+  EXPECT_EQ(again.y, traced.y) << "the untraced kernel must give the traced kernel's bits";
+  EXPECT_EQ(again.ids, traced.ids);
+  ASSERT_TRUE(layer.set_tracing(events_per_block).ok());
+}
+
 inline std::vector<int> sample_tokens(int T, int max_check, std::mt19937_64& rng) {
   std::vector<int> all(T);
   for (int t = 0; t < T; ++t) all[t] = t;

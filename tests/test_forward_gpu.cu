@@ -423,6 +423,7 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
     check_output(m, run, tokens);
     flashmoe::Trace trace;
     ASSERT_TRUE(layer.read_trace(stream.get(), trace).ok());
+    expect_untraced_matches(layer, run, stream.get(), 1 << 12);
     EXPECT_EQ(trace.variant, ws ? "prefill_ws" : "prefill");
     if (ws) EXPECT_EQ(trace.tile_m, k.tile_m);
     if (ws && k.down_slices > 0) EXPECT_EQ(trace.down_k_slices, k.down_slices);
@@ -481,6 +482,7 @@ TEST_F(Forward, EveryDecodeKernelMatchesReference) {
       check_output(m, run, tokens);
       flashmoe::Trace trace;
       ASSERT_TRUE(layer.read_trace(stream.get(), trace).ok());
+      expect_untraced_matches(layer, run, stream.get(), 1 << 12);
       ASSERT_EQ(trace.variant, "decode");
       ran.insert({trace.tile_m, trace.tile_n_gateup, trace.tile_n_down});
     }
@@ -526,6 +528,7 @@ TEST_F(Forward, ForcedDecodeKernelsMatchReference) {
       check_output(m, run, tokens);
       flashmoe::Trace trace;
       ASSERT_TRUE(layer.read_trace(stream.get(), trace).ok());
+      expect_untraced_matches(layer, run, stream.get(), 1 << 12);
       ASSERT_EQ(trace.variant, "decode");
       EXPECT_EQ(trace.tile_n_gateup, widths[k].first);
       EXPECT_EQ(trace.tile_n_down, widths[k].second);

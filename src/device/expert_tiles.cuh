@@ -23,9 +23,9 @@ struct TileSmem {
 
 // h[rows of m-tile, n0 : n0 + BN] = act(x W1^T) * (x W3^T) for the expert of the m-tile.
 // Returns false (nothing written or counted) when the tile was abandoned.
-template <class S, typename T>
+template <class S, typename T, class Tr>
 __device__ bool gateup_tile(const KernelParams<T>& p, unsigned char* smem, const MTile mt,
-                            int ntile, int ntiles, Tracer& tr) {
+                            int ntile, int ntiles, Tr& tr) {
   __shared__ TileSmem<S, T> ts;
   const std::uint64_t t0 = tr.now();
   const std::uint32_t slot = mt.slot;
@@ -83,9 +83,9 @@ __device__ bool gateup_tile(const KernelParams<T>& p, unsigned char* smem, const
 // (fp32 partials, summed over the slices by the top-k step). Its own call of the tile loop:
 // sharing the down tile's call kept the router's extra state live across that loop and
 // pushed the kernel (at its 128-register cap) into spills that slowed every tile.
-template <class S, typename T>
+template <class S, typename T, class Tr>
 __device__ void router_tile(const KernelParams<T>& p, unsigned char* smem, int t0, int live, int e0,
-                            int kslice, int trace_tile, Tracer& tr) {
+                            int kslice, int trace_tile, Tr& tr) {
   __shared__ TileSmem<S, T> ts;
   const std::uint64_t start = tr.now();
   const int H = p.hidden, k0 = kslice * p.rsplit.klen;
@@ -120,9 +120,9 @@ __device__ void router_tile(const KernelParams<T>& p, unsigned char* smem, int t
 // every token whose top-k pairs and K slices of this column range are now all present,
 // y = sum over k, then over slices, in order (+ beta * y).
 // Returns false when the launch is being abandoned.
-template <class S, typename T>
+template <class S, typename T, class Tr>
 __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, const MTile mt, int ntile,
-                          int kslice, int ntiles, int gateup_ntiles, Tracer& tr) {
+                          int kslice, int ntiles, int gateup_ntiles, Tr& tr) {
   __shared__ TileSmem<S, T> ts;
   __shared__ bool s_ready;
   __shared__ int s_ncombine;

@@ -122,7 +122,7 @@ using PrefillGateUp = TileShape<64, 64, true, 4, 2, 1, 4, 64, true>;
 using PrefillConfig = KernelConfig<64, true, PrefillGateUp, PrefillGateUp,
                                    TileShape<64, 64, false, 4, 2, 1, 4, 64, true>>;
 
-template <class Cfg, class GateUp, class Down, typename T>
+template <class Cfg, class GateUp, class Down, typename T, bool kTraced>
 __global__ void __launch_bounds__(kThreads, 2)
     moe_kernel(const __grid_constant__ KernelParams<T> p) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -146,7 +146,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     s_live = live_token_count(p);
     s_claim = kClaimPending;
   }
-  Tracer tr(p.trace);
+  Tracer<kTraced> tr(p.trace);
 
   for (;;) {
     // Everyone is done with the previous ticket's shared state, and its ordinary writes are

@@ -88,8 +88,9 @@ struct WsRoles {
   }
 
   // The 256 consumer threads, until the stop job or a failure.
+  template <class Tr>
   __device__ static void consume(const WsKernelParams<T>& p, const WsGrid& g, Pipe& pipe,
-                                 Jobs& jobs, std::uint32_t ring, Tracer& tr) {
+                                 Jobs& jobs, std::uint32_t ring, Tr& tr) {
     __shared__ std::int32_t s_tokens[W::BM];
     __shared__ int s_count;
     const Watchdog wd{p.ctl, p.timeout_ns}, ring_wd = job_ring_watchdog(p);
@@ -144,7 +145,7 @@ struct WsRoles {
   }
 };
 
-template <class W, typename T>
+template <class W, typename T, bool kTraced>
 __global__ void __launch_bounds__(W::kThreads, 1)
     moe_ws_kernel(const __grid_constant__ WsKernelParams<T> p) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -177,7 +178,7 @@ __global__ void __launch_bounds__(W::kThreads, 1)
     jobs.init(W::kConsumerThreads / 32);
     fence_mbarrier_init();
   }
-  Tracer tr(p.trace);
+  Tracer<kTraced> tr(p.trace);
 
   std::uint32_t first_tile = kNoTicket;
   for (;;) {

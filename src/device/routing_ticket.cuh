@@ -22,13 +22,13 @@ namespace flashmoe::detail {
 // wrote it as they were registered, and only its count is published). `start`: the routing event's
 // start. `chunks_to_reset`: router_done words the table's builder clears (the prefill kernels'
 // select tickets read them until then; 0 in decode, where each chunk's last task clears its own).
-template <class Cfg, typename T>
+template <class Cfg, typename T, class Tr>
 __device__ __forceinline__ void finish_routing(const KernelParams<T>& p, unsigned char* smem,
                                                int t0, int t_end, int nd, int live,
                                                int live_tickets, int trace_tile,
                                                int chunks_to_reset, std::uint32_t routing_tickets,
                                                std::uint32_t tasks_per_mtile, bool own_mtiles,
-                                               bool& s_flag, std::uint64_t start, Tracer& tr) {
+                                               bool& s_flag, std::uint64_t start, Tr& tr) {
   // The combine counters of the tokens start at zero: they live in the scratch, which other
   // Layers' forwards also write. Ordered before every down tile by the routing-done count and
   // the tile table's release.
@@ -68,12 +68,12 @@ __device__ __forceinline__ void finish_routing(const KernelParams<T>& p, unsigne
 // select tickets can start while later chunks' router tasks still run), select ticket
 // `ticket - router tasks`, or the row-map ticket of the select ticket `ticket - router tasks -
 // selects`, which waits for the tile table.
-template <class Cfg, class Down, typename T>
+template <class Cfg, class Down, typename T, class Tr>
 __device__ __forceinline__ void run_tile_routing_ticket(const KernelParams<T>& p,
                                                         unsigned char* smem, std::uint32_t ticket,
                                                         std::uint32_t routing_tickets,
                                                         std::uint32_t tasks_per_mtile, int nd,
-                                                        int live, bool& s_flag, Tracer& tr) {
+                                                        int live, bool& s_flag, Tr& tr) {
   const RouterSplit rs = p.rsplit;
   const int live_chunks = max(1, (live + rs.chunk_tokens - 1) / rs.chunk_tokens);
   const int per_chunk = rs.eslices * rs.kslices;
@@ -167,12 +167,12 @@ __device__ __forceinline__ void run_tile_routing_ticket(const KernelParams<T>& p
                       s_flag, start, tr);
 }
 
-template <class Cfg, class Down, typename T>
+template <class Cfg, class Down, typename T, class Tr>
 __device__ __forceinline__ void run_routing_ticket(const KernelParams<T>& p, unsigned char* smem,
                                                    std::uint32_t ticket,
                                                    std::uint32_t routing_tickets,
                                                    std::uint32_t tasks_per_mtile, int nd, int live,
-                                                   bool& s_flag, Tracer& tr) {
+                                                   bool& s_flag, Tr& tr) {
   if constexpr (Cfg::tile_router) {
     run_tile_routing_ticket<Cfg, Down>(p, smem, ticket, routing_tickets, tasks_per_mtile, nd, live,
                                        s_flag, tr);

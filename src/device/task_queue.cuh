@@ -27,11 +27,11 @@ struct QueueState {
 // kRowMaps (prefill kernels): the block's first tile also waits for the `row_maps` row-map
 // tickets, whose part of the table every tile reads, directly or through its m-tile's earlier
 // tiles.
-template <bool kRowMaps = false, typename T>
+template <bool kRowMaps = false, typename T, class Tr>
 __device__ __forceinline__ std::uint32_t claim_ticket(const KernelParams<T>& p,
                                                       std::uint32_t routing_tickets,
                                                       std::uint32_t tasks_per_mtile, QueueState q,
-                                                      Tracer& tr, std::uint32_t row_maps = 0) {
+                                                      Tr& tr, std::uint32_t row_maps = 0) {
   std::uint32_t t = p.ctl.aborted() ? kNoTicket : fetch_add_relaxed(p.ctl.word(kQueueHead), 1);
   if (q.claim == kClaimPending) {
     // The block's first ticket: the scratch claim's round trip runs beside the ticket's.

@@ -26,18 +26,24 @@ struct TraceSink {
   std::uint32_t capacity = 0;
 };
 
+// Whether this build compiles the traced kernels at all (FLASHMOE_ENABLE_TRACE).
+inline constexpr bool kTraceCompiled = FLASHMOE_ENABLE_TRACE != 0;
+
+// A kernel is instantiated with Tracer<true> (launched only while a trace buffer is set) and
+// Tracer<false>, so that untraced forwards carry no tracer state in their registers.
+template <bool kOn>
 class Tracer {
  public:
   __device__ explicit Tracer(const TraceSink& sink) {
-    if (FLASHMOE_ENABLE_TRACE && sink.events != nullptr && threadIdx.x == 0) {
+    if (sink.events != nullptr && threadIdx.x == 0) {
       events_ = sink.events + static_cast<std::size_t>(blockIdx.x) * sink.capacity;
       block_ = sink.blocks + blockIdx.x;
       capacity_ = sink.capacity;
       entry_ = global_timer_ns();
     }
   }
-  // Only thread 0 of a traced launch records; everyone else gets 0 and no-ops.
-  __device__ bool on() const { return FLASHMOE_ENABLE_TRACE && events_ != nullptr; }
+  // Only thread 0 records; everyone else gets 0 and no-ops.
+  __device__ bool on() const { return events_ != nullptr; }
   __device__ std::uint64_t now() const { return on() ? global_timer_ns() : 0; }
 
   __device__ void record(TraceKind kind, std::uint64_t start, int expert, int tile) {
@@ -58,6 +64,16 @@ class Tracer {
   RawTraceBlock* block_ = nullptr;
   std::uint32_t capacity_ = 0, count_ = 0;
   std::uint64_t entry_ = 0;
+};
+
+template <>
+class Tracer<false> {
+ public:
+  __device__ explicit Tracer(const TraceSink&) {}
+  __device__ constexpr bool on() const { return false; }
+  __device__ constexpr std::uint64_t now() const { return 0; }
+  __device__ void record(TraceKind, std::uint64_t, int, int) {}
+  __device__ void finish() {}
 };
 
 }  // namespace flashmoe::detail
