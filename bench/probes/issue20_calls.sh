@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Issue 20's closing numbers in two device calls on one warm H200, `.probe/pre20` carried in both
+# (make it as decode_noloss.sh's header says). PART=1 (about 8 minutes): the working tree (tests
+# on) and pre20's bench_moe built side by side, the GPU tests, the bf16 table. PART=2 (about 6
+# minutes; the very next call, while the machine is warm, so that both builds are still there):
+# the fp16 table and decode_noloss.sh. Run from the repository root on the device.
+set -uo pipefail
+out=${OUT:-out}
+mkdir -p "$out"
+start=$SECONDS
+stamp() { echo "[$((SECONDS - start)) s] $*"; }
+nvidia-smi --query-gpu=name --format=csv,noheader
+[ -f .probe/pre20/CMakeLists.txt ] || {
+  echo "no .probe/pre20: make it from 76ed7c2 first (decode_noloss.sh's header)"
+  exit 1
+}
+case ${PART:-1} in
+  1)
+    cmake --preset gpu -DFLASHMOE_BUILD_TESTS=ON -DFLASHMOE_BUILD_EXAMPLES=ON >"$out/build.log" 2>&1
+    (cmake -S .probe/pre20 -B build/pre20 -DCMAKE_BUILD_TYPE=Release \
+       -DCMAKE_CUDA_ARCHITECTURES=90a-real -DFLASHMOE_BUILD_TESTS=OFF \
+       -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/pre20.log" 2>&1
+     cmake --build build/pre20 -j 4 --target bench_moe >>"$out/pre20.log" 2>&1
+     echo "pre20 build $?") &
+    cmake --build --preset gpu -j 12 >>"$out/build.log" 2>&1 || {
+      tail -30 "$out/build.log"
+      exit 1
+    }
+    wait
+    stamp "built"
+    ctest --preset gpu -j 4 --timeout 300 >"$out/ctest.log" 2>&1
+    echo "ctest exit $?"
+    grep -E "tests passed|\(Failed\)|Not Run|Timeout" "$out/ctest.log" | head -20
+    stamp "tested"
+    DTYPES=bf16 bash bench/probes/issue_table.sh
+    ;;
+  2)
+    DTYPES=fp16 bash bench/probes/issue_table.sh
+    stamp "fp16 table"
+    bash bench/probes/decode_noloss.sh
+    ;;
+esac
+stamp "done"
