@@ -1,4 +1,5 @@
-// Layer internals shared by layer.cpp (host C++) and forward.cu (launch).
+// Layer internals shared by layer.cpp (host C++) and the host layer of the forward (forward.cu,
+// forward_typed.cuh: launch).
 #pragma once
 
 #include <cstddef>
@@ -19,7 +20,7 @@ struct KernelVariantInfo {
   int blocks_per_sm = 0;
   int traced_blocks_per_sm = 0;  // of its traced instantiation (0: FLASHMOE_ENABLE_TRACE=OFF)
   int smem_bytes = 0;
-  TensorMapBytes w13_map, w2_map;  // weight boxes of the variant's tile shapes (forward.cu)
+  TensorMapBytes w13_map, w2_map;  // weight boxes of the variant's tile shapes (forward_typed.cuh)
 };
 
 struct Layer::Impl {
@@ -36,9 +37,10 @@ struct Layer::Impl {
   void* state = nullptr;          // owned
   void* scratch = nullptr;        // owned_scratch, or the caller's (LayerOptions::scratch)
   void* owned_scratch = nullptr;  // freed with the Layer
-  // Decode kernels (forward.cu), for the dtype of the layer, by m-tile height as decode_variant
-  // numbers them (16 rows for num_tokens <= thin_max_tokens, 48 from tall_min_tokens, 32
-  // between; tile_choice.hpp), then by tile widths as choose_decode_kernel does.
+  // Decode kernels (forward_typed.cuh), for the dtype of the layer, by m-tile height as
+  // decode_variant numbers them (16 rows for num_tokens <= thin_max_tokens, 48 from
+  // tall_min_tokens, 32 between; tile_choice.hpp), then by tile widths as choose_decode_kernel
+  // does.
   KernelVariantInfo decode[3][4];
   std::int64_t thin_max_tokens = 0;
   std::int64_t tall_min_tokens = 0;
