@@ -62,7 +62,7 @@ Status check_options(Layer::Impl& impl, const ForwardOptions& o) {
 
 }  // namespace
 
-bool trace_compiled_in() noexcept { return FLASHMOE_ENABLE_TRACE != 0; }
+bool trace_compiled_in() noexcept { return kTraceCompiled; }
 
 Status prepare_kernels(Layer::Impl& impl) {
   return impl.config.dtype == DType::BF16 ? TypedForward<__nv_bfloat16>::prepare(impl)
