@@ -321,7 +321,7 @@ Status Layer::set_tracing(int events_per_block) {
   }
   impl_->last_trace.valid = false;
   if (events_per_block == 0) return {};
-  // The traced kernels' grids (forward_typed.cuh's resident_grid): the most blocks a traced launch has.
+  // The most blocks a traced launch has (forward_typed.cuh's resident_grid).
   int blocks_per_sm = impl_->prefill.traced_blocks_per_sm;
   for (const auto& height : impl_->decode)
     for (const KernelVariantInfo& v : height)
