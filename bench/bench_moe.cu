@@ -66,6 +66,9 @@ double g_down_lead = 0.0;     // testing::set_down_lead of every benchmarked Lay
 int g_gather_parts = 0;       // testing::set_gather_parts of every benchmarked Layer
 std::string g_trace_dir;      // FLASHMOE_BENCH_TRACE_DIR: one traced forward per benchmark
 bool g_programmatic = false;  // ForwardOptions::programmatic_launch of the timed forwards
+// FLASHMOE_BENCH_CALLER_ROUTING: the timed forwards take each input's routing as the caller's
+// (ForwardOptions::topk_ids / topk_weights), the ids and weights the library chose for it.
+bool g_caller_routing = false;
 // Its timing: as many rounds of kInputs forwards as FlashMoE had iterations, at least
 // kCublasRounds, stopping early once they add up to kCublasBudgetMs (Mixtral at T = 4096 takes
 // tens of ms a round), but never before kCublasMinRounds.
@@ -380,10 +383,21 @@ void BM_Forward(benchmark::State& state, Shape shape, flashmoe::DType dt) {
   cudaGraph_t graph;
   cudaGraphExec_t exec;
   BENCH_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  flashmoe::ForwardOptions timed;
-  timed.programmatic_launch = g_programmatic;
+  // The options of input i's timed forwards: with caller routing, the same experts and weights
+  // as the library's own routing chose for that input (the weights it reports are final, and
+  // caller weights are used as given), so the output and the expert bytes are unchanged and
+  // the difference is the router and the top-k.
+  auto timed_options = [&](int i) {
+    flashmoe::ForwardOptions o;
+    o.programmatic_launch = g_programmatic;
+    if (g_caller_routing) {
+      o.topk_ids = static_cast<const std::int32_t*>(ids.p) + i * pairs;
+      o.topk_weights = static_cast<const float*>(wts.p) + i * pairs;
+    }
+    return o;
+  };
   for (int i = 0; i < kInputs; ++i) {
-    if (!flashmoe::forward(b->layer, x_at(i), y_at(i), T, stream, timed).ok()) break;
+    if (!flashmoe::forward(b->layer, x_at(i), y_at(i), T, stream, timed_options(i)).ok()) break;
   }
   BENCH_CUDA(cudaStreamEndCapture(stream, &graph));
   BENCH_CUDA(cudaGraphInstantiate(&exec, graph, 0));
@@ -426,7 +440,7 @@ void BM_Forward(benchmark::State& state, Shape shape, flashmoe::DType dt) {
         fmt::format("{}_{}_T{}", shape.name, dt == flashmoe::DType::BF16 ? "bf16" : "fp16", T);
     flashmoe::Trace trace;
     flashmoe::Status s = b->layer.set_tracing(4096);
-    if (s.ok()) s = flashmoe::forward(b->layer, x_at(0), y_at(0), T, stream, timed);
+    if (s.ok()) s = flashmoe::forward(b->layer, x_at(0), y_at(0), T, stream, timed_options(0));
     if (s.ok()) s = b->layer.read_trace(stream, trace);
     const flashmoe::Status off = b->layer.set_tracing(0);
     if (s.ok()) s = off;
@@ -652,6 +666,9 @@ int main(int argc, char** argv) {
   // FLASHMOE_BENCH_PROGRAMMATIC=1: the timed forwards with programmatic dependent launch, so
   // that each forward of the graph starts behind the previous one's tail.
   if (!read_switch("FLASHMOE_BENCH_PROGRAMMATIC", g_programmatic)) return 1;
+  // FLASHMOE_BENCH_CALLER_ROUTING=1: the timed forwards with caller routing (the routing the
+  // library chose for each input), which measures what the router and the top-k cost.
+  if (!read_switch("FLASHMOE_BENCH_CALLER_ROUTING", g_caller_routing)) return 1;
   g_bandwidth = measure_bandwidth();
   if (g_cublas) g_dense_flops = measure_dense_flops();
   std::printf("%s, %d SMs; device-to-device copy: %.0f GB/s (read + write); dense bf16 GEMM: %s\n",

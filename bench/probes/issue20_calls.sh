@@ -3,14 +3,16 @@
 # (make it as decode_noloss.sh's header says). PART=1 (about 8 minutes): the working tree (tests
 # on) and pre20's bench_moe built side by side, the GPU tests, the bf16 table. PART=2 (about 6
 # minutes; the very next call, while the machine is warm, so that both builds are still there):
-# the fp16 table and decode_noloss.sh. Run from the repository root on the device.
+# the fp16 table and decode_noloss.sh. PART=3 (about 5 minutes, right after; no .probe/pre20
+# needed): issue 21's numbers on the same card, issue21_traces.sh and stream_paths.sh (rows
+# 143-144 were measured on an H100 only). Run from the repository root on the device.
 set -uo pipefail
 out=${OUT:-out}
 mkdir -p "$out"
 start=$SECONDS
 stamp() { echo "[$((SECONDS - start)) s] $*"; }
 nvidia-smi --query-gpu=name --format=csv,noheader
-[ -f .probe/pre20/CMakeLists.txt ] || {
+[ "${PART:-1}" = 3 ] || [ -f .probe/pre20/CMakeLists.txt ] || {
   echo "no .probe/pre20: make it from 76ed7c2 first (decode_noloss.sh's header)"
   exit 1
 }
@@ -38,6 +40,11 @@ case ${PART:-1} in
     DTYPES=fp16 bash bench/probes/issue_table.sh
     stamp "fp16 table"
     bash bench/probes/decode_noloss.sh
+    ;;
+  3)
+    bash bench/probes/issue21_traces.sh
+    stamp "traces"
+    bash bench/probes/stream_paths.sh
     ;;
 esac
 stamp "done"
