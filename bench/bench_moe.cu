@@ -57,18 +57,16 @@ constexpr int kMaxTokens = 4096;
 
 // The cuBLAS baseline: off with FLASHMOE_BENCH_NO_CUBLAS=1 (quick kernel A/B runs).
 bool g_cublas = true;
-int g_tokens_per_launch = 0;  // LayerOptions::tokens_per_launch of every benchmarked Layer
-int g_prefill_rows = 0;       // testing::set_prefill_switch of every benchmarked Layer
-int g_ws_tall_rows = 0;       // testing::set_ws_tile_switch of every benchmarked Layer
-int g_down_slices = 0;        // testing::set_down_slices of every benchmarked Layer
-int g_decode_kernel = 0;      // testing::set_decode_kernel (+ 1) of every benchmarked Layer
-double g_down_lead = 0.0;     // testing::set_down_lead of every benchmarked Layer
-int g_gather_parts = 0;       // testing::set_gather_parts of every benchmarked Layer
-std::string g_trace_dir;      // FLASHMOE_BENCH_TRACE_DIR: one traced forward per benchmark
-bool g_programmatic = false;  // ForwardOptions::programmatic_launch of the timed forwards
-// FLASHMOE_BENCH_CALLER_ROUTING: the timed forwards take each input's routing as the caller's
-// (ForwardOptions::topk_ids / topk_weights), the ids and weights the library chose for it.
-bool g_caller_routing = false;
+int g_tokens_per_launch = 0;    // LayerOptions::tokens_per_launch of every benchmarked Layer
+int g_prefill_rows = 0;         // testing::set_prefill_switch of every benchmarked Layer
+int g_ws_tall_rows = 0;         // testing::set_ws_tile_switch of every benchmarked Layer
+int g_down_slices = 0;          // testing::set_down_slices of every benchmarked Layer
+int g_decode_kernel = 0;        // testing::set_decode_kernel (+ 1) of every benchmarked Layer
+double g_down_lead = 0.0;       // testing::set_down_lead of every benchmarked Layer
+int g_gather_parts = 0;         // testing::set_gather_parts of every benchmarked Layer
+std::string g_trace_dir;        // FLASHMOE_BENCH_TRACE_DIR: one traced forward per benchmark
+bool g_programmatic = false;    // ForwardOptions::programmatic_launch of the timed forwards
+bool g_caller_routing = false;  // FLASHMOE_BENCH_CALLER_ROUTING (main)
 // Its timing: as many rounds of kInputs forwards as FlashMoE had iterations, at least
 // kCublasRounds, stopping early once they add up to kCublasBudgetMs (Mixtral at T = 4096 takes
 // tens of ms a round), but never before kCublasMinRounds.
