@@ -5,14 +5,17 @@
 # minutes; the very next call, while the machine is warm, so that both builds are still there):
 # the fp16 table and decode_noloss.sh. PART=3 (about 5 minutes, right after; no .probe/pre20
 # needed): issue 21's numbers on the same card, issue21_traces.sh and stream_paths.sh (rows
-# 143-144 were measured on an H100 only). Run from the repository root on the device.
+# 143-144 were measured on an H100 only). PART=4 (about 9 minutes, on a card other than the
+# H200 whose peers the issue's table holds): bench/peers/torch_grouped_mm.py (a peer's two
+# grouped GEMMs alone, on this card) beside both tables in one call; PART=2 then gives the decode
+# point. Run from the repository root on the device.
 set -uo pipefail
 out=${OUT:-out}
 mkdir -p "$out"
 start=$SECONDS
 stamp() { echo "[$((SECONDS - start)) s] $*"; }
 nvidia-smi --query-gpu=name --format=csv,noheader
-[ "${PART:-1}" = 3 ] || [ -f .probe/pre20/CMakeLists.txt ] || {
+[ "${PART:-1}" = 3 ] || [ "${PART:-1}" = 4 ] || [ -f .probe/pre20/CMakeLists.txt ] || {
   echo "no .probe/pre20: make it from 76ed7c2 first (decode_noloss.sh's header)"
   exit 1
 }
@@ -45,6 +48,16 @@ case ${PART:-1} in
     bash bench/probes/issue21_traces.sh
     stamp "traces"
     bash bench/probes/stream_paths.sh
+    ;;
+  4)
+    (cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
+     cmake --build --preset gpu -j 14 --target bench_moe >>"$out/build.log" 2>&1) &
+    OUT=$out TOKENS=1,4,16,64,128,256,512,1024,2048,4096 DTYPES=bf16 \
+      timeout 200 python3 bench/peers/torch_grouped_mm.py
+    OUT=$out TOKENS=256,512,1024,2048,4096 DTYPES=fp16 timeout 100 python3 bench/peers/torch_grouped_mm.py
+    wait
+    stamp "peer"
+    bash bench/probes/issue_table.sh
     ;;
 esac
 stamp "done"
