@@ -127,6 +127,10 @@ def main():
                         us, used = time_cell(name, dtypes[dt], t, replays, w13, w2)
                     except Exception as exc:  # report the cell, go on with the rest
                         print(f"{name}/{dt}/T:{t}  failed: {exc}", flush=True)
+                        if "graph capture" in str(exc):
+                            # torch 2.11's fp16 grouped GEMM on sm_90 is a fallback that reads
+                            # the offsets on the host: no graph, so no peer for this dtype.
+                            break
                         continue
                     print(f"{name}/{dt}/T:{t:<5} {us:9.1f} us  experts used {used:.1f}",
                           flush=True)
