@@ -228,6 +228,9 @@ enum ControlWord : int {
   kStickyError,    // StatusCode of the first device error, cleared by the host
   kErrorSite,      // where it happened (diagnostics)
   kRowMapDone,     // prefill kernels: row-map tickets finished
+  // Decode launches of one live token: gate/up tiles finished per pair (word k of the line; top_k
+  // <= kControlStride), counted by tiles that start before the tile table (moe_kernel.cuh).
+  kOneTokenDone,
   kControlWords
 };
 inline constexpr int kControlStride = 32;  // uint32 words per 128-byte line

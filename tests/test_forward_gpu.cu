@@ -537,6 +537,138 @@ TEST_F(Forward, ForcedDecodeKernelsMatchReference) {
   flashmoe::testing::set_decode_kernel(layer, -1);  // the rule again
 }
 
+// testing::set_one_token_gateup: decode launches of one live token whose gate/up tiles choose
+// their experts from the logits and start before the tile table. Against the table's path on
+// the same inputs, the same bits: own routing (top_k 1 to 32, E 1 to 1024, I off the tile,
+// fp16), caller routing with a repeated expert, a padded batch of one live token, grid sizes
+// from one block up, and consecutive one-token launches (their counters start at zero again).
+TEST_F(Forward, OneTokenGateUpTilesGiveTheTablePathsBits) {
+  SCOPED_TRACE(seed_);
+  std::vector<Model> models;
+  models.push_back(small_model());
+  for (const Shape& s : {kKEqualsE, kOddTiles, kMaxExperts, kOneExpert}) {
+    models.push_back(make_model(make_config(s, DType::BF16, 64), rng_));
+  }
+  models.push_back(make_model(make_config(kOddTiles, DType::FP16, 64), rng_));
+  StreamGuard stream;
+  for (const Model& m : models) {
+    const Config& c = m.config;
+    SCOPED_TRACE(::testing::Message() << "E " << c.experts << " K " << c.top_k << " H " << c.hidden
+                                      << " I " << c.intermediate);
+    std::vector<Layer> layers;
+    for (int blocks : {0, 1, 3}) {
+      flashmoe::LayerOptions o;
+      o.max_blocks = blocks;
+      layers.emplace_back();
+      ASSERT_TRUE(Layer::create(c, m.device_weights(), layers.back(), o).ok());
+    }
+    for (int T : {1, 3, 1}) {
+      SCOPED_TRACE(::testing::Message() << "T = " << T);
+      ForwardRun table = make_run(c, T, rng_);
+      flashmoe::testing::set_one_token_gateup(layers[0], false);
+      ASSERT_TRUE(run_forward(layers[0], table, stream.get()));
+      check_output(m, table, sample_tokens(T, T, rng_));
+      for (Layer& layer : layers) {
+        flashmoe::testing::set_one_token_gateup(layer, true);
+        for (int rep = 0; rep < 2; ++rep) {
+          ForwardRun own = table;
+          ASSERT_TRUE(run_forward(layer, own, stream.get()));
+          ASSERT_EQ(own.y, table.y) << "max_blocks " << layer.options().max_blocks;
+          EXPECT_EQ(own.ids, table.ids);
+          EXPECT_EQ(own.weights, table.weights);
+        }
+      }
+    }
+    // Caller routing: pair 1 repeats pair 0's expert where K > 1.
+    const int K = c.top_k;
+    std::vector<std::int32_t> perm(c.experts);
+    for (int e = 0; e < c.experts; ++e) perm[e] = e;
+    std::shuffle(perm.begin(), perm.end(), rng_);
+    std::vector<std::int32_t> ids(perm.begin(), perm.begin() + K);
+    if (K > 1) ids[1] = ids[0];
+    std::vector<float> wts(K);
+    std::uniform_real_distribution<float> uw(0.05f, 1.0f);
+    for (float& w : wts) w = uw(rng_);
+    DeviceBuffer d_ids = upload(ids), d_wts = upload(wts);
+    ForwardOptions caller;
+    caller.topk_ids = d_ids.get<std::int32_t>();
+    caller.topk_weights = d_wts.get<float>();
+    ForwardRun table = make_run(c, 1, rng_);
+    flashmoe::testing::set_one_token_gateup(layers[0], false);
+    ASSERT_TRUE(run_forward(layers[0], table, stream.get(), caller));
+    check_output(m, table, {0});
+    flashmoe::testing::set_one_token_gateup(layers[0], true);
+    ForwardRun own = table;
+    ASSERT_TRUE(run_forward(layers[0], own, stream.get(), caller));
+    EXPECT_EQ(own.y, table.y) << "caller routing";
+    // A padded batch: capacity 4, one live token; the other rows stay as they were.
+    const int capacity = 4;
+    ForwardRun padded = make_run(c, capacity, rng_);
+    for (std::size_t i = c.hidden; i < padded.y_in.size(); ++i) padded.y_in[i] = 0x3C00;
+    DeviceBuffer count = upload(std::vector<std::int32_t>{1});
+    std::vector<std::vector<std::uint16_t>> ys;
+    for (bool on : {false, true}) {
+      flashmoe::testing::set_one_token_gateup(layers[0], on);
+      DeviceBuffer dx = upload(padded.x), dy = upload(padded.y_in);
+      ForwardOptions o;
+      o.device_num_tokens = count.get<std::int32_t>();
+      ASSERT_TRUE(flashmoe::forward(layers[0], dx.get(), dy.get(), capacity, stream.get(), o).ok());
+      ASSERT_TRUE(layers[0].device_status(stream.get()).ok());
+      ys.push_back(download<std::uint16_t>(dy.get(), padded.y_in.size()));
+    }
+    EXPECT_EQ(ys[1], ys[0]) << "padded batch";
+    EXPECT_TRUE(std::equal(ys[1].begin() + c.hidden, ys[1].end(), padded.y_in.begin() + c.hidden))
+        << "a padding row was written";
+  }
+}
+
+// The one-token path's failures: a gate/up tile that never counts ends in DeviceTimeout at the
+// down tile that waits for it, a caller's out-of-range id in InvalidArgument with y untouched;
+// after each, the next one-token forward is right (its counters were reset by the failed one).
+TEST_F(Forward, OneTokenGateUpFailuresAreReportedAndTheLayerRecovers) {
+  SCOPED_TRACE(seed_);
+  const Model m = small_model();
+  const Config& c = m.config;
+  flashmoe::LayerOptions options;
+  options.watchdog_ms = 100;
+  Layer layer;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer, options).ok());
+  flashmoe::testing::set_one_token_gateup(layer, true);
+  StreamGuard stream;
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE(::testing::Message() << "round " << round);
+    flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::DropMTileSignal);
+    ForwardRun hung = make_run(c, 1, rng_);
+    DeviceBuffer dx = upload(hung.x), dy = upload(hung.y_in);
+    ASSERT_TRUE(flashmoe::forward(layer, dx.get(), dy.get(), 1, stream.get()).ok());
+    const flashmoe::Status s = layer.device_status(stream.get());
+    EXPECT_EQ(s.code(), StatusCode::DeviceTimeout) << s.to_string();
+    EXPECT_NE(s.message().find("down tile"), std::string::npos) << s.message();
+    flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::None);
+    ForwardRun good = make_run(c, 1, rng_);
+    ASSERT_TRUE(run_forward(layer, good, stream.get()));
+    check_output(m, good, {0});
+
+    std::vector<std::int32_t> ids(c.top_k);
+    for (int k = 0; k < c.top_k; ++k) ids[k] = k;
+    ids[c.top_k - 1] = c.experts;  // out of range
+    DeviceBuffer d_ids = upload(ids), d_wts = upload(std::vector<float>(ids.size(), 0.25f));
+    ForwardRun bad = make_run(c, 1, rng_);
+    bad.y_in = random_values(bad.x.size(), 1.0f, c.dtype, rng_);
+    DeviceBuffer bx = upload(bad.x), by = upload(bad.y_in);
+    ForwardOptions o;
+    o.topk_ids = d_ids.get<std::int32_t>();
+    o.topk_weights = d_wts.get<float>();
+    ASSERT_TRUE(flashmoe::forward(layer, bx.get(), by.get(), 1, stream.get(), o).ok());
+    const flashmoe::Status b = layer.device_status(stream.get());
+    EXPECT_EQ(b.code(), StatusCode::InvalidArgument) << b.to_string();
+    EXPECT_EQ(download<std::uint16_t>(by.get(), bad.x.size()), bad.y_in);
+    ForwardRun after = make_run(c, 1, rng_);
+    ASSERT_TRUE(run_forward(layer, after, stream.get()));
+    check_output(m, after, {0});
+  }
+}
+
 TEST_F(Forward, BitwiseIdenticalAcrossRunsAndGridSizes) {
   SCOPED_TRACE(seed_);
   check_bitwise_identical(small_model());

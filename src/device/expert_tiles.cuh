@@ -21,11 +21,14 @@ struct TileSmem {
   std::int32_t combine_token[S::BM];
 };
 
-// h[rows of m-tile, n0 : n0 + BN] = act(x W1^T) * (x W3^T) for the expert of the m-tile.
-// Returns false (nothing written or counted) when the tile was abandoned.
+// h[rows of m-tile, n0 : n0 + BN] = act(x W1^T) * (x W3^T) for the expert of the m-tile, then
+// counted in `done` (the m-tile's gate/up counter). `token0_row`: the m-tile is one pair of
+// token 0, whose row needs no lookup in sorted_pair (the one-token tiles that start before
+// routing has written it). Returns false (nothing written or counted) when the tile was
+// abandoned.
 template <class S, typename T, class Tr>
 __device__ bool gateup_tile(const KernelParams<T>& p, unsigned char* smem, const MTile mt,
-                            int ntile, int ntiles, Tr& tr) {
+                            int ntile, int ntiles, std::uint32_t* done, bool token0_row, Tr& tr) {
   __shared__ TileSmem<S, T> ts;
   const std::uint64_t t0 = tr.now();
   const std::uint32_t slot = mt.slot;
@@ -38,7 +41,7 @@ __device__ bool gateup_tile(const KernelParams<T>& p, unsigned char* smem, const
   for (int r = threadIdx.x; r < S::BM; r += kThreads) {
     const T* row = nullptr;
     if (r < static_cast<int>(mt.rows)) {
-      const int pair = __ldcg(p.sorted_pair + mt.row0 + r);
+      const int pair = token0_row ? 0 : __ldcg(p.sorted_pair + mt.row0 + r);
       row = p.x + static_cast<std::int64_t>(pair / p.top_k) * H;
     }
     ts.a_rows[r] = row;
@@ -72,7 +75,7 @@ __device__ bool gateup_tile(const KernelParams<T>& p, unsigned char* smem, const
   __syncthreads();  // the whole tile is written before it is published
   if (threadIdx.x == 0) {
     const bool drop = p.fault == kFaultDropMTileSignal && slot == 0 && ntile == 0;
-    if (!drop) fetch_add_acq_rel(&p.mtile_done[slot], 1);
+    if (!drop) fetch_add_acq_rel(done, 1);
   }
   tr.record(TraceKind::GateUp, t0, static_cast<int>(mt.expert),
             static_cast<int>(slot) * ntiles + ntile);
@@ -118,11 +121,11 @@ __device__ void router_tile(const KernelParams<T>& p, unsigned char* smem, int t
 
 // ypart[kslice, pair, n0 : n0 + BN] = w_pair * (h W2^T) over K slice `kslice` of I; then, for
 // every token whose top-k pairs and K slices of this column range are now all present,
-// y = sum over k, then over slices, in order (+ beta * y).
-// Returns false when the launch is being abandoned.
+// y = sum over k, then over slices, in order (+ beta * y). h is read once `done` (the m-tile's
+// gate/up counter) reaches gateup_ntiles. Returns false when the launch is being abandoned.
 template <class S, typename T, class Tr>
 __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, const MTile mt, int ntile,
-                          int kslice, int ntiles, int gateup_ntiles, Tr& tr) {
+                          int kslice, int ntiles, int gateup_ntiles, std::uint32_t* done, Tr& tr) {
   __shared__ TileSmem<S, T> ts;
   __shared__ bool s_ready;
   __shared__ int s_ncombine;
@@ -159,8 +162,8 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, const M
     if (threadIdx.x == 0) {
       const std::uint64_t w0 = tr.now();
       bool spun = false;
-      s_ready = wait_at_least(p.ctl, &p.mtile_done[slot], static_cast<std::uint32_t>(gateup_ntiles),
-                              p.timeout_ns, kSiteMTileDone, spun);
+      s_ready = wait_at_least(p.ctl, done, static_cast<std::uint32_t>(gateup_ntiles), p.timeout_ns,
+                              kSiteMTileDone, spun);
       if (spun) {
         tr.record(TraceKind::Wait, w0, static_cast<int>(mt.expert), static_cast<int>(slot));
         t0 = tr.now();

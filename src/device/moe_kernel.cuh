@@ -8,6 +8,10 @@
 //   [R + M*NG, total)    down tiles, ND column tiles x K slices of I per m-tile (each waits
 //                        for its m-tile's NG gate/up tiles), with the combine done by the
 //                        last tile to finish a token slice.
+// One live token (decode kernels, `one_token_gateup`): the m-tiles are the K pairs, so the total
+// is known at launch; gate/up tile k waits only for the token's experts (released by the
+// routing ticket before it writes the table; with caller routing, for nothing) and counts into
+// its own word; down tiles still wait for the table. Those waits are on smaller tickets too.
 // A task waits only on tasks with smaller tickets, and a ticket is taken only by a running
 // block, so the kernel cannot deadlock whatever number of blocks is resident. Counters are
 // reset inside the kernel (by the last block to exit, or by their last user), so consecutive
@@ -122,6 +126,54 @@ using PrefillGateUp = TileShape<64, 64, true, 4, 2, 1, 4, 64, true>;
 using PrefillConfig = KernelConfig<64, true, PrefillGateUp, PrefillGateUp,
                                    TileShape<64, 64, false, 4, 2, 1, 4, 64, true>>;
 
+// One-token launch, every thread of the block: the expert of pair k into `expert`, from the
+// caller's routing, or once the routing ticket has chosen the token's experts (the block waits
+// once; `seen` remembers it). False when the launch is being abandoned or k's caller-given
+// expert is out of range (its routing ticket reports that).
+template <typename T, class Tr>
+__device__ bool one_token_expert(const KernelParams<T>& p, std::uint32_t k, bool& seen, int& expert,
+                                 bool& ok, Tr& tr) {
+  if (threadIdx.x == 0) {
+    if (p.user_ids != nullptr) {
+      expert = __ldg(p.user_ids + k);
+      ok = expert >= 0 && expert < p.experts;
+    } else {
+      ok = seen;
+      if (!seen) {
+        const std::uint64_t w0 = tr.now();
+        bool spun = false;
+        ok = seen =
+            wait_at_least(p.ctl, p.ctl.word(kRoutingDone), 1, p.timeout_ns, kSiteTasksTotal, spun);
+        if (spun) tr.record(TraceKind::Wait, w0, -1, -1);
+      }
+      // Written by another block this launch: through L2, after the acquire.
+      if (ok) expert = __ldcg(p.pair_expert + k);
+    }
+  }
+  __syncthreads();
+  return ok;
+}
+
+// One-token launch, every thread of the block: before its first down tile, the block waits for
+// routing's tables (the m-tile records, pair weights and zeroed combine counters), as the tiles
+// of other launches do in claim_ticket. False when the launch is being abandoned.
+template <typename T, class Tr>
+__device__ bool await_tables(const KernelParams<T>& p, bool& seen, bool& ok, Tr& tr) {
+  if (threadIdx.x == 0) {
+    if (!seen) {
+      const std::uint64_t w0 = tr.now();
+      bool spun = false;
+      ok = seen =
+          wait_at_least(p.ctl, p.ctl.word(kTasksTotal), 1, p.timeout_ns, kSiteTasksTotal, spun);
+      if (spun) tr.record(TraceKind::Wait, w0, -1, -1);
+    } else {
+      ok = true;
+    }
+  }
+  __syncthreads();
+  return ok;
+}
+
 template <class Cfg, class GateUp, class Down, typename T, bool kTraced>
 __global__ void __launch_bounds__(kThreads, 2)
     moe_kernel(const __grid_constant__ KernelParams<T> p) {
@@ -131,6 +183,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   __shared__ int s_live;
   __shared__ bool s_flag;
   __shared__ std::uint32_t s_claim;  // ScratchClaim
+  // One-token launch: whether it takes the path above, whether this block has seen the token's
+  // experts and the table, and the expert of the block's gate/up tile.
+  __shared__ bool s_one_token, s_experts_seen, s_tables_seen;
+  __shared__ int s_expert;
 
   wait_for_prior_grids();
   const RouterSplit rs = p.rsplit;  // router_split() for this kernel, by the host
@@ -145,6 +201,14 @@ __global__ void __launch_bounds__(kThreads, 2)
     pipe_barriers_init();
     s_live = live_token_count(p);
     s_claim = kClaimPending;
+    s_one_token = !Cfg::tile_router && p.one_token_gateup && s_live == 1;
+    s_experts_seen = false;
+    s_tables_seen = false;
+    if (s_one_token) {
+      // What finish_routing publishes for one live token, known before it runs.
+      s_mtiles = static_cast<std::uint32_t>(p.top_k);
+      s_total = routing_tickets + s_mtiles * tasks_per_mtile;
+    }
   }
   Tracer<kTraced> tr(p.trace);
 
@@ -179,14 +243,29 @@ __global__ void __launch_bounds__(kThreads, 2)
     const std::uint32_t mtiles = s_mtiles;  // set with s_total
     const std::uint32_t task = ticket - routing_tickets;
     int ntile = 0;
+    const bool one_token = s_one_token;
     if (task < mtiles * ng) {
-      const MTile mt = locate_tile<Cfg::BM>(p, task, ng, ntile);
-      if (!gateup_tile<GateUp>(p, smem, mt, ntile, ng, tr)) break;
+      if (one_token) {
+        // Pair k = m-tile k: one row, token 0's, h row k (register_pair's layout).
+        const std::uint32_t k = task / ng;
+        if (!one_token_expert(p, k, s_experts_seen, s_expert, s_flag, tr)) break;
+        ntile = static_cast<int>(task % ng);
+        const MTile mt{k, static_cast<std::uint32_t>(s_expert), k, 1};
+        if (!gateup_tile<GateUp>(p, smem, mt, ntile, ng, p.ctl.word(kOneTokenDone) + k, true, tr)) {
+          break;
+        }
+      } else {
+        const MTile mt = locate_tile<Cfg::BM>(p, task, ng, ntile);
+        if (!gateup_tile<GateUp>(p, smem, mt, ntile, ng, &p.mtile_done[mt.slot], false, tr)) break;
+      }
     } else {
+      if (one_token && !await_tables(p, s_tables_seen, s_flag, tr)) break;
       // Down tasks per m-tile: column tiles x K slices, the slices of a column tile adjacent.
       const int ks = p.dsplit.kslices;
       const MTile mt = locate_tile<Cfg::BM>(p, task - mtiles * ng, nd * ks, ntile);
-      if (!down_tile<Down>(p, smem, mt, ntile / ks, ntile % ks, nd, ng, tr)) break;
+      std::uint32_t* done =
+          one_token ? p.ctl.word(kOneTokenDone) + mt.slot : &p.mtile_done[mt.slot];
+      if (!down_tile<Down>(p, smem, mt, ntile / ks, ntile % ks, nd, ng, done, tr)) break;
     }
   }
   allow_dependent_grids();

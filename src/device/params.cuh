@@ -39,6 +39,9 @@ struct KernelParams {
   int activation;  // flashmoe::Activation
   int scoring;     // flashmoe::Scoring
   bool renormalize;
+  // Decode kernels, one live token: gate/up tiles choose their expert from the logits
+  // themselves instead of waiting for the tile table (moe_kernel.cuh).
+  bool one_token_gateup;
   float scaling;
   RouterSplit rsplit;  // router tasks of this launch (workspace.hpp)
   DownSplit dsplit;    // K slices of this launch's down tiles (workspace.hpp)

@@ -217,6 +217,13 @@ __device__ __forceinline__ void run_routing_ticket(const KernelParams<T>& p, uns
         select_experts(p, t, own_mtiles);
       }
     }
+    if (own_mtiles && p.one_token_gateup && !user_routing && threadIdx.x < 32) {
+      // The token's experts (pair_expert, by the lanes of warp 0) are what its gate/up tiles
+      // wait for (moe_kernel.cuh): released now, ahead of the table's writes and barriers. The
+      // word stays set until the launch ends, unlike the chunk's count.
+      __syncwarp();
+      if (threadIdx.x == 0) store_release(p.ctl.word(kRoutingDone), 1u);
+    }
     finish_routing<Cfg>(p, smem, t0, t_end, nd, live, live_chunks, chunk, 0, routing_tickets,
                         tasks_per_mtile, own_mtiles, s_flag, start, tr);
   }

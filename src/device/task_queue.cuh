@@ -87,6 +87,11 @@ __device__ __forceinline__ void finish_launch(const KernelParams<T>& p, int rout
     // counters are zeroed by the next launch's routing.
     for (int i = threadIdx.x; i < router_chunks; i += kBlockThreads) p.router_done[i] = 0;
   }
+  if constexpr (!kRowMaps) {
+    // The decode kernels' one-token gate/up counters are counted before routing has run, so
+    // nobody can zero them at routing time: the last block out does, for the next launch.
+    if (threadIdx.x < kControlStride) store_relaxed(p.ctl.word(kOneTokenDone) + threadIdx.x, 0u);
+  }
   __syncthreads();  // the whole block's resets are ordered before the release below
   if (threadIdx.x == 0) {
     for (ControlWord w : {kQueueHead, kRoutingDone, kTasksTotal, kAbort, kExitCount}) {
