@@ -51,8 +51,8 @@ struct Layer::Impl {
   bool ws_engine = false;
   int fault = 0;  // test-only (testing.hpp)
   // Test- and bench-only (testing.hpp): decode launches of one live token start their gate/up
-  // tiles from the logits (moe_kernel.cuh) instead of after the tile table. Off until measured
-  // (bench/NOTES.md, row 147).
+  // tiles once the token's experts are chosen (moe_kernel.cuh) instead of after the tile table.
+  // Off until the whole GPU suite has run with it (bench/NOTES.md, row 147).
   bool one_token_gateup = false;
   // Test- and bench-only (testing.hpp): > 0 runs the prefill kernels once experts average more
   // than this many rows, instead of runs_prefill_kernel's rule.

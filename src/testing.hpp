@@ -64,9 +64,9 @@ inline void set_gather_parts(Layer& layer, int parts) {
   if (layer.valid()) layer.impl()->gather_parts = parts < 0 ? 0 : parts;
 }
 
-// Decode forwards of one live token: whether their gate/up tiles choose their experts from the
-// logits themselves and start before the tile table is published (moe_kernel.cuh). For
-// measuring the path against the table's and testing both on the same forward.
+// Decode forwards of one live token: whether their gate/up tiles start once the token's experts
+// are chosen, before the tile table is published (moe_kernel.cuh). For measuring the path
+// against the table's and testing both on the same forward.
 inline void set_one_token_gateup(Layer& layer, bool on) {
   if (layer.valid()) layer.impl()->one_token_gateup = on;
 }

@@ -126,10 +126,23 @@ using PrefillGateUp = TileShape<64, 64, true, 4, 2, 1, 4, 64, true>;
 using PrefillConfig = KernelConfig<64, true, PrefillGateUp, PrefillGateUp,
                                    TileShape<64, 64, false, 4, 2, 1, 4, 64, true>>;
 
+// Thread 0 of a one-token launch's block: waits until control word `w` is set, once per block
+// (`seen` remembers it). False when the launch is being abandoned.
+template <typename T, class Tr>
+__device__ bool wait_once(const KernelParams<T>& p, ControlWord w, bool& seen, Tr& tr) {
+  if (!seen) {
+    const std::uint64_t w0 = tr.now();
+    bool spun = false;
+    seen = wait_at_least(p.ctl, p.ctl.word(w), 1, p.timeout_ns, kSiteTasksTotal, spun);
+    if (spun) tr.record(TraceKind::Wait, w0, -1, -1);
+  }
+  return seen;
+}
+
 // One-token launch, every thread of the block: the expert of pair k into `expert`, from the
-// caller's routing, or once the routing ticket has chosen the token's experts (the block waits
-// once; `seen` remembers it). False when the launch is being abandoned or k's caller-given
-// expert is out of range (its routing ticket reports that).
+// caller's routing, or once the routing ticket has chosen the token's experts. False when the
+// launch is being abandoned or k's caller-given expert is out of range (its routing ticket
+// reports that).
 template <typename T, class Tr>
 __device__ bool one_token_expert(const KernelParams<T>& p, std::uint32_t k, bool& seen, int& expert,
                                  bool& ok, Tr& tr) {
@@ -138,14 +151,7 @@ __device__ bool one_token_expert(const KernelParams<T>& p, std::uint32_t k, bool
       expert = __ldg(p.user_ids + k);
       ok = expert >= 0 && expert < p.experts;
     } else {
-      ok = seen;
-      if (!seen) {
-        const std::uint64_t w0 = tr.now();
-        bool spun = false;
-        ok = seen =
-            wait_at_least(p.ctl, p.ctl.word(kRoutingDone), 1, p.timeout_ns, kSiteTasksTotal, spun);
-        if (spun) tr.record(TraceKind::Wait, w0, -1, -1);
-      }
+      ok = wait_once(p, kRoutingDone, seen, tr);
       // Written by another block this launch: through L2, after the acquire.
       if (ok) expert = __ldcg(p.pair_expert + k);
     }
@@ -159,17 +165,7 @@ __device__ bool one_token_expert(const KernelParams<T>& p, std::uint32_t k, bool
 // of other launches do in claim_ticket. False when the launch is being abandoned.
 template <typename T, class Tr>
 __device__ bool await_tables(const KernelParams<T>& p, bool& seen, bool& ok, Tr& tr) {
-  if (threadIdx.x == 0) {
-    if (!seen) {
-      const std::uint64_t w0 = tr.now();
-      bool spun = false;
-      ok = seen =
-          wait_at_least(p.ctl, p.ctl.word(kTasksTotal), 1, p.timeout_ns, kSiteTasksTotal, spun);
-      if (spun) tr.record(TraceKind::Wait, w0, -1, -1);
-    } else {
-      ok = true;
-    }
-  }
+  if (threadIdx.x == 0) ok = wait_once(p, kTasksTotal, seen, tr);
   __syncthreads();
   return ok;
 }

@@ -39,8 +39,8 @@ struct KernelParams {
   int activation;  // flashmoe::Activation
   int scoring;     // flashmoe::Scoring
   bool renormalize;
-  // Decode kernels, one live token: gate/up tiles choose their expert from the logits
-  // themselves instead of waiting for the tile table (moe_kernel.cuh).
+  // Decode kernels, one live token: gate/up tiles start once the token's experts are chosen
+  // instead of after the tile table (moe_kernel.cuh).
   bool one_token_gateup;
   float scaling;
   RouterSplit rsplit;  // router tasks of this launch (workspace.hpp)
