@@ -8,14 +8,16 @@
 # 143-144 were measured on an H100 only). PART=4 (about 9 minutes, on a card other than the
 # H200 whose peers the issue's table holds): bench/peers/torch_grouped_mm.py (a peer's two
 # grouped GEMMs alone, on this card) beside both tables in one call; PART=2 then gives the decode
-# point. Run from the repository root on the device.
+# point. PART=5 (about 8 minutes; session 32, not yet run): issue 21's table on the card at hand,
+# bench_moe at T = 1-256 (cuBLAS on) and both peers (torch_grouped_mm.py and the tuned Triton
+# grouped GEMM, bench/peers/) at the same T. Run from the repository root on the device.
 set -uo pipefail
 out=${OUT:-out}
 mkdir -p "$out"
 start=$SECONDS
 stamp() { echo "[$((SECONDS - start)) s] $*"; }
 nvidia-smi --query-gpu=name --format=csv,noheader
-[ "${PART:-1}" = 3 ] || [ "${PART:-1}" = 4 ] || [ -f .probe/pre20/CMakeLists.txt ] || {
+[ "${PART:-1}" -ge 3 ] || [ -f .probe/pre20/CMakeLists.txt ] || {
   echo "no .probe/pre20: make it from 76ed7c2 first (decode_noloss.sh's header)"
   exit 1
 }
@@ -58,6 +60,18 @@ case ${PART:-1} in
     wait
     stamp "peer"
     bash bench/probes/issue_table.sh
+    ;;
+  5)
+    (cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
+     cmake --build --preset gpu -j 14 --target bench_moe >>"$out/build.log" 2>&1) &
+    decode=1,2,4,8,16,64,128,256
+    OUT=$out TOKENS=$decode timeout 120 python3 bench/peers/torch_grouped_mm.py
+    OUT=$out TOKENS=$decode timeout 240 python3 bench/peers/triton_grouped_gemm.py
+    wait
+    stamp "peers"
+    TOKENS=$decode DTYPES=bf16 bash bench/probes/issue_table.sh
+    cat "$out"/peer_*.jsonl >"$out/peers.jsonl"
+    python3 bench/table_summary.py --peer "$out/peers.jsonl" "$out/table_bf16.json"
     ;;
 esac
 stamp "done"
