@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     if (s_one_token) {
       // What finish_routing publishes for one live token, known before it runs.
       s_mtiles = static_cast<std::uint32_t>(p.top_k);
-      s_total = routing_tickets + s_mtiles * tasks_per_mtile;
+      s_total = one_token_total(routing_tickets, p.top_k, tasks_per_mtile);
     }
   }
   Tracer<kTraced> tr(p.trace);

@@ -17,6 +17,13 @@
 
 namespace flashmoe::detail {
 
+// The ticket total of a launch with one live token: its K pairs are its m-tiles (row 101), so
+// the total is known before routing runs (moe_kernel.cuh's one-token path reads it at launch).
+__device__ __forceinline__ std::uint32_t one_token_total(std::uint32_t routing_tickets, int top_k,
+                                                         std::uint32_t tasks_per_mtile) {
+  return routing_tickets + static_cast<std::uint32_t>(top_k) * tasks_per_mtile;
+}
+
 // The end of a ticket that routed tokens [t0, t_end): their combine counters zeroed, the ticket
 // counted, and the tile table built by the last of `live_tickets` (`own_mtiles`: the pairs
 // wrote it as they were registered, and only its count is published). `start`: the routing event's
@@ -54,7 +61,7 @@ __device__ __forceinline__ void finish_routing(const KernelParams<T>& p, unsigne
       // barriers above: only the count is left to publish.
       if (threadIdx.x == 0) {
         store_release(p.ctl.word(kTasksTotal),
-                      routing_tickets + static_cast<std::uint32_t>(p.top_k) * tasks_per_mtile);
+                      one_token_total(routing_tickets, p.top_k, tasks_per_mtile));
       }
     } else {
       build_tile_table<T, Cfg::BM, !Cfg::tile_router>(p, smem, live, routing_tickets,
