@@ -67,7 +67,7 @@ int g_gather_parts = 0;         // testing::set_gather_parts of every benchmarke
 std::string g_trace_dir;        // FLASHMOE_BENCH_TRACE_DIR: one traced forward per benchmark
 bool g_programmatic = false;    // ForwardOptions::programmatic_launch of the timed forwards
 bool g_caller_routing = false;  // FLASHMOE_BENCH_CALLER_ROUTING (main)
-bool g_one_token = false;       // testing::set_one_token_gateup of every benchmarked Layer
+int g_one_token = -1;  // testing::set_one_token_gateup of every benchmarked Layer (-1: default)
 // Its timing: as many rounds of kInputs forwards as FlashMoE had iterations, at least
 // kCublasRounds, stopping early once they add up to kCublasBudgetMs (Mixtral at T = 4096 takes
 // tens of ms a round), but never before kCublasMinRounds.
@@ -147,7 +147,7 @@ Bench* get_bench(const Shape& s, flashmoe::DType dt) {
   flashmoe::testing::set_decode_kernel(b->layer, g_decode_kernel - 1);
   flashmoe::testing::set_down_lead(b->layer, g_down_lead);
   flashmoe::testing::set_gather_parts(b->layer, g_gather_parts);
-  flashmoe::testing::set_one_token_gateup(b->layer, g_one_token);
+  if (g_one_token >= 0) flashmoe::testing::set_one_token_gateup(b->layer, g_one_token == 1);
   if (g_cublas) {
     flashmoe_bench::BaselineShape bs;
     bs.hidden = c.hidden;
@@ -669,9 +669,13 @@ int main(int argc, char** argv) {
   // FLASHMOE_BENCH_CALLER_ROUTING=1: the timed forwards with caller routing (the routing the
   // library chose for each input), which measures what the router and the top-k cost.
   if (!read_switch("FLASHMOE_BENCH_CALLER_ROUTING", g_caller_routing)) return 1;
-  // FLASHMOE_BENCH_ONE_TOKEN=1: T = 1 forwards start their gate/up tiles from the logits
-  // (measuring that path against the tile table's; testing.hpp).
-  if (!read_switch("FLASHMOE_BENCH_ONE_TOKEN", g_one_token)) return 1;
+  // FLASHMOE_BENCH_ONE_TOKEN=0 or 1: T = 1 forwards with the one-token gate/up path off or on
+  // (the library's default: on), measuring it against the tile table's (testing.hpp).
+  if (const char* v = std::getenv("FLASHMOE_BENCH_ONE_TOKEN"); v != nullptr && *v) {
+    bool on = false;
+    if (!read_switch("FLASHMOE_BENCH_ONE_TOKEN", on)) return 1;
+    g_one_token = on ? 1 : 0;
+  }
   g_bandwidth = measure_bandwidth();
   if (g_cublas) g_dense_flops = measure_dense_flops();
   std::printf("%s, %d SMs; device-to-device copy: %.0f GB/s (read + write); dense bf16 GEMM: %s\n",

@@ -50,10 +50,10 @@ struct Layer::Impl {
   KernelVariantInfo ws[2];
   bool ws_engine = false;
   int fault = 0;  // test-only (testing.hpp)
-  // Test- and bench-only (testing.hpp): decode launches of one live token start their gate/up
-  // tiles once the token's experts are chosen (moe_kernel.cuh) instead of after the tile table.
-  // Off until the whole GPU suite has run with it (bench/NOTES.md, row 147).
-  bool one_token_gateup = false;
+  // Decode launches of one live token start their gate/up tiles once the token's experts are
+  // chosen (moe_kernel.cuh) instead of after the tile table. Off only in tests and benchmarks
+  // that compare the two paths (testing.hpp).
+  bool one_token_gateup = true;
   // Test- and bench-only (testing.hpp): > 0 runs the prefill kernels once experts average more
   // than this many rows, instead of runs_prefill_kernel's rule.
   int prefill_rows = 0;

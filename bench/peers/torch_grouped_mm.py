@@ -137,6 +137,7 @@ def main():
                     log.write(json.dumps({"cell": f"{name}/{dt}/T:{t}", "us": us,
                                           "experts_used": used,
                                           "device": torch.cuda.get_device_name()}) + "\n")
+                    log.flush()  # a call cut short keeps the cells it timed
                     torch.cuda.empty_cache()
                 del w13, w2
                 torch.cuda.empty_cache()

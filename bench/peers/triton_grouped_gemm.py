@@ -241,6 +241,7 @@ def main():
                                           "experts_used": used, "gate_up": best["gate_up"],
                                           "down": best["down"],
                                           "device": torch.cuda.get_device_name()}) + "\n")
+                    log.flush()  # a call cut short keeps the cells it timed
                     torch.cuda.empty_cache()
                 del w13, w2
                 torch.cuda.empty_cache()

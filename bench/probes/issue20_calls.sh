@@ -10,7 +10,11 @@
 # grouped GEMMs alone, on this card) beside both tables in one call; PART=2 then gives the decode
 # point. PART=5 (about 8 minutes; session 32, not yet run): issue 21's table on the card at hand,
 # bench_moe at T = 1-256 (cuBLAS on) and both peers (torch_grouped_mm.py and the tuned Triton
-# grouped GEMM, bench/peers/) at the same T. Run from the repository root on the device.
+# grouped GEMM, bench/peers/) at the same T. PART=6 (about 9 minutes, a session's first call;
+# no .probe/pre20 needed): the tree built with tests while both peers run on the idle GPU at
+# T = 1-256 (their lines also kept in build/peers/ for PART=7), then the GPU tests. PART=7
+# (about 6 minutes, the next call on the same warm machine): bench_moe at T = 1-256, bf16 and
+# fp16, summarised beside PART=6's peers. Run from the repository root on the device.
 set -uo pipefail
 out=${OUT:-out}
 mkdir -p "$out"
@@ -72,6 +76,26 @@ case ${PART:-1} in
     TOKENS=$decode DTYPES=bf16 bash bench/probes/issue_table.sh
     cat "$out"/peer_*.jsonl >"$out/peers.jsonl"
     python3 bench/table_summary.py --peer "$out/peers.jsonl" "$out/table_bf16.json"
+    ;;
+  6)
+    (cmake --preset gpu -DFLASHMOE_BUILD_TESTS=ON -DFLASHMOE_BUILD_EXAMPLES=ON >"$out/build.log" 2>&1
+     cmake --build --preset gpu -j 14 >>"$out/build.log" 2>&1
+     echo "build exit $?") &
+    decode=1,2,4,8,16,64,128,256
+    OUT=$out TOKENS=$decode timeout 100 python3 bench/peers/torch_grouped_mm.py
+    OUT=$out TOKENS=$decode timeout 270 python3 bench/peers/triton_grouped_gemm.py
+    mkdir -p build/peers && cat "$out"/peer_*.jsonl >build/peers/decode.jsonl
+    wait
+    stamp "peers, built"
+    ctest --preset gpu -j 4 --timeout 300 >"$out/ctest.log" 2>&1
+    echo "ctest exit $?"
+    grep -E "tests passed|\(Failed\)|Not Run|Timeout" "$out/ctest.log" | head -20
+    ;;
+  7)
+    TOKENS=1,2,4,8,16,64,128,256 bash bench/probes/issue_table.sh
+    for dt in bf16 fp16; do
+      python3 bench/table_summary.py --peer build/peers/decode.jsonl "$out/table_$dt.json"
+    done
     ;;
 esac
 stamp "done"
