@@ -14,7 +14,9 @@
 # no .probe/pre20 needed): the tree built with tests while both peers run on the idle GPU at
 # T = 1-256 (their lines also kept in build/peers/ for PART=7), then the GPU tests. PART=7
 # (about 6 minutes, the next call on the same warm machine): bench_moe at T = 1-256, bf16 and
-# fp16, summarised beside PART=6's peers. Run from the repository root on the device.
+# fp16, summarised beside PART=6's peers. PART=8 (about 9 minutes, any warm or fresh machine):
+# issue 20's bf16 table at T = 256-4096 beside both peers on that card (bench_moe built while
+# they run). Run from the repository root on the device.
 set -uo pipefail
 out=${OUT:-out}
 mkdir -p "$out"
@@ -90,6 +92,18 @@ case ${PART:-1} in
     ctest --preset gpu -j 4 --timeout 300 >"$out/ctest.log" 2>&1
     echo "ctest exit $?"
     grep -E "tests passed|\(Failed\)|Not Run|Timeout" "$out/ctest.log" | head -20
+    ;;
+  8)
+    (cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
+     cmake --build --preset gpu -j 14 --target bench_moe >>"$out/build.log" 2>&1) &
+    prefill=256,512,1024,2048,4096
+    OUT=$out TOKENS=$prefill timeout 110 python3 bench/peers/torch_grouped_mm.py
+    OUT=$out TOKENS=$prefill timeout 230 python3 bench/peers/triton_grouped_gemm.py 2>"$out/triton.err"
+    mkdir -p build/peers && cat "$out"/peer_*.jsonl >build/peers/prefill.jsonl
+    wait
+    stamp "peers, built"
+    DTYPES=bf16 bash bench/probes/issue_table.sh >"$out/table.log" 2>&1
+    python3 bench/table_summary.py --peer build/peers/prefill.jsonl "$out/table_bf16.json"
     ;;
   7)
     TOKENS=1,2,4,8,16,64,128,256 bash bench/probes/issue_table.sh
