@@ -125,7 +125,12 @@ class Gemm:
 def candidates(rows_per_expert):
     """Block shapes worth trying: row blocks near the experts' row counts, a few widths, depths
     and pipeline depths."""
-    block_ms = [16] if rows_per_expert <= 16 else [32, 64] if rows_per_expert <= 96 else [64, 128]
+    # At 16 rows the 16-row blocks alone lost to the 64-row blocks of twice the rows (Mixtral
+    # T = 64 against T = 128, session 33): the next height up competes too.
+    if rows_per_expert <= 16:
+        block_ms = [16, 32]
+    else:
+        block_ms = [32, 64] if rows_per_expert <= 96 else [64, 128]
     out = []
     for bm, bn, bk, stages in itertools.product(block_ms, (64, 128), (64, 128), (3, 4)):
         warps = 8 if bm * bn >= 128 * 128 else 4
