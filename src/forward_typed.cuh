@@ -384,12 +384,15 @@ void fill_params(const Layer::Impl& impl, const KernelVariantInfo& info, const v
 // K slices of a launch's down tiles (tile_m x down_n tiles, steps of down_k columns), where a few
 // long ones would leave blocks idle (tile_choice.hpp), judged on the full grid so that
 // max_blocks does not change results. `forced` > 0: that many, as far as the scratch allows
-// (testing.hpp). `engine`: the warp-specialised engine's model (its gate/up tiles all go first).
+// (its planes are sized for the widest tile, so a narrow tile may take more slices than the
+// models would give it; testing.hpp). `engine`: the warp-specialised engine's model (its
+// gate/up tiles all go first).
 DownSplit launch_down_split(const Config& c, std::int64_t num_tokens, int tile_m, int down_n,
                             int down_k, std::int64_t full_grid, int forced, bool engine) {
-  int slices = down_slices_allowed(num_tokens * c.top_k, c.intermediate, down_n);
+  const std::int64_t pairs = num_tokens * c.top_k;
+  int slices = down_slices_allowed(pairs, c.intermediate, down_n);
   if (forced > 0) {
-    slices = std::min(slices, forced);
+    slices = std::min(down_slices_allowed(pairs, c.intermediate, kMaxDownTileN), forced);
   } else if (slices > 1) {
     const double down_tiles = expected_mtiles(num_tokens, c.top_k, c.experts, tile_m) *
                               ((c.hidden + down_n - 1) / down_n);

@@ -44,8 +44,9 @@ inline void set_ws_tile_switch(Layer& layer, int rows_per_expert) {
 
 // Cuts the down tiles of `layer`'s forwards into `slices` K slices (0: the library's models,
 // tile_choice.hpp). Capped at what the scratch's expert-output planes hold for the forward
-// (down_slices_allowed: one slice past kDownSplitMaxPairs pairs); the trace reports the count
-// used. For measuring the model and testing slices where it would not choose them.
+// (down_slices_allowed for the widest down tile: one slice past kDownSplitMaxPairs pairs), and
+// by whole pipeline steps of I (down_split); the trace reports the count used. For measuring
+// the models and testing slices where they would not choose them.
 inline void set_down_slices(Layer& layer, int slices) {
   if (layer.valid()) layer.impl()->down_slices = slices < 0 ? 0 : slices;
 }

@@ -537,6 +537,48 @@ TEST_F(Forward, ForcedDecodeKernelsMatchReference) {
   flashmoe::testing::set_decode_kernel(layer, -1);  // the rule again
 }
 
+// testing::set_down_slices in the decode kernels, past what their own tile width would take:
+// the scratch's planes are sized for the widest down tile (256 columns over I = 6200: 4 slices),
+// so 32-column down tiles (397 KB, one slice by the models) may be cut into 3 (17 steps of the
+// 49, the last 15 and partial) or 4. One live token (the one-token path), a 4-token and a
+// 37-token launch, against the reference and the untraced kernel's bits.
+TEST_F(Forward, ForcedDownSlicesInDecodeKernelsMatchReference) {
+  SCOPED_TRACE(seed_);
+  Config c;
+  c.hidden = 256;
+  c.intermediate = 6200;
+  c.experts = 4;
+  c.top_k = 2;
+  c.max_tokens = 64;
+  const Model m = make_model(c, rng_);
+  Layer layer;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
+  ASSERT_TRUE(layer.set_tracing(1 << 12).ok());
+  flashmoe::testing::set_decode_kernel(layer, 0);  // 32-column gate/up and down tiles
+  // Decode at every T here (18.5 rows an expert at T = 37), whether or not the engine is built.
+  flashmoe::testing::set_prefill_switch(layer, flashmoe::detail::kDecodeTileM);
+  StreamGuard stream;
+  for (int slices : {3, 4}) {
+    flashmoe::testing::set_down_slices(layer, slices);
+    for (int T : {1, 4, 37}) {
+      SCOPED_TRACE(::testing::Message() << "T " << T << " slices " << slices);
+      ForwardRun run = make_run(c, T, rng_);
+      ASSERT_TRUE(run_forward(layer, run, stream.get()));
+      const std::vector<int> tokens = sample_tokens(T, 12, rng_);
+      check_routing(m, run, tokens);
+      check_output(m, run, tokens);
+      flashmoe::Trace trace;
+      ASSERT_TRUE(layer.read_trace(stream.get(), trace).ok());
+      expect_untraced_matches(layer, run, stream.get(), 1 << 12);
+      ASSERT_EQ(trace.variant, "decode");
+      EXPECT_EQ(trace.tile_n_down, 32);
+      EXPECT_EQ(trace.down_k_slices, slices);
+    }
+  }
+  flashmoe::testing::set_down_slices(layer, 0);
+  flashmoe::testing::set_decode_kernel(layer, -1);
+}
+
 // testing::set_one_token_gateup: decode launches of one live token whose gate/up tiles choose
 // their experts from the logits and start before the tile table. Against the table's path on
 // the same inputs, the same bits: own routing (top_k 1 to 32, E 1 to 1024, I off the tile,
