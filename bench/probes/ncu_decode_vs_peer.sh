@@ -13,7 +13,10 @@ start=$SECONDS
  echo "build exit $?") &
 sections="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy"
 sections="$sections --section LaunchStats --section WarpStateStats --section SchedulerStats"
-cells=${CELLS:-"Qwen3-30B-A3B:1:16,64,128,1,4,4:16,64,128,1,4,3;Qwen3-30B-A3B:64:16,128,128,1,4,3:16,128,128,1,4,3"}
+# name:T:gate/up block shape:down block shape, as triton_grouped_gemm.py printed them (H200).
+t1="Qwen3-30B-A3B:1:16,64,128,1,4,4:16,64,128,1,4,3"
+t64="Qwen3-30B-A3B:64:16,128,128,1,4,3:16,128,128,1,4,3"
+cells=${CELLS:-"$t1;$t64"}
 CELLS=$cells timeout 150 ncu --clock-control none $sections --kernel-name grouped_gemm \
   --launch-skip 4 --launch-count 2 -f -o "$out/peer_t1" python3 bench/peers/ncu_triton_cells.py \
   >"$out/peer_ncu.log" 2>&1
@@ -32,6 +35,9 @@ done
 for r in "$out"/*.ncu-rep; do
   ncu -i "$r" --page details >"${r%.ncu-rep}.txt" 2>&1
   echo "== $r"
-  grep -E "^  [a-z_]+.*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Dynamic Shared|Grid Size|Block Size|Waves Per SM|No Eligible|Issued Warp|L2 Hit Rate |Warp Cycles Per Issued" "${r%.ncu-rep}.txt" | head -60
+  keys="^  [a-z_]+.*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy"
+  keys="$keys|Registers Per|Dynamic Shared|Grid Size|Block Size|Waves Per SM|No Eligible"
+  keys="$keys|Issued Warp|L2 Hit Rate |Warp Cycles Per Issued"
+  grep -E "$keys" "${r%.ncu-rep}.txt" | head -60
 done
 echo "[$((SECONDS - start)) s] done"
