@@ -445,6 +445,20 @@ TEST_F(Forward, PrefillRunsTheWarpSpecialisedKernelOnSm90a) {
   }
 }
 
+// One traced decode forward of T fresh tokens on `layer`: routing and output against the
+// reference on up to `samples` tokens, the untraced kernel's bits, and its trace in `trace`.
+void check_traced_decode(Layer& layer, const Model& m, const Config& c, int T, int samples,
+                         std::mt19937_64& rng, cudaStream_t stream, flashmoe::Trace& trace) {
+  ForwardRun run = make_run(c, T, rng);
+  ASSERT_TRUE(run_forward(layer, run, stream));
+  const std::vector<int> tokens = sample_tokens(T, samples, rng);
+  check_routing(m, run, tokens);
+  check_output(m, run, tokens);
+  ASSERT_TRUE(layer.read_trace(stream, trace).ok());
+  expect_untraced_matches(layer, run, stream, 1 << 12);
+  ASSERT_EQ(trace.variant, "decode");
+}
+
 TEST_F(Forward, EveryDecodeKernelMatchesReference) {
   SCOPED_TRACE(seed_);
   struct Case {
@@ -475,15 +489,8 @@ TEST_F(Forward, EveryDecodeKernelMatchesReference) {
     flashmoe::testing::set_prefill_switch(layer, flashmoe::detail::kDecodeTileM);
     for (int T : k.tokens) {
       SCOPED_TRACE(::testing::Message() << "H " << c.hidden << " E " << c.experts << " T " << T);
-      ForwardRun run = make_run(c, T, rng_);
-      ASSERT_TRUE(run_forward(layer, run, stream.get()));
-      const std::vector<int> tokens = sample_tokens(T, 24, rng_);
-      check_routing(m, run, tokens);
-      check_output(m, run, tokens);
       flashmoe::Trace trace;
-      ASSERT_TRUE(layer.read_trace(stream.get(), trace).ok());
-      expect_untraced_matches(layer, run, stream.get(), 1 << 12);
-      ASSERT_EQ(trace.variant, "decode");
+      ASSERT_NO_FATAL_FAILURE(check_traced_decode(layer, m, c, T, 24, rng_, stream.get(), trace));
       ran.insert({trace.tile_m, trace.tile_n_gateup, trace.tile_n_down});
     }
   }
@@ -521,15 +528,8 @@ TEST_F(Forward, ForcedDecodeKernelsMatchReference) {
     for (int k = 0; k < 4; ++k) {
       SCOPED_TRACE(::testing::Message() << "T " << T << " kernel " << k);
       flashmoe::testing::set_decode_kernel(layer, k);
-      ForwardRun run = make_run(c, T, rng_);
-      ASSERT_TRUE(run_forward(layer, run, stream.get()));
-      const std::vector<int> tokens = sample_tokens(T, 16, rng_);
-      check_routing(m, run, tokens);
-      check_output(m, run, tokens);
       flashmoe::Trace trace;
-      ASSERT_TRUE(layer.read_trace(stream.get(), trace).ok());
-      expect_untraced_matches(layer, run, stream.get(), 1 << 12);
-      ASSERT_EQ(trace.variant, "decode");
+      ASSERT_NO_FATAL_FAILURE(check_traced_decode(layer, m, c, T, 16, rng_, stream.get(), trace));
       EXPECT_EQ(trace.tile_n_gateup, widths[k].first);
       EXPECT_EQ(trace.tile_n_down, widths[k].second);
     }
@@ -562,15 +562,8 @@ TEST_F(Forward, ForcedDownSlicesInDecodeKernelsMatchReference) {
     flashmoe::testing::set_down_slices(layer, slices);
     for (int T : {1, 4, 37}) {
       SCOPED_TRACE(::testing::Message() << "T " << T << " slices " << slices);
-      ForwardRun run = make_run(c, T, rng_);
-      ASSERT_TRUE(run_forward(layer, run, stream.get()));
-      const std::vector<int> tokens = sample_tokens(T, 12, rng_);
-      check_routing(m, run, tokens);
-      check_output(m, run, tokens);
       flashmoe::Trace trace;
-      ASSERT_TRUE(layer.read_trace(stream.get(), trace).ok());
-      expect_untraced_matches(layer, run, stream.get(), 1 << 12);
-      ASSERT_EQ(trace.variant, "decode");
+      ASSERT_NO_FATAL_FAILURE(check_traced_decode(layer, m, c, T, 12, rng_, stream.get(), trace));
       EXPECT_EQ(trace.tile_n_down, 32);
       EXPECT_EQ(trace.down_k_slices, slices);
     }
