@@ -435,9 +435,9 @@ void BM_Forward(benchmark::State& state, Shape shape, flashmoe::DType dt) {
   }
   // One traced forward of input 0, as timed (the same Layer and test settings), written as
   // <dir>/<shape>_<dtype>_T<T>.txt (the summary) and .json (bench/trace_tiles.py reads it).
-  // Traced forwards of the other inputs run just before it: a lone launch of the traced kernel
-  // after the host's wait spanned 29% more than a timed forward at Qwen3 T = 1 (a cold start:
-  // its code not yet in the SMs' caches, clocks after an idle GPU), which no trace should carry.
+  // Traced forwards of the other inputs run just before it: a lone traced launch spanned 29% more
+  // than a timed forward at Qwen3 T = 1, cold (set_tracing's memset of the buffer had just gone
+  // through L2, the traced kernel's code was in no SM's cache), which no trace should carry.
   if (!g_trace_dir.empty() && !state.error_occurred()) {
     const std::string name =
         fmt::format("{}_{}_T{}", shape.name, dt == flashmoe::DType::BF16 ? "bf16" : "fp16", T);
