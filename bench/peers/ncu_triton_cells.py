@@ -10,14 +10,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import triton_grouped_gemm as peer  # noqa: E402
+from peer_common import SHAPES, make_weights  # noqa: E402
 
 
 def main():
     for cell in os.environ["CELLS"].split(";"):
         name, t, gu_cfg, dn_cfg = cell.split(":")
         tokens = int(t)
-        hidden, inter, experts, top_k = peer.SHAPES[name]
-        w13, w2 = peer.make_weights(name, torch.bfloat16)
+        hidden, inter, experts, top_k = SHAPES[name]
+        w13, w2 = make_weights(name, torch.bfloat16)
         gen = torch.Generator(device="cuda").manual_seed(tokens)
         logits = torch.randn(tokens, experts, generator=gen, device="cuda")
         expert_of_pair = logits.topk(top_k, dim=1).indices.flatten()

@@ -15,20 +15,11 @@ every listed shape, so the chosen experts' bytes come from DRAM as in bench_moe.
 Prints one line per cell and writes JSON lines to $OUT/peer_torch_grouped_mm.jsonl.
 Environment: DTYPES (bf16,fp16), TOKENS (comma list), SHAPES (comma list of names), REPLAYS.
 """
-import json
-import os
-import statistics
 import sys
 
 import torch
 
-SHAPES = {  # name: (hidden, intermediate, experts, top_k), bench_moe's four shapes
-    "Qwen3-30B-A3B": (2048, 768, 128, 8),
-    "OLMoE": (2048, 1024, 64, 8),
-    "DeepSeek-V2-Lite": (2048, 1408, 64, 6),
-    "Mixtral-8x7B": (4096, 14336, 8, 2),
-}
-INPUTS = 8
+from peer_common import INPUTS, SHAPES, graph_median_us, run_cells
 
 
 def routed_offsets(tokens, experts, top_k, gen):
@@ -37,19 +28,6 @@ def routed_offsets(tokens, experts, top_k, gen):
     ids = logits.topk(top_k, dim=1).indices.flatten()
     counts = torch.bincount(ids, minlength=experts)
     return torch.cumsum(counts, 0).to(torch.int32), int(counts.gt(0).sum())
-
-
-def make_weights(name, dtype):
-    """Stored (E, N, K) row-major and passed transposed: the K-major B the grouped GEMM reads,
-    as engines store their expert weights."""
-    hidden, inter, experts, _ = SHAPES[name]
-    gen = torch.Generator(device="cuda").manual_seed(experts)
-    w13 = torch.empty(experts, 2 * inter, hidden, device="cuda", dtype=dtype)
-    w2 = torch.empty(experts, hidden, inter, device="cuda", dtype=dtype)
-    for e in range(experts):  # one expert at a time: Mixtral's float32 draw would be 11 GB
-        w13[e] = torch.randn(2 * inter, hidden, generator=gen, device="cuda") * 0.02
-        w2[e] = torch.randn(hidden, inter, generator=gen, device="cuda") * 0.02
-    return w13, w2
 
 
 def time_cell(name, dtype, tokens, replays, w13, w2):
@@ -84,64 +62,18 @@ def time_cell(name, dtype, tokens, replays, w13, w2):
                 raise RuntimeError(f"{name} T={tokens}: grouped_mm differs by {err}")
         begin = end
 
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            forwards()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
+    def body():
         for i in range(INPUTS):
             torch._grouped_mm(xs[i], w13.transpose(1, 2), offs=offs[i], out_dtype=dtype)
             torch._grouped_mm(hs[i], w2.transpose(1, 2), offs=offs[i], out_dtype=dtype)
-    for _ in range(5):
-        graph.replay()
-    torch.cuda.synchronize()
-    per_forward = []
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for _ in range(replays):
-        start.record()
-        graph.replay()
-        stop.record()
-        stop.synchronize()
-        per_forward.append(start.elapsed_time(stop) * 1e3 / INPUTS)
-    del graph
-    return statistics.median(per_forward), used / INPUTS
+
+    return graph_median_us(body, INPUTS, replays), used / INPUTS, {}
 
 
 def main():
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    wanted = os.environ.get("DTYPES", "bf16").split(",")
-    tokens = [int(t) for t in os.environ.get("TOKENS", "1,4,16,64,256,512,1024,4096").split(",")]
-    shapes = os.environ.get("SHAPES", ",".join(SHAPES)).split(",")
-    replays = int(os.environ.get("REPLAYS", "30"))
-    out = os.environ.get("OUT", "out")
-    os.makedirs(out, exist_ok=True)
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    with open(os.path.join(out, "peer_torch_grouped_mm.jsonl"), "a") as log:
-        for dt in wanted:
-            for name in shapes:
-                w13, w2 = make_weights(name, dtypes[dt])
-                for t in tokens:
-                    try:
-                        us, used = time_cell(name, dtypes[dt], t, replays, w13, w2)
-                    except Exception as exc:  # report the cell, go on with the rest
-                        print(f"{name}/{dt}/T:{t}  failed: {exc}", flush=True)
-                        if "graph capture" in str(exc):
-                            # torch 2.11's fp16 grouped GEMM on sm_90 is a fallback that reads
-                            # the offsets on the host: no graph, so no peer for this dtype.
-                            break
-                        continue
-                    print(f"{name}/{dt}/T:{t:<5} {us:9.1f} us  experts used {used:.1f}",
-                          flush=True)
-                    log.write(json.dumps({"cell": f"{name}/{dt}/T:{t}", "us": us,
-                                          "experts_used": used,
-                                          "device": torch.cuda.get_device_name()}) + "\n")
-                    log.flush()  # a call cut short keeps the cells it timed
-                    torch.cuda.empty_cache()
-                del w13, w2
-                torch.cuda.empty_cache()
-    return 0
+    # torch 2.11's fp16 grouped GEMM on sm_90 is a fallback that reads the offsets on the host:
+    # no graph, so no peer for that dtype.
+    return run_cells("torch_grouped_mm", "", time_cell, skip_dtype_on="graph capture")
 
 
 if __name__ == "__main__":

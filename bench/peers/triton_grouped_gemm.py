@@ -18,22 +18,13 @@ format of torch_grouped_mm.py, so `bench/table_summary.py --peer` reads either).
 Environment: DTYPES (bf16,fp16), TOKENS (comma list), SHAPES (comma list), REPLAYS.
 """
 import itertools
-import json
-import os
-import statistics
 import sys
 
 import torch
 import triton
 import triton.language as tl
 
-SHAPES = {  # name: (hidden, intermediate, experts, top_k), bench_moe's four shapes
-    "Qwen3-30B-A3B": (2048, 768, 128, 8),
-    "OLMoE": (2048, 1024, 64, 8),
-    "DeepSeek-V2-Lite": (2048, 1408, 64, 6),
-    "Mixtral-8x7B": (4096, 14336, 8, 2),
-}
-INPUTS = 8
+from peer_common import INPUTS, SHAPES, graph_median_us, run_cells
 
 
 @triton.jit
@@ -140,41 +131,12 @@ def candidates(rows_per_expert):
 
 def replay_us(launches, replays):
     """Median microseconds per forward of a graph that runs `launches` (one list per input)."""
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
+    def body():
         for fwd in launches:
             for f in fwd:
                 f()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        for fwd in launches:
-            for f in fwd:
-                f()
-    for _ in range(5):
-        graph.replay()
-    torch.cuda.synchronize()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(replays):
-        start.record()
-        graph.replay()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop) * 1e3 / len(launches))
-    del graph
-    return statistics.median(times)
 
-
-def make_weights(name, dtype):
-    hidden, inter, experts, _ = SHAPES[name]
-    gen = torch.Generator(device="cuda").manual_seed(experts)
-    w13 = torch.empty(experts, 2 * inter, hidden, device="cuda", dtype=dtype)
-    w2 = torch.empty(experts, hidden, inter, device="cuda", dtype=dtype)
-    for e in range(experts):  # one expert at a time: Mixtral's float32 draw would be 11 GB
-        w13[e] = torch.randn(2 * inter, hidden, generator=gen, device="cuda") * 0.02
-        w2[e] = torch.randn(hidden, inter, generator=gen, device="cuda") * 0.02
-    return w13, w2
+    return graph_median_us(body, len(launches), replays)
 
 
 def time_cell(name, dtype, tokens, replays, w13, w2):
@@ -217,40 +179,11 @@ def time_cell(name, dtype, tokens, replays, w13, w2):
         build(which, best[which])[0].check(inputs[0][0])
     gu, dn = build("gate_up", best["gate_up"]), build("down", best["down"])
     us = replay_us([[g.launch, d.launch] for g, d in zip(gu, dn)], replays)
-    return us, used, best
+    return us, used, {"gate_up": best["gate_up"], "down": best["down"]}
 
 
 def main():
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    wanted = os.environ.get("DTYPES", "bf16").split(",")
-    tokens = [int(t) for t in os.environ.get("TOKENS", "1,4,16,64,256,512,1024,4096").split(",")]
-    shapes = os.environ.get("SHAPES", ",".join(SHAPES)).split(",")
-    replays = int(os.environ.get("REPLAYS", "30"))
-    out = os.environ.get("OUT", "out")
-    os.makedirs(out, exist_ok=True)
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__},"
-          f" triton {triton.__version__}")
-    with open(os.path.join(out, "peer_triton_grouped_gemm.jsonl"), "a") as log:
-        for dt in wanted:
-            for name in shapes:
-                w13, w2 = make_weights(name, dtypes[dt])
-                for t in tokens:
-                    try:
-                        us, used, best = time_cell(name, dtypes[dt], t, replays, w13, w2)
-                    except Exception as exc:  # report the cell, go on with the rest
-                        print(f"{name}/{dt}/T:{t}  failed: {exc}", flush=True)
-                        continue
-                    print(f"{name}/{dt}/T:{t:<5} {us:9.1f} us  experts used {used:.1f}"
-                          f"  gate/up {best['gate_up']}  down {best['down']}", flush=True)
-                    log.write(json.dumps({"cell": f"{name}/{dt}/T:{t}", "us": us,
-                                          "experts_used": used, "gate_up": best["gate_up"],
-                                          "down": best["down"],
-                                          "device": torch.cuda.get_device_name()}) + "\n")
-                    log.flush()  # a call cut short keeps the cells it timed
-                    torch.cuda.empty_cache()
-                del w13, w2
-                torch.cuda.empty_cache()
-    return 0
+    return run_cells("triton_grouped_gemm", f", triton {triton.__version__}", time_cell)
 
 
 if __name__ == "__main__":
