@@ -5,7 +5,9 @@
 # HEAD's library (a probe tree built beside it): the GPU tests that cover the router split, then
 # bench_moe (cuBLAS off) at the decode T where the rule differs, HEAD's binary and the patched one
 # with FLASHMOE_BENCH_ROUTER_GROUPS=1 and 0 (the rule), interleaved over two rounds, and (TRACE=1)
-# one warmed trace each of Qwen3 T = 256.
+# one warmed trace each of Qwen3 T = 256. Other patches the same way: PATCHES (space-separated,
+# applied in order; e.g. row 150's `bench/probes/select_nocount.patch` alone with GROUPS_AB=0,
+# TOKENS=2,4,16,64,256 and TESTS='*Decode*:*OneToken*:*Padded*:*Bitwise*:*Caller*').
 set -uo pipefail
 out=${OUT:-out}
 mkdir -p "$out"
@@ -13,7 +15,9 @@ start=$SECONDS
 source bench/probes/tree.sh
 fresh_tree head
 HEAD=.probe/head
-apply_patch . bench/probes/router_groups.patch || exit 1
+for patch in ${PATCHES:-bench/probes/router_groups.patch}; do
+  apply_patch . "$patch" || exit 1
+done
 cmake --preset gpu -DFLASHMOE_BUILD_TESTS=ON -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
 (cmake -S "$HEAD" -B build/head -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a-real \
    -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/head.log" 2>&1
@@ -31,7 +35,7 @@ echo "test_workspace exit $?"
 build/gpu/tests/test_trace_gpu >"$out/test_trace.log" 2>&1
 echo "test_trace_gpu exit $?"
 build/gpu/tests/test_forward_gpu \
-  --gtest_filter='*RouterGroups*:*EveryDecodeKernel*:*OneToken*:*Padded*:*Bitwise*' \
+  --gtest_filter="${TESTS:-*RouterGroups*:*EveryDecodeKernel*:*OneToken*:*Padded*:*Bitwise*}" \
   >"$out/tests.log" 2>&1
 echo "test_forward_gpu exit $?"
 grep -hE "^\[  (PASSED|FAILED) |FAILED" "$out"/test_*.log "$out/tests.log" | head -20
