@@ -193,4 +193,78 @@ inline double check_output(const Model& m, const ForwardRun& run, const std::vec
   return worst;
 }
 
+// The first `n` rows of a run, as a run of its own (for check_output).
+inline ForwardRun first_rows(const ForwardRun& run, int n, const Config& c) {
+  ForwardRun r;
+  r.tokens = n;
+  const std::size_t cells = static_cast<std::size_t>(n) * c.hidden;
+  const std::size_t pairs = static_cast<std::size_t>(n) * c.top_k;
+  r.x.assign(run.x.begin(), run.x.begin() + static_cast<std::ptrdiff_t>(cells));
+  r.y_in.assign(run.y_in.begin(), run.y_in.begin() + static_cast<std::ptrdiff_t>(cells));
+  r.y.assign(run.y.begin(), run.y.begin() + static_cast<std::ptrdiff_t>(cells));
+  r.ids.assign(run.ids.begin(), run.ids.begin() + static_cast<std::ptrdiff_t>(pairs));
+  r.weights.assign(run.weights.begin(), run.weights.begin() + static_cast<std::ptrdiff_t>(pairs));
+  return r;
+}
+
+// A padded batch on the device: `run` with its rows from `live` on set to a sentinel in y (not
+// poison, so that "untouched" is checked bitwise), the device token count `count`, and routing
+// outputs pre-filled with -7 (an untouched pair shows).
+struct PaddedBatch {
+  static constexpr std::uint16_t kSentinel = 0x3C00;
+  DeviceBuffer x, y, count, ids, weights;
+  ForwardOptions options;
+  int live = 0;
+
+  PaddedBatch(ForwardRun& run, int count_value, int live_rows, const Config& c) : live(live_rows) {
+    for (std::size_t i = static_cast<std::size_t>(live) * c.hidden; i < run.y_in.size(); ++i) {
+      run.y_in[i] = kSentinel;
+    }
+    const std::size_t pairs = static_cast<std::size_t>(run.tokens) * c.top_k;
+    x = upload(run.x);
+    y = upload(run.y_in);
+    count = upload(std::vector<std::int32_t>{count_value});
+    ids = upload(std::vector<std::int32_t>(pairs, -7));
+    weights = upload(std::vector<float>(pairs, -7.0f));
+    options.device_num_tokens = count.get<std::int32_t>();
+    options.out_topk_ids = ids.get<std::int32_t>();
+    options.out_topk_weights = weights.get<float>();
+  }
+
+  // Downloads y and the routing outputs into `run`, checks the padding, and returns the live
+  // rows as a run of their own (for check_routing and check_output).
+  ForwardRun live_rows(ForwardRun& run, const Config& c) const {
+    const std::size_t pairs = static_cast<std::size_t>(run.tokens) * c.top_k;
+    run.y = download<std::uint16_t>(y.get(), run.y_in.size());
+    run.ids = download<std::int32_t>(ids.get(), pairs);
+    run.weights = download<float>(weights.get(), pairs);
+    for (std::size_t i = static_cast<std::size_t>(live) * c.hidden; i < run.y.size(); ++i) {
+      EXPECT_EQ(run.y[i], kSentinel) << "padding row " << i / c.hidden << " was written";
+      if (run.y[i] != kSentinel) break;
+    }
+    for (std::size_t q = static_cast<std::size_t>(live) * c.top_k; q < pairs; ++q) {
+      EXPECT_TRUE(run.ids[q] == -7 && run.weights[q] == -7.0f)
+          << "padding pair " << q << " was routed";
+      if (run.ids[q] != -7 || run.weights[q] != -7.0f) break;
+    }
+    return first_rows(run, live, c);
+  }
+};
+
+// y of `run` forwarded as a padded batch of `live` of its rows (PaddedBatch: the padding rows
+// of y and of the routing outputs are checked untouched); empty, with a failure recorded, when
+// the forward fails.
+inline std::vector<std::uint16_t> padded_forward(Layer& layer, ForwardRun& run, int live,
+                                                 const Config& c, cudaStream_t stream) {
+  const PaddedBatch batch(run, live, live, c);
+  const flashmoe::Status s =
+      flashmoe::forward(layer, batch.x.get(), batch.y.get(), run.tokens, stream, batch.options);
+  EXPECT_TRUE(s.ok()) << s.to_string();
+  const flashmoe::Status d = s.ok() ? layer.device_status(stream) : s;
+  EXPECT_TRUE(d.ok()) << d.to_string();
+  if (!d.ok()) return {};
+  (void)batch.live_rows(run, c);
+  return run.y;
+}
+
 }  // namespace flashmoe_test
