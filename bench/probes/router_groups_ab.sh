@@ -10,6 +10,9 @@
 set -uo pipefail
 source bench/probes/tree.sh
 fresh_tree head
+# A warm machine keeps build/gpu, and the copy of the tree gives files an earlier patch touched
+# back their old times, so make would keep that patch's objects: build the patched tree afresh.
+rm -rf build/gpu
 for patch in ${PATCHES:-bench/probes/router_groups.patch}; do
   apply_patch . "$patch" || exit 1
 done
