@@ -110,6 +110,13 @@ def main():
         print(describe("not an expert's last", full))
         print(describe("an expert's last", last))
         print(describe("an expert's only", only))
+        # Tiles released together (the first wave after the tile table) against the rest: in
+        # session 33's H200 traces the first wave's gate/up tiles took 25-36% longer than the
+        # later ones of the same size (bench/NOTES.md, row 153).
+        start = min(e["ts"] for e in mine)
+        first = [e["dur"] for e in mine if e["ts"] < start + 1.0]
+        print(describe("started in the 1st us", first))
+        print(describe("started later", [e["dur"] for e in mine if e["ts"] >= start + 1.0]))
     if shape is not None and len(per_slot_by_kind) == 2:
         stream_rates(trace, events, shape[0], shape[1], per_slot_by_kind)
     return 0
