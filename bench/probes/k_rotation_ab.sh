@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # One device call (about 8 minutes on a fresh machine; run from the repository root with a clean
-# working tree): row 153, decode gate/up tiles that each start their K walk at a step of their own
+# working tree): row 153, gate/up tiles (decode kernels and the engine, which runs OLMoE T = 256
+# and Mixtral from T = 128) that each start their K walk at a step of their own
 # (`k_rotation.patch`, applied here to the device's copy of the tree). Through
 # router_groups_ab.sh: the patched tree with its full GPU ctest, against HEAD's binary (variant
 # `head`) and against itself with every walk from step 0 (FLASHMOE_BENCH_K_ROTATION=0, variant
-# env1), two rounds; then one warmed trace each of Qwen3 T = 4 and 64 with the rotation on and
-# off, whose trace_tiles.py lines "started in the 1st us" / "started later" say whether the first
-# wave of gate/up tiles (25-36% longer than the later ones in session 33's H200 traces) now runs
-# as fast as the rest.
+# env1), two rounds; then one warmed trace each of Qwen3 T = 4 and 64 and OLMoE T = 256 (the
+# engine) with the rotation on and off. Their trace_tiles.py lines "started in the 1st us" and
+# "started later" say whether the first wave of gate/up tiles (20-36% longer than the later ones
+# in session 33's H200 traces) now runs as fast as the rest.
 set -uo pipefail
 source bench/probes/tree.sh
 out=${OUT:-out}
 PATCHES=bench/probes/k_rotation.patch ENV_VARIANTS=FLASHMOE_BENCH_K_ROTATION=0 \
-  TOKENS=${TOKENS:-1,4,16,64,256} \
-  FILTER=${FILTER:-'^(Qwen3-30B-A3B|Mixtral-8x7B)/bf16/'} bash bench/probes/router_groups_ab.sh
+  TOKENS=${TOKENS:-1,4,64,256} \
+  FILTER=${FILTER:-'^(Qwen3-30B-A3B|OLMoE|Mixtral-8x7B)/bf16/'} bash bench/probes/router_groups_ab.sh
 for rot in 1 0; do
   echo "===== FLASHMOE_BENCH_K_ROTATION=$rot"
   trace_one "$out/trace_rot$rot" '^Qwen3-30B-A3B/bf16/' 4,64 2048,768 \
+    FLASHMOE_BENCH_K_ROTATION=$rot | grep -E "^(gate_up|down|  started|  gate_up|  both|expert)"
+  trace_one "$out/trace_olmoe_rot$rot" '^OLMoE/bf16/' 256 2048,1024 \
     FLASHMOE_BENCH_K_ROTATION=$rot | grep -E "^(gate_up|down|  started|  gate_up|  both|expert)"
 done
