@@ -17,8 +17,14 @@ PATCHES=bench/probes/k_rotation.patch ENV_VARIANTS=FLASHMOE_BENCH_K_ROTATION=0 \
   FILTER=${FILTER:-'^(Qwen3-30B-A3B|OLMoE|Mixtral-8x7B)/bf16/'} bash bench/probes/router_groups_ab.sh
 for rot in 1 0; do
   echo "===== FLASHMOE_BENCH_K_ROTATION=$rot"
-  trace_one "$out/trace_rot$rot" '^Qwen3-30B-A3B/bf16/' 4,64 2048,768 \
-    FLASHMOE_BENCH_K_ROTATION=$rot | grep -E "^(gate_up|down|  started|  gate_up|  both|expert)"
-  trace_one "$out/trace_olmoe_rot$rot" '^OLMoE/bf16/' 256 2048,1024 \
-    FLASHMOE_BENCH_K_ROTATION=$rot | grep -E "^(gate_up|down|  started|  gate_up|  both|expert)"
+  for cell in "qwen3 ^Qwen3-30B-A3B/bf16/ 4,64 2048,768" "olmoe ^OLMoE/bf16/ 256 2048,1024"; do
+    read -r name filter tokens shape <<<"$cell"
+    dir="$out/trace_rot$rot/$name"
+    trace_one "$dir" "$filter" "$tokens" "$shape" FLASHMOE_BENCH_K_ROTATION=$rot >/dev/null
+    grep -hE "^(Qwen3|OLMoE)" "$dir/bench.txt" | sed -E 's/ +scratch.*//'
+    for t in "$dir"/*.tiles.txt; do
+      echo "--- $(basename "$t" .tiles.txt)"
+      grep -E "^(gate_up|down):|started|^  (gate_up|down|both) " "$t"
+    done
+  done
 done
