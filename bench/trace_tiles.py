@@ -111,7 +111,7 @@ def main():
         print(describe("an expert's last", last))
         print(describe("an expert's only", only))
         # Tiles released together (the first wave after the tile table) against the rest: in
-        # session 33's H200 traces the first wave's gate/up tiles took 25-36% longer than the
+        # session 33's H200 traces the first wave's gate/up tiles took 20-36% longer than the
         # later ones of the same size (bench/NOTES.md, row 153).
         start = min(e["ts"] for e in mine)
         first = [e["dur"] for e in mine if e["ts"] < start + 1.0]

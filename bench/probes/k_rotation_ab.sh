@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call (about 8 minutes on a fresh machine; run from the repository root with a clean
-# working tree): row 153, gate/up tiles (decode kernels and the engine, which runs OLMoE T = 256
-# and Mixtral from T = 128) that each start their K walk at a step of their own
+# working tree): row 153, expert tiles (the decode kernels' gate/up and down tiles, the engine's
+# gate/up jobs: the engine runs OLMoE T = 256 and Mixtral from T = 128) that each start their K
+# walk at a step of their own
 # (`k_rotation.patch`, applied here to the device's copy of the tree). Through
 # router_groups_ab.sh: the patched tree with its full GPU ctest, against HEAD's binary (variant
 # `head`) and against itself with every walk from step 0 (FLASHMOE_BENCH_K_ROTATION=0, variant
