@@ -68,6 +68,7 @@ std::string g_trace_dir;        // FLASHMOE_BENCH_TRACE_DIR: one traced forward 
 bool g_programmatic = false;    // ForwardOptions::programmatic_launch of the timed forwards
 bool g_caller_routing = false;  // FLASHMOE_BENCH_CALLER_ROUTING (main)
 int g_one_token = -1;  // testing::set_one_token_gateup of every benchmarked Layer (-1: default)
+int g_layers = 1;      // FLASHMOE_BENCH_LAYERS: layers the timed forwards cycle over (main)
 // Its timing: as many rounds of kInputs forwards as FlashMoE had iterations, at least
 // kCublasRounds, stopping early once they add up to kCublasBudgetMs (Mixtral at T = 4096 takes
 // tens of ms a round), but never before kCublasMinRounds.
@@ -98,14 +99,63 @@ void fill(flashmoe::DType dt, void* p, std::size_t n, std::uint64_t seed, float 
   }
 }
 
-// One layer with random weights, kept across the benchmarks of its shape and dtype.
-struct Bench {
-  flashmoe::Config config;
+// A layer's random weights (seeds from `seed`) and its Layer with the benchmark's test settings.
+struct LayerWeights {
   std::unique_ptr<DeviceMem> router, w13, w2;
   flashmoe::Layer layer;
+  flashmoe::Status create(const flashmoe::Config& c, std::uint64_t seed) {
+    const std::size_t E = c.experts, H = c.hidden, I = c.intermediate;
+    router = std::make_unique<DeviceMem>(E * H * 2);
+    w13 = std::make_unique<DeviceMem>(E * 2 * I * H * 2);
+    w2 = std::make_unique<DeviceMem>(E * H * I * 2);
+    if (!router->p || !w13->p || !w2->p) {
+      return {flashmoe::StatusCode::OutOfMemory, "cudaMalloc of the benchmark's weights failed"};
+    }
+    fill(c.dtype, router->p, E * H, seed, 3.0f / std::sqrt(static_cast<float>(H)));
+    fill(c.dtype, w13->p, E * 2 * I * H, seed + 1, 1.7f / std::sqrt(static_cast<float>(H)));
+    fill(c.dtype, w2->p, E * H * I, seed + 2, 1.7f / std::sqrt(static_cast<float>(I)));
+    (void)cudaDeviceSynchronize();
+    flashmoe::LayerOptions options;
+    options.tokens_per_launch = g_tokens_per_launch;
+    const flashmoe::Status s = flashmoe::Layer::create(c, weights(c), layer, options);
+    flashmoe::testing::set_prefill_switch(layer, g_prefill_rows);
+    flashmoe::testing::set_ws_tile_switch(layer, g_ws_tall_rows);
+    flashmoe::testing::set_down_slices(layer, g_down_slices);
+    flashmoe::testing::set_decode_kernel(layer, g_decode_kernel - 1);
+    flashmoe::testing::set_down_lead(layer, g_down_lead);
+    flashmoe::testing::set_gather_parts(layer, g_gather_parts);
+    if (g_one_token >= 0) flashmoe::testing::set_one_token_gateup(layer, g_one_token == 1);
+    return s;
+  }
+  flashmoe::Weights weights(const flashmoe::Config& c) const {
+    flashmoe::Weights w;
+    w.dtype = c.dtype;
+    w.router = router->p;
+    w.w13 = w13->p;
+    w.w2 = w2->p;
+    return w;
+  }
+};
+
+// The layers of one shape and dtype, kept across its benchmarks: g_layers of them, each with
+// its own weights and router, as an engine's consecutive MoE layers (timed input i runs on layer
+// i % g_layers, so that each forward finds the previous layer's weights, not its own, in the
+// caches). Layer 0 is the one traced and compared with cuBLAS.
+struct Bench {
+  flashmoe::Config config;
+  std::vector<LayerWeights> layers;
   flashmoe::Status status;
   std::unique_ptr<flashmoe_bench::CublasBaseline> baseline;  // null when g_cublas is off
   std::string baseline_error;
+  flashmoe::Layer& layer() { return layers[0].layer; }
+  flashmoe::Layer& layer_for(int input) { return layers[input % layers.size()].layer; }
+  // The first failure any layer's forwards reported on the device.
+  flashmoe::Status device_status(cudaStream_t stream) {
+    for (LayerWeights& l : layers) {
+      if (flashmoe::Status s = l.layer.device_status(stream); !s.ok()) return s;
+    }
+    return {};
+  }
 };
 
 // The layer of the last shape asked for: consecutive benchmarks share it; a new shape frees
@@ -125,30 +175,13 @@ Bench* get_bench(const Shape& s, flashmoe::DType dt) {
   c.dtype = dt;
   c.routing.renormalize = s.renormalize;
   c.max_tokens = kMaxTokens;
-  const std::size_t E = c.experts, H = c.hidden, I = c.intermediate;
-  b->router = std::make_unique<DeviceMem>(E * H * 2);
-  b->w13 = std::make_unique<DeviceMem>(E * 2 * I * H * 2);
-  b->w2 = std::make_unique<DeviceMem>(E * H * I * 2);
-  fill(dt, b->router->p, E * H, 1, 3.0f / std::sqrt(static_cast<float>(H)));
-  fill(dt, b->w13->p, E * 2 * I * H, 2, 1.7f / std::sqrt(static_cast<float>(H)));
-  fill(dt, b->w2->p, E * H * I, 3, 1.7f / std::sqrt(static_cast<float>(I)));
-  (void)cudaDeviceSynchronize();
-  flashmoe::Weights w;
-  w.dtype = dt;
-  w.router = b->router->p;
-  w.w13 = b->w13->p;
-  w.w2 = b->w2->p;
-  flashmoe::LayerOptions options;
-  options.tokens_per_launch = g_tokens_per_launch;
-  b->status = flashmoe::Layer::create(c, w, b->layer, options);
-  flashmoe::testing::set_prefill_switch(b->layer, g_prefill_rows);
-  flashmoe::testing::set_ws_tile_switch(b->layer, g_ws_tall_rows);
-  flashmoe::testing::set_down_slices(b->layer, g_down_slices);
-  flashmoe::testing::set_decode_kernel(b->layer, g_decode_kernel - 1);
-  flashmoe::testing::set_down_lead(b->layer, g_down_lead);
-  flashmoe::testing::set_gather_parts(b->layer, g_gather_parts);
-  if (g_one_token >= 0) flashmoe::testing::set_one_token_gateup(b->layer, g_one_token == 1);
-  if (g_cublas) {
+  // Layer j's weights from seeds 16 j + 1 ... (layer 0's as with a single layer).
+  b->layers.resize(static_cast<std::size_t>(g_layers));
+  for (int j = 0; j < g_layers && b->status.ok(); ++j) {
+    b->status = b->layers[static_cast<std::size_t>(j)].create(c, 16u * j + 1);
+  }
+  const flashmoe::Weights w = b->layers[0].weights(c);
+  if (g_cublas && b->status.ok()) {
     flashmoe_bench::BaselineShape bs;
     bs.hidden = c.hidden;
     bs.intermediate = c.intermediate;
@@ -360,13 +393,13 @@ void BM_Forward(benchmark::State& state, Shape shape, flashmoe::DType dt) {
     flashmoe::ForwardOptions o;
     o.out_topk_ids = static_cast<std::int32_t*>(ids.p) + i * pairs;
     o.out_topk_weights = static_cast<float*>(wts.p) + i * pairs;
-    const flashmoe::Status s = flashmoe::forward(b->layer, x_at(i), y_at(i), T, stream, o);
+    const flashmoe::Status s = flashmoe::forward(b->layer_for(i), x_at(i), y_at(i), T, stream, o);
     if (!s.ok()) {
       state.SkipWithError(s.to_string().c_str());
       return;
     }
   }
-  if (const flashmoe::Status s = b->layer.device_status(stream); !s.ok()) {
+  if (const flashmoe::Status s = b->device_status(stream); !s.ok()) {
     state.SkipWithError(s.to_string().c_str());
     return;
   }
@@ -397,7 +430,9 @@ void BM_Forward(benchmark::State& state, Shape shape, flashmoe::DType dt) {
     return o;
   };
   for (int i = 0; i < kInputs; ++i) {
-    if (!flashmoe::forward(b->layer, x_at(i), y_at(i), T, stream, timed_options(i)).ok()) break;
+    if (!flashmoe::forward(b->layer_for(i), x_at(i), y_at(i), T, stream, timed_options(i)).ok()) {
+      break;
+    }
   }
   BENCH_CUDA(cudaStreamEndCapture(stream, &graph));
   BENCH_CUDA(cudaGraphInstantiate(&exec, graph, 0));
@@ -416,7 +451,7 @@ void BM_Forward(benchmark::State& state, Shape shape, flashmoe::DType dt) {
     per_forward_us.push_back(ms * 1e3 / kInputs);
     state.SetIterationTime(ms * 1e-3 / kInputs);
   }
-  if (const flashmoe::Status s = b->layer.device_status(stream); !s.ok()) {
+  if (const flashmoe::Status s = b->device_status(stream); !s.ok()) {
     state.SkipWithError(s.to_string().c_str());
   }
   std::sort(per_forward_us.begin(), per_forward_us.end());
@@ -425,7 +460,8 @@ void BM_Forward(benchmark::State& state, Shape shape, flashmoe::DType dt) {
   const double flops =
       2.0 * pairs * 3.0 * c.hidden * c.intermediate + 2.0 * T * c.experts * c.hidden;
   state.counters["us_median"] = median_us;
-  state.counters["scratch_MB"] = static_cast<double>(b->layer.scratch_bytes()) / 1e6;
+  if (g_layers > 1) state.counters["layers"] = g_layers;
+  state.counters["scratch_MB"] = static_cast<double>(b->layer().scratch_bytes()) / 1e6;
   state.counters["unique_experts"] = unique_total / kInputs;
   state.counters["floor_us"] = floor_us;
   state.counters["pct_of_floor"] = 100.0 * floor_us / median_us;
@@ -442,13 +478,13 @@ void BM_Forward(benchmark::State& state, Shape shape, flashmoe::DType dt) {
     const std::string name =
         fmt::format("{}_{}_T{}", shape.name, dt == flashmoe::DType::BF16 ? "bf16" : "fp16", T);
     flashmoe::Trace trace;
-    flashmoe::Status s = b->layer.set_tracing(4096);
+    flashmoe::Status s = b->layer().set_tracing(4096);
     for (int i = 1; s.ok() && i < kInputs; ++i) {
-      s = flashmoe::forward(b->layer, x_at(i), y_at(i), T, stream, timed_options(i));
+      s = flashmoe::forward(b->layer_for(i), x_at(i), y_at(i), T, stream, timed_options(i));
     }
-    if (s.ok()) s = flashmoe::forward(b->layer, x_at(0), y_at(0), T, stream, timed_options(0));
-    if (s.ok()) s = b->layer.read_trace(stream, trace);
-    const flashmoe::Status off = b->layer.set_tracing(0);
+    if (s.ok()) s = flashmoe::forward(b->layer(), x_at(0), y_at(0), T, stream, timed_options(0));
+    if (s.ok()) s = b->layer().read_trace(stream, trace);
+    const flashmoe::Status off = b->layer().set_tracing(0);
     if (s.ok()) s = off;
     if (s.ok()) {
       const std::string base = g_trace_dir + "/" + name;
@@ -517,11 +553,11 @@ void BM_HostCost(benchmark::State& state, Shape shape, bool with_options) {
   }
   cudaStream_t stream;
   BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  for (int i = 0; i < 8; ++i) (void)flashmoe::forward(b->layer, x.p, y.p, T, stream, o);
+  for (int i = 0; i < 8; ++i) (void)flashmoe::forward(b->layer(), x.p, y.p, T, stream, o);
   BENCH_CUDA(cudaStreamSynchronize(stream));
   int calls = 0;
   for (auto _ : state) {
-    const flashmoe::Status s = flashmoe::forward(b->layer, x.p, y.p, T, stream, o);
+    const flashmoe::Status s = flashmoe::forward(b->layer(), x.p, y.p, T, stream, o);
     if (!s.ok()) {
       state.SkipWithError(s.to_string().c_str());
       break;
@@ -533,7 +569,7 @@ void BM_HostCost(benchmark::State& state, Shape shape, bool with_options) {
     }
   }
   BENCH_CUDA(cudaStreamSynchronize(stream));
-  if (const flashmoe::Status s = b->layer.device_status(stream); !s.ok()) {
+  if (const flashmoe::Status s = b->layer().device_status(stream); !s.ok()) {
     state.SkipWithError(s.to_string().c_str());
   }
   (void)cudaStreamDestroy(stream);
@@ -681,6 +717,18 @@ int main(int argc, char** argv) {
     bool on = false;
     if (!read_switch("FLASHMOE_BENCH_ONE_TOKEN", on)) return 1;
     g_one_token = on ? 1 : 0;
+  }
+  // FLASHMOE_BENCH_LAYERS=8: each benchmark's timed forwards cycle over 8 layers of its shape,
+  // each with its own weights and router (input i on layer i % 8), as an engine's consecutive MoE
+  // layers: no forward finds its own weights' translations, router or code state left warm by
+  // the forward before it. The cuBLAS baseline keeps one layer, so it must be off.
+  if (!read_count("FLASHMOE_BENCH_LAYERS", kInputs, g_layers)) return 1;
+  if (g_layers < 1) g_layers = 1;
+  if (g_layers > 1 && g_cublas) {
+    std::fprintf(stderr,
+                 "FLASHMOE_BENCH_LAYERS > 1 needs FLASHMOE_BENCH_NO_CUBLAS=1 (the "
+                 "baseline runs one layer)\n");
+    return 1;
   }
   g_bandwidth = measure_bandwidth();
   if (g_cublas) g_dense_flops = measure_dense_flops();
