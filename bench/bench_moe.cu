@@ -103,7 +103,8 @@ void fill(flashmoe::DType dt, void* p, std::size_t n, std::uint64_t seed, float 
 struct LayerWeights {
   std::unique_ptr<DeviceMem> router, w13, w2;
   flashmoe::Layer layer;
-  flashmoe::Status create(const flashmoe::Config& c, std::uint64_t seed) {
+  // `scratch` (null: the Layer's own): one shared by every layer, as an engine shares it.
+  flashmoe::Status create(const flashmoe::Config& c, std::uint64_t seed, const DeviceMem* scratch) {
     const std::size_t E = c.experts, H = c.hidden, I = c.intermediate;
     router = std::make_unique<DeviceMem>(E * H * 2);
     w13 = std::make_unique<DeviceMem>(E * 2 * I * H * 2);
@@ -117,6 +118,10 @@ struct LayerWeights {
     (void)cudaDeviceSynchronize();
     flashmoe::LayerOptions options;
     options.tokens_per_launch = g_tokens_per_launch;
+    if (scratch != nullptr) {
+      options.scratch = scratch->p;
+      options.scratch_bytes = flashmoe::scratch_bytes(c, g_tokens_per_launch);
+    }
     const flashmoe::Status s = flashmoe::Layer::create(c, weights(c), layer, options);
     flashmoe::testing::set_prefill_switch(layer, g_prefill_rows);
     flashmoe::testing::set_ws_tile_switch(layer, g_ws_tall_rows);
@@ -140,9 +145,11 @@ struct LayerWeights {
 // The layers of one shape and dtype, kept across its benchmarks: g_layers of them, each with
 // its own weights and router, as an engine's consecutive MoE layers (timed input i runs on layer
 // i % g_layers, so that each forward finds the previous layer's weights, not its own, in the
-// caches). Layer 0 is the one traced and compared with cuBLAS.
+// caches), sharing one scratch as an engine's layers do; one layer keeps a scratch of its own.
+// Layer 0 is the one traced and compared with cuBLAS.
 struct Bench {
   flashmoe::Config config;
+  std::unique_ptr<DeviceMem> shared_scratch;  // outlives the layers (declared before them)
   std::vector<LayerWeights> layers;
   flashmoe::Status status;
   std::unique_ptr<flashmoe_bench::CublasBaseline> baseline;  // null when g_cublas is off
@@ -177,8 +184,16 @@ Bench* get_bench(const Shape& s, flashmoe::DType dt) {
   c.max_tokens = kMaxTokens;
   // Layer j's weights from seeds 16 j + 1 ... (layer 0's as with a single layer).
   b->layers.resize(static_cast<std::size_t>(g_layers));
+  if (g_layers > 1) {
+    b->shared_scratch =
+        std::make_unique<DeviceMem>(flashmoe::scratch_bytes(c, g_tokens_per_launch));
+    if (!b->shared_scratch->p) {
+      b->status = {flashmoe::StatusCode::OutOfMemory, "cudaMalloc of the shared scratch failed"};
+    }
+  }
   for (int j = 0; j < g_layers && b->status.ok(); ++j) {
-    b->status = b->layers[static_cast<std::size_t>(j)].create(c, 16u * j + 1);
+    b->status =
+        b->layers[static_cast<std::size_t>(j)].create(c, 16u * j + 1, b->shared_scratch.get());
   }
   const flashmoe::Weights w = b->layers[0].weights(c);
   if (g_cublas && b->status.ok()) {
