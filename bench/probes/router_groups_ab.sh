@@ -17,5 +17,5 @@ for patch in ${PATCHES:-bench/probes/router_groups.patch}; do
   apply_patch . "$patch" || exit 1
 done
 filter=${FILTER:-'^(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite)/bf16/'}
-VARIANTS=head TESTS=ON FLASHMOE_BENCH_TOKENS=${TOKENS:-64,128,192,256,384} \
+VARIANTS=head TESTS=${TESTS:-ON} FLASHMOE_BENCH_TOKENS=${TOKENS:-64,128,192,256,384} \
   ENV_VARIANTS=${ENV_VARIANTS-FLASHMOE_BENCH_ROUTER_GROUPS=1} bash bench/ab_session.sh "$filter"
