@@ -12,4 +12,4 @@ bits="FLASHMOE_PROBE_ABLATE=1 FLASHMOE_PROBE_ABLATE=2 FLASHMOE_PROBE_ABLATE=4"
 bits="$bits FLASHMOE_PROBE_ABLATE=8 FLASHMOE_PROBE_ABLATE=16"
 PATCHES=bench/probes/decode_ablation.patch ENV_VARIANTS="$bits" TESTS=OFF \
   TOKENS=${TOKENS:-16,64,256} FILTER=${FILTER:-'^(Qwen3-30B-A3B|OLMoE)/bf16/'} \
-  bash bench/probes/router_groups_ab.sh
+  bash bench/probes/patch_ab.sh

@@ -4,7 +4,7 @@
 # gate/up jobs: the engine runs OLMoE T = 256 and Mixtral from T = 128) that each start their K
 # walk at a step of their own
 # (`k_rotation.patch`, applied here to the device's copy of the tree). Through
-# router_groups_ab.sh: the patched tree with its full GPU ctest, against HEAD's binary (variant
+# patch_ab.sh: the patched tree with its full GPU ctest, against HEAD's binary (variant
 # `head`) and against itself with every walk from step 0 (FLASHMOE_BENCH_K_ROTATION=0, variant
 # env1), two rounds; then one warmed trace each of Qwen3 T = 1, 4 and 64 and OLMoE T = 256 (the
 # engine) with the rotation on and off. Their trace_tiles.py lines "started in the 1st us" and
@@ -15,7 +15,7 @@ source bench/probes/tree.sh
 out=${OUT:-out}
 PATCHES=bench/probes/k_rotation.patch ENV_VARIANTS=FLASHMOE_BENCH_K_ROTATION=0 \
   TOKENS=${TOKENS:-1,4,64,256} \
-  FILTER=${FILTER:-'^(Qwen3-30B-A3B|OLMoE|Mixtral-8x7B)/bf16/'} bash bench/probes/router_groups_ab.sh
+  FILTER=${FILTER:-'^(Qwen3-30B-A3B|OLMoE|Mixtral-8x7B)/bf16/'} bash bench/probes/patch_ab.sh
 for rot in 1 0; do
   echo "===== FLASHMOE_BENCH_K_ROTATION=$rot"
   for cell in "qwen3 ^Qwen3-30B-A3B/bf16/ 1,4,64 2048,768" "olmoe ^OLMoE/bf16/ 256 2048,1024"; do

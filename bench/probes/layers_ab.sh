@@ -11,7 +11,7 @@ source bench/probes/tree.sh
 out=${OUT:-out}
 mkdir -p "$out"
 start=$SECONDS
-rm -rf build/gpu  # a warm machine may hold a probe patch's objects (router_groups_ab.sh)
+rm -rf build/gpu  # a warm machine may hold a probe patch's objects (patch_ab.sh)
 cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
 cmake --build --preset gpu -j 16 --target bench_moe >>"$out/build.log" 2>&1 || {
   tail -30 "$out/build.log"
