@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One device call (about 8 minutes on a fresh machine; run from the repository root with a clean
+# working tree): row 155, the decode kernels' per-pair rows in the activation type
+# (`partials16.patch`) against HEAD's binary. Builds bench_moe and test_forward_gpu of the patched
+# tree beside HEAD's bench_moe, runs test_forward_gpu (the decode matrix, forced kernels and down
+# slices against the CPU reference), then two interleaved rounds of bench_moe at T = 1, 16, 64,
+# 256 on the four shapes (TOKENS, FILTER override), cuBLAS off. Logs under $OUT.
+set -uo pipefail
+out=${OUT:-out}
+mkdir -p "$out"
+start=$SECONDS
+stamp() { echo "[$((SECONDS - start)) s] $*"; }
+source bench/probes/tree.sh
+fresh_tree head
+rm -rf build/gpu
+apply_patch . bench/probes/partials16.patch || exit 1
+nvidia-smi --query-gpu=name --format=csv,noheader
+cmake --preset gpu -DFLASHMOE_BUILD_TESTS=ON -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/cfg.log" 2>&1
+(cmake --build build/gpu -j 10 --target bench_moe test_forward_gpu >"$out/gpu.log" 2>&1
+ echo "gpu build $?") &
+(cmake -S .probe/head -B build/head -DCMAKE_BUILD_TYPE=Release \
+   -DCMAKE_CUDA_ARCHITECTURES=90a-real -DFLASHMOE_BUILD_TESTS=OFF \
+   -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/head.log" 2>&1
+ cmake --build build/head -j 6 --target bench_moe >>"$out/head.log" 2>&1
+ echo "head build $?") &
+wait
+stamp "builds done"
+timeout ${TEST_S:-150} build/gpu/tests/test_forward_gpu --gtest_brief=1 >"$out/test.log" 2>&1
+echo "test_forward_gpu exit $?"
+grep -E "PASSED|FAILED|Failure" "$out/test.log" | head -20
+stamp "tests done"
+export FLASHMOE_BENCH_NO_CUBLAS=1 FLASHMOE_BENCH_TOKENS=${TOKENS:-1,16,64,256}
+filter=${FILTER:-'^(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite|Mixtral-8x7B)/bf16/'}
+for round in 1 2; do
+  for v in head gpu; do
+    "build/$v/bench/bench_moe" --benchmark_filter="$filter" >>"$out/bench_$v.txt" 2>&1
+  done
+  stamp "round $round done"
+done
+for v in head gpu; do
+  echo "== $v"
+  grep -E "^(Qwen|OLMoE|Deep|Mixtral)" "$out/bench_$v.txt" |
+    sed -E 's/min_time:[0-9.]+\/manual_time//' |
+    awk '{for (i = 2; i <= NF; i++) if ($i ~ /^us_median=/) m[$1] = m[$1] " " substr($i, 11)}
+         END {for (k in m) print k m[k]}' | sort
+done
