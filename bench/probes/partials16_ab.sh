@@ -4,9 +4,9 @@
 # (`partials16.patch`, variant tree p16) and row 156, the same with the down tiles' routing
 # weights read into shared memory at the tile's start (`partials16_weights.patch`, the working
 # tree), against HEAD's binary. Builds bench_moe of each and test_forward_gpu of the working tree,
-# runs test_forward_gpu (the decode matrix, forced kernels and down slices against the CPU
-# reference), then two interleaved rounds of bench_moe at T = 16, 64, 256 on Qwen3, OLMoE and
-# Mixtral (TOKENS, FILTER override), cuBLAS off. Logs under $OUT.
+# runs two interleaved rounds of bench_moe at T = 16, 64, 256 on Qwen3, OLMoE and Mixtral
+# (TOKENS, FILTER override; cuBLAS off), then test_forward_gpu (the decode matrix, forced kernels
+# and down slices against the CPU reference). Logs under $OUT.
 set -uo pipefail
 out=${OUT:-out}
 mkdir -p "$out"
@@ -31,10 +31,6 @@ for v in head p16; do
 done
 wait
 stamp "builds done"
-timeout ${TEST_S:-150} build/gpu/tests/test_forward_gpu --gtest_brief=1 >"$out/test.log" 2>&1
-echo "test_forward_gpu exit $?"
-grep -E "PASSED|FAILED|Failure" "$out/test.log" | head -20
-stamp "tests done"
 export FLASHMOE_BENCH_NO_CUBLAS=1 FLASHMOE_BENCH_TOKENS=${TOKENS:-16,64,256}
 filter=${FILTER:-'^(Qwen3-30B-A3B|OLMoE|Mixtral-8x7B)/bf16/'}
 for round in 1 2; do
@@ -50,3 +46,7 @@ for v in head p16 gpu; do
     awk '{for (i = 2; i <= NF; i++) if ($i ~ /^us_median=/) m[$1] = m[$1] " " substr($i, 11)}
          END {for (k in m) print k m[k]}' | sort
 done
+timeout ${TEST_S:-120} build/gpu/tests/test_forward_gpu --gtest_brief=1 >"$out/test.log" 2>&1
+echo "test_forward_gpu exit $?"
+grep -E "PASSED|FAILED|Failure" "$out/test.log" | head -20
+stamp "tests done"
