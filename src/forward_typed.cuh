@@ -367,7 +367,7 @@ void fill_params(const Layer::Impl& impl, const KernelVariantInfo& info, const v
   p.mtile_done = static_cast<std::uint32_t*>(at(L.mtile_done));
   p.combine_done = static_cast<std::uint32_t*>(at(L.combine_done));
   p.h = static_cast<T*>(at(L.h));
-  p.ypart = static_cast<float*>(at(L.ypart));
+  p.ypart = static_cast<T*>(at(L.ypart));
   p.combine_stride = L.max_down_ntiles;
   p.timeout_ns = static_cast<std::uint64_t>(impl.options.watchdog_ms) * 1000000ull;
   p.fault = impl.fault;

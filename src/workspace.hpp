@@ -188,7 +188,8 @@ FLASHMOE_HOST_DEVICE inline DownSplit down_split(int inter, int tile_k, int slic
   d.kslices = (inter + d.klen - 1) / d.klen;
   return d;
 }
-// Rows of ypart ([kslices][T*K][H] floats) for any T <= max_tokens and any variant.
+// Rows of ypart ([kslices][T*K][H] values of the activation type) for any T <= max_tokens and
+// any variant.
 inline std::int64_t ypart_rows(std::int64_t max_tokens, int top_k, int inter) {
   const std::int64_t pairs = max_tokens * top_k;
   const std::int64_t split_pairs = pairs < kDownSplitMaxPairs ? pairs : kDownSplitMaxPairs;
@@ -327,7 +328,7 @@ inline ScratchLayout plan_scratch(const Config& c) {
   w.combine_done = r.take(T * w.max_down_ntiles * 4);
   w.h = r.take(w.max_pairs * I * 2);
   w.ypart_rows = ypart_rows(T, c.top_k, c.intermediate);
-  w.ypart = r.take(w.ypart_rows * H * 4);
+  w.ypart = r.take(w.ypart_rows * H * 2);  // bf16 or fp16, as every kernel writes them
   // The warp-specialised prefill kernel (sm_90a) reads its token rows as boxes of an
   // expert-sorted copy of x, [T*K, H] (the rows of sorted_pair). The plan does not know the
   // device, so it takes the engine's switch.

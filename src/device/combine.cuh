@@ -1,5 +1,5 @@
 // The fixed-order combine: y[token, c0 : c0 + cols] = the sum of the token's weighted expert
-// rows (ypart, here in the activation type: top-k major, K slice minor) in that order, in fp32
+// rows (ypart, in the activation type: top-k major, K slice minor) in that order, in fp32
 // (+ beta * y), so that the result does not depend on which tile finished the token last. Run by
 // the tile that finished the token slice. The warp-specialised kernel's form; the 256-thread
 // kernels keep their own copy in expert_tiles.cuh (moving theirs here changed the SASS of all 24
@@ -37,7 +37,7 @@ __device__ __forceinline__ void combine_tokens(const KernelParams<T>& p, const s
       const int item = min(first + i * threads, items - 1);
       const std::int64_t t = tokens[item / groups];
       const int c = c0 + (item % groups) * kCols;
-      src[i] = reinterpret_cast<const T*>(p.ypart) + t * p.top_k * H + c;
+      src[i] = p.ypart + t * p.top_k * H + c;
       dst[i] = p.y + t * H + c;
 #pragma unroll
       for (int v = 0; v < kCols; ++v) sum[i][v] = 0.0f;

@@ -119,14 +119,17 @@ __device__ void router_tile(const KernelParams<T>& p, unsigned char* smem, int t
   tr.record(TraceKind::Router, start, -1, trace_tile);
 }
 
-// ypart[kslice, pair, n0 : n0 + BN] = w_pair * (h W2^T) over K slice `kslice` of I; then, for
-// every token whose top-k pairs and K slices of this column range are now all present,
-// y = sum over k, then over slices, in order (+ beta * y). h is read once `done` (the m-tile's
+// ypart[kslice, pair, n0 : n0 + BN] = w_pair * (h W2^T) over K slice `kslice` of I, in the
+// activation type as the engine's (half the bytes of fp32 rows, which cost Qwen3-30B-A3B at
+// T = 256 8 us: bench/NOTES.md, rows 154-155); then, for every token whose top-k pairs and K
+// slices of this column range are now all present, y = sum over k, then over slices, in order
+// (+ beta * y) in fp32. h is read once `done` (the m-tile's
 // gate/up counter) reaches gateup_ntiles. Returns false when the launch is being abandoned.
 template <class S, typename T, class Tr>
 __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, const MTile mt, int ntile,
                           int kslice, int ntiles, int gateup_ntiles, std::uint32_t* done, Tr& tr) {
   __shared__ TileSmem<S, T> ts;
+  __shared__ float s_weight[S::BM];  // the rows' routing weights, read while the weights stream
   __shared__ bool s_ready;
   __shared__ int s_ncombine;
   std::uint64_t t0 = tr.now();
@@ -146,7 +149,9 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, const M
   for (int r = threadIdx.x; r < S::BM; r += kThreads) {
     const bool live = r < static_cast<int>(mt.rows);
     ts.a_rows[r] = live ? p.h + static_cast<std::int64_t>(mt.row0 + r) * I + k0 : nullptr;
-    ts.pair[r] = live ? __ldcg(p.sorted_pair + mt.row0 + r) : -1;
+    const std::int32_t pair = live ? __ldcg(p.sorted_pair + mt.row0 + r) : -1;
+    ts.pair[r] = pair;
+    s_weight[r] = live ? __ldcg(p.pair_weight + pair) : 0.0f;
   }
   if constexpr (!kDeviceHasTma) {
     const T* w = p.w2 + static_cast<std::int64_t>(mt.expert) * H * I + k0;
@@ -179,15 +184,13 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, const M
   }
 
   const std::int64_t pairs = static_cast<std::int64_t>(p.num_tokens) * p.top_k;
-  float* plane = p.ypart + kslice * pairs * H;
+  T* plane = p.ypart + kslice * pairs * H;
   TileMma<S, T>::for_each_pair([&](int row, int col, int f, int mi, int half) {
     if (row < static_cast<int>(mt.rows) && n0 + col < H) {
       const int pair = ts.pair[row];
-      const float wt = __ldcg(p.pair_weight + pair);
-      float2 v;
-      v.x = acc[mi][f][2 * half] * wt;
-      v.y = acc[mi][f][2 * half + 1] * wt;
-      *reinterpret_cast<float2*>(plane + static_cast<std::int64_t>(pair) * H + n0 + col) = v;
+      const float wt = s_weight[row];
+      *reinterpret_cast<std::uint32_t*>(plane + static_cast<std::int64_t>(pair) * H + n0 + col) =
+          pack2<T>(acc[mi][f][2 * half] * wt, acc[mi][f][2 * half + 1] * wt);
     }
   });
   if (threadIdx.x == 0) s_ncombine = 0;
@@ -218,18 +221,19 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, const M
   for (int i = threadIdx.x; i < ncombine * quads; i += kThreads) {
     const std::int64_t t = ts.combine_token[i / quads];
     const int c = n0 + (i % quads) * 4;
-    const float* src = p.ypart + t * p.top_k * H + c;
+    const T* src = p.ypart + t * p.top_k * H + c;
     float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     // Parts in order: k major, K slice minor (one flat loop keeps 8 loads in flight).
     int k = 0, s = 0;
 #pragma unroll 8
     for (std::uint32_t j = 0; j < parts; ++j) {
-      const float4 v = __ldcg(
-          reinterpret_cast<const float4*>(src + (s * pairs + k) * static_cast<std::int64_t>(H)));
-      sum.x += v.x;
-      sum.y += v.y;
-      sum.z += v.z;
-      sum.w += v.w;
+      const uint2 bits = __ldcg(
+          reinterpret_cast<const uint2*>(src + (s * pairs + k) * static_cast<std::int64_t>(H)));
+      const T* v = reinterpret_cast<const T*>(&bits);
+      sum.x += to_f32(v[0]);
+      sum.y += to_f32(v[1]);
+      sum.z += to_f32(v[2]);
+      sum.w += to_f32(v[3]);
       if (++s == p.dsplit.kslices) {
         s = 0;
         ++k;

@@ -180,7 +180,7 @@ struct WsEpilogue {
                                     const float (&acc)[W::kAcc], const DownRows& d) {
     const int H = p.hidden;
     const std::int64_t pairs = static_cast<std::int64_t>(p.num_tokens) * p.top_k;
-    T* plane = reinterpret_cast<T*>(p.ypart) + job.kslice * pairs * H;
+    T* plane = p.ypart + job.kslice * pairs * H;
     const bool split = split_columns(job);
     const int cols = split ? W::BN / 2 : W::BN;  // this warpgroup's
     const int c0 = static_cast<int>(job.ntile) * W::BN + (split ? warpgroup() * cols : 0);
