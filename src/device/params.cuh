@@ -63,7 +63,6 @@ struct KernelParams {
   std::uint32_t* combine_done;  // [T, down n-tiles] down tiles finished per token slice
   T* h;                         // [T*K, I] activations, rows as in sorted_pair
   T* ypart;                     // [dsplit.kslices, T*K, H] weighted expert outputs, by pair
-                                // (fp32; the sm_90a engine keeps them in T, in half the bytes)
   std::int64_t combine_stride;  // down n-tiles per token in combine_done
 
   std::uint64_t timeout_ns;
