@@ -120,11 +120,11 @@ __device__ void router_tile(const KernelParams<T>& p, unsigned char* smem, int t
 }
 
 // ypart[kslice, pair, n0 : n0 + BN] = w_pair * (h W2^T) over K slice `kslice` of I, in the
-// activation type as the engine's (half the bytes of fp32 rows, which cost Qwen3-30B-A3B at
-// T = 256 8 us: bench/NOTES.md, rows 154-155); then, for every token whose top-k pairs and K
-// slices of this column range are now all present, y = sum over k, then over slices, in order
-// (+ beta * y) in fp32. h is read once `done` (the m-tile's
-// gate/up counter) reaches gateup_ntiles. Returns false when the launch is being abandoned.
+// activation type as the engine's (half the bytes of fp32 rows: bench/NOTES.md, rows 154-156);
+// then, for every token whose top-k pairs and K slices of this column range are now all
+// present, y = sum over k, then over slices, in order, in fp32 (+ beta * y). h is read once
+// `done` (the m-tile's gate/up counter) reaches gateup_ntiles. Returns false when the launch is
+// being abandoned.
 template <class S, typename T, class Tr>
 __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, const MTile mt, int ntile,
                           int kslice, int ntiles, int gateup_ntiles, std::uint32_t* done, Tr& tr) {
