@@ -106,8 +106,8 @@ using TallDecodeConfig =
                  TileShape<48, 128, false, 1, 4, 2, 4, 64>>;
 static_assert(TallDecodeConfig::BM == kTallDecodeTileM, "tall_decode_min_tokens uses it");
 // Two blocks per SM (__launch_bounds__ below) need both blocks' shared memory in the 228 KB of
-// an sm_90 SM, with the static tile state (up to 5632 bytes, the 48-row kernels with the trace
-// compiled in, by ptxas) and 1 KB reserved per block besides. Only the dynamic part is checked
+// an sm_90 SM, with the static tile state (up to 3968 bytes, by ptxas) and 1 KB reserved per
+// block besides. Only the dynamic part is checked
 // here; a kernel whose static state grew past the rest would silently run one block per SM (the
 // host sizes its grid from the occupancy it reads).
 template <class Cfg>
