@@ -61,3 +61,7 @@ for v in main $(printf 'a%s ' $bits); do
     awk '{for (i = 2; i <= NF; i++) if ($i ~ /^us_median=/) m[$1] = m[$1] " " substr($i, 11)}
          END {for (k in m) print k m[k]}' | sort
 done
+# Again at the end: the call's output keeps only its last 12,000 characters, and the ncu lines
+# above can push the first summary out of it.
+echo "ctest: $(grep -E "tests passed" "$out/ctest.log")"
+echo "soak: $(tail -1 "$out/soak.log")"
