@@ -40,7 +40,5 @@ done
 stamp "timed"
 for a in $bits; do
   echo "== ablate $a"
-  grep -E "^Qwen" "$out/bench_a$a.txt" | sed -E 's/min_time:[0-9.]+\/manual_time//' |
-    awk '{for (i = 2; i <= NF; i++) if ($i ~ /^us_median=/) m[$1] = m[$1] " " substr($i, 11)}
-         END {for (k in m) print k m[k]}' | sort
+  bench_medians "$out/bench_a$a.txt"
 done

@@ -42,7 +42,8 @@ for a in $bits; do
     build/abl/bench/bench_moe --benchmark_filter='^Qwen3-30B-A3B/bf16/' \
     >"$out/ncu_a$a.csv" 2>"$out/ncu_a$a.err"
   echo "== ablate $a (ncu exit $?)"
-  grep -E '"(gpu__time|dram__|lts__)' "$out/ncu_a$a.csv" | awk -F'","' '{print $(NF-2), $(NF-1), $NF}'
+  grep -E '"(gpu__time|dram__|lts__)' "$out/ncu_a$a.csv" |
+    awk -F'","' '{print $(NF-2), $(NF-1), $NF}'
 done
 stamp "ncu done"
 export FLASHMOE_BENCH_NO_CUBLAS=1
@@ -57,9 +58,7 @@ for round in 1 2; do
 done
 for v in main $(printf 'a%s ' $bits); do
   echo "== $v"
-  grep -E "^Qwen" "$out/bench_$v.txt" | sed -E 's/min_time:[0-9.]+\/manual_time//' |
-    awk '{for (i = 2; i <= NF; i++) if ($i ~ /^us_median=/) m[$1] = m[$1] " " substr($i, 11)}
-         END {for (k in m) print k m[k]}' | sort
+  bench_medians "$out/bench_$v.txt"
 done
 # Again at the end: the call's output keeps only its last 12,000 characters, and the ncu lines
 # above can push the first summary out of it.

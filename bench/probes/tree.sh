@@ -38,3 +38,10 @@ trace_one() {
   done
   cat "$dir"/*.txt
 }
+
+# One line a benchmark of a bench_moe log with several rounds: its name and each round's median.
+bench_medians() {
+  grep -E "^(Qwen|OLMoE|Deep|Mixtral)" "$1" | sed -E 's/min_time:[0-9.]+\/manual_time//' |
+    awk '{for (i = 2; i <= NF; i++) if ($i ~ /^us_median=/) m[$1] = m[$1] " " substr($i, 11)}
+         END {for (k in m) print k m[k]}' | sort
+}
