@@ -107,9 +107,9 @@ using TallDecodeConfig =
 static_assert(TallDecodeConfig::BM == kTallDecodeTileM, "tall_decode_min_tokens uses it");
 // Two blocks per SM (__launch_bounds__ below) need both blocks' shared memory in the 228 KB of
 // an sm_90 SM, with the static tile state (up to 3968 bytes, by ptxas) and 1 KB reserved per
-// block besides. Only the dynamic part is checked
-// here; a kernel whose static state grew past the rest would silently run one block per SM (the
-// host sizes its grid from the occupancy it reads).
+// block besides. Only the dynamic part is checked here; a kernel whose static state grew past
+// the rest would silently run one block per SM (the host sizes its grid from the occupancy it
+// reads).
 template <class Cfg>
 constexpr bool two_blocks_per_sm() {
   constexpr int kLimit = 106 * 1024;
