@@ -119,6 +119,28 @@ __device__ void router_tile(const KernelParams<T>& p, unsigned char* smem, int t
   tr.record(TraceKind::Router, start, -1, trace_tile);
 }
 
+// After the combine of `ncombine` tokens over columns [n0, n0 + BN): their parts' lines are
+// dropped from L2 unwritten. Nobody reads them again this launch, and left dirty they are written
+// back to DRAM in the middle of the weight stream (bench/NOTES.md, rows 160-161). Whole lines
+// only: 64 columns of a part, so BN and H multiples of 64 (the scratch is 256-byte aligned).
+template <class S, typename T>
+__device__ void discard_summed_parts(const KernelParams<T>& p, const std::int32_t* tokens,
+                                     int ncombine, int n0, std::int64_t pairs) {
+  static_assert(S::BN % 64 == 0, "a part's columns of the tile fill whole lines");
+  const int H = p.hidden;
+  constexpr int kLines = S::BN / 64;
+  const int lines = min(S::BN, H - n0) / 64;
+  const int parts = p.top_k * p.dsplit.kslices;
+#pragma unroll 1
+  for (int i = threadIdx.x; i < ncombine * parts * kLines; i += kThreads) {
+    const int line = i % kLines, part = i / kLines % parts;
+    if (line >= lines) continue;
+    const std::int64_t t = tokens[i / (kLines * parts)];
+    const int k = part / p.dsplit.kslices, s = part % p.dsplit.kslices;
+    discard_l2_line(p.ypart + (s * pairs + t * p.top_k + k) * H + n0 + 64 * line);
+  }
+}
+
 // ypart[kslice, pair, n0 : n0 + BN] = w_pair * (h W2^T) over K slice `kslice` of I, in the
 // activation type as the engine's (half the bytes of fp32 rows: bench/NOTES.md, rows 154-156);
 // then, for every token whose top-k pairs and K slices of this column range are now all
@@ -250,7 +272,10 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, const M
     }
     *dst = make_uint2(pack2<T>(sum.x, sum.y), pack2<T>(sum.z, sum.w));
   }
-  __syncthreads();  // the span ends when the whole block is done
+  __syncthreads();  // every read of the parts has returned; the span ends with the whole block
+  if constexpr (S::BN % 64 == 0) {
+    if (H % 64 == 0) discard_summed_parts<S>(p, ts.combine_token, ncombine, n0, pairs);
+  }
   tr.record(TraceKind::Combine, t1, static_cast<int>(mt.expert), ntile);
   return true;
 }

@@ -57,6 +57,14 @@ __device__ __forceinline__ void allow_dependent_grids() {
 #endif
 }
 
+// The 128-byte L2 line at `line` (128-byte aligned) leaves L2 without its write-back; its
+// contents become undefined. For scratch that nobody reads again this launch.
+__device__ __forceinline__ void discard_l2_line(const void* line) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("discard.global.L2 [%0], 128;" ::"l"(line) : "memory");
+#endif
+}
+
 __device__ __forceinline__ std::uint64_t global_timer_ns() {
   std::uint64_t t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
