@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One device call (about 5 minutes on a fresh machine; run from the repository root): the
+# engine's switch (workspace.hpp: the engine from 24 rows an expert, 28 for large experts)
+# measured again now that the decode kernels' large-T cells are 4-5% faster than when it was set
+# (rows 155-156 and 161 against rows 93 and 139). bench_moe of the working tree at T around the
+# switch for each shape, the library's rule against FLASHMOE_BENCH_PREFILL_ROWS=32 (the decode
+# kernels up to 32 rows an expert), two rounds, medians. Rows an expert = T x K / E: OLMoE 192 /
+# 224 / 256 are 24 / 28 / 32, Qwen3 384 / 448 / 512 the same, DeepSeek-V2-Lite 256 / 320 are 24
+# / 30, Mixtral 112 / 128 are 28 / 32.
+set -uo pipefail
+out=${OUT:-out}
+mkdir -p "$out"
+start=$SECONDS
+stamp() { echo "[$((SECONDS - start)) s] $*"; }
+source bench/probes/tree.sh
+cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
+cmake --build --preset gpu -j 16 --target bench_moe >>"$out/build.log" 2>&1 || {
+  tail -30 "$out/build.log"
+  exit 1
+}
+stamp "built"
+export FLASHMOE_BENCH_NO_CUBLAS=1
+cells=(
+  'OLMoE:192,224,256'
+  'Qwen3-30B-A3B:384,448,512'
+  'DeepSeek-V2-Lite:256,320'
+  'Mixtral-8x7B:112,128'
+)
+for round in 1 2; do
+  for rows in 0 32; do
+    for cell in "${cells[@]}"; do
+      FLASHMOE_BENCH_PREFILL_ROWS=$rows FLASHMOE_BENCH_TOKENS=${cell#*:} \
+        build/gpu/bench/bench_moe --benchmark_filter="^${cell%%:*}/bf16/" \
+        >>"$out/bench_rows$rows.txt" 2>&1
+    done
+  done
+  stamp "round $round"
+done
+for rows in 0 32; do
+  echo "== FLASHMOE_BENCH_PREFILL_ROWS=$rows (0: the library's rule)"
+  bench_medians "$out/bench_rows$rows.txt"
+done
