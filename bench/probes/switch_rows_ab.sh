@@ -6,7 +6,8 @@
 # switch for each shape, the library's rule against FLASHMOE_BENCH_PREFILL_ROWS=32 (the decode
 # kernels up to 32 rows an expert), two rounds, medians. Rows an expert = T x K / E: OLMoE 192 /
 # 224 / 256 are 24 / 28 / 32, Qwen3 384 / 448 / 512 the same, DeepSeek-V2-Lite 256 / 320 are 24
-# / 30, Mixtral 112 / 128 are 28 / 32.
+# / 30, Mixtral 112 / 128 are 28 / 32. Then one traced forward of Qwen3 T = 256 on each kernel
+# family, for the two routing preludes side by side.
 set -uo pipefail
 out=${OUT:-out}
 mkdir -p "$out"
@@ -35,6 +36,19 @@ for round in 1 2; do
     done
   done
   stamp "round $round"
+done
+# The two preludes at Qwen3 T = 256 (16 rows an expert): the decode kernels' (CUDA-core router
+# tasks, selects inline, one table builder) and the engine's (tensor-core router tiles, select
+# and row-map tickets), one warm traced forward each.
+for rows in 0 8; do
+  trace_one "$out/tr_rows$rows" '^Qwen3-30B-A3B/bf16/' 256 2048,768 \
+    FLASHMOE_BENCH_PREFILL_ROWS=$rows >"$out/tr_rows$rows.txt"
+done
+stamp "traced"
+for rows in 0 8; do
+  echo "== Qwen3 T = 256 trace, FLASHMOE_BENCH_PREFILL_ROWS=$rows (8: the engine)"
+  grep -E "variant|^  (router|select|tile table|row map|wait routing) |first expert tile|tail" \
+    "$out/tr_rows$rows.txt" | cut -c1-150 | head -14
 done
 for rows in 0 32; do
   echo "== FLASHMOE_BENCH_PREFILL_ROWS=$rows (0: the library's rule)"
