@@ -128,8 +128,7 @@ Status forward(Layer& layer, const void* x, void* y, std::int64_t num_tokens, cu
     // (The test hook applies only where the scratch was planned for prefill forwards.)
     const bool decode = impl.prefill_rows > 0 && impl.scratch_layout.has_x_sorted
                             ? rows * c.top_k <= std::int64_t{impl.prefill_rows} * c.experts
-                            : !runs_prefill(rows, c.top_k, c.experts, impl.ws_engine,
-                                            large_experts(c.hidden, c.intermediate));
+                            : !runs_prefill_kernel(rows, c.top_k, c.experts);
     const Status s =
         c.dtype == DType::BF16
             ? TypedForward<__nv_bfloat16>::launch(impl, cx, cy, rows, stream, o, decode)

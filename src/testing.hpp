@@ -72,10 +72,6 @@ inline void set_one_token_gateup(Layer& layer, bool on) {
   if (layer.valid()) layer.impl()->one_token_gateup = on;
 }
 
-// Whether `layer` runs the warp-specialised engine for its prefill forwards (sm_90a, and a
-// scratch planned for them), which moves the decode/prefill switch (workspace.hpp, runs_prefill).
-inline bool has_ws_engine(Layer& layer) { return layer.valid() && layer.impl()->ws_engine; }
-
 // Whether ForwardOptions::programmatic_launch takes effect for this Layer (an sm_90+ device
 // running kernels built with the wait; otherwise the launch is an ordinary one).
 inline bool has_programmatic_launch(Layer& layer) {

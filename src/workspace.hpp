@@ -125,30 +125,14 @@ inline constexpr std::int64_t kLargeExpertBytes = std::int64_t{128} << 20;
 FLASHMOE_HOST_DEVICE inline bool large_experts(int hidden, int intermediate) {
   return std::int64_t{6} * hidden * intermediate >= kLargeExpertBytes;
 }
+// Whether a forward of `tokens` tokens runs a prefill kernel (the warp-specialised engine on
+// sm_90a, the 256-thread kernel elsewhere) rather than the decode kernels. The engine took over
+// from 24 rows an expert until the decode kernels' large-T cells grew 4-5% faster; re-measured,
+// the decode kernels win at 24-32 rows on every shape (OLMoE T = 192 -7%, DeepSeek-V2-Lite
+// T = 256 -5%, Qwen3-30B-A3B T = 384 -4%, Mixtral-8x7B T = 112 -1.3%), and at 40 rows on all but
+// Qwen3 (bench/NOTES.md, rows 163-164). The rule only grows with T.
 FLASHMOE_HOST_DEVICE inline bool runs_prefill_kernel(std::int64_t tokens, int top_k, int experts) {
   return tokens * top_k > static_cast<std::int64_t>(kDecodeTileM) * experts;
-}
-// Rows per expert (on average) from which the warp-specialised engine (sm_90a) runs a forward
-// instead of the decode kernels. Its prelude costs about what the decode kernels' does and its
-// stream is faster: it wins from 24 rows (Qwen3-30B-A3B -5%, DeepSeek-V2-Lite -1.6%, OLMoE even)
-// and loses at 16-20 on all but Qwen3. Large experts stream at the copy rate on the tall 48-row
-// decode tiles, which still win at 24 rows (Mixtral-8x7B: +1.6% on the engine), so they keep
-// the switch at 28 (bench/NOTES.md, rows 93 and 139). The 256-thread prefill kernel keeps
-// runs_prefill_kernel's rule.
-inline constexpr int kEngineMinRows = 24;
-inline constexpr int kEngineMinRowsLargeExperts = 28;
-static_assert(kEngineMinRows <= kDecodeTileM && kEngineMinRowsLargeExperts <= kDecodeTileM,
-              "the scratch is planned for the earlier switch");
-FLASHMOE_HOST_DEVICE inline int engine_min_rows(bool large) {
-  return large ? kEngineMinRowsLargeExperts : kEngineMinRows;
-}
-// Whether a forward of `tokens` tokens runs a prefill kernel on a Layer with (engine) or without
-// the warp-specialised engine; `large`: large_experts() of the layer. Either rule only grows
-// with T.
-FLASHMOE_HOST_DEVICE inline bool runs_prefill(std::int64_t tokens, int top_k, int experts,
-                                              bool engine, bool large) {
-  return engine ? tokens * top_k >= static_cast<std::int64_t>(engine_min_rows(large)) * experts
-                : runs_prefill_kernel(tokens, top_k, experts);
 }
 
 // Down tiles may split K (= I) into slices when one tile's weights exceed kDownSliceBytes: a
@@ -198,12 +182,10 @@ inline std::int64_t ypart_rows(std::int64_t max_tokens, int top_k, int inter) {
 }
 
 // Rows of the router's partial-logit buffer ([kslices][T][E]) for any T <= max_tokens. Only
-// the prefill kernels split K, so a layer whose forwards never reach them (on any device: the
-// engine's earlier switch) needs T rows. With more than one K slice, chunks * kslices <=
+// the prefill kernels split K, so a layer whose forwards never reach them needs T rows. With more than one K slice, chunks * kslices <=
 // kRouterTargetTasks, so kslices * T is at most that many chunks of the tallest m-tile (64 rows).
-inline std::int64_t router_partial_rows(std::int64_t max_tokens, int top_k, int experts,
-                                        bool large) {
-  if (!runs_prefill(max_tokens, top_k, experts, true, large)) return max_tokens;
+inline std::int64_t router_partial_rows(std::int64_t max_tokens, int top_k, int experts) {
+  if (!runs_prefill_kernel(max_tokens, top_k, experts)) return max_tokens;
   const std::int64_t split = std::min<std::int64_t>(kRouterMaxKSlices * max_tokens,
                                                     std::int64_t{kRouterTargetTasks} * kMaxTileM);
   return std::max(max_tokens, split);
@@ -311,13 +293,12 @@ inline StateLayout plan_state(const Config& c) {
 inline ScratchLayout plan_scratch(const Config& c) {
   ScratchLayout w;
   const std::int64_t T = c.max_tokens, K = c.top_k, E = c.experts, H = c.hidden, I = c.intermediate;
-  const bool large = large_experts(c.hidden, c.intermediate);
   w.max_pairs = T * K;
   w.max_mtiles = mtile_bound(w.max_pairs, E, kMinTileM);
   w.max_down_ntiles = (H + kMinDownTileN - 1) / kMinDownTileN;
   RegionPlanner r;
   w.owner = r.take(kScratchHeaderBytes);
-  w.logits = r.take(router_partial_rows(T, c.top_k, c.experts, large) * E * 4);
+  w.logits = r.take(router_partial_rows(T, c.top_k, c.experts) * E * 4);
   w.pair_expert = r.take(w.max_pairs * 4);
   w.pair_weight = r.take(w.max_pairs * 4);
   w.pair_pos = r.take(w.max_pairs * 4);
@@ -330,9 +311,8 @@ inline ScratchLayout plan_scratch(const Config& c) {
   w.ypart_rows = ypart_rows(T, c.top_k, c.intermediate);
   w.ypart = r.take(w.ypart_rows * H * 2);  // bf16 or fp16, as every kernel writes them
   // The warp-specialised prefill kernel (sm_90a) reads its token rows as boxes of an
-  // expert-sorted copy of x, [T*K, H] (the rows of sorted_pair). The plan does not know the
-  // device, so it takes the engine's switch.
-  w.has_x_sorted = runs_prefill(T, c.top_k, c.experts, true, large);
+  // expert-sorted copy of x, [T*K, H] (the rows of sorted_pair), reserved on every device.
+  w.has_x_sorted = runs_prefill_kernel(T, c.top_k, c.experts);
   // Its gathers also write each sorted row's routing weight, so that a down tile loads a row's
   // pair and weight at once instead of the weight after the pair.
   if (w.has_x_sorted) {

@@ -395,13 +395,10 @@ std::string create_subject(Subject& s, const ShapeDraw& draw, Rng& rng, void* sc
   const int E = c.experts, K = c.top_k;
   s.thin_max = thin_decode_max_tokens(c.max_tokens, K, E, c.hidden, c.intermediate);
   s.tall_min = tall_decode_min_tokens(c.max_tokens, K, E);
-  // The first prefill T of each rule (runs_prefill); this Layer's is the one it runs.
-  const std::int64_t kernel_min = static_cast<std::int64_t>(kDecodeTileM) * E / K + 1;
-  const std::int64_t engine_rows = engine_min_rows(large_experts(c.hidden, c.intermediate));
-  const std::int64_t engine_min = (engine_rows * E + K - 1) / K;
-  s.prefill_min = flashmoe::testing::has_ws_engine(s.layer) ? engine_min : kernel_min;
-  std::set<std::int64_t> b = {s.thin_max,     s.thin_max + 1, s.tall_min - 1, s.tall_min,
-                              kernel_min - 1, kernel_min,     engine_min - 1, engine_min};
+  // The first prefill T (runs_prefill_kernel), on every device.
+  s.prefill_min = static_cast<std::int64_t>(kDecodeTileM) * E / K + 1;
+  std::set<std::int64_t> b = {s.thin_max,  s.thin_max + 1,     s.tall_min - 1,
+                              s.tall_min,  s.prefill_min - 1, s.prefill_min};
   // Where experts average j full m-tiles of each height under uniform routing.
   for (int tile_m : {kThinDecodeTileM, kDecodeTileM, kTallDecodeTileM, kMaxTileM}) {
     for (int j = 1; j <= 3; ++j) b.insert((static_cast<std::int64_t>(j) * tile_m * E + K - 1) / K);

@@ -484,9 +484,6 @@ TEST_F(Forward, EveryDecodeKernelMatchesReference) {
     Layer layer;
     ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
     ASSERT_TRUE(layer.set_tracing(1 << 12).ok());
-    // Decode up to the rule of a device without the engine, where the tall kernels run: with the
-    // engine (from engine_min_rows() rows an expert) they would not be reached.
-    flashmoe::testing::set_prefill_switch(layer, flashmoe::detail::kDecodeTileM);
     for (int T : k.tokens) {
       SCOPED_TRACE(::testing::Message() << "H " << c.hidden << " E " << c.experts << " T " << T);
       flashmoe::Trace trace;
@@ -555,8 +552,6 @@ TEST_F(Forward, ForcedDownSlicesInDecodeKernelsMatchReference) {
   ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
   ASSERT_TRUE(layer.set_tracing(1 << 12).ok());
   flashmoe::testing::set_decode_kernel(layer, 0);  // 32-column gate/up and down tiles
-  // Decode at every T here (18.5 rows an expert at T = 37), whether or not the engine is built.
-  flashmoe::testing::set_prefill_switch(layer, flashmoe::detail::kDecodeTileM);
   StreamGuard stream;
   for (int slices : {3, 4}) {
     flashmoe::testing::set_down_slices(layer, slices);

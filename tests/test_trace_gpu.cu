@@ -87,9 +87,7 @@ class TraceGpu : public ::testing::Test {
     // the prefill kernel, tiles of its down shape over one or more slices of H.
     const bool decode = trace.variant == "decode";
     // Decode forwards run on 16-, 32- or 48-row m-tiles (decode_variant).
-    ASSERT_EQ(decode, !flashmoe::detail::runs_prefill(
-                          T, c.top_k, c.experts, flashmoe::testing::has_ws_engine(layer_),
-                          flashmoe::detail::large_experts(c.hidden, c.intermediate)));
+    ASSERT_EQ(decode, !flashmoe::detail::runs_prefill_kernel(T, c.top_k, c.experts));
     if (decode) {
       const int variant = flashmoe::detail::decode_variant(
           T,

@@ -15,7 +15,6 @@ using flashmoe::detail::kRouterTargetTasks;
 using flashmoe::detail::router_partial_rows;
 using flashmoe::detail::router_split;
 using flashmoe::detail::RouterSplit;
-using flashmoe::detail::runs_prefill;
 using flashmoe::detail::runs_prefill_kernel;
 
 TEST(RouterSplit, DecodeRouterTakesWholeRows) {
@@ -127,15 +126,13 @@ TEST(RouterSplit, SlicesCoverHOnceAndFitTheBuffer) {
           }
           EXPECT_EQ(r.tasks(), r.router_tasks() + 2 * r.selects);
           // The buffer of a layer sized for exactly T (the tightest) holds kslices x T rows
-          // whenever T runs a prefill kernel (the only ones that split K) on any device.
+          // whenever T runs a prefill kernel (the only ones that split K).
           for (int top_k : {1, 8}) {
             if (top_k > experts) continue;
-            for (bool large : {false, true}) {
-              const std::int64_t rows = router_partial_rows(T, top_k, experts, large);
-              EXPECT_GE(rows, T);
-              if (runs_prefill(T, top_k, experts, true, large)) {
-                EXPECT_LE(r.kslices * T, rows);
-              }
+            const std::int64_t rows = router_partial_rows(T, top_k, experts);
+            EXPECT_GE(rows, T);
+            if (runs_prefill_kernel(T, top_k, experts)) {
+              EXPECT_LE(r.kslices * T, rows);
             }
           }
         }
@@ -145,31 +142,27 @@ TEST(RouterSplit, SlicesCoverHOnceAndFitTheBuffer) {
 }
 
 TEST(RouterSplit, DecodeOnlyLayersKeepOneRowPerToken) {
-  // Qwen3-30B-A3B (E = 128, K = 8): T = 383 is the last decode T where the engine runs (3064
-  // pairs, under 24 x 128), and T = 512 elsewhere (4096 pairs = 32 x 128). The plan does not
-  // know the device, so a layer sized for 383 holds no K slices; one more token may reach the
-  // engine, whose split needs up to 16 slices of rows (capped at 128 chunks of 64 rows).
-  EXPECT_FALSE(runs_prefill(383, 8, 128, true, false));
-  EXPECT_TRUE(runs_prefill(384, 8, 128, true, false));
-  EXPECT_FALSE(runs_prefill(512, 8, 128, false, false));
-  EXPECT_TRUE(runs_prefill(513, 8, 128, false, false));
-  EXPECT_EQ(router_partial_rows(383, 8, 128, false), 383);
-  EXPECT_EQ(router_partial_rows(384, 8, 128, false),
-            std::min<std::int64_t>(kRouterMaxKSlices * 384, kRouterTargetTasks * 64));
-  EXPECT_EQ(router_partial_rows(300, 8, 8, false), 16 * 300);
-  EXPECT_EQ(router_partial_rows(513, 8, 128, false), kRouterTargetTasks * 64);
-  EXPECT_EQ(router_partial_rows(4096, 8, 128, false), kRouterTargetTasks * 64);
+  // Qwen3-30B-A3B (E = 128, K = 8): T = 512 is the last decode T (4096 pairs = 32 x 128), on
+  // every device. A layer sized for 512 holds no K slices; one more token reaches a prefill
+  // kernel, whose split needs up to 16 slices of rows (capped at 128 chunks of 64 rows).
+  EXPECT_FALSE(runs_prefill_kernel(512, 8, 128));
+  EXPECT_TRUE(runs_prefill_kernel(513, 8, 128));
+  EXPECT_EQ(router_partial_rows(512, 8, 128), 512);
+  EXPECT_EQ(router_partial_rows(513, 8, 128),
+            std::min<std::int64_t>(kRouterMaxKSlices * 513, kRouterTargetTasks * 64));
+  EXPECT_EQ(router_partial_rows(300, 8, 8), 16 * 300);
+  EXPECT_EQ(router_partial_rows(4096, 8, 128), kRouterTargetTasks * 64);
   // The workspace follows: a decode-only layer's logits region is T x E floats.
   flashmoe::Config c;
   c.hidden = 2048;
   c.intermediate = 768;
   c.experts = 128;
   c.top_k = 8;
-  c.max_tokens = 383;
+  c.max_tokens = 512;
   const auto w = flashmoe::detail::plan_scratch(c);
-  EXPECT_EQ(w.pair_expert - w.logits, std::size_t{383} * 128 * 4);
+  EXPECT_EQ(w.pair_expert - w.logits, std::size_t{512} * 128 * 4);
   EXPECT_FALSE(w.has_x_sorted);
-  c.max_tokens = 384;
+  c.max_tokens = 513;
   EXPECT_TRUE(flashmoe::detail::plan_scratch(c).has_x_sorted);
 }
 
@@ -280,47 +273,29 @@ TEST(KernelChoice, PrefillKernelPastOneDecodeMTileOfRowsPerExpert) {
   // OLMoE (12.6 MB per expert): the same rule.
   EXPECT_FALSE(runs_prefill_kernel(256, 8, 64));
   EXPECT_TRUE(runs_prefill_kernel(257, 8, 64));
-  // The warp-specialised engine from 24 rows per expert (bench/NOTES.md, row 139): OLMoE
-  // T = 192, Qwen3-30B-A3B T = 384, DeepSeek-V2-Lite (K = 6) T = 256; from 28 for large experts
-  // (Mixtral T = 112; at T = 96 the tall decode kernels still win).
-  EXPECT_FALSE(runs_prefill(111, 2, 8, true, true));
-  EXPECT_TRUE(runs_prefill(112, 2, 8, true, true));
-  EXPECT_FALSE(runs_prefill(95, 2, 8, true, false));  // small experts with E = 8, K = 2: T = 96
-  EXPECT_TRUE(runs_prefill(96, 2, 8, true, false));
-  EXPECT_FALSE(runs_prefill(191, 8, 64, true, false));
-  EXPECT_TRUE(runs_prefill(192, 8, 64, true, false));
-  EXPECT_FALSE(runs_prefill(383, 8, 128, true, false));
-  EXPECT_TRUE(runs_prefill(384, 8, 128, true, false));
-  EXPECT_FALSE(runs_prefill(255, 6, 64, true, false));
-  EXPECT_TRUE(runs_prefill(256, 6, 64, true, false));
+  // DeepSeek-V2-Lite (E = 64, K = 6): 341 tokens are 2046 pairs, under 32 x 64. The engine on
+  // sm_90a keeps this rule too: the decode kernels win at 24-32 rows an expert on every shape
+  // (bench/NOTES.md, rows 163-165).
+  EXPECT_FALSE(runs_prefill_kernel(341, 6, 64));
+  EXPECT_TRUE(runs_prefill_kernel(342, 6, 64));
   EXPECT_TRUE(flashmoe::detail::large_experts(4096, 14336));
   EXPECT_FALSE(flashmoe::detail::large_experts(2048, 1408));
-  // Each rule grows with T for any shape (router_partial_rows relies on it), and the engine's
-  // switch comes no later than the other (the scratch is planned with it).
+  // The rule grows with T for any shape (router_partial_rows relies on it).
   for (const auto& [top_k, experts] : {std::pair{2, 8}, std::pair{8, 128}, std::pair{32, 1024},
                                        std::pair{6, 64}, std::pair{1, 1}}) {
-    for (bool large : {false, true}) {
-      for (bool engine : {false, true}) {
-        bool prefill = false;
-        for (std::int64_t T = 1; T <= 4096; ++T) {
-          const bool now = runs_prefill(T, top_k, experts, engine, large);
-          EXPECT_TRUE(now || !prefill) << "T " << T << " K " << top_k << " E " << experts;
-          EXPECT_EQ(runs_prefill(T, top_k, experts, false, large),
-                    runs_prefill_kernel(T, top_k, experts));
-          if (runs_prefill(T, top_k, experts, false, large)) {
-            EXPECT_TRUE(runs_prefill(T, top_k, experts, true, large)) << T;
-          }
-          prefill = now;
-        }
-        EXPECT_TRUE(prefill);
-      }
+    bool prefill = false;
+    for (std::int64_t T = 1; T <= 4096; ++T) {
+      const bool now = runs_prefill_kernel(T, top_k, experts);
+      EXPECT_TRUE(now || !prefill) << "T " << T << " K " << top_k << " E " << experts;
+      prefill = now;
     }
+    EXPECT_TRUE(prefill);
   }
-  // A scratch has the engine's expert-sorted rows exactly when its max_tokens reaches the
-  // engine's switch.
-  for (int max_tokens : {1, 95, 96, 383, 384, 512, 513, 4096}) {
+  // A scratch has the engine's expert-sorted rows exactly when its max_tokens reaches a prefill
+  // kernel.
+  for (int max_tokens : {1, 383, 384, 512, 513, 4096}) {
     EXPECT_EQ(flashmoe::detail::plan_scratch(qwen3(max_tokens)).has_x_sorted,
-              runs_prefill(max_tokens, 8, 128, true, false))
+              runs_prefill_kernel(max_tokens, 8, 128))
         << max_tokens;
   }
 }
