@@ -42,7 +42,7 @@ const Shape kMaxExperts{"E1024_K32", 128, 48, 1024, 32, false, 32};
 const Shape kLongInter{"I_in_K_slices", 64, 16456, 4, 2, true, 16};
 
 // 440: the tall decode kernels (48-row m-tiles) for Qwen3-30B-A3B (27.5 rows per expert, below
-// the warp-specialised engine's switch at 28).
+// the prefill kernels' switch at 32).
 const int kTokenCounts[] = {1, 2, 3, 7, 16, 64, 257, 440, 1024, 4096};
 
 // --- The shape x token-count x dtype matrix -------------------------------------------------
@@ -334,8 +334,7 @@ TEST_F(Forward, MinusInfinityBiasMasksExperts) {
 // in bf16. The forward matrix reaches only some of them: the narrow gate/up kernels of the 32-
 // and 48-row heights need few experts and a wide H. The shapes and token counts below reach all
 // twelve on a device of 132 SMs with two blocks each (H100, H200; worked out from
-// decode_variant and choose_decode_kernel); the trace says which kernel ran. The 48-row T's lie
-// past the warp-specialised engine's switch, so the test moves it to the decode kernels' rule.
+// decode_variant and choose_decode_kernel); the trace says which kernel ran.
 // Prefill forwards on an sm_90 device run the warp-specialised kernel when the build carries
 // sm_90a code: 64-row m-tiles while experts average fewer than 96 rows, 128-row ones from there;
 // the prefill kernel otherwise. Skewed routing (every token to the same experts) and E = 1 put
