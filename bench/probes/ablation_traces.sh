@@ -7,11 +7,7 @@
 # summary: first expert tile, blocks streaming per tenth, tail; trace_prelude.py and
 # trace_gaps.py), and the same bits timed by bench_moe, two rounds.
 set -uo pipefail
-out=${OUT:-out}
-mkdir -p "$out"
-start=$SECONDS
-stamp() { echo "[$((SECONDS - start)) s] $*"; }
-source bench/probes/tree.sh
+source bench/probes/tree.sh  # $out, stamp
 rm -rf build/gpu
 apply_patch . bench/probes/decode_ablation.patch || exit 1
 cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1

@@ -7,11 +7,7 @@
 # Qwen3 at T = 256 under each ablation bit; then bench_moe times the same bits, two rounds.
 # BITS, TOKENS and SOAK_S override the defaults.
 set -uo pipefail
-out=${OUT:-out}
-mkdir -p "$out"
-start=$SECONDS
-stamp() { echo "[$((SECONDS - start)) s] $*"; }
-source bench/probes/tree.sh
+source bench/probes/tree.sh  # $out, stamp
 fresh_tree abl
 apply_patch .probe/abl bench/probes/decode_ablation.patch || exit 1
 rm -rf build/gpu

@@ -8,11 +8,7 @@
 # (TOKENS, FILTER override; cuBLAS off), then test_forward_gpu (the decode matrix, forced kernels
 # and down slices against the CPU reference). Logs under $OUT.
 set -uo pipefail
-out=${OUT:-out}
-mkdir -p "$out"
-start=$SECONDS
-stamp() { echo "[$((SECONDS - start)) s] $*"; }
-source bench/probes/tree.sh
+source bench/probes/tree.sh  # $out, stamp
 fresh_tree head
 fresh_tree p16
 apply_patch .probe/p16 bench/probes/partials16.patch || exit 1

@@ -8,35 +8,12 @@
 # 224 / 256 are 24 / 28 / 32, Qwen3 384 / 448 / 512 the same, DeepSeek-V2-Lite 256 / 320 are 24
 # / 30, Mixtral 112 / 128 are 28 / 32. Then one traced forward of Qwen3 T = 256 on each kernel
 # family, for the two routing preludes side by side.
+# Since 7c55a83 (row 165) the library's rule is 32 rows: the two bench variants are the same and
+# only the traces still compare two kernel families.
 set -uo pipefail
-out=${OUT:-out}
-mkdir -p "$out"
-start=$SECONDS
-stamp() { echo "[$((SECONDS - start)) s] $*"; }
+ROWS="0 32" CELLS="OLMoE:192,224,256 Qwen3-30B-A3B:384,448,512 DeepSeek-V2-Lite:256,320
+  Mixtral-8x7B:112,128" bash bench/probes/switch_rows.sh || exit 1
 source bench/probes/tree.sh
-cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
-cmake --build --preset gpu -j 16 --target bench_moe >>"$out/build.log" 2>&1 || {
-  tail -30 "$out/build.log"
-  exit 1
-}
-stamp "built"
-export FLASHMOE_BENCH_NO_CUBLAS=1
-cells=(
-  'OLMoE:192,224,256'
-  'Qwen3-30B-A3B:384,448,512'
-  'DeepSeek-V2-Lite:256,320'
-  'Mixtral-8x7B:112,128'
-)
-for round in 1 2; do
-  for rows in 0 32; do
-    for cell in "${cells[@]}"; do
-      FLASHMOE_BENCH_PREFILL_ROWS=$rows FLASHMOE_BENCH_TOKENS=${cell#*:} \
-        build/gpu/bench/bench_moe --benchmark_filter="^${cell%%:*}/bf16/" \
-        >>"$out/bench_rows$rows.txt" 2>&1
-    done
-  done
-  stamp "round $round"
-done
 # The two preludes at Qwen3 T = 256 (16 rows an expert): the decode kernels' (CUDA-core router
 # tasks, selects inline, one table builder) and the engine's (tensor-core router tiles, select
 # and row-map tickets), one warm traced forward each.
@@ -44,13 +21,8 @@ for rows in 0 8; do
   trace_one "$out/tr_rows$rows" '^Qwen3-30B-A3B/bf16/' 256 2048,768 \
     FLASHMOE_BENCH_PREFILL_ROWS=$rows >"$out/tr_rows$rows.txt"
 done
-stamp "traced"
 for rows in 0 8; do
   echo "== Qwen3 T = 256 trace, FLASHMOE_BENCH_PREFILL_ROWS=$rows (8: the engine)"
   grep -E "variant|^  (router|select|tile table|row map|wait routing) |first expert tile|tail" \
     "$out/tr_rows$rows.txt" | cut -c1-150 | head -14
-done
-for rows in 0 32; do
-  echo "== FLASHMOE_BENCH_PREFILL_ROWS=$rows (0: the library's rule)"
-  bench_medians "$out/bench_rows$rows.txt"
 done

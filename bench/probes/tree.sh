@@ -1,5 +1,12 @@
 # Sourced by the probe scripts (run from the repository root): probe trees and their patches.
 
+# The start of a probe call: its output folder $out (OUT on the device, unless the script set
+# out first) made, and the clock that stamp MESSAGE reads (seconds since the call began).
+out=${out:-${OUT:-out}}
+mkdir -p "$out"
+start=${start:-$SECONDS}
+stamp() { echo "[$((SECONDS - start)) s] $*"; }
+
 # A fresh copy of HEAD under .probe/<name> (the files themselves where the device's copy of the
 # working tree has no repository).
 fresh_tree() {
