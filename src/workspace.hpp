@@ -182,8 +182,9 @@ inline std::int64_t ypart_rows(std::int64_t max_tokens, int top_k, int inter) {
 }
 
 // Rows of the router's partial-logit buffer ([kslices][T][E]) for any T <= max_tokens. Only
-// the prefill kernels split K, so a layer whose forwards never reach them needs T rows. With more than one K slice, chunks * kslices <=
-// kRouterTargetTasks, so kslices * T is at most that many chunks of the tallest m-tile (64 rows).
+// the prefill kernels split K, so a layer whose forwards never reach them needs T rows. With
+// more than one K slice, chunks * kslices <= kRouterTargetTasks, so kslices * T is at most that
+// many chunks of the tallest m-tile (64 rows).
 inline std::int64_t router_partial_rows(std::int64_t max_tokens, int top_k, int experts) {
   if (!runs_prefill_kernel(max_tokens, top_k, experts)) return max_tokens;
   const std::int64_t split = std::min<std::int64_t>(kRouterMaxKSlices * max_tokens,
