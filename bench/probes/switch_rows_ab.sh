@@ -11,8 +11,10 @@
 # Since 7c55a83 (row 165) the library's rule is 32 rows: the two bench variants are the same and
 # only the traces still compare two kernel families.
 set -uo pipefail
-ROWS="0 32" CELLS="OLMoE:192,224,256 Qwen3-30B-A3B:384,448,512 DeepSeek-V2-Lite:256,320
-  Mixtral-8x7B:112,128" bash bench/probes/switch_rows.sh || exit 1
+SETTINGS="FLASHMOE_BENCH_PREFILL_ROWS=0 FLASHMOE_BENCH_PREFILL_ROWS=32" \
+  CELLS="OLMoE:192,224,256 Qwen3-30B-A3B:384,448,512
+    DeepSeek-V2-Lite:256,320 Mixtral-8x7B:112,128" \
+  bash bench/probes/cells_ab.sh || exit 1
 source bench/probes/tree.sh
 # The two preludes at Qwen3 T = 256 (16 rows an expert): the decode kernels' (CUDA-core router
 # tasks, selects inline, one table builder) and the engine's (tensor-core router tiles, select
