@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Reads the checkpoints of bench/probes/table_phases.patch from a trace JSON: each decode
 select's chunk count (-50), its top-k and registration (-51), the zeroing and barrier (-52) and
-the routing count (-53); the tile table's count loads (-61), scans (-62), m-tile records (-63),
-row map (-64), barrier (-65), release (-67) and the builder's end (-66). Usage: table_phases.py
-TRACE.json ..."""
+the routing count (-53), with thread 0's top-k split into its logits (-54), softmax (-55), K rounds
+(-56) and pairs' registration (-57); the tile table's count loads (-61), scans (-62), m-tile
+records (-63), row map (-64), barrier (-65), and its release with one load back (-66).
+Usage: table_phases.py TRACE.json ..."""
 import json
 import statistics
 import sys
@@ -13,8 +14,7 @@ NAMES = {-50: "select: chunk count", -51: "select: count + top-k + pairs",
          -57: "  top-k: pairs registered",
          -52: "select: zeroing, barrier", -53: "select: routing count",
          -61: "table: counts loaded", -62: "table: scans", -63: "table: m-tile records",
-         -64: "table: row map", -65: "table: barrier", -67: "table: release + load back",
-         -66: "table: to the end"}
+         -64: "table: row map", -65: "table: barrier", -66: "table: release + load back"}
 for path in sys.argv[1:]:
     doc = json.load(open(path))
     base = min(e["ts"] for e in doc["traceEvents"] if e.get("ph") in ("X", "i"))
@@ -26,7 +26,7 @@ for path in sys.argv[1:]:
         if x in NAMES:
             rows.setdefault(x, []).append((e["ts"] - base, e["dur"]))
     print(path)
-    for x in (-50, -51, -54, -55, -56, -57, -52, -53, -61, -62, -63, -64, -65, -67, -66):
+    for x in (-50, -51, -54, -55, -56, -57, -52, -53, -61, -62, -63, -64, -65, -66):
         if x not in rows:
             continue
         d = [r[1] for r in rows[x]]
