@@ -61,6 +61,7 @@ int g_tokens_per_launch = 0;    // LayerOptions::tokens_per_launch of every benc
 int g_prefill_rows = 0;         // testing::set_prefill_switch of every benchmarked Layer
 int g_ws_tall_rows = 0;         // testing::set_ws_tile_switch of every benchmarked Layer
 int g_down_slices = 0;          // testing::set_down_slices of every benchmarked Layer
+int g_decode_rows = 0;          // testing::set_decode_height of every benchmarked Layer (0: rule)
 int g_decode_kernel = 0;        // testing::set_decode_kernel (+ 1) of every benchmarked Layer
 double g_down_lead = 0.0;       // testing::set_down_lead of every benchmarked Layer
 int g_gather_parts = 0;         // testing::set_gather_parts of every benchmarked Layer
@@ -127,6 +128,7 @@ struct LayerWeights {
     flashmoe::testing::set_ws_tile_switch(layer, g_ws_tall_rows);
     flashmoe::testing::set_down_slices(layer, g_down_slices);
     flashmoe::testing::set_decode_kernel(layer, g_decode_kernel - 1);
+    flashmoe::testing::set_decode_height(layer, g_decode_rows);
     flashmoe::testing::set_down_lead(layer, g_down_lead);
     flashmoe::testing::set_gather_parts(layer, g_gather_parts);
     if (g_one_token >= 0) flashmoe::testing::set_one_token_gateup(layer, g_one_token == 1);
@@ -700,6 +702,12 @@ int main(int argc, char** argv) {
   // FLASHMOE_BENCH_DECODE_KERNEL=4: decode forwards on kernel 3 of their m-tile height (wide
   // gate/up and down tiles; 1-4 for choose_decode_kernel's 0-3), measuring that rule.
   if (!read_count("FLASHMOE_BENCH_DECODE_KERNEL", 4, g_decode_kernel)) return 1;
+  // FLASHMOE_BENCH_DECODE_ROWS=32: decode forwards on the 32-row m-tile kernels whatever their T
+  // (16, 32 or 48; measuring the thin and tall rules, tile_choice.hpp).
+  if (!read_count("FLASHMOE_BENCH_DECODE_ROWS", flashmoe::detail::kTallDecodeTileM,
+                  g_decode_rows)) {
+    return 1;
+  }
   // FLASHMOE_BENCH_GATHER_PARTS=1: each of the warp-specialised kernel's gathers one job
   // (measuring choose_gather_parts; testing.hpp).
   if (!read_count("FLASHMOE_BENCH_GATHER_PARTS", flashmoe::detail::kMaxGatherParts,

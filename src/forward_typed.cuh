@@ -640,7 +640,11 @@ Status launch_decode(Layer::Impl& impl, const void* x, void* y, std::int64_t num
   static_assert(decode_slot<ThinDecodeConfig>() == 0 && decode_slot<DecodeConfig>() == 1 &&
                     decode_slot<TallDecodeConfig>() == 2,
                 "the cases below follow decode_variant");
-  switch (decode_variant(num_tokens, impl.thin_max_tokens, impl.tall_min_tokens)) {
+  // testing::set_decode_height, or the rule.
+  const int variant = impl.decode_height > 0
+                          ? impl.decode_height - 1
+                          : decode_variant(num_tokens, impl.thin_max_tokens, impl.tall_min_tokens);
+  switch (variant) {
     case 0:
       return launch_decode_variant<ThinDecodeConfig, T>(impl, x, y, num_tokens, stream, o);
     case 2:

@@ -60,6 +60,9 @@ struct Layer::Impl {
   // Test- and bench-only (testing.hpp): > 0 runs decode kernel decode_kernel - 1 of the four of
   // each m-tile height (choose_decode_kernel's order) instead of the rule's.
   int decode_kernel = 0;
+  // Test- and bench-only (testing.hpp): decode forwards on decode_variant's variant
+  // decode_height - 1 (0 thin, 1 the 32-row kernels, 2 tall) instead of the rule's (0).
+  int decode_height = 0;
   // Test- and bench-only (testing.hpp): > 0 runs the warp-specialised kernel's 128-row m-tiles
   // once experts average at least this many rows, instead of launch_prefill's rule.
   int ws_tall_rows = 0;

@@ -35,6 +35,19 @@ inline void set_decode_kernel(Layer& layer, int kernel) {
   if (layer.valid()) layer.impl()->decode_kernel = kernel >= 0 && kernel <= 3 ? kernel + 1 : 0;
 }
 
+// Runs every decode forward of `layer` on the kernels of one m-tile height (16, 32 or 48 rows;
+// any other value: the rule's, tile_choice.hpp). The scratch's m-tile tables hold the 16-row
+// count at any T, so every height fits. For measuring the height rules and testing each height
+// on the same forward.
+inline void set_decode_height(Layer& layer, int rows) {
+  if (!layer.valid()) return;
+  int variant = 0;  // decode_variant's number + 1
+  if (rows == detail::kThinDecodeTileM) variant = 1;
+  if (rows == detail::kDecodeTileM) variant = 2;
+  if (rows == detail::kTallDecodeTileM) variant = 3;
+  layer.impl()->decode_height = variant;
+}
+
 // Moves the switch between the warp-specialised prefill kernel's 64- and 128-row m-tiles:
 // 128-row ones once experts average at least rows_per_expert rows (0: the library's rule). For
 // measuring the switch and testing both shapes on the same forward.

@@ -533,6 +533,34 @@ TEST_F(Forward, ForcedDecodeKernelsMatchReference) {
   flashmoe::testing::set_decode_kernel(layer, -1);  // the rule again
 }
 
+TEST_F(Forward, ForcedDecodeHeightsMatchReference) {
+  SCOPED_TRACE(seed_);
+  // testing::set_decode_height runs each m-tile height on the same forwards (one live token,
+  // a few, 37, and 120 tokens at 30 rows an expert, where the rule takes the tall kernels), so
+  // that the benchmark can measure the thin and tall rules against the other heights.
+  Config c;
+  c.hidden = 512;
+  c.intermediate = 320;
+  c.experts = 16;
+  c.top_k = 4;
+  c.max_tokens = 256;
+  const Model m = make_model(c, rng_);
+  Layer layer;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
+  ASSERT_TRUE(layer.set_tracing(1 << 12).ok());
+  StreamGuard stream;
+  for (int T : {1, 4, 37, 120}) {
+    for (int rows : {16, 32, 48}) {
+      SCOPED_TRACE(::testing::Message() << "T " << T << " rows " << rows);
+      flashmoe::testing::set_decode_height(layer, rows);
+      flashmoe::Trace trace;
+      ASSERT_NO_FATAL_FAILURE(check_traced_decode(layer, m, c, T, 16, rng_, stream.get(), trace));
+      EXPECT_EQ(trace.tile_m, rows);
+    }
+  }
+  flashmoe::testing::set_decode_height(layer, 0);  // the rule again
+}
+
 // testing::set_down_slices in the decode kernels, past what their own tile width would take:
 // the scratch's planes are sized for the widest down tile (256 columns over I = 6200: 4 slices),
 // so 32-column down tiles (397 KB, one slice by the models) may be cut into 3 (17 steps of the
