@@ -504,10 +504,11 @@ TEST_F(Forward, EveryDecodeKernelMatchesReference) {
   }
 }
 
-TEST_F(Forward, ForcedDecodeKernelsMatchReference) {
+TEST_F(Forward, ForcedDecodeKernelsAndHeightsMatchReference) {
   SCOPED_TRACE(seed_);
-  // testing::set_decode_kernel runs each tile-width pair of the forward's m-tile height, so that
-  // the benchmark can measure the rule's choice against the others on the same forwards.
+  // testing::set_decode_kernel runs each tile-width pair of the forward's m-tile height, and
+  // testing::set_decode_height each m-tile height, so that the benchmark can measure the rules'
+  // choices against the others on the same forwards.
   Config c;
   c.hidden = 512;
   c.intermediate = 320;
@@ -531,24 +532,7 @@ TEST_F(Forward, ForcedDecodeKernelsMatchReference) {
     }
   }
   flashmoe::testing::set_decode_kernel(layer, -1);  // the rule again
-}
-
-TEST_F(Forward, ForcedDecodeHeightsMatchReference) {
-  SCOPED_TRACE(seed_);
-  // testing::set_decode_height runs each m-tile height on the same forwards (one live token,
-  // a few, 37, and 120 tokens at 30 rows an expert, where the rule takes the tall kernels), so
-  // that the benchmark can measure the thin and tall rules against the other heights.
-  Config c;
-  c.hidden = 512;
-  c.intermediate = 320;
-  c.experts = 16;
-  c.top_k = 4;
-  c.max_tokens = 256;
-  const Model m = make_model(c, rng_);
-  Layer layer;
-  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer).ok());
-  ASSERT_TRUE(layer.set_tracing(1 << 12).ok());
-  StreamGuard stream;
+  // One live token, a few, 37, and 120 tokens at 30 rows an expert (the rule's tall kernels).
   for (int T : {1, 4, 37, 120}) {
     for (int rows : {16, 32, 48}) {
       SCOPED_TRACE(::testing::Message() << "T " << T << " rows " << rows);
