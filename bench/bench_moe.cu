@@ -708,6 +708,10 @@ int main(int argc, char** argv) {
                   g_decode_rows)) {
     return 1;
   }
+  if (g_decode_rows % 16 != 0) {
+    std::fprintf(stderr, "FLASHMOE_BENCH_DECODE_ROWS: %d is not 16, 32 or 48\n", g_decode_rows);
+    return 1;
+  }
   // FLASHMOE_BENCH_GATHER_PARTS=1: each of the warp-specialised kernel's gathers one job
   // (measuring choose_gather_parts; testing.hpp).
   if (!read_count("FLASHMOE_BENCH_GATHER_PARTS", flashmoe::detail::kMaxGatherParts,
