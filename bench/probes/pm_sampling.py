@@ -1,11 +1,16 @@
-"""Reads `ncu --page raw --csv --print-metric-instances values` of one profiled kernel: prints
-its scalar metrics of interest, then every PM-sampling metric as the mean of its samples over
-each twentieth of the samples (pm_sampling.sh)."""
+"""Reads `ncu --page raw --csv --print-metric-instances values` of one kernel profiled with the
+PmSampling section (pm_sampling.sh): its scalar metrics of interest; the span where the tensor
+pipe is busy (the expert tiles), the DRAM read rate's deficit there against its own 75th
+percentile and the samples under half of that; then the rates over the span in bins of
+BIN samples (bench/NOTES.md, row 172)."""
 import csv
 import re
 import sys
 
-BUCKETS = 20
+BIN = 4  # samples a bin (about 1.4 us each at pm_sampling.sh's interval)
+SCALARS = ("dram__bytes_read.sum", "lts__t_sector_hit_rate.pct", "gpu__time_duration.sum")
+SHOWN = ("dramc__read_throughput", "lts__t_sector_throughput_srcunit_tex",
+         "sm__pipe_tensor_cycles_active", "lts__average_t_sector_hit_rate_realtime")
 
 
 def numbers(cell):
@@ -18,6 +23,14 @@ def numbers(cell):
     return out
 
 
+def sampled(names, data, prefix):
+    for name, cell in zip(names, data):
+        short = name.split(".", 2)[-1] if "Triage" in name else name
+        if short.startswith(prefix):
+            return numbers(cell)
+    return []
+
+
 def main(path):
     with open(path, newline="") as f:
         rows = [r for r in csv.reader(f) if r]
@@ -25,22 +38,31 @@ def main(path):
     if header is None or header + 2 >= len(rows):
         print(open(path).read()[:3000])
         return
-    names, data = rows[header], rows[header + 2]
-    for name, cell in zip(names, data):
-        if name in ("dram__bytes_read.sum", "lts__t_sector_hit_rate.pct", "gpu__time_duration.sum"):
-            print(f"  {name:40s} {cell} {rows[header + 1][names.index(name)]}")
-    for name, cell in zip(names, data):
-        values = numbers(cell)
-        if len(values) < BUCKETS:
-            continue
-        step = len(values) / BUCKETS
-        means = []
-        for b in range(BUCKETS):
-            part = values[int(b * step):int((b + 1) * step)] or [0.0]
-            means.append(sum(part) / len(part))
-        short = name.split(".", 2)[-1] if "Triage" in name else name
-        print(f"  {short[:60]} ({len(values)} samples)")
-        print("    " + " ".join(f"{m:.3g}" for m in means))
+    names, units, data = rows[header], rows[header + 1], rows[header + 2]
+    for name, unit, cell in zip(names, units, data):
+        if name in SCALARS:
+            print(f"  {name:40s} {cell} {unit}")
+    dram = sampled(names, data, "dramc__read_throughput")
+    tensor = sampled(names, data, "sm__pipe_tensor_cycles_active")
+    # The first sample holds counts from before the kernel; the span starts after it.
+    busy = [i for i, v in enumerate(tensor) if v > 1 and i > 5]
+    if not dram or not busy:
+        print("  no sampled DRAM rate or tensor pipe in this report")
+        return
+    a, b = busy[0], busy[-1] + 1
+    span = dram[a:b]
+    ref = sorted(span)[int(len(span) * 0.75)]
+    deficit = sum(max(0.0, ref - v) for v in span) / ref
+    print(f"  tensor pipe busy over samples {a}-{b - 1} ({b - a}); DRAM reads there: mean "
+          f"{sum(span) / len(span):.1f}% of peak, 75th percentile {ref:.1f}%, deficit "
+          f"{deficit:.1f} samples")
+    print("  samples under half of it:", [i for i in range(a, b) if dram[i] < ref / 2])
+    for prefix in SHOWN:
+        values = sampled(names, data, prefix)[a:b]
+        if values:
+            bins = [values[i:i + BIN] for i in range(0, len(values), BIN)]
+            print(f"  {prefix} ({BIN}-sample bins)")
+            print("    " + " ".join(f"{sum(x) / len(x):.0f}" for x in bins))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 # every SAMPLE_INTERVAL, no cache flush, clocks as they are), for the gate/up dip of session 42
 # (OLMoE T = 256: the stream's first tenths 8-13% under the later ones in the tracer). Cells:
 # OLMoE T = 256 on the rule's tall kernels and forced to the 32-row ones, and Qwen3 T = 256.
-# Each report is printed as its instanced metrics (one value a sample) and kept under $out.
+# Each report is read by pm_sampling.py (the DRAM deficit over the tiles' span, rates in bins).
 set -uo pipefail
 source bench/probes/tree.sh  # $out, stamp
 cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
