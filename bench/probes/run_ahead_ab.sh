@@ -33,7 +33,8 @@ for v in head gpu off; do
   echo "== $v"
   bench_medians "$out/bench_$v.txt"
 done
-timeout "${CTEST_S:-150}" ctest --preset gpu -j 4 --timeout 120 -R forward_gpu >"$out/ctest.log" 2>&1
+timeout "${CTEST_S:-150}" ctest --preset gpu -j 4 --timeout 120 -R forward_gpu \
+  >"$out/ctest.log" 2>&1
 echo "ctest (forward_gpu) exit $?"
 grep -E "tests passed|\(Failed\)|Timeout" "$out/ctest.log"
 stamp "tests done"
