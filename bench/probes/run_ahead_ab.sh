@@ -9,7 +9,7 @@
 set -uo pipefail
 source bench/probes/tree.sh  # $out, stamp, fresh_tree, apply_patch, bench_medians
 fresh_tree head
-rm -rf build/gpu
+rm -rf build/gpu build/head  # a warm machine's objects may be newer than these sources
 apply_patch . bench/probes/run_ahead.patch || exit 1
 cmake --preset gpu -DFLASHMOE_BUILD_TESTS=ON -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
 (cmake --build --preset gpu -j 10 >>"$out/build.log" 2>&1; echo "gpu build $?") &

@@ -15,7 +15,8 @@ source bench/probes/tree.sh  # $out, stamp, fresh_tree, apply_patch, bench_media
 for v in head nofence fence; do fresh_tree "$v"; done
 apply_patch .probe/nofence bench/probes/run_ahead_late_nofence.patch || exit 1
 apply_patch .probe/fence bench/probes/run_fence.patch || exit 1
-rm -rf build/gpu
+# A warm machine keeps build folders whose objects may be newer than these trees' sources.
+rm -rf build/gpu build/head build/nofence build/fence
 apply_patch . bench/probes/run_ahead_late.patch || exit 1
 cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
 (cmake --build --preset gpu -j 4 --target bench_moe >>"$out/build.log" 2>&1; echo "gpu build $?") &
