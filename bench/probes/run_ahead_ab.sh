@@ -7,16 +7,13 @@
 # run-ahead off (FLASHMOE_PROBE_RUNAHEAD=0: the patch's code without its effect), two rounds;
 # then the patched tree's forward GPU tests, within what is left of the call (CTEST_S).
 set -uo pipefail
-source bench/probes/tree.sh  # $out, stamp, fresh_tree, apply_patch, bench_medians
+source bench/probes/tree.sh  # $out, stamp, fresh_tree, apply_patch, build_variant, bench_medians
 fresh_tree head
 rm -rf build/gpu build/head  # a warm machine's objects may be newer than these sources
 apply_patch . bench/probes/run_ahead.patch || exit 1
 cmake --preset gpu -DFLASHMOE_BUILD_TESTS=ON -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
 (cmake --build --preset gpu -j 10 >>"$out/build.log" 2>&1; echo "gpu build $?") &
-(cmake -S .probe/head -B build/head -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a-real \
-   -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/head.log" 2>&1
- cmake --build build/head -j 6 --target bench_moe >>"$out/head.log" 2>&1
- echo "head build $?") &
+build_variant head &
 wait
 stamp "builds done"
 [ -x build/gpu/bench/bench_moe ] || { tail -30 "$out/build.log"; exit 1; }

@@ -11,7 +11,7 @@
 #   fence     run_fence.patch: HEAD plus those fences alone
 # TOKENS and FILTER pick the cells.
 set -uo pipefail
-source bench/probes/tree.sh  # $out, stamp, fresh_tree, apply_patch, bench_medians
+source bench/probes/tree.sh  # $out, stamp, fresh_tree, apply_patch, build_variant, bench_medians
 for v in head nofence fence; do fresh_tree "$v"; done
 apply_patch .probe/nofence bench/probes/run_ahead_late_nofence.patch || exit 1
 apply_patch .probe/fence bench/probes/run_fence.patch || exit 1
@@ -20,13 +20,7 @@ rm -rf build/gpu build/head build/nofence build/fence
 apply_patch . bench/probes/run_ahead_late.patch || exit 1
 cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
 (cmake --build --preset gpu -j 4 --target bench_moe >>"$out/build.log" 2>&1; echo "gpu build $?") &
-for v in head nofence fence; do
-  (cmake -S ".probe/$v" -B "build/$v" -DCMAKE_BUILD_TYPE=Release \
-     -DCMAKE_CUDA_ARCHITECTURES=90a-real -DFLASHMOE_BUILD_TESTS=OFF \
-     -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/$v.log" 2>&1
-   cmake --build "build/$v" -j 4 --target bench_moe >>"$out/$v.log" 2>&1
-   echo "$v build $?") &
-done
+for v in head nofence fence; do build_variant "$v" 4 & done
 wait
 stamp "builds done"
 filter=${FILTER:-'^(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite)/bf16/'}

@@ -26,6 +26,17 @@ apply_patch() {
   fi
 }
 
+# bench_moe of the variant tree .probe/<name> into build/<name> (sm_90a, Release, no tests),
+# with JOBS parallel jobs (6 unless given), its log in $out/<name>.log:
+# build_variant NAME [JOBS]
+build_variant() {
+  cmake -S ".probe/$1" -B "build/$1" -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_CUDA_ARCHITECTURES=90a-real -DFLASHMOE_BUILD_TESTS=OFF \
+    -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/$1.log" 2>&1
+  cmake --build "build/$1" -j "${2:-6}" --target bench_moe >>"$out/$1.log" 2>&1
+  echo "$1 build $?"
+}
+
 # One traced forward of the working tree's benchmarks matching a filter, under NAME=VALUE
 # settings, each trace read into text beside it (weights' stream per tenth for the shape H,I,
 # the prelude by phase, the gaps between a block's tasks) and printed:
