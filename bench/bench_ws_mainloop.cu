@@ -732,6 +732,10 @@ int main(int argc, char** argv) {
   // No MMA: the consumers only wait for and release each stage (the producer's own rate).
   register_stream_rows<DsVariant<1, 0, 1, false>>("no_mma");
   register_stream_rows<DsVariant<1, 0, 2, false>>("no_mma/k128");
+  // The consumers' cost in two parts: the MMAs without the epilogue's global stores, and the
+  // epilogue (on zero products) without the MMAs.
+  register_stream_rows<DsVariant<1, 0, 2, true, false>>("wg1/k128/no_store");
+  register_stream_rows<DsVariant<1, 0, 2, false, true>>("no_mma/k128/store");
   // The weight stream's copy paths alone (stream_paths.cuh; issue 21): the decode kernels'
   // 64-column boxes of 64 rows, 6 stages of 16 KB, two blocks an SM, with and without their
   // evict-first policy; smaller and deeper stages; one block an SM with 13 stages; cp.async;

@@ -36,14 +36,16 @@ inline constexpr std::uint32_t kDsRowBytes = 128;  // one swizzle atom's row: 64
 // Consumers: warpgroups taking alternate jobs (each skips the other's stages in the ring).
 // InFlight: MMA batches left running when a warpgroup moves to its next stage (0 or 1).
 // KAtoms: 64-column swizzle atoms of K per stage (a stage is 10 KB per atom). Mma false: the
-// consumers only wait for and release each stage (the producer's own rate; h and out unwritten).
-template <int Consumers = 1, int InFlight = 0, int KAtoms = 1, bool Mma = true>
+// consumers only wait for and release each stage (the producer's own rate). Store false: h and
+// out are not written (only for timing; with Mma false and Store true the consumers run the
+// epilogue on zero products, so that the two parts of the consumers' cost time apart).
+template <int Consumers = 1, int InFlight = 0, int KAtoms = 1, bool Mma = true, bool Store = Mma>
 struct DsVariant {
   static_assert(Consumers == 1 || Consumers == 2, "one or two consumer warpgroups");
   static_assert(InFlight == 0 || InFlight == 1, "at most one MMA batch in flight");
   static constexpr int kThreads = 128 * Consumers + 32;  // the last warp produces
   static constexpr int kInFlight = InFlight;
-  static constexpr bool kMma = Mma;
+  static constexpr bool kMma = Mma, kStore = Store;
   static constexpr int kKCols = 64 * KAtoms;  // K columns of a stage
   static constexpr std::uint32_t kAAtom = 64 * kDsRowBytes, kBAtom = kDsTokens * kDsRowBytes;
   static constexpr std::uint32_t kA = KAtoms * kAAtom, kB = KAtoms * kBAtom;
@@ -132,7 +134,7 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
   using namespace flashmoe::detail;
   constexpr int kStages = V::kStages, kConsumers = V::kThreads / 128;
   constexpr int kAtoms = V::kKCols / 64, InFlight = V::kInFlight;
-  constexpr bool Mma = V::kMma;
+  constexpr bool Mma = V::kMma, Store = V::kStore;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const std::uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   __shared__ Pipeline<kStages> pipe;
@@ -231,6 +233,7 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
   // cannot pass on an older phase), each its partial product of every job, summed in a fixed
   // order in the epilogue.
   static_assert(kConsumers == 1 || kStages % 2 == 0, "stages alternate between two warpgroups");
+  static_assert(!kLayer || Store, "a layer's combine reads out");
   constexpr int kTeam = 128 * kConsumers;
   const int tid = static_cast<int>(threadIdx.x);
   PipeState<kStages> st, prev;
@@ -301,12 +304,14 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
     // Epilogue: the warpgroups' partial products through shared memory, summed in warpgroup
     // order. Gate rows are the MMA's rows 0-31, up rows 32-63.
     const std::int64_t row0 = static_cast<std::int64_t>(job.slot) * kDsTokens;
-    if constexpr (Mma) {
+    if constexpr (Mma || Store) {
 #pragma unroll
       for (int j = 0; j < kDsTokens / 2; ++j) {
         s_part[wg][wgmma_acc_row(j)][wgmma_acc_col(j)] = acc[j];
       }
       if (!team_sync()) return;
+    }
+    if constexpr (Store) {
       if (job.kind == 1) {
         for (int i = tid; i < 64 * kDsTokens; i += kTeam) {
           const int r = i % 64, t = i / 64, col = job.tile * kDsDownCols + r;

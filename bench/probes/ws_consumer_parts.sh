@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One short device call (about 4 minutes on a fresh machine; run from the repository root): row
+# 174 b, what the swap-AB consumers cost the warp-specialised decode stream at all_experts (row
+# 174: 5-6% over its no-MMA ceiling whatever the consumer variant). bench_ws_mainloop's
+# DecodeStream rows, two rounds: wg1/k128 (the consumers as they are), wg1/k128/no_store (the
+# MMAs without the epilogue's global stores of h and out), no_mma/k128/store (the epilogue on
+# zero products without the MMAs), no_mma/k128 (neither), wg2/in_flight1/k128.
+set -uo pipefail
+source bench/probes/tree.sh  # $out, stamp
+cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
+cmake --build --preset gpu -j 14 --target bench_ws_mainloop >>"$out/build.log" 2>&1 || {
+  tail -30 "$out/build.log"
+  exit 1
+}
+stamp "build done"
+shapes='(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite)'
+variants='(wg1/k128|wg1/k128/no_store|no_mma/k128|no_mma/k128/store|wg2/in_flight1/k128)'
+for round in 1 2; do
+  build/gpu/bench/bench_ws_mainloop \
+    --benchmark_filter="^DecodeStream/$shapes/(all_experts|T:1)/$variants/iter" \
+    >>"$out/ws_stream.txt" 2>&1
+  stamp "round $round done"
+done
+grep -E "^DecodeStream" "$out/ws_stream.txt" | sed -E 's/\/iterations:[0-9]+\/manual_time//' |
+  awk '{for (i = 2; i <= NF; i++) if ($i ~ /^us_median=/) { sub("us_median=", "", $i);
+        v[$1] = v[$1] " " $i } } END { for (k in v) print k v[k] }' | sort
