@@ -736,6 +736,9 @@ int main(int argc, char** argv) {
   // epilogue (on zero products) without the MMAs.
   register_stream_rows<DsVariant<1, 0, 2, true, false>>("wg1/k128/no_store");
   register_stream_rows<DsVariant<1, 0, 2, false, true>>("no_mma/k128/store");
+  // Stages of 256 K columns (40 KB, five of them): half the per-stage waits and releases.
+  register_stream_rows<DsVariant<1, 0, 4>>("wg1/k256");
+  register_stream_rows<DsVariant<1, 0, 4, false>>("no_mma/k256");
   // The weight stream's copy paths alone (stream_paths.cuh; issue 21): the decode kernels'
   // 64-column boxes of 64 rows, 6 stages of 16 KB, two blocks an SM, with and without their
   // evict-first policy; smaller and deeper stages; one block an SM with 13 stages; cp.async;

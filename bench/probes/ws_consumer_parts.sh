@@ -4,17 +4,22 @@
 # 174: 5-6% over its no-MMA ceiling whatever the consumer variant). bench_ws_mainloop's
 # DecodeStream rows, two rounds: wg1/k128 (the consumers as they are), wg1/k128/no_store (the
 # MMAs without the epilogue's global stores of h and out), no_mma/k128/store (the epilogue on
-# zero products without the MMAs), no_mma/k128 (neither), wg2/in_flight1/k128.
+# zero products without the MMAs), no_mma/k128 (neither), wg2/in_flight1/k128, and stages of
+# 256 K columns (wg1/k256, no_mma/k256: half the per-stage waits and releases).
 set -uo pipefail
 source bench/probes/tree.sh  # $out, stamp
-cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
-cmake --build --preset gpu -j 14 --target bench_ws_mainloop >>"$out/build.log" 2>&1 || {
+cmake --preset gpu -DFLASHMOE_BUILD_TESTS=ON -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
+cmake --build --preset gpu -j 14 --target bench_ws_mainloop test_ws_mainloop_gpu \
+  >>"$out/build.log" 2>&1 || {
   tail -30 "$out/build.log"
   exit 1
 }
 stamp "build done"
+# The consumer variants against the CPU (k256 is new).
+build/gpu/tests/test_ws_mainloop_gpu --gtest_filter='WsDecodeStream.*' 2>&1 | tail -3
 shapes='(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite)'
-variants='(wg1/k128|wg1/k128/no_store|no_mma/k128|no_mma/k128/store|wg2/in_flight1/k128)'
+variants='(wg1/k128|wg1/k128/no_store|no_mma/k128|no_mma/k128/store|wg2/in_flight1/k128'
+variants+='|wg1/k256|no_mma/k256)'
 for round in 1 2; do
   build/gpu/bench/bench_ws_mainloop \
     --benchmark_filter="^DecodeStream/$shapes/(all_experts|T:1)/$variants/iter" \
