@@ -739,6 +739,12 @@ int main(int argc, char** argv) {
   // Stages of 256 K columns (40 KB, five of them): half the per-stage waits and releases.
   register_stream_rows<DsVariant<1, 0, 4>>("wg1/k256");
   register_stream_rows<DsVariant<1, 0, 4, false>>("no_mma/k256");
+  // Paired tiles (128 weight rows: two MMAs a K step, h formed and every element written from
+  // registers, no shared-memory exchange), and their own no-MMA ceiling (the same boxes).
+  register_stream_rows<DsVariant<1, 0, 1, true, true, true>>("wg1/pair");
+  register_stream_rows<DsVariant<1, 0, 2, true, true, true>>("wg1/pair/k128");
+  register_stream_rows<DsVariant<1, 1, 2, true, true, true>>("wg1/pair/in_flight1/k128");
+  register_stream_rows<DsVariant<1, 0, 2, false, false, true>>("no_mma/pair/k128");
   // The weight stream's copy paths alone (stream_paths.cuh; issue 21): the decode kernels'
   // 64-column boxes of 64 rows, 6 stages of 16 KB, two blocks an SM, with and without their
   // evict-first policy; smaller and deeper stages; one block an SM with 13 stages; cp.async;

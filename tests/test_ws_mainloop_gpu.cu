@@ -381,7 +381,8 @@ TEST(WsDecodeStream, SwapAbGateUpAndDownMatchTheCpu) {
   run_stream_case({512, 256, 1, 3, 7}, rng);
   // The consumer variants bench_ws_mainloop measures: one MMA batch in flight, stages of 128 K
   // columns (K tails inside a stage), two warpgroups on alternate stages (odd step counts),
-  // stages of 256 K columns (K shorter than one stage: 200 and 96).
+  // stages of 256 K columns (K shorter than one stage: 200 and 96), paired tiles (128 weight rows
+  // a tile, partial tiles at every I and H here but 2048 and 1600).
   using flashmoe_test::DsVariant;
   for (const StreamCase& cs : {StreamCase{2048, 768, 16, 8, 132}, StreamCase{200, 200, 4, 4, 3},
                                StreamCase{136, 1600, 3, 2, 2}, StreamCase{320, 96, 2, 2, 1}}) {
@@ -390,6 +391,8 @@ TEST(WsDecodeStream, SwapAbGateUpAndDownMatchTheCpu) {
     run_stream_case<DsVariant<2, 0, 1>>(cs, rng);
     run_stream_case<DsVariant<2, 1, 2>>(cs, rng);
     run_stream_case<DsVariant<1, 0, 4>>(cs, rng);
+    run_stream_case<DsVariant<1, 0, 1, true, true, true>>(cs, rng);
+    run_stream_case<DsVariant<1, 1, 2, true, true, true>>(cs, rng);
   }
 }
 

@@ -27,8 +27,8 @@
 namespace flashmoe_test {
 
 inline constexpr int kDsTokens = 16;    // token rows of an expert (B's rows), zeros past its own
-inline constexpr int kDsGateCols = 32;  // h columns of a gate/up tile
-inline constexpr int kDsDownCols = 64;  // y columns of a down tile
+inline constexpr int kDsGateCols = 32;  // rows of a w13 box (h columns of a gate/up tile)
+inline constexpr int kDsDownCols = 64;  // rows of a w2 box (y columns of a down tile)
 inline constexpr int kDsJobDepth = 4;
 inline constexpr std::uint32_t kDsRowBytes = 128;  // one swizzle atom's row: 64 K columns
 
@@ -39,15 +39,23 @@ inline constexpr std::uint32_t kDsRowBytes = 128;  // one swizzle atom's row: 64
 // consumers only wait for and release each stage (the producer's own rate). Store false: h and
 // out are not written (only for timing; with Mma false and Store true the consumers run the
 // epilogue on zero products, so that the two parts of the consumers' cost time apart).
-template <int Consumers = 1, int InFlight = 0, int KAtoms = 1, bool Mma = true, bool Store = Mma>
+// Pair: 128 weight rows a tile, two m64 MMAs a K step into two accumulators (a gate/up tile's 64
+// gate rows and its 64 up rows, so that each thread holds the gate and up value of the same h
+// element and forms h in registers; a down tile's 128 y columns), written from registers.
+template <int Consumers = 1, int InFlight = 0, int KAtoms = 1, bool Mma = true, bool Store = Mma,
+          bool Pair = false>
 struct DsVariant {
   static_assert(Consumers == 1 || Consumers == 2, "one or two consumer warpgroups");
   static_assert(InFlight == 0 || InFlight == 1, "at most one MMA batch in flight");
+  static_assert(!Pair || Consumers == 1, "paired tiles are written from one warpgroup's registers");
   static constexpr int kThreads = 128 * Consumers + 32;  // the last warp produces
   static constexpr int kInFlight = InFlight;
-  static constexpr bool kMma = Mma, kStore = Store;
+  static constexpr bool kMma = Mma, kStore = Store, kPair = Pair;
   static constexpr int kKCols = 64 * KAtoms;  // K columns of a stage
-  static constexpr std::uint32_t kAAtom = 64 * kDsRowBytes, kBAtom = kDsTokens * kDsRowBytes;
+  static constexpr int kAcc = Pair ? 2 : 1;   // m64 accumulators
+  static constexpr int kARows = 64 * kAcc;    // weight rows of a tile
+  static constexpr int kGateCols = kARows / 2, kDownCols = kARows;  // h / y columns of a tile
+  static constexpr std::uint32_t kAAtom = kARows * kDsRowBytes, kBAtom = kDsTokens * kDsRowBytes;
   static constexpr std::uint32_t kA = KAtoms * kAAtom, kB = KAtoms * kBAtom;
   static constexpr std::uint32_t kStage = (kA + kB + 1023u) / 1024u * 1024u;  // swizzle atoms
   static constexpr int kStages = 200 * 1024 / static_cast<int>(kStage);       // 200 KB of ring
@@ -82,10 +90,11 @@ struct DsJobRing {
   DsJob job[kDsJobDepth];
 };
 
+template <class V>
 __device__ __forceinline__ DsJob ds_decode_ticket(const DecodeStreamArgs& g, int selected,
                                                   std::uint32_t ticket) {
-  const int ng = (g.inter + kDsGateCols - 1) / kDsGateCols;
-  const int nd = (g.hidden + kDsDownCols - 1) / kDsDownCols;
+  const int ng = (g.inter + V::kGateCols - 1) / V::kGateCols;
+  const int nd = (g.hidden + V::kDownCols - 1) / V::kDownCols;
   const std::uint32_t gateup = static_cast<std::uint32_t>(selected * ng);
   if (ticket < gateup) return {0, static_cast<int>(ticket) / ng, static_cast<int>(ticket) % ng};
   ticket -= gateup;
@@ -146,7 +155,7 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
   __shared__ std::uint64_t team_bar;
   __shared__ int s_combine;
   const int lane = threadIdx.x % 32, wg = static_cast<int>(threadIdx.x / 128);
-  const int ng = (g.inter + kDsGateCols - 1) / kDsGateCols;
+  const int ng = (g.inter + V::kGateCols - 1) / V::kGateCols;
   const Watchdog ring_wd{g.wd.ctl, 2 * g.wd.timeout_ns};
   if (threadIdx.x == 0) {
     pipe.init(0, 4);  // a stage is one warpgroup's
@@ -166,7 +175,7 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
     PipeState<kDsJobDepth> js;
     std::uint32_t ticket = fetch_add_relaxed(g.words, 1);
     for (;;) {
-      const DsJob job = ds_decode_ticket(g, selected, ticket);
+      const DsJob job = ds_decode_ticket<V>(g, selected, ticket);
       if (!pipe.wait_barrier(smem_u32(&jobs.empty[js.index]), js.phase ^ 1u, ring_wd,
                              kSiteJobRing)) {
         return;
@@ -180,13 +189,18 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
       const int h_row = job.slot * kDsTokens, token_row = kLayer ? 0 : h_row;
       const int ksteps = ds_ksteps<V>(g, job);
       if (job.kind == 0) {
-        const int gate_row = expert * 2 * g.inter + job.tile * kDsGateCols;
+        const int gate_row = expert * 2 * g.inter + job.tile * V::kGateCols;
         for (int kt = 0; kt < ksteps; ++kt) {
           if (!pipe.producer_acquire(st, g.wd, kSiteWeightCopy)) return;
           const std::uint32_t a = base + st.index * V::kStage, bar = pipe.full_barrier(st);
           pipe.producer_expect(st, V::kA + V::kB);
-          ds_load<V>(a, V::kAAtom, &maps.w13, bar, kt, gate_row);
-          ds_load<V>(a + 32 * kDsRowBytes, V::kAAtom, &maps.w13, bar, kt, gate_row + g.inter);
+          // The gate rows fill the tile's first half, the up rows its second, box by box.
+#pragma unroll
+          for (int r = 0; r < V::kGateCols; r += kDsGateCols) {
+            ds_load<V>(a + r * kDsRowBytes, V::kAAtom, &maps.w13, bar, kt, gate_row + r);
+            ds_load<V>(a + (V::kGateCols + r) * kDsRowBytes, V::kAAtom, &maps.w13, bar, kt,
+                       gate_row + g.inter + r);
+          }
           ds_load<V>(a + V::kA, V::kBAtom, &maps.x, bar, kt, token_row);
           st.advance();
         }
@@ -194,14 +208,19 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
       }
       // A down tile: its weight boxes first, as far as the ring reaches; its h boxes once the
       // expert's gate/up tiles have all published.
-      const int w2_row = expert * g.hidden + job.tile * kDsDownCols;
+      const int w2_row = expert * g.hidden + job.tile * V::kDownCols;
+      auto load_w2 = [&](std::uint32_t a, std::uint32_t bar, int kt) {
+#pragma unroll
+        for (int r = 0; r < V::kDownCols; r += kDsDownCols) {
+          ds_load<V>(a + r * kDsRowBytes, V::kAAtom, &maps.w2, bar, kt, w2_row + r);
+        }
+      };
       const int ahead = ksteps < kStages ? ksteps : kStages;
       const PipeState<kStages> first = st;
       for (int kt = 0; kt < ahead; ++kt) {
         if (!pipe.producer_acquire(st, g.wd, kSiteWeightCopy)) return;
         pipe.producer_expect(st, V::kA + V::kB);
-        ds_load<V>(base + st.index * V::kStage, V::kAAtom, &maps.w2, pipe.full_barrier(st), kt,
-                   w2_row);
+        load_w2(base + st.index * V::kStage, pipe.full_barrier(st), kt);
         st.advance();
       }
       bool spun = false;
@@ -221,7 +240,7 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
         if (!pipe.producer_acquire(st, g.wd, kSiteWeightCopy)) return;
         const std::uint32_t a = base + st.index * V::kStage, bar = pipe.full_barrier(st);
         pipe.producer_expect(st, V::kA + V::kB);
-        ds_load<V>(a, V::kAAtom, &maps.w2, bar, kt, w2_row);
+        load_w2(a, bar, kt);
         ds_load<V>(a + V::kA, V::kBAtom, &maps.h, bar, kt, h_row);
         st.advance();
       }
@@ -234,6 +253,7 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
   // order in the epilogue.
   static_assert(kConsumers == 1 || kStages % 2 == 0, "stages alternate between two warpgroups");
   static_assert(!kLayer || Store, "a layer's combine reads out");
+  static_assert(!kLayer || !V::kPair, "a layer's combine sums 64-column slices");
   constexpr int kTeam = 128 * kConsumers;
   const int tid = static_cast<int>(threadIdx.x);
   PipeState<kStages> st, prev;
@@ -257,9 +277,12 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
     js.advance();
     if (job.kind == 2) return;
     const int ksteps = ds_ksteps<V>(g, job);
-    float acc[kDsTokens / 2];
+    float acc[V::kAcc][kDsTokens / 2];
 #pragma unroll
-    for (int j = 0; j < kDsTokens / 2; ++j) acc[j] = 0.0f;
+    for (int m = 0; m < V::kAcc; ++m) {
+#pragma unroll
+      for (int j = 0; j < kDsTokens / 2; ++j) acc[m][j] = 0.0f;
+    }
     bool held = false;  // prev: a stage of this warpgroup whose MMAs may still run
     bool ok = true;
     for (int kt = 0; kt < ksteps; ++kt) {
@@ -279,9 +302,12 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
         for (int c = 0; c < kAtoms; ++c) {
 #pragma unroll
           for (int ks = 0; ks < 4; ++ks) {
-            WgmmaM64K16<kDsTokens, __nv_bfloat16>::run(
-                acc, smem_desc_sw128(a + c * V::kAAtom + ks * 32),
-                smem_desc_sw128(a + V::kA + c * V::kBAtom + ks * 32), true);
+#pragma unroll
+            for (int m = 0; m < V::kAcc; ++m) {
+              WgmmaM64K16<kDsTokens, __nv_bfloat16>::run(
+                  acc[m], smem_desc_sw128(a + c * V::kAAtom + m * 64 * kDsRowBytes + ks * 32),
+                  smem_desc_sw128(a + V::kA + c * V::kBAtom + ks * 32), true);
+            }
           }
         }
         wgmma_commit();
@@ -301,17 +327,39 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
       if (held && lane == 0) pipe.consumer_release(prev);
     }
     if (!ok) return;
-    // Epilogue: the warpgroups' partial products through shared memory, summed in warpgroup
-    // order. Gate rows are the MMA's rows 0-31, up rows 32-63.
     const std::int64_t row0 = static_cast<std::int64_t>(job.slot) * kDsTokens;
-    if constexpr (Mma || Store) {
+    if constexpr (V::kPair && Store) {
+      // Paired tiles: every element from the registers that hold it (row r of accumulator m is
+      // weight row 64 m + r of the tile; a gate/up tile's gate and up rows are m = 0 and 1).
 #pragma unroll
       for (int j = 0; j < kDsTokens / 2; ++j) {
-        s_part[wg][wgmma_acc_row(j)][wgmma_acc_col(j)] = acc[j];
+        const int r = wgmma_acc_row(j), t = wgmma_acc_col(j);
+        if (job.kind == 1) {
+#pragma unroll
+          for (int m = 0; m < V::kAcc; ++m) {
+            const int col = job.tile * V::kDownCols + 64 * m + r;
+            if (col < g.hidden) g.out[(row0 + t) * g.hidden + col] = acc[m][j];
+          }
+        } else {
+          const int col = job.tile * V::kGateCols + r;
+          const float gate = acc[0][j], up = acc[1][j];
+          if (col < g.inter) {
+            g.h[(row0 + t) * g.inter + col] = __float2bfloat16(gate / (1.0f + __expf(-gate)) * up);
+          }
+        }
+      }
+      if (job.kind == 0) fence_proxy_async_global();  // h is read by other blocks' copy engines
+    }
+    // Epilogue: the warpgroups' partial products through shared memory, summed in warpgroup
+    // order. Gate rows are the MMA's rows 0-31, up rows 32-63.
+    if constexpr (!V::kPair && (Mma || Store)) {
+#pragma unroll
+      for (int j = 0; j < kDsTokens / 2; ++j) {
+        s_part[wg][wgmma_acc_row(j)][wgmma_acc_col(j)] = acc[0][j];
       }
       if (!team_sync()) return;
     }
-    if constexpr (Store) {
+    if constexpr (!V::kPair && Store) {
       if (job.kind == 1) {
         for (int i = tid; i < 64 * kDsTokens; i += kTeam) {
           const int r = i % 64, t = i / 64, col = job.tile * kDsDownCols + r;
