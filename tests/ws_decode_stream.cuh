@@ -7,8 +7,9 @@
 // one expert: its 32 gate and 32 up rows; paired variants 64), then every down tile (64 columns
 // of H; paired variants 128). A down tile requests its weight boxes before its expert's h is
 // complete (they do not depend on it) and its h boxes once all that expert's gate/up tiles have
-// published, so a block's stream of weight bytes does not stop at the phase change. Its measurement sets what the decode engine
-// can reach (bench_ws_mainloop, DecodeStream rows); routing and the combine are not part of it.
+// published, so a block's stream of weight bytes does not stop at the phase change. Its
+// measurement sets what the decode engine can reach (bench_ws_mainloop, DecodeStream rows);
+// routing and the combine are not part of it.
 // No deadlock: a block claims tickets in increasing order and gate/up tiles wait for nothing,
 // so every down tile's wait ends once the blocks holding its expert's gate/up tickets run them.
 #pragma once
