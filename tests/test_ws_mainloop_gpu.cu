@@ -270,7 +270,8 @@ void run_stream_case(const StreamCase& cs, std::mt19937_64& rng) {
   SCOPED_TRACE(::testing::Message()
                << "H " << cs.hidden << " I " << cs.inter << " E " << cs.experts << " selected "
                << cs.selected << " grid " << cs.grid << " threads " << V::kThreads << " stages "
-               << V::kStages << " in flight " << V::kInFlight);
+               << V::kStages << " in flight " << V::kInFlight << " K columns " << V::kKCols
+               << " paired " << V::kPair);
   const int H = cs.hidden, I = cs.inter, S = cs.selected, rows = S * kDsTokens;
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   std::vector<__nv_bfloat16> x(static_cast<std::size_t>(rows) * H, __float2bfloat16(0.0f)),
