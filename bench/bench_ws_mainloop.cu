@@ -732,8 +732,8 @@ int main(int argc, char** argv) {
   // No MMA: the consumers only wait for and release each stage (the producer's own rate).
   register_stream_rows<DsVariant<1, 0, 1, false>>("no_mma");
   register_stream_rows<DsVariant<1, 0, 2, false>>("no_mma/k128");
-  // The consumers' cost in two parts: the MMAs without the epilogue's global stores, and the
-  // epilogue (on zero products) without the MMAs.
+  // The consumers' cost in two parts: the MMAs without the epilogue (its shared-memory exchange,
+  // barrier and global stores), and the epilogue (on zero products) without the MMAs.
   register_stream_rows<DsVariant<1, 0, 2, true, false>>("wg1/k128/no_store");
   register_stream_rows<DsVariant<1, 0, 2, false, true>>("no_mma/k128/store");
   // Stages of 256 K columns (40 KB, five of them): half the per-stage waits and releases.

@@ -37,9 +37,10 @@ inline constexpr std::uint32_t kDsRowBytes = 128;  // one swizzle atom's row: 64
 // Consumers: warpgroups taking alternate jobs (each skips the other's stages in the ring).
 // InFlight: MMA batches left running when a warpgroup moves to its next stage (0 or 1).
 // KAtoms: 64-column swizzle atoms of K per stage (a stage is 10 KB per atom). Mma false: the
-// consumers only wait for and release each stage (the producer's own rate). Store false: h and
-// out are not written (only for timing; with Mma false and Store true the consumers run the
-// epilogue on zero products, so that the two parts of the consumers' cost time apart).
+// consumers only wait for and release each stage (the producer's own rate). Store false: no
+// epilogue, h and out unwritten but one value a job that keeps the MMAs (only for timing; with
+// Mma false and Store true the consumers run the epilogue on zero products, so that the two
+// parts of the consumers' cost time apart).
 // Pair: 128 weight rows a tile, two m64 MMAs a K step into two accumulators (a gate/up tile's 64
 // gate rows and its 64 up rows, so that each thread holds the gate and up value of the same h
 // element and forms h in registers; a down tile's 128 y columns), written from registers.
@@ -351,16 +352,18 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
       }
       if (job.kind == 0) fence_proxy_async_global();  // h is read by other blocks' copy engines
     }
+    if constexpr (Mma && !Store) {
+      // One value a job stored, so that the compiler keeps the MMAs whose products go unused.
+      if (tid % 128 == 0) g.out[row0 * g.hidden + job.tile] = acc[V::kAcc - 1][0];
+    }
     // Epilogue: the warpgroups' partial products through shared memory, summed in warpgroup
     // order. Gate rows are the MMA's rows 0-31, up rows 32-63.
-    if constexpr (!V::kPair && (Mma || Store)) {
+    if constexpr (!V::kPair && Store) {
 #pragma unroll
       for (int j = 0; j < kDsTokens / 2; ++j) {
         s_part[wg][wgmma_acc_row(j)][wgmma_acc_col(j)] = acc[0][j];
       }
       if (!team_sync()) return;
-    }
-    if constexpr (!V::kPair && Store) {
       if (job.kind == 1) {
         for (int i = tid; i < 64 * kDsTokens; i += kTeam) {
           const int r = i % 64, t = i / 64, col = job.tile * kDsDownCols + r;
