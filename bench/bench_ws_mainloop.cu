@@ -318,9 +318,9 @@ void BM_DecodeStream(benchmark::State& state, StreamShape s) {
     return;
   }
   constexpr int kLaunches = 8;
-  using flashmoe_test::kDsTokens;
+  constexpr int kSlotRows = V::kTokens;  // token rows of a slot
   const std::size_t H = s.hidden, I = s.inter, E = s.experts, S = s.selected;
-  const std::size_t rows = S * kDsTokens;
+  const std::size_t rows = S * kSlotRows;
   Buffer dw13(E * 2 * I * H * 2), dw2(E * H * I * 2), dx(rows * H * 2), dh(rows * I * 2),
       dout(rows * H * 4), dexperts(kLaunches * S * 4), words(kLaunches * (1 + S) * 4),
       control(64 * 4 * 16);
@@ -339,11 +339,11 @@ void BM_DecodeStream(benchmark::State& state, StreamShape s) {
   cudaMemcpy(dexperts.ptr, experts.data(), experts.size() * 4, cudaMemcpyHostToDevice);
   flashmoe_test::DecodeStreamMaps maps{};
   const int n = static_cast<int>(rows);
-  if (!flashmoe_test::encode_bf16_map(maps.x, dx.ptr, n, s.hidden, kDsTokens) ||
+  if (!flashmoe_test::encode_bf16_map(maps.x, dx.ptr, n, s.hidden, kSlotRows) ||
       !flashmoe_test::encode_bf16_map(maps.w13, dw13.ptr, static_cast<int>(E * 2 * I), s.hidden,
                                       flashmoe_test::kDsGateCols) ||
       !flashmoe_test::encode_bf16_map(maps.w2, dw2.ptr, static_cast<int>(E * H), s.inter, 64) ||
-      !flashmoe_test::encode_bf16_map(maps.h, dh.ptr, n, s.inter, kDsTokens)) {
+      !flashmoe_test::encode_bf16_map(maps.h, dh.ptr, n, s.inter, kSlotRows)) {
     state.SkipWithError("cuTensorMapEncodeTiled failed");
     return;
   }
@@ -745,6 +745,10 @@ int main(int argc, char** argv) {
   register_stream_rows<DsVariant<1, 0, 2, true, true, true>>("wg1/pair/k128");
   register_stream_rows<DsVariant<1, 1, 2, true, true, true>>("wg1/pair/in_flight1/k128");
   register_stream_rows<DsVariant<1, 0, 2, false, false, true>>("no_mma/pair/k128");
+  // Slots of 32 and 48 token rows (OLMoE's T = 256 averages 32 rows an expert).
+  register_stream_rows<DsVariant<1, 0, 2, true, true, true, 32>>("wg1/pair/k128/n32");
+  register_stream_rows<DsVariant<1, 0, 2, true, true, true, 48>>("wg1/pair/k128/n48");
+  register_stream_rows<DsVariant<1, 0, 2, false, false, true, 48>>("no_mma/pair/k128/n48");
   // The weight stream's copy paths alone (stream_paths.cuh; issue 21): the decode kernels'
   // 64-column boxes of 64 rows, 6 stages of 16 KB, two blocks an SM, with and without their
   // evict-first policy; smaller and deeper stages; one block an SM with 13 stages; cp.async;

@@ -266,13 +266,13 @@ struct StreamCase {
 // cell of h and of the down product checked, both poisoned first.
 template <class V = flashmoe_test::DsVariant<>>
 void run_stream_case(const StreamCase& cs, std::mt19937_64& rng) {
-  using flashmoe_test::kDsTokens;
+  constexpr int kSlotRows = V::kTokens;  // token rows of a slot
   SCOPED_TRACE(::testing::Message()
                << "H " << cs.hidden << " I " << cs.inter << " E " << cs.experts << " selected "
                << cs.selected << " grid " << cs.grid << " threads " << V::kThreads << " stages "
                << V::kStages << " in flight " << V::kInFlight << " K columns " << V::kKCols
-               << " paired " << V::kPair);
-  const int H = cs.hidden, I = cs.inter, S = cs.selected, rows = S * kDsTokens;
+               << " paired " << V::kPair << " token rows " << kSlotRows);
+  const int H = cs.hidden, I = cs.inter, S = cs.selected, rows = S * kSlotRows;
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   std::vector<__nv_bfloat16> x(static_cast<std::size_t>(rows) * H, __float2bfloat16(0.0f)),
       w13(static_cast<std::size_t>(cs.experts) * 2 * I * H),
@@ -282,10 +282,10 @@ void run_stream_case(const StreamCase& cs, std::mt19937_64& rng) {
   std::vector<int> experts(S);
   for (int s = 0; s < S; ++s) {
     experts[s] = std::uniform_int_distribution<int>(0, cs.experts - 1)(rng);
-    const int live = std::uniform_int_distribution<int>(1, kDsTokens)(rng);
+    const int live = std::uniform_int_distribution<int>(1, kSlotRows)(rng);
     for (int t = 0; t < live; ++t) {
       for (int k = 0; k < H; ++k) {
-        x[(static_cast<std::size_t>(s) * kDsTokens + t) * H + k] = __float2bfloat16(u(rng));
+        x[(static_cast<std::size_t>(s) * kSlotRows + t) * H + k] = __float2bfloat16(u(rng));
       }
     }
   }
@@ -302,11 +302,11 @@ void run_stream_case(const StreamCase& cs, std::mt19937_64& rng) {
   ASSERT_EQ(cudaMemset(words.get(), 0, words.bytes()), cudaSuccess);
   ASSERT_EQ(cudaMemset(control.get(), 0, control.bytes()), cudaSuccess);
   flashmoe_test::DecodeStreamMaps maps{};
-  ASSERT_TRUE(flashmoe_test::encode_bf16_map(maps.x, dx.get(), rows, H, kDsTokens));
+  ASSERT_TRUE(flashmoe_test::encode_bf16_map(maps.x, dx.get(), rows, H, kSlotRows));
   ASSERT_TRUE(flashmoe_test::encode_bf16_map(maps.w13, dw13.get(), cs.experts * 2 * I, H,
                                              flashmoe_test::kDsGateCols));
   ASSERT_TRUE(flashmoe_test::encode_bf16_map(maps.w2, dw2.get(), cs.experts * H, I, 64));
-  ASSERT_TRUE(flashmoe_test::encode_bf16_map(maps.h, dh.get(), rows, I, kDsTokens));
+  ASSERT_TRUE(flashmoe_test::encode_bf16_map(maps.h, dh.get(), rows, I, kSlotRows));
   const flashmoe_test::DecodeStreamArgs args{
       dexperts.get<int>(),
       S,
@@ -332,7 +332,7 @@ void run_stream_case(const StreamCase& cs, std::mt19937_64& rng) {
             cudaSuccess);
   int bad = 0;
   for (int r = 0; r < rows && bad < 5; ++r) {
-    const std::size_t e = static_cast<std::size_t>(experts[r / kDsTokens]);
+    const std::size_t e = static_cast<std::size_t>(experts[r / kSlotRows]);
     for (int c = 0; c < I && bad < 5; ++c) {
       double gate = 0.0, up = 0.0;
       for (int k = 0; k < H; ++k) {
@@ -383,7 +383,7 @@ TEST(WsDecodeStream, SwapAbGateUpAndDownMatchTheCpu) {
   // The consumer variants bench_ws_mainloop measures: one MMA batch in flight, stages of 128 K
   // columns (K tails inside a stage), two warpgroups on alternate stages (odd step counts),
   // stages of 256 K columns (K shorter than one stage: 200 and 96), paired tiles (128 weight rows
-  // a tile, partial tiles at every I and H here but 2048 and 1600).
+  // a tile, partial tiles at every I and H here but 2048 and 1600), slots of 48 and 32 token rows.
   using flashmoe_test::DsVariant;
   for (const StreamCase& cs : {StreamCase{2048, 768, 16, 8, 132}, StreamCase{200, 200, 4, 4, 3},
                                StreamCase{136, 1600, 3, 2, 2}, StreamCase{320, 96, 2, 2, 1}}) {
@@ -394,6 +394,8 @@ TEST(WsDecodeStream, SwapAbGateUpAndDownMatchTheCpu) {
     run_stream_case<DsVariant<1, 0, 4>>(cs, rng);
     run_stream_case<DsVariant<1, 0, 1, true, true, true>>(cs, rng);
     run_stream_case<DsVariant<1, 1, 2, true, true, true>>(cs, rng);
+    run_stream_case<DsVariant<1, 0, 2, true, true, true, 48>>(cs, rng);
+    run_stream_case<DsVariant<2, 1, 2, true, true, false, 32>>(cs, rng);
   }
 }
 

@@ -27,7 +27,7 @@
 
 namespace flashmoe_test {
 
-inline constexpr int kDsTokens = 16;    // token rows of an expert (B's rows), zeros past its own
+inline constexpr int kDsTokens = 16;    // token rows of a slot (B's rows) unless a variant says
 inline constexpr int kDsGateCols = 32;  // rows of a w13 box (h columns of a gate/up tile)
 inline constexpr int kDsDownCols = 64;  // rows of a w2 box (y columns of a down tile)
 inline constexpr int kDsJobDepth = 4;
@@ -44,8 +44,9 @@ inline constexpr std::uint32_t kDsRowBytes = 128;  // one swizzle atom's row: 64
 // Pair: 128 weight rows a tile, two m64 MMAs a K step into two accumulators (a gate/up tile's 64
 // gate rows and its 64 up rows, so that each thread holds the gate and up value of the same h
 // element and forms h in registers; a down tile's 128 y columns), written from registers.
+// Tokens: token rows of a slot (the MMA's N: 16, 32 or 48; zeros past the expert's own).
 template <int Consumers = 1, int InFlight = 0, int KAtoms = 1, bool Mma = true, bool Store = Mma,
-          bool Pair = false>
+          bool Pair = false, int Tokens = kDsTokens>
 struct DsVariant {
   static_assert(Consumers == 1 || Consumers == 2, "one or two consumer warpgroups");
   static_assert(InFlight == 0 || InFlight == 1, "at most one MMA batch in flight");
@@ -53,20 +54,22 @@ struct DsVariant {
   static constexpr int kThreads = 128 * Consumers + 32;  // the last warp produces
   static constexpr int kInFlight = InFlight;
   static constexpr bool kMma = Mma, kStore = Store, kPair = Pair;
+  static_assert(Tokens == 16 || Tokens == 32 || Tokens == 48, "an MMA width of the stream");
+  static constexpr int kTokens = Tokens;
   static constexpr int kKCols = 64 * KAtoms;  // K columns of a stage
   static constexpr int kAcc = Pair ? 2 : 1;   // m64 accumulators
   static constexpr int kARows = 64 * kAcc;    // weight rows of a tile
   static constexpr int kGateCols = kARows / 2, kDownCols = kARows;  // h / y columns of a tile
-  static constexpr std::uint32_t kAAtom = kARows * kDsRowBytes, kBAtom = kDsTokens * kDsRowBytes;
+  static constexpr std::uint32_t kAAtom = kARows * kDsRowBytes, kBAtom = Tokens * kDsRowBytes;
   static constexpr std::uint32_t kA = KAtoms * kAAtom, kB = KAtoms * kBAtom;
   static constexpr std::uint32_t kStage = (kA + kB + 1023u) / 1024u * 1024u;  // swizzle atoms
   static constexpr int kStages = 200 * 1024 / static_cast<int>(kStage);       // 200 KB of ring
   static constexpr std::uint32_t kBytes = kStages * kStage + 1024;            // + alignment slack
 };
 
-// Maps (128-byte swizzle, boxes of 64 K columns): x_map [selected * kDsTokens, H] by kDsTokens
-// rows, w13_map [E * 2I, H] by 32 rows (each expert's I gate rows, then its I up rows), w2_map
-// [E * H, I] by 64 rows, h_map [selected * kDsTokens, I] by kDsTokens rows.
+// Maps (128-byte swizzle, boxes of 64 K columns; N = the variant's kTokens): x_map
+// [selected * N, H] by N rows, w13_map [E * 2I, H] by 32 rows (each expert's I gate rows, then
+// its I up rows), w2_map [E * H, I] by 64 rows, h_map [selected * N, I] by N rows.
 struct DecodeStreamMaps {
   CUtensorMap x, w13, w2, h;
 };
@@ -74,8 +77,8 @@ struct DecodeStreamMaps {
 struct DecodeStreamArgs {
   const int* experts;  // [selected] expert of each selected slot
   int selected, hidden, inter;
-  __nv_bfloat16* h;      // [selected * kDsTokens, I]
-  float* out;            // [selected * kDsTokens, H]: h W2^T, per slot and token row
+  __nv_bfloat16* h;      // [selected * N, I]
+  float* out;            // [selected * N, H]: h W2^T, per slot and token row
   std::uint32_t* words;  // [0]: the ticket counter, [1 + s]: slot s's gate/up tiles published;
                          // zero before the launch
   flashmoe::detail::Watchdog wd;
@@ -146,11 +149,12 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
   constexpr int kStages = V::kStages, kConsumers = V::kThreads / 128;
   constexpr int kAtoms = V::kKCols / 64, InFlight = V::kInFlight;
   constexpr bool Mma = V::kMma, Store = V::kStore;
+  constexpr int kTokens = V::kTokens;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const std::uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   __shared__ Pipeline<kStages> pipe;
   __shared__ DsJobRing jobs;
-  __shared__ float s_part[kConsumers][64][kDsTokens + 1];  // each warpgroup's product of a job
+  __shared__ float s_part[kConsumers][64][kTokens + 1];  // each warpgroup's product of a job
   // The consumers' own barrier (every consumer warp arrives): an mbarrier rather than a named
   // one, so that its wait is bounded and ends when the ring is poisoned; a warpgroup whose
   // stage wait failed leaves, and a named barrier would hold the other one forever.
@@ -188,7 +192,7 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
       if (job.kind == 2) return;
       ticket = fetch_add_relaxed(g.words, 1);
       const int expert = slot_expert[job.slot];
-      const int h_row = job.slot * kDsTokens, token_row = kLayer ? 0 : h_row;
+      const int h_row = job.slot * kTokens, token_row = kLayer ? 0 : h_row;
       const int ksteps = ds_ksteps<V>(g, job);
       if (job.kind == 0) {
         const int gate_row = expert * 2 * g.inter + job.tile * V::kGateCols;
@@ -256,6 +260,7 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
   static_assert(kConsumers == 1 || kStages % 2 == 0, "stages alternate between two warpgroups");
   static_assert(!kLayer || Store, "a layer's combine reads out");
   static_assert(!kLayer || !V::kPair, "a layer's combine sums 64-column slices");
+  static_assert(!kLayer || kTokens == kDsTokens, "a layer's slots hold its T <= 16 tokens");
   constexpr int kTeam = 128 * kConsumers;
   const int tid = static_cast<int>(threadIdx.x);
   PipeState<kStages> st, prev;
@@ -279,11 +284,11 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
     js.advance();
     if (job.kind == 2) return;
     const int ksteps = ds_ksteps<V>(g, job);
-    float acc[V::kAcc][kDsTokens / 2];
+    float acc[V::kAcc][kTokens / 2];
 #pragma unroll
     for (int m = 0; m < V::kAcc; ++m) {
 #pragma unroll
-      for (int j = 0; j < kDsTokens / 2; ++j) acc[m][j] = 0.0f;
+      for (int j = 0; j < kTokens / 2; ++j) acc[m][j] = 0.0f;
     }
     bool held = false;  // prev: a stage of this warpgroup whose MMAs may still run
     bool ok = true;
@@ -306,7 +311,7 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
           for (int ks = 0; ks < 4; ++ks) {
 #pragma unroll
             for (int m = 0; m < V::kAcc; ++m) {
-              WgmmaM64K16<kDsTokens, __nv_bfloat16>::run(
+              WgmmaM64K16<kTokens, __nv_bfloat16>::run(
                   acc[m], smem_desc_sw128(a + c * V::kAAtom + m * 64 * kDsRowBytes + ks * 32),
                   smem_desc_sw128(a + V::kA + c * V::kBAtom + ks * 32), true);
             }
@@ -329,12 +334,12 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
       if (held && lane == 0) pipe.consumer_release(prev);
     }
     if (!ok) return;
-    const std::int64_t row0 = static_cast<std::int64_t>(job.slot) * kDsTokens;
+    const std::int64_t row0 = static_cast<std::int64_t>(job.slot) * kTokens;
     if constexpr (V::kPair && Store) {
       // Paired tiles: every element from the registers that hold it (row r of accumulator m is
       // weight row 64 m + r of the tile; a gate/up tile's gate and up rows are m = 0 and 1).
 #pragma unroll
-      for (int j = 0; j < kDsTokens / 2; ++j) {
+      for (int j = 0; j < kTokens / 2; ++j) {
         const int r = wgmma_acc_row(j), t = wgmma_acc_col(j);
         if (job.kind == 1) {
 #pragma unroll
@@ -360,12 +365,12 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
     // order. Gate rows are the MMA's rows 0-31, up rows 32-63.
     if constexpr (!V::kPair && Store) {
 #pragma unroll
-      for (int j = 0; j < kDsTokens / 2; ++j) {
+      for (int j = 0; j < kTokens / 2; ++j) {
         s_part[wg][wgmma_acc_row(j)][wgmma_acc_col(j)] = acc[0][j];
       }
       if (!team_sync()) return;
       if (job.kind == 1) {
-        for (int i = tid; i < 64 * kDsTokens; i += kTeam) {
+        for (int i = tid; i < 64 * kTokens; i += kTeam) {
           const int r = i % 64, t = i / 64, col = job.tile * kDsDownCols + r;
           float v = s_part[0][r][t];
           if (kConsumers == 2) v += s_part[kConsumers - 1][r][t];
@@ -374,7 +379,7 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
           }
         }
       } else {
-        for (int i = tid; i < kDsGateCols * kDsTokens; i += kTeam) {
+        for (int i = tid; i < kDsGateCols * kTokens; i += kTeam) {
           const int c = i % kDsGateCols, t = i / kDsGateCols, col = job.tile * kDsGateCols + c;
           float gate = s_part[0][c][t], up = s_part[0][kDsGateCols + c][t];
           if (kConsumers == 2) {
@@ -408,7 +413,7 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
             float sum = 0.0f;
             for (int k = 0; k < hook.top_k; ++k) {
               const std::int64_t row =
-                  static_cast<std::int64_t>(hook.slot_of[hook.ids[t][k]]) * kDsTokens + t;
+                  static_cast<std::int64_t>(hook.slot_of[hook.ids[t][k]]) * kTokens + t;
               sum += hook.weights[t][k] * __ldcg(g.out + row * g.hidden + col);
             }
             hook.y[static_cast<std::int64_t>(t) * g.hidden + col] = __float2bfloat16(sum);

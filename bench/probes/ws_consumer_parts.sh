@@ -7,7 +7,8 @@
 # zero products without the MMAs), no_mma/k128 (neither), wg2/in_flight1/k128, and stages of
 # 256 K columns (wg1/k256, no_mma/k256: half the per-stage waits and releases), and paired
 # tiles (wg1/pair...: 128 weight rows a tile, two MMAs a K step, the epilogue from registers;
-# no_mma/pair/k128 their ceiling).
+# no_mma/pair/k128 their ceiling), and paired tiles on slots of 32 and 48 token rows (n32, n48:
+# the MMA's N at OLMoE T = 256, whose experts average 32 rows).
 set -uo pipefail
 source bench/probes/tree.sh  # $out, stamp
 cmake --preset gpu -DFLASHMOE_BUILD_TESTS=ON -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
@@ -21,7 +22,8 @@ stamp "build done"
 build/gpu/tests/test_ws_mainloop_gpu --gtest_filter='WsDecodeStream.*' 2>&1 | tail -3
 shapes='(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite)'
 variants='(wg1/k128|wg1/k128/no_store|no_mma/k128|no_mma/k128/store|wg2/in_flight1/k128'
-variants+='|wg1/k256|no_mma/k256|wg1/pair|wg1/pair/k128|wg1/pair/in_flight1/k128|no_mma/pair/k128)'
+variants+='|wg1/k256|no_mma/k256|wg1/pair|wg1/pair/k128|wg1/pair/in_flight1/k128|no_mma/pair/k128'
+variants+='|wg1/pair/k128/n32|wg1/pair/k128/n48|no_mma/pair/k128/n48)'
 for round in 1 2; do
   build/gpu/bench/bench_ws_mainloop \
     --benchmark_filter="^DecodeStream/$shapes/(all_experts|T:1)/$variants/iter" \

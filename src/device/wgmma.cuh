@@ -90,7 +90,8 @@ __device__ __forceinline__ void wgmma_m64n32k16(float (&d0)[4], float (&d1)[4], 
 // Thread layout of d: wgmma_acc_row / wgmma_acc_col below.
 template <int N, typename T>
 struct WgmmaM64K16 {
-  static_assert(N == 16 || N == 64 || N == 128 || N == 256, "the widths the tiles use");
+  static_assert(N == 16 || N == 32 || N == 48 || N == 64 || N == 128 || N == 256,
+                "the widths the tiles use");
   __device__ static void run(float (&d)[N / 2], std::uint64_t a, std::uint64_t b, bool accumulate) {
     (void)d, (void)a, (void)b, (void)accumulate;  // sm_90a only: the specialisations below
   }
@@ -119,6 +120,30 @@ struct WgmmaM64K16<16, T> {
   __device__ static void run(float (&d)[8], std::uint64_t a, std::uint64_t b, bool accumulate) {
     FLASHMOE_WGMMA_RUN(16, "%0, %1, %2, %3, %4, %5, %6, %7", 8, 9, 10, "+f"(d[0]), "+f"(d[1]),
                        "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]))
+  }
+};
+// N = 32 and 48: swap-AB tiles of 32 and 48 token rows (the decode stream's wider slots).
+template <typename T>
+struct WgmmaM64K16<32, T> {
+  __device__ static void run(float (&d)[16], std::uint64_t a, std::uint64_t b, bool accumulate) {
+    FLASHMOE_WGMMA_RUN(32,
+                       "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15", 16,
+                       17, 18, "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]),
+                       "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]),
+                       "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]))
+  }
+};
+template <typename T>
+struct WgmmaM64K16<48, T> {
+  __device__ static void run(float (&d)[24], std::uint64_t a, std::uint64_t b, bool accumulate) {
+    FLASHMOE_WGMMA_RUN(48,
+                       "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, "
+                       "%17, %18, %19, %20, %21, %22, %23",
+                       24, 25, 26, "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]),
+                       "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]),
+                       "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+                       "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]),
+                       "+f"(d[23]))
   }
 };
 template <typename T>
