@@ -733,7 +733,8 @@ int main(int argc, char** argv) {
   register_stream_rows<DsVariant<1, 0, 1, false>>("no_mma");
   register_stream_rows<DsVariant<1, 0, 2, false>>("no_mma/k128");
   // The consumers' cost in two parts: the MMAs without the epilogue (its shared-memory exchange,
-  // barrier and global stores), and the epilogue (on zero products) without the MMAs.
+  // first barrier and global stores; the job's last barrier and publication stay), and the
+  // epilogue (on zero products) without the MMAs.
   register_stream_rows<DsVariant<1, 0, 2, true, false>>("wg1/k128/no_store");
   register_stream_rows<DsVariant<1, 0, 2, false, true>>("no_mma/k128/store");
   // Stages of 256 K columns (40 KB, five of them): half the per-stage waits and releases.

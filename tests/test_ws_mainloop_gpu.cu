@@ -262,8 +262,8 @@ struct StreamCase {
   int hidden, inter, experts, selected, grid;
 };
 
-// One decode stream: random tokens per selected expert (1..16 rows, zeros past them), every
-// cell of h and of the down product checked, both poisoned first.
+// One decode stream: random tokens per selected expert (1 to the slot's rows, zeros past them),
+// every cell of h and of the down product checked, both poisoned first.
 template <class V = flashmoe_test::DsVariant<>>
 void run_stream_case(const StreamCase& cs, std::mt19937_64& rng) {
   constexpr int kSlotRows = V::kTokens;  // token rows of a slot
@@ -383,7 +383,7 @@ TEST(WsDecodeStream, SwapAbGateUpAndDownMatchTheCpu) {
   // The consumer variants bench_ws_mainloop measures: one MMA batch in flight, stages of 128 K
   // columns (K tails inside a stage), two warpgroups on alternate stages (odd step counts),
   // stages of 256 K columns (K shorter than one stage: 200 and 96), paired tiles (128 weight rows
-  // a tile, partial tiles at every I and H here but 2048 and 1600), slots of 48 and 32 token rows.
+  // a tile; partial tiles at I = 200 and 96, H = 200, 136 and 320), slots of 48 and 32 rows.
   using flashmoe_test::DsVariant;
   for (const StreamCase& cs : {StreamCase{2048, 768, 16, 8, 132}, StreamCase{200, 200, 4, 4, 3},
                                StreamCase{136, 1600, 3, 2, 2}, StreamCase{320, 96, 2, 2, 1}}) {
@@ -395,6 +395,7 @@ TEST(WsDecodeStream, SwapAbGateUpAndDownMatchTheCpu) {
     run_stream_case<DsVariant<1, 0, 1, true, true, true>>(cs, rng);
     run_stream_case<DsVariant<1, 1, 2, true, true, true>>(cs, rng);
     run_stream_case<DsVariant<1, 0, 2, true, true, true, 48>>(cs, rng);
+    run_stream_case<DsVariant<1, 0, 2, true, true, true, 32>>(cs, rng);
     run_stream_case<DsVariant<2, 1, 2, true, true, false, 32>>(cs, rng);
   }
 }
