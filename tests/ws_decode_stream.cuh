@@ -20,6 +20,7 @@
 
 #include <cstdint>
 
+#include "device/numeric.cuh"
 #include "device/pipeline.cuh"
 #include "device/sync.cuh"
 #include "device/wgmma.cuh"
@@ -351,7 +352,7 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
           const int col = job.tile * V::kGateCols + r;
           const float gate = acc[0][j], up = acc[1][j];
           if (col < g.inter) {
-            g.h[(row0 + t) * g.inter + col] = __float2bfloat16(gate / (1.0f + __expf(-gate)) * up);
+            g.h[(row0 + t) * g.inter + col] = __float2bfloat16(silu(gate) * up);
           }
         }
       }
@@ -388,7 +389,7 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
           }
           // (A layer's token rows past T: never read back but as columns of their own.)
           if (col < g.inter && (!kLayer || t < hook.tokens)) {
-            g.h[(row0 + t) * g.inter + col] = __float2bfloat16(gate / (1.0f + __expf(-gate)) * up);
+            g.h[(row0 + t) * g.inter + col] = __float2bfloat16(silu(gate) * up);
           }
         }
         fence_proxy_async_global();  // h is read by other blocks' copy engines
