@@ -46,6 +46,10 @@ def main(path):
     tensor = sampled(names, data, "sm__pipe_tensor_cycles_active")
     # The first sample holds counts from before the kernel; the span starts after it.
     busy = [i for i, v in enumerate(tensor) if v > 1 and i > 5]
+    if dram and not busy:
+        # A kernel without MMAs (ws_stream_pm.sh's no-MMA streams): the span where DRAM reads.
+        busy = [i for i, v in enumerate(dram) if v > 5 and i > 0]
+        print("  no tensor pipe: the span is where DRAM reads run above 5% of peak")
     if not dram or not busy:
         print("  no sampled DRAM rate or tensor pipe in this report")
         return

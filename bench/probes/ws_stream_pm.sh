@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One device call (about 4 minutes on a fresh machine; run from the repository root): row 174's
+# consumers against their ceiling over time. ncu's PM sampling (as pm_sampling.sh: counters
+# every SAMPLE_INTERVAL, no cache flush, clocks as they are) of one warp-specialised decode
+# stream launch at Qwen3 all_experts (bench_ws_mainloop's DecodeStream rows) for each VARIANTS
+# entry: whether the consumers' 6% is spread over the launch or sits at its start, its phase
+# change or its tail. Each report is read by pm_sampling.py.
+set -uo pipefail
+source bench/probes/tree.sh  # $out, stamp
+cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
+cmake --build --preset gpu -j 14 --target bench_ws_mainloop >>"$out/build.log" 2>&1 || {
+  tail -30 "$out/build.log"
+  exit 1
+}
+stamp "build done"
+interval=()
+ncu --help | grep -q pm-sampling-interval &&
+  interval=(--pm-sampling-interval "${SAMPLE_INTERVAL:-1000}")
+shape=${SHAPE:-Qwen3-30B-A3B}
+for variant in ${VARIANTS:-wg1/k128 no_mma/k128 wg1/pair/k128 no_mma/pair/k128}; do
+  name=${variant//\//_}
+  timeout 120 ncu --clock-control none --cache-control none --section PmSampling \
+    "${interval[@]}" \
+    --metrics dram__bytes_read.sum,lts__t_sector_hit_rate.pct,gpu__time_duration.sum \
+    --kernel-name regex:ws_decode_stream_kernel --launch-skip 20 --launch-count 1 --kill yes \
+    -f -o "$out/pm_$name" build/gpu/bench/bench_ws_mainloop \
+    --benchmark_filter="^DecodeStream/$shape/all_experts/$variant/iter" >"$out/pm_$name.log" 2>&1
+  echo "== $variant (ncu exit $?)"
+  ncu -i "$out/pm_$name.ncu-rep" --page raw --csv --print-metric-instances values \
+    >"$out/pm_$name.csv" 2>&1
+  python3 bench/probes/pm_sampling.py "$out/pm_$name.csv"
+  stamp "$variant done"
+done
