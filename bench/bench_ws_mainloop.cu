@@ -750,6 +750,34 @@ int main(int argc, char** argv) {
   register_stream_rows<DsVariant<1, 0, 2, true, true, true, 32>>("wg1/pair/k128/n32");
   register_stream_rows<DsVariant<1, 0, 2, true, true, true, 48>>("wg1/pair/k128/n48");
   register_stream_rows<DsVariant<1, 0, 2, false, false, true, 48>>("no_mma/pair/k128/n48");
+  // out in bf16, the library's ypart type (row 174 c): the epilogue's stores halved.
+  register_stream_rows<DsVariant<1, 0, 2, true, true, false, 16, true>>("wg1/k128/bf16");
+  register_stream_rows<DsVariant<1, 0, 2, false, true, false, 16, true>>("no_mma/k128/store/bf16");
+  register_stream_rows<DsVariant<1, 0, 2, true, true, true, 16, true>>("wg1/pair/k128/bf16");
+  // Row 174 d: the epilogue (on zero products) with parts left out (timing only): the proxy
+  // fence after h, out's stores, h's stores, all three (the exchange and barrier left).
+  using flashmoe_test::kDsSkipFence, flashmoe_test::kDsSkipOut, flashmoe_test::kDsSkipH;
+  register_stream_rows<DsVariant<1, 0, 2, false, true, false, 16, false, kDsSkipFence>>(
+      "no_mma/k128/store/no_fence");
+  register_stream_rows<DsVariant<1, 0, 2, false, true, false, 16, false, kDsSkipOut>>(
+      "no_mma/k128/store/no_out");
+  register_stream_rows<DsVariant<1, 0, 2, false, true, false, 16, false, kDsSkipH>>(
+      "no_mma/k128/store/no_h");
+  register_stream_rows<DsVariant<1, 0, 2, false, true, false, 16, false,
+                                 kDsSkipFence | kDsSkipOut | kDsSkipH>>("no_mma/k128/store/none");
+  register_stream_rows<DsVariant<1, 0, 2, true, true, false, 16, false, kDsSkipFence>>(
+      "wg1/k128/no_fence");
+  register_stream_rows<DsVariant<1, 0, 2, false, false, false, 16, false, flashmoe_test::kDsDelay>>(
+      "no_mma/k128/delay1000");
+  // Row 174 e: each tile's h and out written as one contiguous block instead of rows 1.5-4 KB
+  // apart (timing only; the same bytes), fp32 and bf16 out.
+  using flashmoe_test::kDsContiguous;
+  register_stream_rows<DsVariant<1, 0, 2, false, true, false, 16, false, kDsContiguous>>(
+      "no_mma/k128/store/contiguous");
+  register_stream_rows<DsVariant<1, 0, 2, true, true, false, 16, false, kDsContiguous>>(
+      "wg1/k128/contiguous");
+  register_stream_rows<DsVariant<1, 0, 2, true, true, false, 16, true, kDsContiguous>>(
+      "wg1/k128/bf16/contiguous");
   // The weight stream's copy paths alone (stream_paths.cuh; issue 21): the decode kernels'
   // 64-column boxes of 64 rows, 6 stages of 16 KB, two blocks an SM, with and without their
   // evict-first policy; smaller and deeper stages; one block an SM with 13 stages; cp.async;

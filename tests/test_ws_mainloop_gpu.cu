@@ -271,7 +271,8 @@ void run_stream_case(const StreamCase& cs, std::mt19937_64& rng) {
                << "H " << cs.hidden << " I " << cs.inter << " E " << cs.experts << " selected "
                << cs.selected << " grid " << cs.grid << " threads " << V::kThreads << " stages "
                << V::kStages << " in flight " << V::kInFlight << " K columns " << V::kKCols
-               << " paired " << V::kPair << " token rows " << kSlotRows);
+               << " paired " << V::kPair << " token rows " << kSlotRows << " bf16 out "
+               << V::kOutBf16);
   const int H = cs.hidden, I = cs.inter, S = cs.selected, rows = S * kSlotRows;
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   std::vector<__nv_bfloat16> x(static_cast<std::size_t>(rows) * H, __float2bfloat16(0.0f)),
@@ -328,8 +329,17 @@ void run_stream_case(const StreamCase& cs, std::mt19937_64& rng) {
   std::vector<__nv_bfloat16> h(static_cast<std::size_t>(rows) * I);
   std::vector<float> out(static_cast<std::size_t>(rows) * H);
   ASSERT_EQ(cudaMemcpy(h.data(), dh.get(), h.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(out.data(), dout.get(), out.size() * 4, cudaMemcpyDeviceToHost),
-            cudaSuccess);
+  if constexpr (V::kOutBf16) {
+    std::vector<__nv_bfloat16> out16(out.size());
+    ASSERT_EQ(cudaMemcpy(out16.data(), dout.get(), out16.size() * 2, cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    for (std::size_t i = 0; i < out.size(); ++i) out[i] = __bfloat162float(out16[i]);
+  } else {
+    ASSERT_EQ(cudaMemcpy(out.data(), dout.get(), out.size() * 4, cudaMemcpyDeviceToHost),
+              cudaSuccess);
+  }
+  // bf16 out: its rounding (half a unit in the 8th bit) on top of the sum's own error.
+  const double out_rel = V::kOutBf16 ? 1.0 / 256.0 : 0.0;
   int bad = 0;
   for (int r = 0; r < rows && bad < 5; ++r) {
     const std::size_t e = static_cast<std::size_t>(experts[r / kSlotRows]);
@@ -358,7 +368,7 @@ void run_stream_case(const StreamCase& cs, std::mt19937_64& rng) {
         mag += std::fabs(p);
       }
       const float got = out[static_cast<std::size_t>(r) * H + n];
-      if (!(std::fabs(got - ref) <= 1e-5 * mag + 1e-6)) {
+      if (!(std::fabs(got - ref) <= out_rel * std::fabs(ref) + 1e-5 * mag + 1e-6)) {
         ADD_FAILURE() << "out[" << r << ", " << n << "] = " << got << ", expected " << ref;
         ++bad;
       }
@@ -383,7 +393,8 @@ TEST(WsDecodeStream, SwapAbGateUpAndDownMatchTheCpu) {
   // The consumer variants bench_ws_mainloop measures: one MMA batch in flight, stages of 128 K
   // columns (K tails inside a stage), two warpgroups on alternate stages (odd step counts),
   // stages of 256 K columns (K shorter than one stage: 200 and 96), paired tiles (128 weight rows
-  // a tile; partial tiles at I = 200 and 96, H = 200, 136 and 320), slots of 48 and 32 rows.
+  // a tile; partial tiles at I = 200 and 96, H = 200, 136 and 320), slots of 48 and 32 rows,
+  // out in bf16 (plain and paired tiles).
   using flashmoe_test::DsVariant;
   for (const StreamCase& cs : {StreamCase{2048, 768, 16, 8, 132}, StreamCase{200, 200, 4, 4, 3},
                                StreamCase{136, 1600, 3, 2, 2}, StreamCase{320, 96, 2, 2, 1}}) {
@@ -397,6 +408,8 @@ TEST(WsDecodeStream, SwapAbGateUpAndDownMatchTheCpu) {
     run_stream_case<DsVariant<1, 0, 2, true, true, true, 48>>(cs, rng);
     run_stream_case<DsVariant<1, 0, 2, true, true, true, 32>>(cs, rng);
     run_stream_case<DsVariant<2, 1, 2, true, true, false, 32>>(cs, rng);
+    run_stream_case<DsVariant<1, 0, 2, true, true, false, 16, true>>(cs, rng);
+    run_stream_case<DsVariant<1, 0, 2, true, true, true, 16, true>>(cs, rng);
   }
 }
 

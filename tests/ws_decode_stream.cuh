@@ -46,15 +46,23 @@ inline constexpr std::uint32_t kDsRowBytes = 128;  // one swizzle atom's row: 64
 // gate rows and its 64 up rows, so that each thread holds the gate and up value of the same h
 // element and forms h in registers; a down tile's 128 y columns), written from registers.
 // Tokens: token rows of a slot (the MMA's N: 16, 32 or 48; zeros past the expert's own).
+// OutBf16: out written as bf16 (the library's ypart type: half the bytes) into out's first half.
+// Skip (timing only, results wrong): parts of the epilogue left out, a mask of kDsSkip* below.
+inline constexpr int kDsSkipFence = 1;  // the proxy fence after h's stores
+inline constexpr int kDsSkipOut = 2;    // out's stores
+inline constexpr int kDsSkipH = 4;      // h's stores
+inline constexpr int kDsDelay = 8;      // no epilogue; the consumers spin 1000 cycles a job
+inline constexpr int kDsContiguous = 16;  // a tile's h or out as one block (rows of its width)
 template <int Consumers = 1, int InFlight = 0, int KAtoms = 1, bool Mma = true, bool Store = Mma,
-          bool Pair = false, int Tokens = kDsTokens>
+          bool Pair = false, int Tokens = kDsTokens, bool OutBf16 = false, int Skip = 0>
 struct DsVariant {
   static_assert(Consumers == 1 || Consumers == 2, "one or two consumer warpgroups");
   static_assert(InFlight == 0 || InFlight == 1, "at most one MMA batch in flight");
   static_assert(!Pair || Consumers == 1, "paired tiles are written from one warpgroup's registers");
   static constexpr int kThreads = 128 * Consumers + 32;  // the last warp produces
   static constexpr int kInFlight = InFlight;
-  static constexpr bool kMma = Mma, kStore = Store, kPair = Pair;
+  static constexpr bool kMma = Mma, kStore = Store, kPair = Pair, kOutBf16 = OutBf16;
+  static constexpr int kSkip = Skip;
   static_assert(Tokens == 16 || Tokens == 32 || Tokens == 48, "an MMA width of the stream");
   static constexpr int kTokens = Tokens;
   static constexpr int kKCols = 64 * KAtoms;  // K columns of a stage
@@ -79,7 +87,8 @@ struct DecodeStreamArgs {
   const int* experts;  // [selected] expert of each selected slot
   int selected, hidden, inter;
   __nv_bfloat16* h;      // [selected * N, I]
-  float* out;            // [selected * N, H]: h W2^T, per slot and token row
+  float* out;            // [selected * N, H]: h W2^T, per slot and token row (bf16 variants:
+                         // [selected * N, H] bf16 from the same address)
   std::uint32_t* words;  // [0]: the ticket counter, [1 + s]: slot s's gate/up tiles published;
                          // zero before the launch
   flashmoe::detail::Watchdog wd;
@@ -124,6 +133,18 @@ __device__ __forceinline__ void ds_load(std::uint32_t dst, std::uint32_t atom,
 #pragma unroll
   for (int c = 0; c < kAtoms; ++c) {
     flashmoe::detail::tma_load_2d(dst + c * atom, map, bar, (kt * kAtoms + c) * 64, row);
+  }
+}
+
+template <class V>
+__device__ __forceinline__ void ds_store_out(const DecodeStreamArgs& g, std::int64_t at,
+                                             float v) {
+  if constexpr ((V::kSkip & kDsSkipOut) != 0) {
+    (void)g, (void)at, (void)v;
+  } else if constexpr (V::kOutBf16) {
+    reinterpret_cast<__nv_bfloat16*>(g.out)[at] = __float2bfloat16(v);
+  } else {
+    g.out[at] = v;
   }
 }
 
@@ -260,6 +281,11 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
   // order in the epilogue.
   static_assert(kConsumers == 1 || kStages % 2 == 0, "stages alternate between two warpgroups");
   static_assert(!kLayer || Store, "a layer's combine reads out");
+  static_assert(!kLayer || !V::kOutBf16, "a layer's combine reads out as fp32");
+  static_assert(!kLayer || V::kSkip == 0, "a layer needs its whole epilogue");
+  constexpr bool kStoreH = (V::kSkip & kDsSkipH) == 0, kFenceH = (V::kSkip & kDsSkipFence) == 0;
+  constexpr bool kContiguous = (V::kSkip & kDsContiguous) != 0;
+  static_assert(!kContiguous || !V::kPair, "contiguous tiles: the exchanged epilogue only");
   static_assert(!kLayer || !V::kPair, "a layer's combine sums 64-column slices");
   static_assert(!kLayer || kTokens == kDsTokens, "a layer's slots hold its T <= 16 tokens");
   constexpr int kTeam = 128 * kConsumers;
@@ -346,17 +372,25 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
 #pragma unroll
           for (int m = 0; m < V::kAcc; ++m) {
             const int col = job.tile * V::kDownCols + 64 * m + r;
-            if (col < g.hidden) g.out[(row0 + t) * g.hidden + col] = acc[m][j];
+            if (col < g.hidden) ds_store_out<V>(g, (row0 + t) * g.hidden + col, acc[m][j]);
           }
         } else {
           const int col = job.tile * V::kGateCols + r;
           const float gate = acc[0][j], up = acc[1][j];
-          if (col < g.inter) {
+          if (kStoreH && col < g.inter) {
             g.h[(row0 + t) * g.inter + col] = __float2bfloat16(silu(gate) * up);
           }
         }
       }
-      if (job.kind == 0) fence_proxy_async_global();  // h is read by other blocks' copy engines
+      // h is read by other blocks' copy engines.
+      if (kFenceH && job.kind == 0) fence_proxy_async_global();
+    }
+    if constexpr ((V::kSkip & kDsDelay) != 0) {
+      // A stall as long as an epilogue, with no memory traffic: whether the consumers' time
+      // outside the ring costs the stream by itself.
+      const long long until = clock64() + 1000;
+      while (clock64() < until) {
+      }
     }
     if constexpr (Mma && !Store) {
       // One value a job stored, so that the compiler keeps the MMAs whose products go unused.
@@ -376,7 +410,10 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
           float v = s_part[0][r][t];
           if (kConsumers == 2) v += s_part[kConsumers - 1][r][t];
           if (col < g.hidden && (!kLayer || t < hook.tokens)) {
-            g.out[(row0 + t) * g.hidden + col] = v;
+            ds_store_out<V>(g,
+                            kContiguous ? row0 * g.hidden + (job.tile * kTokens + t) * 64 + r
+                                        : (row0 + t) * g.hidden + col,
+                            v);
           }
         }
       } else {
@@ -388,11 +425,12 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
             up += s_part[kConsumers - 1][kDsGateCols + c][t];
           }
           // (A layer's token rows past T: never read back but as columns of their own.)
-          if (col < g.inter && (!kLayer || t < hook.tokens)) {
-            g.h[(row0 + t) * g.inter + col] = __float2bfloat16(silu(gate) * up);
+          if (kStoreH && col < g.inter && (!kLayer || t < hook.tokens)) {
+            g.h[kContiguous ? row0 * g.inter + (job.tile * kTokens + t) * kDsGateCols + c
+                            : (row0 + t) * g.inter + col] = __float2bfloat16(silu(gate) * up);
           }
         }
-        fence_proxy_async_global();  // h is read by other blocks' copy engines
+        if (kFenceH) fence_proxy_async_global();  // h is read by other blocks' copy engines
       }
     }
     // The partial products are free again, and h is written, before it is published.

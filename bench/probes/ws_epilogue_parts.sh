@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One device call (about 4 minutes on a fresh machine; run from the repository root): row 174 d.
+# Row 174 c found the swap-AB epilogue's 5% over the stream's ceiling nearly unchanged with out's
+# bytes halved, so the cost is not the bytes written. This times the epilogue (on zero products)
+# with its parts left out, one at a time (timing-only variants): the proxy fence after h, out's
+# stores, h's stores, all three; the MMA consumers without the fence; and a 1000-cycle spin a
+# job in place of the epilogue (a stall with no memory traffic). VARIANTS (a regex) picks others:
+# row 174 e's, VARIANTS='(no_mma/k128|no_mma/k128/store|no_mma/k128/store/contiguous|wg1/k128
+# |wg1/k128/contiguous|wg1/k128/bf16/contiguous)' (one line): each tile's h and out as one block.
+set -uo pipefail
+source bench/probes/tree.sh  # $out, stamp
+cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
+cmake --build --preset gpu -j 14 --target bench_ws_mainloop >>"$out/build.log" 2>&1 || {
+  tail -30 "$out/build.log"
+  exit 1
+}
+stamp "build done"
+nvidia-smi --query-gpu=name --format=csv,noheader
+shapes='(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite)'
+variants='(no_mma/k128|no_mma/k128/store|no_mma/k128/store/(no_fence|no_out|no_h|none)'
+variants+='|wg1/k128|wg1/k128/no_fence|no_mma/k128/delay1000)'
+variants=${VARIANTS:-$variants}
+for rows in '(all_experts|T:1)' all_experts; do
+  build/gpu/bench/bench_ws_mainloop \
+    --benchmark_filter="^DecodeStream/$shapes/$rows/$variants/iter" >>"$out/ws_stream.txt" 2>&1
+  stamp "round done"
+done
+grep -E "^DecodeStream" "$out/ws_stream.txt" | sed -E 's/\/iterations:[0-9]+\/manual_time//' |
+  awk '{for (i = 2; i <= NF; i++) if ($i ~ /^us_median=/) { sub("us_median=", "", $i);
+        v[$1] = v[$1] " " $i } } END { for (k in v) print k v[k] }' | sort
