@@ -8,7 +8,8 @@ import re
 import sys
 
 BIN = 4  # samples a bin (about 1.4 us each at pm_sampling.sh's interval)
-SCALARS = ("dram__bytes_read.sum", "lts__t_sector_hit_rate.pct", "gpu__time_duration.sum")
+SCALARS = ("dram__bytes_read.sum", "dram__bytes_write.sum", "lts__t_sectors_op_write.sum",
+           "lts__t_sector_hit_rate.pct", "gpu__time_duration.sum")
 SHOWN = ("dramc__read_throughput", "lts__t_sector_throughput_srcunit_tex",
          "sm__pipe_tensor_cycles_active", "lts__average_t_sector_hit_rate_realtime")
 

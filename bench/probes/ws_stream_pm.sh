@@ -4,7 +4,9 @@
 # every SAMPLE_INTERVAL, no cache flush, clocks as they are) of one warp-specialised decode
 # stream launch at Qwen3 all_experts (bench_ws_mainloop's DecodeStream rows) for each VARIANTS
 # entry: whether the consumers' 6% is spread over the launch or sits at its start, its phase
-# change or its tail. Each report is read by pm_sampling.py.
+# change or its tail, and the DRAM and L2 write counts (row 174 e: the epilogue's stores cost
+# 13-21 us whatever their bytes or layout; try VARIANTS='no_mma/k128 no_mma/k128/store
+# no_mma/k128/store/no_out wg1/k128'). Each report is read by pm_sampling.py.
 set -uo pipefail
 source bench/probes/tree.sh  # $out, stamp
 cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
@@ -17,11 +19,13 @@ interval=()
 ncu --help | grep -q pm-sampling-interval &&
   interval=(--pm-sampling-interval "${SAMPLE_INTERVAL:-1000}")
 shape=${SHAPE:-Qwen3-30B-A3B}
+metrics=dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sectors_op_write.sum
+metrics+=,lts__t_sector_hit_rate.pct,gpu__time_duration.sum
 for variant in ${VARIANTS:-wg1/k128 no_mma/k128 wg1/pair/k128 no_mma/pair/k128}; do
   name=${variant//\//_}
   timeout 120 ncu --clock-control none --cache-control none --section PmSampling \
     "${interval[@]}" \
-    --metrics dram__bytes_read.sum,lts__t_sector_hit_rate.pct,gpu__time_duration.sum \
+    --metrics "$metrics" \
     --kernel-name regex:ws_decode_stream_kernel --launch-skip 20 --launch-count 1 --kill yes \
     -f -o "$out/pm_$name" build/gpu/bench/bench_ws_mainloop \
     --benchmark_filter="^DecodeStream/$shape/all_experts/$variant/iter" >"$out/pm_$name.log" 2>&1
