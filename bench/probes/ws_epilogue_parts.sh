@@ -9,16 +9,12 @@
 # |wg1/k128/contiguous|wg1/k128/bf16/contiguous)' (one line): each tile's h and out as one block.
 set -uo pipefail
 source bench/probes/tree.sh  # $out, stamp
-# PREBUILT=1: a binary carried from a checkout's own build (run's carry), if it starts here.
-if [ "${PREBUILT:-0}" = 1 ] && build/gpu/bench/bench_ws_mainloop --benchmark_list_tests >/dev/null
-then stamp "prebuilt binary"; else
 cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
 cmake --build --preset gpu -j 14 --target bench_ws_mainloop >>"$out/build.log" 2>&1 || {
   tail -30 "$out/build.log"
   exit 1
 }
 stamp "build done"
-fi
 nvidia-smi --query-gpu=name --format=csv,noheader
 shapes='(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite)'
 variants='(no_mma/k128|no_mma/k128/store|no_mma/k128/store/(no_fence|no_out|no_h|none)'
