@@ -778,6 +778,15 @@ int main(int argc, char** argv) {
       "wg1/k128/contiguous");
   register_stream_rows<DsVariant<1, 0, 2, true, true, false, 16, true, kDsContiguous>>(
       "wg1/k128/bf16/contiguous");
+  // Row 174 f: out's lines dropped from L2 after each down tile (no write-back to DRAM; timing
+  // only), with h's stores and without.
+  using flashmoe_test::kDsDiscardOut;
+  register_stream_rows<DsVariant<1, 0, 2, false, true, false, 16, false, kDsDiscardOut>>(
+      "no_mma/k128/store/discard_out");
+  register_stream_rows<DsVariant<1, 0, 2, false, true, false, 16, false, kDsDiscardOut | kDsSkipH>>(
+      "no_mma/k128/store/no_h/discard_out");
+  register_stream_rows<DsVariant<1, 0, 2, true, true, false, 16, false, kDsDiscardOut>>(
+      "wg1/k128/discard_out");
   // The weight stream's copy paths alone (stream_paths.cuh; issue 21): the decode kernels'
   // 64-column boxes of 64 rows, 6 stages of 16 KB, two blocks an SM, with and without their
   // evict-first policy; smaller and deeper stages; one block an SM with 13 stages; cp.async;

@@ -53,6 +53,7 @@ inline constexpr int kDsSkipOut = 2;    // out's stores
 inline constexpr int kDsSkipH = 4;      // h's stores
 inline constexpr int kDsDelay = 8;      // no epilogue; the consumers spin 1000 cycles a job
 inline constexpr int kDsContiguous = 16;  // a tile's h or out as one block (rows of its width)
+inline constexpr int kDsDiscardOut = 32;  // a down tile's out lines dropped from L2 unwritten
 template <int Consumers = 1, int InFlight = 0, int KAtoms = 1, bool Mma = true, bool Store = Mma,
           bool Pair = false, int Tokens = kDsTokens, bool OutBf16 = false, int Skip = 0>
 struct DsVariant {
@@ -286,6 +287,9 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
   constexpr bool kStoreH = (V::kSkip & kDsSkipH) == 0, kFenceH = (V::kSkip & kDsSkipFence) == 0;
   constexpr bool kContiguous = (V::kSkip & kDsContiguous) != 0;
   static_assert(!kContiguous || !V::kPair, "contiguous tiles: the exchanged epilogue only");
+  constexpr bool kDiscardOut = (V::kSkip & kDsDiscardOut) != 0;
+  static_assert(!kDiscardOut || (!V::kPair && !kContiguous && !V::kOutBf16 && kTokens == 16),
+                "discarded out: fp32 rows of the exchanged epilogue");
   static_assert(!kLayer || !V::kPair, "a layer's combine sums 64-column slices");
   static_assert(!kLayer || kTokens == kDsTokens, "a layer's slots hold its T <= 16 tokens");
   constexpr int kTeam = 128 * kConsumers;
@@ -433,8 +437,20 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
         if (kFenceH) fence_proxy_async_global();  // h is read by other blocks' copy engines
       }
     }
+    // The discard below must find every thread's stores in L2, not overtake them.
+    if constexpr (kDiscardOut) {
+      if (job.kind == 1) __threadfence();
+    }
     // The partial products are free again, and h is written, before it is published.
     if (!team_sync()) return;
+    if constexpr (kDiscardOut) {
+      // Whether out's write-backs to DRAM are the stores' cost: its 32 lines (16 rows of 256
+      // bytes) dropped once the whole tile is written (bench rows only; H % 32 == 0).
+      if (job.kind == 1 && tid < 32) {
+        const int col = job.tile * kDsDownCols + (tid % 2) * 32;
+        if (col < g.hidden) discard_l2_line(g.out + (row0 + tid / 2) * g.hidden + col);
+      }
+    }
     if (job.kind == 0 && tid == 0) add_release(g.words + 1 + job.slot, 1);
     if constexpr (kLayer) {
       if (job.kind == 1) {

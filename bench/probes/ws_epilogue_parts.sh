@@ -7,6 +7,8 @@
 # job in place of the epilogue (a stall with no memory traffic). VARIANTS (a regex) picks others:
 # row 174 e's, VARIANTS='(no_mma/k128|no_mma/k128/store|no_mma/k128/store/contiguous|wg1/k128
 # |wg1/k128/contiguous|wg1/k128/bf16/contiguous)' (one line): each tile's h and out as one block.
+# Row 174 f's, VARIANTS='(no_mma/k128|no_mma/k128/store|no_mma/k128/store/no_h|no_mma/k128/store
+# /(no_h/)?discard_out|wg1/k128|wg1/k128/discard_out)' (one line): out's lines dropped from L2.
 set -uo pipefail
 source bench/probes/tree.sh  # $out, stamp
 cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
