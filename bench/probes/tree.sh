@@ -63,3 +63,18 @@ bench_medians() {
     awk '{for (i = 2; i <= NF; i++) if ($i ~ /^us_median=/) m[$1] = m[$1] " " substr($i, 11)}
          END {for (k in m) print k m[k]}' | sort
 }
+
+# bench_ws_mainloop's DecodeStream rows of the shapes $shapes and variants matching $1 (a regex),
+# two rounds into $out/ws_stream.txt (T = 1 in the first only, all_experts in both), then one
+# line a row: its name and each round's median.
+ds_stream_rounds() {
+  local rows
+  for rows in '(all_experts|T:1)' all_experts; do
+    build/gpu/bench/bench_ws_mainloop \
+      --benchmark_filter="^DecodeStream/$shapes/$rows/$1/iter" >>"$out/ws_stream.txt" 2>&1
+    stamp "round done"
+  done
+  grep -E "^DecodeStream" "$out/ws_stream.txt" | sed -E 's/\/iterations:[0-9]+\/manual_time//' |
+    awk '{for (i = 2; i <= NF; i++) if ($i ~ /^us_median=/) { sub("us_median=", "", $i);
+          v[$1] = v[$1] " " $i } } END { for (k in v) print k v[k] }' | sort
+}

@@ -10,7 +10,7 @@
 # ceiling), and paired tiles on slots of 32 and 48 token rows (n32, n48: the MMA's N at OLMoE T =
 # 256, whose experts average 32 rows).
 set -uo pipefail
-source bench/probes/tree.sh  # $out, stamp
+source bench/probes/tree.sh  # $out, stamp, ds_stream_rounds
 cmake --preset gpu -DFLASHMOE_BUILD_TESTS=ON -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
 cmake --build --preset gpu -j 14 --target bench_ws_mainloop test_ws_mainloop_gpu \
   >>"$out/build.log" 2>&1 || {
@@ -24,12 +24,4 @@ shapes='(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite)'
 variants='(wg1/k128|wg1/k128/no_store|no_mma/k128|no_mma/k128/store|wg2/in_flight1/k128'
 variants+='|wg1/k256|no_mma/k256|wg1/pair|wg1/pair/k128|wg1/pair/in_flight1/k128|no_mma/pair/k128'
 variants+='|wg1/pair/k128/n32|wg1/pair/k128/n48|no_mma/pair/k128/n48)'
-# T = 1 in the first round only; all_experts (the question) in both.
-for rows in '(all_experts|T:1)' all_experts; do
-  build/gpu/bench/bench_ws_mainloop \
-    --benchmark_filter="^DecodeStream/$shapes/$rows/$variants/iter" >>"$out/ws_stream.txt" 2>&1
-  stamp "round done"
-done
-grep -E "^DecodeStream" "$out/ws_stream.txt" | sed -E 's/\/iterations:[0-9]+\/manual_time//' |
-  awk '{for (i = 2; i <= NF; i++) if ($i ~ /^us_median=/) { sub("us_median=", "", $i);
-        v[$1] = v[$1] " " $i } } END { for (k in v) print k v[k] }' | sort
+ds_stream_rounds "$variants"

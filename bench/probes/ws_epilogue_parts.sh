@@ -10,7 +10,7 @@
 # Row 174 f's, VARIANTS='(no_mma/k128|no_mma/k128/store|no_mma/k128/store/no_h|no_mma/k128/store
 # /(no_h/)?discard_out|wg1/k128|wg1/k128/discard_out)' (one line): out's lines dropped from L2.
 set -uo pipefail
-source bench/probes/tree.sh  # $out, stamp
+source bench/probes/tree.sh  # $out, stamp, ds_stream_rounds
 cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
 cmake --build --preset gpu -j 14 --target bench_ws_mainloop >>"$out/build.log" 2>&1 || {
   tail -30 "$out/build.log"
@@ -22,11 +22,4 @@ shapes='(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite)'
 variants='(no_mma/k128|no_mma/k128/store|no_mma/k128/store/(no_fence|no_out|no_h|none)'
 variants+='|wg1/k128|wg1/k128/no_fence|no_mma/k128/delay1000)'
 variants=${VARIANTS:-$variants}
-for rows in '(all_experts|T:1)' all_experts; do
-  build/gpu/bench/bench_ws_mainloop \
-    --benchmark_filter="^DecodeStream/$shapes/$rows/$variants/iter" >>"$out/ws_stream.txt" 2>&1
-  stamp "round done"
-done
-grep -E "^DecodeStream" "$out/ws_stream.txt" | sed -E 's/\/iterations:[0-9]+\/manual_time//' |
-  awk '{for (i = 2; i <= NF; i++) if ($i ~ /^us_median=/) { sub("us_median=", "", $i);
-        v[$1] = v[$1] " " $i } } END { for (k in v) print k v[k] }' | sort
+ds_stream_rounds "$variants"

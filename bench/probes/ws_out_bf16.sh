@@ -6,7 +6,7 @@
 # (the bf16 variants against the CPU), and bench_moe at T = 1 and 256 in the same call (cuBLAS
 # off), so that on an H200 the stream's ceiling stands beside the layer issue 21 times.
 set -uo pipefail
-source bench/probes/tree.sh  # $out, stamp, bench_medians
+source bench/probes/tree.sh  # $out, stamp, bench_medians, ds_stream_rounds
 cmake --preset gpu -DFLASHMOE_BUILD_TESTS=ON -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
 cmake --build --preset gpu -j 14 --target bench_ws_mainloop test_ws_mainloop_gpu bench_moe \
   >>"$out/build.log" 2>&1 || {
@@ -19,14 +19,7 @@ build/gpu/tests/test_ws_mainloop_gpu --gtest_filter='WsDecodeStream.*' 2>&1 | ta
 shapes='(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite)'
 variants='(no_mma/k128|wg1/k128|wg1/k128/no_store|no_mma/k128/store|wg1/k128/bf16'
 variants+='|no_mma/k128/store/bf16|wg1/pair/k128|no_mma/pair/k128|wg1/pair/k128/bf16)'
-for rows in '(all_experts|T:1)' all_experts; do
-  build/gpu/bench/bench_ws_mainloop \
-    --benchmark_filter="^DecodeStream/$shapes/$rows/$variants/iter" >>"$out/ws_stream.txt" 2>&1
-  stamp "round done"
-done
-grep -E "^DecodeStream" "$out/ws_stream.txt" | sed -E 's/\/iterations:[0-9]+\/manual_time//' |
-  awk '{for (i = 2; i <= NF; i++) if ($i ~ /^us_median=/) { sub("us_median=", "", $i);
-        v[$1] = v[$1] " " $i } } END { for (k in v) print k v[k] }' | sort
+ds_stream_rounds "$variants"
 export FLASHMOE_BENCH_NO_CUBLAS=1
 for round in 1 2; do
   FLASHMOE_BENCH_TOKENS=1,256 build/gpu/bench/bench_moe --benchmark_filter="^$shapes/bf16/" \
