@@ -78,3 +78,18 @@ ds_stream_rounds() {
     awk '{for (i = 2; i <= NF; i++) if ($i ~ /^us_median=/) { sub("us_median=", "", $i);
           v[$1] = v[$1] " " $i } } END { for (k in v) print k v[k] }' | sort
 }
+
+# The working tree's gpu preset built for TARGETS, tests configured on or off (ON / OFF), its log
+# in $out/build.log; on failure the log's tail and a non-zero status:
+# gpu_build ON|OFF TARGET...
+gpu_build() {
+  local tests=$1
+  shift
+  cmake --preset gpu -DFLASHMOE_BUILD_TESTS="$tests" -DFLASHMOE_BUILD_EXAMPLES=OFF \
+    >"$out/build.log" 2>&1
+  cmake --build --preset gpu -j 14 --target "$@" >>"$out/build.log" 2>&1 || {
+    tail -30 "$out/build.log"
+    return 1
+  }
+  stamp "build done"
+}

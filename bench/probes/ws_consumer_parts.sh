@@ -10,14 +10,8 @@
 # ceiling), and paired tiles on slots of 32 and 48 token rows (n32, n48: the MMA's N at OLMoE T =
 # 256, whose experts average 32 rows).
 set -uo pipefail
-source bench/probes/tree.sh  # $out, stamp, ds_stream_rounds
-cmake --preset gpu -DFLASHMOE_BUILD_TESTS=ON -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
-cmake --build --preset gpu -j 14 --target bench_ws_mainloop test_ws_mainloop_gpu \
-  >>"$out/build.log" 2>&1 || {
-  tail -30 "$out/build.log"
-  exit 1
-}
-stamp "build done"
+source bench/probes/tree.sh  # $out, stamp, gpu_build, ds_stream_rounds
+gpu_build ON bench_ws_mainloop test_ws_mainloop_gpu || exit 1
 # The consumer variants against the CPU (256-column stages, paired tiles, 32 and 48 rows: new).
 build/gpu/tests/test_ws_mainloop_gpu --gtest_filter='WsDecodeStream.*' 2>&1 | tail -3
 shapes='(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite)'

@@ -10,13 +10,8 @@
 # Row 174 f's, VARIANTS='(no_mma/k128|no_mma/k128/store|no_mma/k128/store/no_h|no_mma/k128/store
 # /(no_h/)?discard_out|wg1/k128|wg1/k128/discard_out)' (one line): out's lines dropped from L2.
 set -uo pipefail
-source bench/probes/tree.sh  # $out, stamp, ds_stream_rounds
-cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
-cmake --build --preset gpu -j 14 --target bench_ws_mainloop >>"$out/build.log" 2>&1 || {
-  tail -30 "$out/build.log"
-  exit 1
-}
-stamp "build done"
+source bench/probes/tree.sh  # $out, stamp, gpu_build, ds_stream_rounds
+gpu_build OFF bench_ws_mainloop || exit 1
 nvidia-smi --query-gpu=name --format=csv,noheader
 shapes='(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite)'
 variants='(no_mma/k128|no_mma/k128/store|no_mma/k128/store/(no_fence|no_out|no_h|none)'

@@ -6,14 +6,8 @@
 # (the bf16 variants against the CPU), and bench_moe at T = 1 and 256 in the same call (cuBLAS
 # off), so that on an H200 the stream's ceiling stands beside the layer issue 21 times.
 set -uo pipefail
-source bench/probes/tree.sh  # $out, stamp, bench_medians, ds_stream_rounds
-cmake --preset gpu -DFLASHMOE_BUILD_TESTS=ON -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
-cmake --build --preset gpu -j 14 --target bench_ws_mainloop test_ws_mainloop_gpu bench_moe \
-  >>"$out/build.log" 2>&1 || {
-  tail -30 "$out/build.log"
-  exit 1
-}
-stamp "build done"
+source bench/probes/tree.sh  # $out, stamp, gpu_build, bench_medians, ds_stream_rounds
+gpu_build ON bench_ws_mainloop test_ws_mainloop_gpu bench_moe || exit 1
 nvidia-smi --query-gpu=name --format=csv,noheader
 build/gpu/tests/test_ws_mainloop_gpu --gtest_filter='WsDecodeStream.*' 2>&1 | tail -3
 shapes='(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite)'

@@ -7,13 +7,8 @@
 # T = 256 (two rounds, cuBLAS off) and a warm trace of bench_moe's T = 256 forwards, whose
 # expert tiles' span is the stream to beat (the prelude and tail are not the prototype's).
 set -uo pipefail
-source bench/probes/tree.sh  # $out, stamp, trace_one, bench_medians
-cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
-cmake --build --preset gpu -j 14 --target bench_moe bench_ws_mainloop >>"$out/build.log" 2>&1 || {
-  tail -30 "$out/build.log"
-  exit 1
-}
-stamp "build done"
+source bench/probes/tree.sh  # $out, stamp, gpu_build, trace_one, bench_medians
+gpu_build OFF bench_moe bench_ws_mainloop || exit 1
 shapes='(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite)'
 build/gpu/bench/bench_ws_mainloop --benchmark_filter="^DecodeStream/$shapes/(all_experts|T:1)/" \
   >"$out/ws_stream.txt" 2>&1

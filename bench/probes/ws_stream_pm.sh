@@ -8,16 +8,9 @@
 # 13-21 us whatever their bytes or layout; try VARIANTS='no_mma/k128 no_mma/k128/store
 # no_mma/k128/store/no_out wg1/k128'). Each report is read by pm_sampling.py.
 set -uo pipefail
-source bench/probes/tree.sh  # $out, stamp
+source bench/probes/tree.sh  # $out, stamp, gpu_build
 # BUILT=1: bench_ws_mainloop is already built in this call (after another probe's build).
-if [ "${BUILT:-0}" != 1 ]; then
-  cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
-  cmake --build --preset gpu -j 14 --target bench_ws_mainloop >>"$out/build.log" 2>&1 || {
-    tail -30 "$out/build.log"
-    exit 1
-  }
-  stamp "build done"
-fi
+if [ "${BUILT:-0}" != 1 ]; then gpu_build OFF bench_ws_mainloop || exit 1; fi
 interval=()
 ncu --help | grep -q pm-sampling-interval &&
   interval=(--pm-sampling-interval "${SAMPLE_INTERVAL:-1000}")
