@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One device call (about 6 minutes; session 46; run from the repository root), meant for an H200,
+# where the stream bounds of rows 143 and 174 were never measured (both ran on H100s only):
+# 1. the weight stream's copy paths alone on one token's experts (row 143's StreamPath rows):
+#    what any routed one-launch layer can reach at T = 1 on this card;
+# 2. row 174's warp-specialised stream at T = 1 and all_experts: its no-MMA ceiling, its swap-AB
+#    consumer, and row 174 f's discarded out lines;
+# 3. bench_moe at T = 1, 4, 64 and 256, two rounds, and a warm trace of T = 256 (the expert
+#    tiles' span that the ceiling is compared with).
+# A tree already built on this machine (PART=5 of issue20_calls.sh) is reused.
+set -uo pipefail
+source bench/probes/tree.sh  # $out, stamp, gpu_build, trace_one, bench_medians
+nvidia-smi --query-gpu=name --format=csv,noheader
+gpu_build OFF bench_moe bench_ws_mainloop || exit 1
+ws=build/gpu/bench/bench_ws_mainloop
+# One process a path: a path whose copy never lands traps, which fails the rest of its process.
+for path in tma2d/r64_k128_s6 tma2d/r64_k128_s13 cp_async/r64_k128_s6 bulk1d_linear/r64_k128_s6 \
+  bulk1d_linear/r64_k256_s3 ldg/r64; do
+  $ws --benchmark_filter="^StreamPath/(Qwen3-30B-A3B|OLMoE|Qwen3-30B-A3B-32experts)/$path/" \
+    >>"$out/stream_paths.txt" 2>&1
+done
+grep -E "^StreamPath" "$out/stream_paths.txt" | sed -E 's/\/iterations:[0-9]+\/manual_time//' |
+  awk '{r = ""; for (i = 2; i <= NF; i++) if ($i ~ /^(us_median|weights_TBps|copy_GBps)=/)
+        r = r " " $i; print $1 r}'
+stamp "paths done"
+shapes='(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite)'
+ds_stream_rounds '(no_mma/k128|no_mma/k128/store|no_mma/k128/store/discard_out|wg1/k128|wg1/k128/discard_out|wg2/in_flight1/k128)'
+export FLASHMOE_BENCH_NO_CUBLAS=1
+for round in 1 2; do
+  FLASHMOE_BENCH_TOKENS=1,4,64,256 build/gpu/bench/bench_moe --benchmark_filter="^$shapes/bf16/" \
+    >>"$out/bench_moe.txt" 2>&1
+done
+bench_medians "$out/bench_moe.txt"
+stamp "bench_moe done"
+trace_one "$out/trace_qwen3" '^Qwen3-30B-A3B/bf16/' 256 2048,768 | grep -E "expert tiles|TB/s|both"
+trace_one "$out/trace_olmoe" '^OLMoE/bf16/' 256 2048,1024 | grep -E "expert tiles|TB/s|both"
+stamp "traces done"
