@@ -2,7 +2,8 @@
 # One device call (about 6 minutes; session 46; run from the repository root), meant for an H200,
 # where the stream bounds of rows 143 and 174 were never measured (both ran on H100s only):
 # 1. the weight stream's copy paths alone on one token's experts (row 143's StreamPath rows):
-#    what any routed one-launch layer can reach at T = 1 on this card;
+#    what any routed one-launch layer can reach at T = 1 on this card, and the prototype's routing prelude alone (row 95: every block routes all tokens) beside an
+#    empty kernel;
 # 2. row 174's warp-specialised stream at T = 1 and all_experts: its no-MMA ceiling, its swap-AB
 #    consumer, and row 174 f's discarded out lines;
 # 3. bench_moe at T = 1, 4, 64 and 256, two rounds, and a warm trace of T = 256 (the expert
@@ -22,9 +23,13 @@ done
 grep -E "^StreamPath" "$out/stream_paths.txt" | sed -E 's/\/iterations:[0-9]+\/manual_time//' |
   awk '{r = ""; for (i = 2; i <= NF; i++) if ($i ~ /^(us_median|weights_TBps|copy_GBps)=/)
         r = r " " $i; print $1 r}'
-stamp "paths done"
+$ws --benchmark_filter='^DecodePrelude/' >"$out/prelude.txt" 2>&1
+grep -E "^DecodePrelude" "$out/prelude.txt" | sed -E 's/\/iterations:[0-9]+\/manual_time//' |
+  awk '{r = ""; for (i = 2; i <= NF; i++) if ($i ~ /^us_median=/) r = r " " $i; print $1 r}'
+stamp "paths and prelude rows done"
 shapes='(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite)'
-ds_stream_rounds '(no_mma/k128|no_mma/k128/store|no_mma/k128/store/discard_out|wg1/k128|wg1/k128/discard_out|wg2/in_flight1/k128)'
+rows='no_mma/k128|no_mma/k128/store|no_mma/k128/store/discard_out'
+ds_stream_rounds "($rows|wg1/k128|wg1/k128/discard_out|wg2/in_flight1/k128)"
 export FLASHMOE_BENCH_NO_CUBLAS=1
 for round in 1 2; do
   FLASHMOE_BENCH_TOKENS=1,4,64,256 build/gpu/bench/bench_moe --benchmark_filter="^$shapes/bf16/" \
