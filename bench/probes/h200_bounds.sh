@@ -2,8 +2,8 @@
 # One device call (about 6 minutes; session 46; run from the repository root), meant for an H200,
 # where the stream bounds of rows 143 and 174 were never measured (both ran on H100s only):
 # 1. the weight stream's copy paths alone on one token's experts (row 143's StreamPath rows):
-#    what any routed one-launch layer can reach at T = 1 on this card, and the prototype's routing prelude alone (row 95: every block routes all tokens) beside an
-#    empty kernel;
+#    what any routed one-launch layer can reach at T = 1 on this card; and the prototype's
+#    routing prelude alone (row 95: every block routes all tokens) beside an empty kernel;
 # 2. row 174's warp-specialised stream at T = 1 and all_experts: its no-MMA ceiling, its swap-AB
 #    consumer, and row 174 f's discarded out lines;
 # 3. bench_moe at T = 1, 4, 64 and 256, two rounds, and a warm trace of T = 256 (the expert
