@@ -8,11 +8,14 @@
 #    consumer, and row 174 f's discarded out lines;
 # 3. bench_moe at T = 1, 4, 64 and 256, two rounds, and a warm trace of T = 256 (the expert
 #    tiles' span that the ceiling is compared with).
-# A tree already built on this machine (PART=5 of issue20_calls.sh) is reused.
+# A tree already built on this machine (PART=5 of issue20_calls.sh) is reused. LAYER=0 skips
+# part 3 and bench_moe's build (the stream bounds alone, about 3 minutes).
 set -uo pipefail
 source bench/probes/tree.sh  # $out, stamp, gpu_build, trace_one, bench_medians
 nvidia-smi --query-gpu=name --format=csv,noheader
-gpu_build OFF bench_moe bench_ws_mainloop || exit 1
+layer=${LAYER:-1}
+if [ "$layer" = 1 ]; then gpu_build OFF bench_moe bench_ws_mainloop || exit 1
+else gpu_build OFF bench_ws_mainloop || exit 1; fi
 ws=build/gpu/bench/bench_ws_mainloop
 # One process a path: a path whose copy never lands traps, which fails the rest of its process.
 for path in tma2d/r64_k128_s6 tma2d/r64_k128_s13 cp_async/r64_k128_s6 bulk1d_linear/r64_k128_s6 \
@@ -30,6 +33,7 @@ stamp "paths and prelude rows done"
 shapes='(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite)'
 rows='no_mma/k128|no_mma/k128/store|no_mma/k128/store/discard_out'
 ds_stream_rounds "($rows|wg1/k128|wg1/k128/discard_out|wg2/in_flight1/k128)"
+[ "$layer" = 1 ] || exit 0
 export FLASHMOE_BENCH_NO_CUBLAS=1
 for round in 1 2; do
   FLASHMOE_BENCH_TOKENS=1,4,64,256 build/gpu/bench/bench_moe --benchmark_filter="^$shapes/bf16/" \
