@@ -804,6 +804,7 @@ int main(int argc, char** argv) {
   register_path_rows<StreamPath::Bulk1dLinear, 64, 128, 6>("bulk1d_linear/r64_k128_s6");
   register_path_rows<StreamPath::Bulk1dLinear, 64, 256, 3>("bulk1d_linear/r64_k256_s3");
   register_path_rows<StreamPath::Ldg, 64, 128, 1>("ldg/r64");
+  register_path_rows<StreamPath::LdgBalanced, 64, 128, 1>("ldg_balanced");
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

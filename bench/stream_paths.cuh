@@ -26,8 +26,17 @@ namespace flashmoe_bench {
 // rows, one copy a row chunk). These four stream without a break from tile to tile: thread 0
 // walks the block's steps a few ahead of their requests and claims the next tile when the walk
 // reaches it. Ldg: no shared memory, each thread keeps kLdgInFlight 16-byte loads in flight over
-// the tile's words.
-enum class StreamPath { Tma2d, Tma2dEvictFirst, CpAsync, Bulk1dRows, Bulk1dLinear, Ldg };
+// the tile's words. LdgBalanced: the same loads, but no tiles and no queue: every block reads an
+// equal share of the launch's words, so that all blocks end together (no last-tile tail).
+enum class StreamPath {
+  Tma2d,
+  Tma2dEvictFirst,
+  CpAsync,
+  Bulk1dRows,
+  Bulk1dLinear,
+  Ldg,
+  LdgBalanced
+};
 
 inline constexpr int kStreamThreads = 256;
 inline constexpr int kLdgInFlight = 8;
@@ -212,6 +221,37 @@ __device__ void stream_ldg(const StreamPathArgs& a, uint4& acc, std::uint32_t& c
   }
 }
 
+// Word i of the launch's bytes in the order of stream_reference_xor: every selected expert's w13,
+// then every selected expert's w2.
+__device__ __forceinline__ const uint4* launch_word(const StreamPathArgs& a, std::int64_t i) {
+  const std::int64_t H = a.hidden, I = a.inter, gu_words = 2 * I * H / 8, dn_words = H * I / 8;
+  if (i < a.selected * gu_words) {
+    return reinterpret_cast<const uint4*>(a.w13 + a.experts[i / gu_words] * 2 * I * H) +
+           i % gu_words;
+  }
+  i -= a.selected * gu_words;
+  return reinterpret_cast<const uint4*>(a.w2 + a.experts[i / dn_words] * H * I) + i % dn_words;
+}
+
+// LdgBalanced: block b reads words [total b / G, total (b + 1) / G).
+__device__ void stream_ldg_balanced(const StreamPathArgs& a, uint4& acc, std::uint32_t& count) {
+  const std::int64_t H = a.hidden, I = a.inter;
+  const std::int64_t total = a.selected * (2 * I * H / 8 + H * I / 8);
+  const std::int64_t begin = total * blockIdx.x / gridDim.x;
+  const std::int64_t end = total * (blockIdx.x + 1) / gridDim.x;
+  for (std::int64_t i0 = begin + threadIdx.x; i0 < end; i0 += kStreamThreads * kLdgInFlight) {
+    uint4 v[kLdgInFlight];
+#pragma unroll
+    for (int j = 0; j < kLdgInFlight; ++j) {
+      const std::int64_t i = i0 + j * kStreamThreads;
+      v[j] = i < end ? ldg_stream(launch_word(a, i)) : make_uint4(0, 0, 0, 0);
+      count += i < end ? 1u : 0u;
+    }
+#pragma unroll
+    for (int j = 0; j < kLdgInFlight; ++j) xor_into(acc, v[j]);
+  }
+}
+
 // One block streams tiles until the queue is empty, then adds its XOR to the launch's.
 template <StreamPath P, int R, int BK, int STAGES>
 __global__ void __launch_bounds__(kStreamThreads)
@@ -231,6 +271,8 @@ __global__ void __launch_bounds__(kStreamThreads)
   std::uint32_t count = 0;
   if constexpr (P == StreamPath::Ldg) {
     stream_ldg<R>(a, acc, count);
+  } else if constexpr (P == StreamPath::LdgBalanced) {
+    stream_ldg_balanced(a, acc, count);
   } else {
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     __shared__ std::uint64_t full[STAGES];
@@ -383,7 +425,8 @@ __global__ void stream_reference_xor(const StreamPathArgs a) {
 
 template <StreamPath P, int R, int BK, int STAGES>
 struct StreamPathKernel {
-  static constexpr int kSmemBytes = P == StreamPath::Ldg ? 0 : STAGES * R * BK * 2 + 1024;
+  static constexpr int kSmemBytes =
+      P == StreamPath::Ldg || P == StreamPath::LdgBalanced ? 0 : STAGES * R * BK * 2 + 1024;
 
   // Sets the kernel's shared memory once; returns the blocks one SM holds (0 on an error).
   static int blocks_per_sm() {

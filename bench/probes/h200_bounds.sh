@@ -19,7 +19,7 @@ else gpu_build OFF bench_ws_mainloop || exit 1; fi
 ws=build/gpu/bench/bench_ws_mainloop
 # One process a path: a path whose copy never lands traps, which fails the rest of its process.
 for path in tma2d/r64_k128_s6 tma2d/r64_k128_s13 cp_async/r64_k128_s6 bulk1d_linear/r64_k128_s6 \
-  bulk1d_linear/r64_k256_s3 ldg/r64; do
+  bulk1d_linear/r64_k256_s3 ldg/r64 ldg_balanced; do
   $ws --benchmark_filter="^StreamPath/(Qwen3-30B-A3B|OLMoE|Qwen3-30B-A3B-32experts)/$path/" \
     >>"$out/stream_paths.txt" 2>&1
 done
