@@ -349,6 +349,11 @@ void BM_DecodeStream(benchmark::State& state, StreamShape s) {
   }
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  if (flashmoe_test::ws_decode_stream_blocks_per_sm<V>() < V::kBlocksPerSm) {
+    state.SkipWithError("the variant's blocks do not fit an SM together");
+    return;
+  }
+  const int grid = sms * V::kBlocksPerSm;
   const double us = time_graph(state, kLaunches, words, control, [&](cudaStream_t stream) {
     for (int l = 0; l < kLaunches; ++l) {
       const flashmoe_test::DecodeStreamArgs args{
@@ -360,7 +365,7 @@ void BM_DecodeStream(benchmark::State& state, StreamShape s) {
           dout.get<float>(),
           words.get<std::uint32_t>() + l * (1 + S),
           {{control.get<std::uint32_t>(), nullptr}, 2'000'000'000ull}};
-      if (flashmoe_test::launch_ws_decode_stream<V>(maps, args, sms, stream) != cudaSuccess) {
+      if (flashmoe_test::launch_ws_decode_stream<V>(maps, args, grid, stream) != cudaSuccess) {
         return false;
       }
     }
@@ -787,6 +792,16 @@ int main(int argc, char** argv) {
       "no_mma/k128/store/no_h/discard_out");
   register_stream_rows<DsVariant<1, 0, 2, true, true, false, 16, false, kDsDiscardOut>>(
       "wg1/k128/discard_out");
+  // Two blocks an SM on 100 KB rings each: one block's epilogue beside the other's MMAs (the
+  // ping-pong of CUTLASS's persistent GEMMs, here from occupancy), against the ceiling with the
+  // same rings.
+  register_stream_rows<DsVariant<1, 0, 2, false, false, false, 16, false, 0, 2>>(
+      "no_mma/k128/2cta");
+  register_stream_rows<DsVariant<1, 0, 2, false, true, false, 16, false, 0, 2>>(
+      "no_mma/k128/store/2cta");
+  register_stream_rows<DsVariant<1, 0, 2, true, true, false, 16, false, 0, 2>>("wg1/k128/2cta");
+  register_stream_rows<DsVariant<1, 1, 2, true, true, false, 16, false, 0, 2>>(
+      "wg1/in_flight1/k128/2cta");
   // The weight stream's copy paths alone (stream_paths.cuh; issue 21): the decode kernels'
   // 64-column boxes of 64 rows, 6 stages of 16 KB, two blocks an SM, with and without their
   // evict-first policy; smaller and deeper stages; one block an SM with 13 stages; cp.async;

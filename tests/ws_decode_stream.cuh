@@ -48,6 +48,8 @@ inline constexpr std::uint32_t kDsRowBytes = 128;  // one swizzle atom's row: 64
 // Tokens: token rows of a slot (the MMA's N: 16, 32 or 48; zeros past the expert's own).
 // OutBf16: out written as bf16 (the library's ypart type: half the bytes) into out's first half.
 // Skip (timing only, results wrong): parts of the epilogue left out, a mask of kDsSkip* below.
+// BlocksPerSm: 2 halves the ring (100 KB), so that two blocks share an SM and one's epilogue
+// runs while the other's consumers multiply (the launch's grid is then two blocks an SM).
 inline constexpr int kDsSkipFence = 1;  // the proxy fence after h's stores
 inline constexpr int kDsSkipOut = 2;    // out's stores
 inline constexpr int kDsSkipH = 4;      // h's stores
@@ -55,11 +57,14 @@ inline constexpr int kDsDelay = 8;      // no epilogue; the consumers spin 1000 
 inline constexpr int kDsContiguous = 16;  // a tile's h or out as one block (rows of its width)
 inline constexpr int kDsDiscardOut = 32;  // a down tile's out lines dropped from L2 unwritten
 template <int Consumers = 1, int InFlight = 0, int KAtoms = 1, bool Mma = true, bool Store = Mma,
-          bool Pair = false, int Tokens = kDsTokens, bool OutBf16 = false, int Skip = 0>
+          bool Pair = false, int Tokens = kDsTokens, bool OutBf16 = false, int Skip = 0,
+          int BlocksPerSm = 1>
 struct DsVariant {
   static_assert(Consumers == 1 || Consumers == 2, "one or two consumer warpgroups");
   static_assert(InFlight == 0 || InFlight == 1, "at most one MMA batch in flight");
   static_assert(!Pair || Consumers == 1, "paired tiles are written from one warpgroup's registers");
+  static_assert(BlocksPerSm == 1 || BlocksPerSm == 2, "one or two blocks an SM");
+  static constexpr int kBlocksPerSm = BlocksPerSm;
   static constexpr int kThreads = 128 * Consumers + 32;  // the last warp produces
   static constexpr int kInFlight = InFlight;
   static constexpr bool kMma = Mma, kStore = Store, kPair = Pair, kOutBf16 = OutBf16;
@@ -73,7 +78,7 @@ struct DsVariant {
   static constexpr std::uint32_t kAAtom = kARows * kDsRowBytes, kBAtom = Tokens * kDsRowBytes;
   static constexpr std::uint32_t kA = KAtoms * kAAtom, kB = KAtoms * kBAtom;
   static constexpr std::uint32_t kStage = (kA + kB + 1023u) / 1024u * 1024u;  // swizzle atoms
-  static constexpr int kStages = 200 * 1024 / static_cast<int>(kStage);       // 200 KB of ring
+  static constexpr int kStages = 200 * 1024 / BlocksPerSm / static_cast<int>(kStage);  // ring
   static constexpr std::uint32_t kBytes = kStages * kStage + 1024;            // + alignment slack
 };
 
@@ -483,10 +488,25 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
 }
 
 template <class V>
-__global__ void __launch_bounds__(V::kThreads, 1)
+__global__ void __launch_bounds__(V::kThreads, V::kBlocksPerSm)
     ws_decode_stream_kernel(const __grid_constant__ DecodeStreamMaps maps,
                             const DecodeStreamArgs g) {
   ds_stream<V, false>(maps, g, g.experts, g.selected, DsLayerHook{});
+}
+
+// Blocks of variant V one SM holds (0 on an error): a launch of V::kBlocksPerSm an SM needs
+// that many.
+template <class V = DsVariant<>>
+int ws_decode_stream_blocks_per_sm() {
+  auto kernel = ws_decode_stream_kernel<V>;
+  int blocks = 0;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(V::kBytes)) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, V::kThreads, V::kBytes) !=
+          cudaSuccess) {
+    return 0;
+  }
+  return blocks;
 }
 
 template <class V = DsVariant<>>
