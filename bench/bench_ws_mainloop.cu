@@ -802,6 +802,20 @@ int main(int argc, char** argv) {
   register_stream_rows<DsVariant<1, 0, 2, true, true, false, 16, false, 0, 2>>("wg1/k128/2cta");
   register_stream_rows<DsVariant<1, 1, 2, true, true, false, 16, false, 0, 2>>(
       "wg1/in_flight1/k128/2cta");
+  // Row 177: h's count released by a publisher warp instead of consumer thread 0 (whose release
+  // waits for the block's stores to be acknowledged while every consumer waits at the next
+  // barrier), and added relaxed (timing only: no wait at all).
+  using flashmoe_test::kDsPublisher, flashmoe_test::kDsRelaxedPublish;
+  register_stream_rows<DsVariant<1, 0, 2, true, true, false, 16, false, kDsPublisher>>(
+      "wg1/k128/publisher");
+  register_stream_rows<DsVariant<1, 0, 2, true, true, false, 16, false, kDsRelaxedPublish>>(
+      "wg1/k128/relaxed_pub");
+  register_stream_rows<DsVariant<1, 0, 2, false, true, false, 16, false, kDsPublisher>>(
+      "no_mma/k128/store/publisher");
+  register_stream_rows<DsVariant<1, 0, 2, false, true, false, 16, false, kDsRelaxedPublish>>(
+      "no_mma/k128/store/relaxed_pub");
+  register_stream_rows<DsVariant<2, 1, 2, true, true, false, 16, false, kDsPublisher>>(
+      "wg2/in_flight1/k128/publisher");
   // The weight stream's copy paths alone (stream_paths.cuh; issue 21): the decode kernels'
   // 64-column boxes of 64 rows, 6 stages of 16 KB, two blocks an SM, with and without their
   // evict-first policy; smaller and deeper stages; one block an SM with 13 stages; cp.async;

@@ -394,7 +394,8 @@ TEST(WsDecodeStream, SwapAbGateUpAndDownMatchTheCpu) {
   // columns (K tails inside a stage), two warpgroups on alternate stages (odd step counts),
   // stages of 256 K columns (K shorter than one stage: 200 and 96), paired tiles (128 weight rows
   // a tile; partial tiles at I = 200 and 96, H = 200, 136 and 320), slots of 48 and 32 rows,
-  // out in bf16 (plain and paired tiles), two blocks an SM on half rings.
+  // out in bf16 (plain and paired tiles), two blocks an SM on half rings, h published by a warp
+  // of its own (one and two consumer warpgroups).
   using flashmoe_test::DsVariant;
   for (const StreamCase& cs : {StreamCase{2048, 768, 16, 8, 132}, StreamCase{200, 200, 4, 4, 3},
                                StreamCase{136, 1600, 3, 2, 2}, StreamCase{320, 96, 2, 2, 1}}) {
@@ -411,6 +412,10 @@ TEST(WsDecodeStream, SwapAbGateUpAndDownMatchTheCpu) {
     run_stream_case<DsVariant<1, 0, 2, true, true, false, 16, true>>(cs, rng);
     run_stream_case<DsVariant<1, 0, 2, true, true, true, 16, true>>(cs, rng);
     run_stream_case<DsVariant<1, 0, 2, true, true, false, 16, false, 0, 2>>(cs, rng);
+    run_stream_case<DsVariant<1, 0, 2, true, true, false, 16, false, flashmoe_test::kDsPublisher>>(
+        cs, rng);
+    run_stream_case<DsVariant<2, 1, 2, true, true, false, 16, false, flashmoe_test::kDsPublisher>>(
+        cs, rng);
   }
 }
 

@@ -56,6 +56,12 @@ inline constexpr int kDsSkipH = 4;      // h's stores
 inline constexpr int kDsDelay = 8;      // no epilogue; the consumers spin 1000 cycles a job
 inline constexpr int kDsContiguous = 16;  // a tile's h or out as one block (rows of its width)
 inline constexpr int kDsDiscardOut = 32;  // a down tile's out lines dropped from L2 unwritten
+inline constexpr int kDsRelaxedPublish = 64;  // h's count added relaxed: no wait for the stores
+// Not timing only: h's count released by a warp of its own (the publisher, after the producer)
+// instead of consumer thread 0, so that the release's wait for the stores' acknowledgements
+// holds no consumer; the consumers hand it the slot through a small ring.
+inline constexpr int kDsPublisher = 128;
+inline constexpr int kDsPubDepth = 8;
 template <int Consumers = 1, int InFlight = 0, int KAtoms = 1, bool Mma = true, bool Store = Mma,
           bool Pair = false, int Tokens = kDsTokens, bool OutBf16 = false, int Skip = 0,
           int BlocksPerSm = 1>
@@ -65,7 +71,8 @@ struct DsVariant {
   static_assert(!Pair || Consumers == 1, "paired tiles are written from one warpgroup's registers");
   static_assert(BlocksPerSm == 1 || BlocksPerSm == 2, "one or two blocks an SM");
   static constexpr int kBlocksPerSm = BlocksPerSm;
-  static constexpr int kThreads = 128 * Consumers + 32;  // the last warp produces
+  // The warp after the consumers produces; the publisher (kDsPublisher) comes after it.
+  static constexpr int kThreads = 128 * Consumers + 32 + ((Skip & kDsPublisher) != 0 ? 32 : 0);
   static constexpr int kInFlight = InFlight;
   static constexpr bool kMma = Mma, kStore = Store, kPair = Pair, kOutBf16 = OutBf16;
   static constexpr int kSkip = Skip;
@@ -188,6 +195,10 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
   // stage wait failed leaves, and a named barrier would hold the other one forever.
   __shared__ std::uint64_t team_bar;
   __shared__ int s_combine;
+  // kDsPublisher: slots whose h the publisher releases (-1: stop), full when handed over.
+  __shared__ std::uint64_t pub_full[kDsPubDepth], pub_empty[kDsPubDepth];
+  __shared__ int pub_slot[kDsPubDepth];
+  constexpr bool kPublisher = (V::kSkip & kDsPublisher) != 0;
   const int lane = threadIdx.x % 32, wg = static_cast<int>(threadIdx.x / 128);
   const int ng = (g.inter + V::kGateCols - 1) / V::kGateCols;
   const Watchdog ring_wd{g.wd.ctl, 2 * g.wd.timeout_ns};
@@ -198,11 +209,31 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
       mbar_init(smem_u32(&jobs.empty[d]), 4 * kConsumers);  // every consumer warp reads a job
     }
     mbar_init(smem_u32(&team_bar), 4 * kConsumers);
+    for (int d = 0; d < kDsPubDepth; ++d) {
+      mbar_init(smem_u32(&pub_full[d]), 1);
+      mbar_init(smem_u32(&pub_empty[d]), 1);
+    }
     fence_mbarrier_init();
   }
   __syncthreads();
 
   if (wg == kConsumers) {
+    if (kPublisher && threadIdx.x >= 128 * kConsumers + 32) {
+      if (lane != 0) return;
+      // The publisher: each handed slot's count released (cumulative over the consumers' h
+      // stores, which the hand-over's barrier ordered before).
+      PipeState<kDsPubDepth> ps;
+      for (;;) {
+        if (!pipe.wait_barrier(smem_u32(&pub_full[ps.index]), ps.phase, ring_wd, kSiteJobRing)) {
+          return;
+        }
+        const int slot = pub_slot[ps.index];
+        mbar_arrive(smem_u32(&pub_empty[ps.index]));
+        ps.advance();
+        if (slot < 0) return;
+        add_release(g.words + 1 + slot, 1);
+      }
+    }
     if (lane != 0) return;
     // The producer. The next ticket's round trip runs while the current one's stages stream.
     PipeState<kStages> st;
@@ -301,6 +332,17 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
   const int tid = static_cast<int>(threadIdx.x);
   PipeState<kStages> st, prev;
   PipeState<kDsJobDepth> js;
+  PipeState<kDsPubDepth> pub;  // thread 0's hand-overs to the publisher
+  auto hand_over = [&](int slot) {
+    if (!pipe.wait_barrier(smem_u32(&pub_empty[pub.index]), pub.phase ^ 1u, ring_wd,
+                           kSiteJobRing)) {
+      return false;
+    }
+    pub_slot[pub.index] = slot;
+    mbar_arrive(smem_u32(&pub_full[pub.index]));
+    pub.advance();
+    return true;
+  };
   std::uint32_t stage_count = 0, team_phase = 0;
   // All consumer warps meet; false once the ring is poisoned (a failed wait somewhere).
   auto team_sync = [&]() {
@@ -318,7 +360,10 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
     __syncwarp();
     if (lane == 0) mbar_arrive(smem_u32(&jobs.empty[js.index]));
     js.advance();
-    if (job.kind == 2) return;
+    if (job.kind == 2) {
+      if (kPublisher && tid == 0) hand_over(-1);
+      return;
+    }
     const int ksteps = ds_ksteps<V>(g, job);
     float acc[V::kAcc][kTokens / 2];
 #pragma unroll
@@ -456,7 +501,15 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
         if (col < g.hidden) discard_l2_line(g.out + (row0 + tid / 2) * g.hidden + col);
       }
     }
-    if (job.kind == 0 && tid == 0) add_release(g.words + 1 + job.slot, 1);
+    if (job.kind == 0 && tid == 0) {
+      if constexpr ((V::kSkip & kDsRelaxedPublish) != 0) {
+        fetch_add_relaxed(g.words + 1 + job.slot, 1);
+      } else if constexpr (kPublisher) {
+        if (!hand_over(job.slot)) return;
+      } else {
+        add_release(g.words + 1 + job.slot, 1);
+      }
+    }
     if constexpr (kLayer) {
       if (job.kind == 1) {
         // The down tile that completes its column slice for every slot sums each token's parts

@@ -5,7 +5,8 @@
 #    what any routed one-launch layer can reach at T = 1 on this card; and the prototype's
 #    routing prelude alone (row 95: every block routes all tokens) beside an empty kernel;
 # 2. row 174's warp-specialised stream at T = 1 and all_experts: its no-MMA ceiling, its swap-AB
-#    consumer, row 174 f's discarded out lines, and row 176's two blocks an SM on half rings;
+#    consumer, row 174 f's discarded out lines, row 176's two blocks an SM on half rings and row
+#    177's publisher warp;
 # 3. bench_moe at T = 1, 4, 64 and 256, two rounds, and a warm trace of T = 256 (the expert
 #    tiles' span that the ceiling is compared with).
 # A tree already built on this machine (PART=5 of issue20_calls.sh) is reused. LAYER=0 skips
@@ -33,7 +34,9 @@ stamp "paths and prelude rows done"
 shapes='(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite)'
 rows='no_mma/k128|no_mma/k128/store|no_mma/k128/store/discard_out'
 rows+='|wg1/k128|wg1/k128/discard_out|wg2/in_flight1/k128'
-ds_stream_rounds "($rows|no_mma/k128/2cta|no_mma/k128/store/2cta|wg1/(in_flight1/)?k128/2cta)"
+rows+='|no_mma/k128/2cta|no_mma/k128/store/2cta|wg1/(in_flight1/)?k128/2cta'
+rows+='|(wg1|no_mma)/k128(/store)?/(publisher|relaxed_pub)|wg2/in_flight1/k128/publisher'
+ds_stream_rounds "($rows)"
 [ "$layer" = 1 ] || exit 0
 export FLASHMOE_BENCH_NO_CUBLAS=1
 for round in 1 2; do
