@@ -12,7 +12,7 @@
 # A tree already built on this machine (PART=5 of issue20_calls.sh) is reused. LAYER=0 skips
 # part 3 and bench_moe's build (the stream bounds alone, about 3 minutes).
 set -uo pipefail
-source bench/probes/tree.sh  # $out, stamp, gpu_build, trace_one, bench_medians
+source bench/probes/tree.sh  # $out, stamp, gpu_build, layer_rounds_and_traces
 nvidia-smi --query-gpu=name --format=csv,noheader
 layer=${LAYER:-1}
 if [ "$layer" = 1 ]; then gpu_build OFF bench_moe bench_ws_mainloop || exit 1
@@ -38,13 +38,4 @@ rows+='|no_mma/k128/2cta|no_mma/k128/store/2cta|wg1/(in_flight1/)?k128/2cta'
 rows+='|(wg1|no_mma)/k128(/store)?/(publisher|relaxed_pub)|wg2/in_flight1/k128/publisher'
 ds_stream_rounds "($rows)"
 [ "$layer" = 1 ] || exit 0
-export FLASHMOE_BENCH_NO_CUBLAS=1
-for round in 1 2; do
-  FLASHMOE_BENCH_TOKENS=1,4,64,256 build/gpu/bench/bench_moe --benchmark_filter="^$shapes/bf16/" \
-    >>"$out/bench_moe.txt" 2>&1
-done
-bench_medians "$out/bench_moe.txt"
-stamp "bench_moe done"
-trace_one "$out/trace_qwen3" '^Qwen3-30B-A3B/bf16/' 256 2048,768 | grep -E "expert tiles|TB/s|both"
-trace_one "$out/trace_olmoe" '^OLMoE/bf16/' 256 2048,1024 | grep -E "expert tiles|TB/s|both"
-stamp "traces done"
+layer_rounds_and_traces 1,4,64,256

@@ -93,3 +93,20 @@ gpu_build() {
   }
   stamp "build done"
 }
+
+# bench_moe at TOKENS on the shapes $shapes (bf16, cuBLAS off), two rounds into
+# $out/bench_moe.txt and their medians, then warm traces of Qwen3 and OLMoE T = 256 (the expert
+# tiles' span and stream rates): layer_rounds_and_traces TOKENS
+layer_rounds_and_traces() {
+  local round
+  for round in 1 2; do
+    FLASHMOE_BENCH_NO_CUBLAS=1 FLASHMOE_BENCH_TOKENS=$1 build/gpu/bench/bench_moe \
+      --benchmark_filter="^$shapes/bf16/" >>"$out/bench_moe.txt" 2>&1
+  done
+  bench_medians "$out/bench_moe.txt"
+  stamp "bench_moe done"
+  local keep='expert tiles|TB/s|both'
+  trace_one "$out/trace_qwen3" '^Qwen3-30B-A3B/bf16/' 256 2048,768 | grep -E "$keep"
+  trace_one "$out/trace_olmoe" '^OLMoE/bf16/' 256 2048,1024 | grep -E "$keep"
+  stamp "traces done"
+}

@@ -7,7 +7,7 @@
 # T = 256 (two rounds, cuBLAS off) and a warm trace of bench_moe's T = 256 forwards, whose
 # expert tiles' span is the stream to beat (the prelude and tail are not the prototype's).
 set -uo pipefail
-source bench/probes/tree.sh  # $out, stamp, gpu_build, trace_one, bench_medians
+source bench/probes/tree.sh  # $out, stamp, gpu_build, layer_rounds_and_traces
 gpu_build OFF bench_moe bench_ws_mainloop || exit 1
 shapes='(Qwen3-30B-A3B|OLMoE|DeepSeek-V2-Lite)'
 build/gpu/bench/bench_ws_mainloop --benchmark_filter="^DecodeStream/$shapes/(all_experts|T:1)/" \
@@ -16,13 +16,4 @@ grep -E "^DecodeStream" "$out/ws_stream.txt" | sed -E 's/min_time:[0-9.]+\/manua
   awk '{r = ""; for (i = 2; i <= NF; i++) if ($i ~ /^(us_median|weights_TBps)=/) r = r " " $i;
         print $1 r}'
 stamp "stream rows done"
-export FLASHMOE_BENCH_NO_CUBLAS=1
-for round in 1 2; do
-  FLASHMOE_BENCH_TOKENS=1,256 build/gpu/bench/bench_moe --benchmark_filter="^$shapes/bf16/" \
-    >>"$out/bench_moe.txt" 2>&1
-done
-bench_medians "$out/bench_moe.txt"
-stamp "bench_moe done"
-trace_one "$out/trace_qwen3" '^Qwen3-30B-A3B/bf16/' 256 2048,768 | grep -E "expert tiles|TB/s|both"
-trace_one "$out/trace_olmoe" '^OLMoE/bf16/' 256 2048,1024 | grep -E "expert tiles|TB/s|both"
-stamp "traces done"
+layer_rounds_and_traces 1,256
