@@ -47,9 +47,10 @@ inline constexpr std::uint32_t kDsRowBytes = 128;  // one swizzle atom's row: 64
 // element and forms h in registers; a down tile's 128 y columns), written from registers.
 // Tokens: token rows of a slot (the MMA's N: 16, 32 or 48; zeros past the expert's own).
 // OutBf16: out written as bf16 (the library's ypart type: half the bytes) into out's first half.
-// Skip (timing only, results wrong): parts of the epilogue left out, a mask of kDsSkip* below.
 // BlocksPerSm: 2 halves the ring (100 KB), so that two blocks share an SM and one's epilogue
 // runs while the other's consumers multiply (the launch's grid is then two blocks an SM).
+// Skip (timing only, results wrong, but for kDsPublisher): parts of the epilogue left out or
+// changed, a mask of kDsSkip* below.
 inline constexpr int kDsSkipFence = 1;  // the proxy fence after h's stores
 inline constexpr int kDsSkipOut = 2;    // out's stores
 inline constexpr int kDsSkipH = 4;      // h's stores
