@@ -72,6 +72,7 @@ struct DsVariant {
   static_assert(!Pair || Consumers == 1, "paired tiles are written from one warpgroup's registers");
   static_assert(BlocksPerSm == 1 || BlocksPerSm == 2, "one or two blocks an SM");
   static constexpr int kBlocksPerSm = BlocksPerSm;
+  static constexpr int kConsumers = Consumers;
   // The warp after the consumers produces; the publisher (kDsPublisher) comes after it.
   static constexpr int kThreads = 128 * Consumers + 32 + ((Skip & kDsPublisher) != 0 ? 32 : 0);
   static constexpr int kInFlight = InFlight;
@@ -182,7 +183,7 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
                           const int* slot_expert, int selected, const DsLayerHook& hook) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace flashmoe::detail;
-  constexpr int kStages = V::kStages, kConsumers = V::kThreads / 128;
+  constexpr int kStages = V::kStages, kConsumers = V::kConsumers;
   constexpr int kAtoms = V::kKCols / 64, InFlight = V::kInFlight;
   constexpr bool Mma = V::kMma, Store = V::kStore;
   constexpr int kTokens = V::kTokens;
@@ -506,7 +507,9 @@ __device__ void ds_stream(const DecodeStreamMaps& maps, const DecodeStreamArgs& 
       if constexpr ((V::kSkip & kDsRelaxedPublish) != 0) {
         fetch_add_relaxed(g.words + 1 + job.slot, 1);
       } else if constexpr (kPublisher) {
-        if (!hand_over(job.slot)) return;
+        // A failed hand-over poisons the ring: every consumer then leaves at its next wait,
+        // together (thread 0 alone leaving would break the warpgroup's next MMAs).
+        hand_over(job.slot);
       } else {
         add_release(g.words + 1 + job.slot, 1);
       }
