@@ -4,9 +4,10 @@
 # every SAMPLE_INTERVAL, no cache flush, clocks as they are) of one warp-specialised decode
 # stream launch at Qwen3 all_experts (bench_ws_mainloop's DecodeStream rows) for each VARIANTS
 # entry: whether the consumers' 6% is spread over the launch or sits at its start, its phase
-# change or its tail, and the DRAM and L2 write counts (row 174 e: the epilogue's stores cost
-# 13-21 us whatever their bytes or layout; try VARIANTS='no_mma/k128 no_mma/k128/store
-# no_mma/k128/store/no_out wg1/k128'). Each report is read by pm_sampling.py.
+# change or its tail, and the DRAM and L2 write counts (rows 174 e-f and 176: the epilogue's
+# stores cost 13-21 us whatever their bytes, layout or overlap; session 46's set is
+# VARIANTS='no_mma/k128 no_mma/k128/store wg1/k128/no_store wg1/k128'). Each report is read by
+# pm_sampling.py.
 set -uo pipefail
 source bench/probes/tree.sh  # $out, stamp, gpu_build
 # BUILT=1: bench_ws_mainloop is already built in this call (after another probe's build).
