@@ -9,7 +9,8 @@
 # T = 1-256.
 set -uo pipefail
 case $(nvidia-smi --query-gpu=name --format=csv,noheader) in
-  *H200*) if [ "${SKIP_BOUNDS:-0}" != 1 ]; then LAYER=1 bash bench/probes/h200_bounds.sh; exit; fi ;;
+  *H200*)
+    if [ "${SKIP_BOUNDS:-0}" != 1 ]; then LAYER=1 bash bench/probes/h200_bounds.sh; exit; fi ;;
 esac
 source bench/probes/tree.sh  # fresh_tree, apply_patch
 fresh_tree head
