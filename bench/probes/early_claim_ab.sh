@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call (about 9 minutes on a fresh machine with TESTS=ON; session 47, bench/NOTES.md
-# row 180; run from the repository root with a clean working tree). On an H200 it runs
-# `LAYER=1 h200_bounds.sh` instead (the bounds never measured there; SKIP_BOUNDS=1 runs the A/B).
+# row 180; run from the repository root with a clean working tree; about 6 with TESTS=OFF). On an
+# H200 it first runs `LAYER=0 h200_bounds.sh` (the stream bounds never measured there, about 2
+# minutes more) unless SKIP_BOUNDS=1.
 # early_claim.patch in the working tree (thread 0 claims the block's next ticket before the loop
 # top's first barrier and stores it after; a gate/up tile's count released by warp 1 with
 # release order, as row 178), with its full GPU ctest unless TESTS=OFF, against HEAD's
@@ -9,8 +10,7 @@
 # T = 1-256.
 set -uo pipefail
 case $(nvidia-smi --query-gpu=name --format=csv,noheader) in
-  *H200*)
-    if [ "${SKIP_BOUNDS:-0}" != 1 ]; then LAYER=1 bash bench/probes/h200_bounds.sh; exit; fi ;;
+  *H200*) [ "${SKIP_BOUNDS:-0}" = 1 ] || LAYER=0 bash bench/probes/h200_bounds.sh ;;
 esac
 source bench/probes/tree.sh  # fresh_tree, apply_patch
 fresh_tree head
