@@ -13,11 +13,14 @@ case $(nvidia-smi --query-gpu=name --format=csv,noheader) in
   *H200*) [ "${SKIP_BOUNDS:-0}" = 1 ] || LAYER=0 bash bench/probes/h200_bounds.sh ;;
 esac
 source bench/probes/tree.sh  # fresh_tree, apply_patch
+variants=${AB_VARIANTS:-head r178}  # AB_VARIANTS=head: the A/B against HEAD alone
 fresh_tree head
-fresh_tree r178
-apply_patch .probe/r178 bench/probes/release_count.patch || exit 1
+if [[ $variants == *r178* ]]; then
+  fresh_tree r178
+  apply_patch .probe/r178 bench/probes/release_count.patch || exit 1
+fi
 # A warm machine keeps build/gpu; build the patched working tree afresh (patch_ab.sh's note).
 rm -rf build/gpu
 apply_patch . bench/probes/early_claim.patch || exit 1
-VARIANTS="head r178" TESTS=${TESTS:-ON} FLASHMOE_BENCH_TOKENS=1,4,16,64,256 \
+VARIANTS="$variants" TESTS=${TESTS:-ON} FLASHMOE_BENCH_TOKENS=1,4,16,64,256 \
   bash bench/ab_session.sh '^(Qwen3-30B-A3B|OLMoE)/bf16/T:(1|4|16|64|256)/'
