@@ -13,6 +13,9 @@
 
 namespace flashmoe::detail {
 
+// The thread that releases a gate/up tile's count: not thread 0, which claims meanwhile.
+inline constexpr int kPublisherThread = 32;
+
 template <class S, typename T>
 struct TileSmem {
   const T* a_rows[S::BM];
@@ -73,9 +76,11 @@ __device__ bool gateup_tile(const KernelParams<T>& p, unsigned char* smem, const
     }
   });
   __syncthreads();  // the whole tile is written before it is published
-  if (threadIdx.x == 0) {
+  // Warp 1 publishes, so that the release's wait for the tile's stores is not in front of
+  // thread 0's claim of the block's next ticket (moe_kernel.cuh claims before its barrier).
+  if (threadIdx.x == kPublisherThread) {
     const bool drop = p.fault == kFaultDropMTileSignal && slot == 0 && ntile == 0;
-    if (!drop) fetch_add_acq_rel(done, 1);
+    if (!drop) add_release(done, 1);  // the old value is not needed: no acquire
   }
   tr.record(TraceKind::GateUp, t0, static_cast<int>(mt.expert),
             static_cast<int>(slot) * ntiles + ntile);

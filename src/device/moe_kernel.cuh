@@ -209,19 +209,23 @@ __global__ void __launch_bounds__(kThreads, 2)
   Tracer<kTraced> tr(p.trace);
 
   for (;;) {
+    // Thread 0 alone claims, as soon as it is done with the previous ticket (the other warps'
+    // ends and warp 1's release of a gate/up count run beside the claim's round trip), and
+    // waits for the ticket total when the ticket is past routing; the block reads both only
+    // after the second barrier (the first one: every warp has read the previous ticket). The
+    // prefill kernel's first tile also waits for the row map (routing_ticket.cuh).
+    std::uint32_t claimed = 0;
+    if (threadIdx.x == 0) {
+      std::uint32_t row_maps = 0;
+      if constexpr (Cfg::tile_router) row_maps = rs.live_selects(s_live);
+      claimed = claim_ticket<Cfg::tile_router>(p, routing_tickets, tasks_per_mtile,
+                                               {s_claim, s_total, s_mtiles}, tr, row_maps);
+    }
     // Everyone is done with the previous ticket's shared state, and its ordinary writes are
     // ordered before the copy engine's next writes to the same bytes.
     fence_proxy_async_smem();
     __syncthreads();
-    if (threadIdx.x == 0) {
-      // Thread 0 alone claims, and waits for the ticket total when the ticket is past routing;
-      // the block reads both only after the barrier.
-      // The prefill kernel's first tile also waits for the row map (routing_ticket.cuh).
-      std::uint32_t row_maps = 0;
-      if constexpr (Cfg::tile_router) row_maps = rs.live_selects(s_live);
-      s_ticket = claim_ticket<Cfg::tile_router>(p, routing_tickets, tasks_per_mtile,
-                                                {s_claim, s_total, s_mtiles}, tr, row_maps);
-    }
+    if (threadIdx.x == 0) s_ticket = claimed;
     __syncthreads();
     const std::uint32_t ticket = s_ticket;
     if (ticket == kNoTicket) break;
