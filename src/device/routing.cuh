@@ -135,22 +135,35 @@ __device__ void sum_router_partials(const KernelParams<T>& p, int t0, int t_end)
   }
 }
 
-// Registers pair (t, k) -> expert e with weight w; its row among e's rows comes from a
-// counter (order varies run to run, results do not: rows are computed independently and the
-// combine sums by k). `own_mtile` (one live token, t = 0): the pair is m-tile k of one row,
-// written here into the tile table, so neither the counter nor the table's scans are needed.
+// How a registered pair gets its row among its expert's rows.
+enum class PairRow {
+  Counted,   // from the expert's counter (pair_pos), for the row map
+  OwnMTile,  // one live token: the pair is m-tile k of one row, its table record written here
+  ByTable,   // the decode tile table's builder counts the pairs itself (table_counts_pairs)
+};
+
+// The decode launches whose tile table counts the pairs in the builder's shared memory: one
+// pair a thread, so the selects need no counter atomic and the row map no loads of pair_pos.
+__device__ __forceinline__ bool table_counts_pairs(int live, int top_k) {
+  return live > 1 && live * top_k <= kThreads;
+}
+
+// Registers pair (t, k) -> expert e with weight w. Its row among e's rows comes from a
+// counter, the expert's or the table builder's (order varies run to run, results do not: rows
+// are computed independently and the combine sums by k). PairRow::OwnMTile (t = 0) writes the pair's table record here, so
+// neither the counter nor the table's scans are needed.
 template <typename T>
 __device__ void register_pair(const KernelParams<T>& p, int t, int k, int e, float w,
-                              bool own_mtile) {
+                              PairRow row) {
   const std::int64_t pair = static_cast<std::int64_t>(t) * p.top_k + k;
   p.pair_expert[pair] = e;
   p.pair_weight[pair] = w;
-  if (own_mtile) {
+  if (row == PairRow::OwnMTile) {
     const std::uint32_t slot = static_cast<std::uint32_t>(k);
     p.mtile_info[slot] = MTileInfo{static_cast<std::uint32_t>(e), slot, slot, 1}.bits();
     p.mtile_done[slot] = 0;
     p.sorted_pair[slot] = k;
-  } else {
+  } else if (row == PairRow::Counted) {
     p.pair_pos[pair] = fetch_add_relaxed(&p.expert_count[e], 1);
   }
   if (p.out_ids != nullptr) p.out_ids[pair] = e;
@@ -168,7 +181,7 @@ __device__ __forceinline__ std::uint32_t ordered_bits(float v) {
 // holds experts l, l + 32, ...; PER_LANE = ceil(E / 32) rounded up to a power of two, so the
 // arrays stay in registers (only compile-time indices), and taken experts are a bit mask.
 template <int PER_LANE, typename T>
-__device__ void select_experts_n(const KernelParams<T>& p, int t, bool own_mtile) {
+__device__ void select_experts_n(const KernelParams<T>& p, int t, PairRow pair_row) {
   const int lane = threadIdx.x & 31;
   const int E = p.experts;
   // sum_router_partials left the logits in K slice 0; written by other blocks this launch.
@@ -250,7 +263,7 @@ __device__ void select_experts_n(const KernelParams<T>& p, int t, bool own_mtile
   my_w *= p.scaling;
   if (lane < p.top_k) {
     if (my_id < E) {
-      register_pair(p, t, lane, my_id, my_w, own_mtile);
+      register_pair(p, t, lane, my_id, my_w, pair_row);
     } else {
       p.ctl.fail(StatusCode::Internal, kSiteRoutingIds);  // unreachable: choices are >= -FLT_MAX
     }
@@ -258,19 +271,19 @@ __device__ void select_experts_n(const KernelParams<T>& p, int t, bool own_mtile
 }
 
 template <typename T>
-__device__ void select_experts(const KernelParams<T>& p, int t, bool own_mtile) {
+__device__ void select_experts(const KernelParams<T>& p, int t, PairRow row) {
   if (p.experts <= 128) {
-    select_experts_n<4>(p, t, own_mtile);
+    select_experts_n<4>(p, t, row);
   } else if (p.experts <= 256) {
-    select_experts_n<8>(p, t, own_mtile);
+    select_experts_n<8>(p, t, row);
   } else {
-    select_experts_n<32>(p, t, own_mtile);  // kMaxExperts = 1024
+    select_experts_n<32>(p, t, row);  // kMaxExperts = 1024
   }
 }
 
 // One warp: caller-supplied routing of token t, with its ids checked.
 template <typename T>
-__device__ void take_user_routing(const KernelParams<T>& p, int t, bool own_mtile) {
+__device__ void take_user_routing(const KernelParams<T>& p, int t, PairRow row) {
   const int lane = threadIdx.x & 31;
   if (lane >= p.top_k) return;
   const std::int64_t pair = static_cast<std::int64_t>(t) * p.top_k + lane;
@@ -279,7 +292,7 @@ __device__ void take_user_routing(const KernelParams<T>& p, int t, bool own_mtil
     p.ctl.fail(StatusCode::InvalidArgument, kSiteRoutingIds);
     return;
   }
-  register_pair(p, t, lane, e, __ldg(p.user_weights + pair), own_mtile);
+  register_pair(p, t, lane, e, __ldg(p.user_weights + pair), row);
 }
 
 // Exclusive prefix sums over the team of kItems values per thread, in thread-major order (thread
@@ -400,11 +413,29 @@ __device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_r
   __shared__ std::uint32_t s_mtiles;
   const int E = p.experts;
 
+  // Decode launches of up to one pair a thread (table_counts_pairs): the pairs are counted
+  // here, in shared memory, and each thread keeps its pair's expert and position for the row
+  // map; the selects registered them uncounted.
+  const bool count_here = kRowMap && table_counts_pairs(live, p.top_k);
+  int my_expert = -1;
+  std::uint32_t my_pos = 0;
+  if (count_here) {
+    for (int e = threadIdx.x; e < E; e += kThreads) s.count[e] = 0;
+    // Written by the selects of this launch (other blocks too): through L2, after the acquire.
+    if (threadIdx.x < live * p.top_k) my_expert = __ldcg(p.pair_expert + threadIdx.x);
+    team_sync();
+    if (my_expert >= 0) my_pos = atomicAdd(&s.count[my_expert], 1u);
+    team_sync();
+  }
   std::uint32_t cnt[kItems], mt[kItems], off[kItems], moff[kItems];
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
     const int e = threadIdx.x * kItems + i;
-    cnt[i] = e < E ? __ldcg(reinterpret_cast<const unsigned*>(p.expert_count + e)) : 0u;
+    if (count_here) {
+      cnt[i] = e < E ? s.count[e] : 0u;
+    } else {
+      cnt[i] = e < E ? __ldcg(reinterpret_cast<const unsigned*>(p.expert_count + e)) : 0u;
+    }
     mt[i] = (cnt[i] + BM - 1) / BM;
   }
   std::uint32_t total_pairs = 0, total_mtiles = 0;
@@ -432,7 +463,11 @@ __device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_r
     }
     if constexpr (!kRowMap) p.expert_row0[e] = s.offset[e];
   }
-  if constexpr (kRowMap) {
+  if (count_here) {
+    if (my_expert >= 0) {
+      p.sorted_pair[s.offset[my_expert] + my_pos] = static_cast<std::int32_t>(threadIdx.x);
+    }
+  } else if constexpr (kRowMap) {
     // The decode kernels' row map, here and in this form: four consecutive pairs a 16-byte load
     // (the pair arrays start 256-byte aligned), kMapBatch loads of each array in flight.
     constexpr int kMapBatch = 4;

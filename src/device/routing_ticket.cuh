@@ -164,9 +164,9 @@ __device__ __forceinline__ void run_tile_routing_ticket(const KernelParams<T>& p
   }
   for (int t = t0 + (threadIdx.x >> 5); t < t_end; t += kThreads / 32) {
     if (user_routing) {
-      take_user_routing(p, t, false);
+      take_user_routing(p, t, PairRow::Counted);
     } else {
-      select_experts(p, t, false);
+      select_experts(p, t, PairRow::Counted);
     }
   }
   finish_routing<Cfg>(p, smem, t0, t_end, nd, live, live_selects, select,
@@ -215,13 +215,17 @@ __device__ __forceinline__ void run_routing_ticket(const KernelParams<T>& p, uns
       if (!s_flag) return;
     }
     const int t_end = min(t0 + rs.chunk_tokens, live);
-    // One live token: its pairs are the m-tiles (bench/NOTES.md, row 101).
+    // One live token: its pairs are the m-tiles (bench/NOTES.md, row 101). Up to one pair a
+    // thread: the table's builder counts them (row 181).
     const bool own_mtiles = live == 1;
+    const PairRow row = own_mtiles                           ? PairRow::OwnMTile
+                        : table_counts_pairs(live, p.top_k) ? PairRow::ByTable
+                                                            : PairRow::Counted;
     for (int t = t0 + (threadIdx.x >> 5); t < t_end; t += kThreads / 32) {
       if (user_routing) {
-        take_user_routing(p, t, own_mtiles);
+        take_user_routing(p, t, row);
       } else {
-        select_experts(p, t, own_mtiles);
+        select_experts(p, t, row);
       }
     }
     if (own_mtiles && p.one_token_gateup && !user_routing && threadIdx.x < 32) {
