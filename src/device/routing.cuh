@@ -150,8 +150,8 @@ __device__ __forceinline__ bool table_counts_pairs(int live, int top_k) {
 
 // Registers pair (t, k) -> expert e with weight w. Its row among e's rows comes from a
 // counter, the expert's or the table builder's (order varies run to run, results do not: rows
-// are computed independently and the combine sums by k). PairRow::OwnMTile (t = 0) writes the pair's table record here, so
-// neither the counter nor the table's scans are needed.
+// are computed independently and the combine sums by k). PairRow::OwnMTile (t = 0) writes the
+// pair's table record here, so neither the counter nor the table's scans are needed.
 template <typename T>
 __device__ void register_pair(const KernelParams<T>& p, int t, int k, int e, float w,
                               PairRow row) {
