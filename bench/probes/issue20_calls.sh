@@ -10,7 +10,8 @@
 # grouped GEMMs alone, on this card) beside both tables in one call; PART=2 then gives the decode
 # point. PART=5 (about 8 minutes; session 32, not yet run): issue 21's table on the card at hand,
 # bench_moe at T = 1-256 (cuBLAS on) and both peers (torch_grouped_mm.py and the tuned Triton
-# grouped GEMM, bench/peers/) at the same T. PART=6 (about 9 minutes, a session's first call;
+# grouped GEMM, bench/peers/) at the same T (DECODE_TOKENS trims the list when device time is
+# short). PART=6 (about 9 minutes, a session's first call;
 # no .probe/pre20 needed): the tree built with tests while both peers run on the idle GPU at
 # T = 1-256 (their lines also kept in build/peers/ for PART=7), then the GPU tests. PART=7
 # (about 6 minutes, the next call on the same warm machine): bench_moe at T = 1-256, bf16 and
@@ -70,7 +71,7 @@ case ${PART:-1} in
   5)
     (cmake --preset gpu -DFLASHMOE_BUILD_TESTS=OFF -DFLASHMOE_BUILD_EXAMPLES=OFF >"$out/build.log" 2>&1
      cmake --build --preset gpu -j 14 --target bench_moe >>"$out/build.log" 2>&1) &
-    decode=1,2,4,8,16,64,128,256
+    decode=${DECODE_TOKENS:-1,2,4,8,16,64,128,256}
     OUT=$out TOKENS=$decode timeout 120 python3 bench/peers/torch_grouped_mm.py
     OUT=$out TOKENS=$decode timeout 240 python3 bench/peers/triton_grouped_gemm.py
     wait
