@@ -8,7 +8,7 @@
 # 143-144 were measured on an H100 only). PART=4 (about 9 minutes, on a card other than the
 # H200 whose peers the issue's table holds): bench/peers/torch_grouped_mm.py (a peer's two
 # grouped GEMMs alone, on this card) beside both tables in one call; PART=2 then gives the decode
-# point. PART=5 (about 8 minutes; session 32, not yet run): issue 21's table on the card at hand,
+# point. PART=5 (about 8 minutes; run in session 37): issue 21's table on the card at hand,
 # bench_moe at T = 1-256 (cuBLAS on) and both peers (torch_grouped_mm.py and the tuned Triton
 # grouped GEMM, bench/peers/) at the same T (DECODE_TOKENS trims the list when device time is
 # short). PART=6 (about 9 minutes, a session's first call;
