@@ -11,8 +11,8 @@
 # point. PART=5 (about 8 minutes; run in session 37): issue 21's table on the card at hand,
 # bench_moe at T = 1-256 (cuBLAS on) and both peers (torch_grouped_mm.py and the tuned Triton
 # grouped GEMM, bench/peers/) at the same T (DECODE_TOKENS trims the list when device time is
-# short). PART=6 (about 9 minutes, a session's first call;
-# no .probe/pre20 needed): the tree built with tests while both peers run on the idle GPU at
+# short). PART=6 (about 9 minutes, a session's first call; no .probe/pre20 needed): the tree
+# built with tests while both peers run on the idle GPU at
 # T = 1-256 (their lines also kept in build/peers/ for PART=7), then the GPU tests. PART=7
 # (about 6 minutes, the next call on the same warm machine): bench_moe at T = 1-256, bf16 and
 # fp16, summarised beside PART=6's peers. PART=8 (about 9 minutes, any warm or fresh machine):
