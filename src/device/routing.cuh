@@ -469,7 +469,8 @@ __device__ void build_tile_table(const KernelParams<T>& p, unsigned char* smem_r
     }
   } else if constexpr (kRowMap) {
     // The decode kernels' row map, here and in this form: four consecutive pairs a 16-byte load
-    // (the pair arrays start 256-byte aligned), kMapBatch loads of each array in flight.
+    // (the pair arrays start 256-byte aligned), kMapBatch loads of each array in flight. Not
+    // write_row_map: called here, it adds 8-12 bytes of spills to the untraced decode kernels.
     constexpr int kMapBatch = 4;
     const std::int64_t pairs = static_cast<std::int64_t>(live) * p.top_k, quads = pairs / 4;
     const int4* expert4 = reinterpret_cast<const int4*>(p.pair_expert);
