@@ -1,10 +1,11 @@
 // Probe: what a routing chain's steps cost while other SMs stream weights at the DRAM rate.
 // Rows 175 and 183 found routing five- to six-fold slower beside a stream but did not split
 // why: every L2 round trip queued behind the stream, or routing sharing its SMs with streaming
-// blocks. Here two chain blocks (one cluster of two, alone on their SMs) time four dependent
-// chains: an L2 pointer chase, device-scope atomics, a flag ping-pong between the two blocks
-// through global memory, and the same ping-pong through distributed shared memory. Each runs
-// with no stream, with every other SM streaming, and with the chain blocks' own spare warps
+// blocks. Here two chain blocks (one cluster of two, alone on their SMs) time dependent chains:
+// pointer chases over cold and hot lines, device-scope atomics, and a flag ping-pong between the
+// two blocks through global memory and through distributed shared memory, each with release /
+// acquire and with relaxed stores and loads (the library's own helpers where it has them). Each
+// runs with no stream, with every other SM streaming, and with the chain blocks' own spare warps
 // streaming too. Not part of the library; build and run with loaded_latency.sh.
 #include <cuda_runtime.h>
 
@@ -15,7 +16,18 @@
 #include <random>
 #include <vector>
 
+#include "device/cluster.cuh"
+#include "device/sync.cuh"
+
 namespace {
+
+using flashmoe::detail::cluster_ctarank;
+using flashmoe::detail::cluster_sync;
+using flashmoe::detail::global_timer_ns;
+using flashmoe::detail::load_acquire;
+using flashmoe::detail::load_relaxed;
+using flashmoe::detail::store_release;
+using flashmoe::detail::store_relaxed;
 
 constexpr int kThreads = 512;
 constexpr int kSteps = 2000;  // dependent steps a chain
@@ -39,28 +51,6 @@ struct Args {
   int evict_first;
 };
 
-__device__ __forceinline__ unsigned long long now_ns() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
-
-__device__ __forceinline__ std::uint32_t ld_acquire_gpu(const std::uint32_t* p) {
-  std::uint32_t v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ void st_release_gpu(std::uint32_t* p, std::uint32_t v) {
-  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
-}
-__device__ __forceinline__ std::uint32_t ld_relaxed_gpu(const std::uint32_t* p) {
-  std::uint32_t v;
-  asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ void st_relaxed_gpu(std::uint32_t* p, std::uint32_t v) {
-  asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
-}
 __device__ __forceinline__ std::uint32_t ld_relaxed_cluster_local(std::uint32_t addr) {
   std::uint32_t v;
   asm volatile("ld.relaxed.cluster.shared::cta.u32 %0, [%1];" : "=r"(v) : "r"(addr) : "memory");
@@ -86,17 +76,6 @@ __device__ __forceinline__ void st_release_cluster_remote(std::uint32_t addr, st
       " st.release.cluster.shared::cluster.u32 [r], %2;\n}" ::"r"(addr),
       "r"(rank), "r"(v)
       : "memory");
-}
-__device__ __forceinline__ std::uint32_t cluster_rank() {
-  std::uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ void cluster_barrier() {
-  asm volatile(
-      "barrier.cluster.arrive.release.aligned;\n"
-      "barrier.cluster.wait.acquire.aligned;\n" ::
-          : "memory");
 }
 
 // Streams the buffer (16-byte loads, 8 in flight a thread) until *stop; counts the bytes.
@@ -137,18 +116,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     probe_kernel(Args a) {
   __shared__ std::uint32_t dsmem_flag;
   const bool chain_block = blockIdx.x < 2;
-  const std::uint32_t rank = cluster_rank();
+  const std::uint32_t rank = cluster_ctarank();
   if (!chain_block) {
     if (a.mode != kNone) {
-      unsigned long long t0 = now_ns();
+      const std::uint64_t t0 = global_timer_ns();
       stream_until_stop(a, 0, kThreads, static_cast<int>(blockIdx.x - 2),
                         static_cast<int>(gridDim.x - 2));
-      if (threadIdx.x == 0 && blockIdx.x == 2) *a.stream_ns = now_ns() - t0;
+      if (threadIdx.x == 0 && blockIdx.x == 2) *a.stream_ns = global_timer_ns() - t0;
     }
     return;
   }
   if (threadIdx.x == 0) dsmem_flag = 0;
-  cluster_barrier();
+  cluster_sync();
   // Warps 1.. of the chain blocks stream in mode 2 (the SM shared, as in rows 175 and 183).
   if (threadIdx.x >= 32) {
     if (a.mode == kOtherSmsAndOwn) {
@@ -157,46 +136,46 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   } else if (threadIdx.x == 0) {
     // Let the stream reach its rate first.
-    const unsigned long long start = now_ns();
-    while (now_ns() - start < 20000) {
+    const std::uint64_t start = global_timer_ns();
+    while (global_timer_ns() - start < 20000) {
     }
     std::uint32_t x = 0;
-    unsigned long long t;
+    std::uint64_t t;
     // 1. L2 pointer chase (ld.cg: no L1), block 0 only; block 1 waits at the ping.
     if (rank == 0) {
-      t = now_ns();
+      t = global_timer_ns();
       for (int i = 0; i < kSteps; ++i) x = __ldcg(a.chase + x);
-      a.chain_ns[0] = now_ns() - t;
+      a.chain_ns[0] = global_timer_ns() - t;
       // 2. dependent device-scope atomics.
-      t = now_ns();
+      t = global_timer_ns();
       std::uint32_t r = 0;
       for (int i = 0; i < kSteps; ++i) r = atomicAdd(a.atom_word + (r & a.zero), 1u);
-      a.chain_ns[1] = now_ns() - t + (r & a.zero) + (x & a.zero);
+      a.chain_ns[1] = global_timer_ns() - t + (r & a.zero) + (x & a.zero);
       // 5. a chase over 64 hot lines (each touched every 64 steps: stays in L2).
       std::uint32_t y = 0;
-      t = now_ns();
+      t = global_timer_ns();
       for (int i = 0; i < kSteps; ++i) y = __ldcg(a.hot + y);
-      a.chain_ns[4] = now_ns() - t + (y & a.zero);
+      a.chain_ns[4] = global_timer_ns() - t + (y & a.zero);
     }
     // 3. ping-pong through global flags: block 0 sets ping[0] = i, block 1 answers ping[32] = i.
     std::uint32_t* mine = a.ping + 32 * rank;
     std::uint32_t* other = a.ping + 32 * (1 - rank);
-    t = now_ns();
+    t = global_timer_ns();
     for (std::uint32_t i = 1; i <= kSteps; ++i) {
       if (rank == 0) {
-        st_release_gpu(mine, i);
-        while (ld_acquire_gpu(other) != i) {
+        store_release(mine, i);
+        while (load_acquire(other) != i) {
         }
       } else {
-        while (ld_acquire_gpu(other) != i) {
+        while (load_acquire(other) != i) {
         }
-        st_release_gpu(mine, i);
+        store_release(mine, i);
       }
     }
-    if (rank == 0) a.chain_ns[2] = now_ns() - t;
+    if (rank == 0) a.chain_ns[2] = global_timer_ns() - t;
     // 4. the same through distributed shared memory: each writes the other's flag.
     const std::uint32_t local = static_cast<std::uint32_t>(__cvta_generic_to_shared(&dsmem_flag));
-    t = now_ns();
+    t = global_timer_ns();
     for (std::uint32_t i = 1; i <= kSteps; ++i) {
       if (rank == 0) {
         st_release_cluster_remote(local, 1, i);
@@ -208,23 +187,23 @@ __global__ void __launch_bounds__(kThreads, 1)
         st_release_cluster_remote(local, 0, i);
       }
     }
-    if (rank == 0) a.chain_ns[3] = now_ns() - t;
+    if (rank == 0) a.chain_ns[3] = global_timer_ns() - t;
     // 6. and 7. the two ping-pongs with relaxed stores and loads (no fences: a flag that carries
     // its data, as NCCL's LL protocol). Fresh values: past kSteps.
-    t = now_ns();
+    t = global_timer_ns();
     for (std::uint32_t i = kSteps + 1; i <= 2 * kSteps; ++i) {
       if (rank == 0) {
-        st_relaxed_gpu(mine, i);
-        while (ld_relaxed_gpu(other) != i) {
+        store_relaxed(mine, i);
+        while (load_relaxed(other) != i) {
         }
       } else {
-        while (ld_relaxed_gpu(other) != i) {
+        while (load_relaxed(other) != i) {
         }
-        st_relaxed_gpu(mine, i);
+        store_relaxed(mine, i);
       }
     }
-    if (rank == 0) a.chain_ns[5] = now_ns() - t;
-    t = now_ns();
+    if (rank == 0) a.chain_ns[5] = global_timer_ns() - t;
+    t = global_timer_ns();
     for (std::uint32_t i = kSteps + 1; i <= 2 * kSteps; ++i) {
       if (rank == 0) {
         st_relaxed_cluster_remote(local, 1, i);
@@ -237,10 +216,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
     if (rank == 0) {
-      a.chain_ns[6] = now_ns() - t;
+      a.chain_ns[6] = global_timer_ns() - t;
       // Let the stream run on a little so that the last steps were all under it.
-      const unsigned long long end = now_ns();
-      while (now_ns() - end < 5000) {
+      const std::uint64_t end = global_timer_ns();
+      while (global_timer_ns() - end < 5000) {
       }
       atomicExch(a.stop, 1u);
     }
