@@ -14,7 +14,10 @@
 #include <cstdio>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
+
+#include "bench_check.hpp"
 
 #include "device/cluster.cuh"
 #include "device/sync.cuh"
@@ -228,25 +231,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
 }
 
-#define CHECK(x)                                                                    \
-  do {                                                                              \
-    cudaError_t e_ = (x);                                                           \
-    if (e_ != cudaSuccess) {                                                        \
-      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
-      return 1;                                                                     \
-    }                                                                               \
-  } while (0)
-
-}  // namespace
-
-int main() {
+// Prints the table; returns a failed CUDA call's message, or nothing.
+std::string run_probe() {
   int sms = 0;
-  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  BENCH_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   cudaDeviceProp prop{};
-  CHECK(cudaGetDeviceProperties(&prop, 0));
+  BENCH_RETURN_IF_CUDA_ERROR(cudaGetDeviceProperties(&prop, 0));
   // One block an SM (the dynamic shared memory makes sure), every cluster resident.
   const int smem = 120 * 1024;
-  CHECK(cudaFuncSetAttribute(probe_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  BENCH_RETURN_IF_CUDA_ERROR(
+      cudaFuncSetAttribute(probe_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   cudaLaunchConfig_t cfg{};
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = smem;
@@ -259,15 +253,15 @@ int main() {
   attr.val.clusterDim.z = 1;
   cfg.attrs = &attr;
   cfg.numAttrs = 1;
-  CHECK(cudaOccupancyMaxActiveClusters(&clusters, probe_kernel, &cfg));
+  BENCH_RETURN_IF_CUDA_ERROR(cudaOccupancyMaxActiveClusters(&clusters, probe_kernel, &cfg));
   cfg.gridDim = dim3(2 * clusters);
   std::printf("%s, %d SMs, grid %d (clusters of 2, one block an SM)\n", prop.name, sms,
               2 * clusters);
 
   const std::size_t stream_bytes = std::size_t{4} << 30;
   uint4* buf = nullptr;
-  CHECK(cudaMalloc(&buf, stream_bytes));
-  CHECK(cudaMemset(buf, 1, stream_bytes));
+  BENCH_RETURN_IF_CUDA_ERROR(cudaMalloc(&buf, stream_bytes));
+  BENCH_RETURN_IF_CUDA_ERROR(cudaMemset(buf, 1, stream_bytes));
   constexpr std::uint32_t kChase = 16384;  // 64 KB
   std::vector<std::uint32_t> order(kChase), next(kChase);
   std::iota(order.begin(), order.end(), 0u);
@@ -278,12 +272,12 @@ int main() {
   std::vector<std::uint32_t> hot(64 * 32, 0);
   for (std::uint32_t i = 0; i < 64; ++i) hot[i * 32] = ((i * 37 + 11) % 64) * 32;
   std::uint32_t* hot_d = nullptr;
-  CHECK(cudaMalloc(&hot_d, hot.size() * 4));
-  CHECK(cudaMemcpy(hot_d, hot.data(), hot.size() * 4, cudaMemcpyHostToDevice));
-  CHECK(cudaMalloc(&chase, kChase * 4));
-  CHECK(cudaMemcpy(chase, next.data(), kChase * 4, cudaMemcpyHostToDevice));
-  CHECK(cudaMalloc(&words, 4096));
-  CHECK(cudaMalloc(&out, 4096));
+  BENCH_RETURN_IF_CUDA_ERROR(cudaMalloc(&hot_d, hot.size() * 4));
+  BENCH_RETURN_IF_CUDA_ERROR(cudaMemcpy(hot_d, hot.data(), hot.size() * 4, cudaMemcpyHostToDevice));
+  BENCH_RETURN_IF_CUDA_ERROR(cudaMalloc(&chase, kChase * 4));
+  BENCH_RETURN_IF_CUDA_ERROR(cudaMemcpy(chase, next.data(), kChase * 4, cudaMemcpyHostToDevice));
+  BENCH_RETURN_IF_CUDA_ERROR(cudaMalloc(&words, 4096));
+  BENCH_RETURN_IF_CUDA_ERROR(cudaMalloc(&out, 4096));
 
   const char* names[3] = {"no stream", "stream on other SMs", "stream on other SMs + own"};
   const char* chains[kChains] = {"cold chase", "atomics", "global rel/acq", "DSMEM rel/acq",
@@ -294,8 +288,8 @@ int main() {
       double gbps = 0;
       std::vector<std::vector<double>> runs(kChains);
       for (int rep = 0; rep < 5; ++rep) {
-        CHECK(cudaMemset(words, 0, 4096));
-        CHECK(cudaMemset(out, 0, 4096));
+        BENCH_RETURN_IF_CUDA_ERROR(cudaMemset(words, 0, 4096));
+        BENCH_RETURN_IF_CUDA_ERROR(cudaMemset(out, 0, 4096));
         Args a{};
         a.stream_buf = buf;
         a.stream_quads = stream_bytes / sizeof(uint4);
@@ -310,10 +304,10 @@ int main() {
         a.mode = mode;
         a.zero = 0;
         a.evict_first = policy;
-        CHECK(cudaLaunchKernelEx(&cfg, probe_kernel, a));
-        CHECK(cudaDeviceSynchronize());
+        BENCH_RETURN_IF_CUDA_ERROR(cudaLaunchKernelEx(&cfg, probe_kernel, a));
+        BENCH_RETURN_IF_CUDA_ERROR(cudaDeviceSynchronize());
         unsigned long long h[64];
-        CHECK(cudaMemcpy(h, out, sizeof h, cudaMemcpyDeviceToHost));
+        BENCH_RETURN_IF_CUDA_ERROR(cudaMemcpy(h, out, sizeof h, cudaMemcpyDeviceToHost));
         for (int c = 0; c < kChains; ++c) runs[c].push_back(double(h[16 + c]) / kSteps);
         if (rep == 4 && h[32] > 0) gbps = double(h[0]) / double(h[32]);
       }
@@ -326,5 +320,14 @@ int main() {
       std::printf("  | ns a step; stream %.0f GB/s\n", gbps);
     }
   }
-  return 0;
+  return {};
+}
+
+}  // namespace
+
+int main() {
+  const std::string error = run_probe();
+  if (error.empty()) return 0;
+  std::fprintf(stderr, "%s\n", error.c_str());
+  return 1;
 }

@@ -4,5 +4,6 @@
 set -euo pipefail
 out=${OUT:-out}
 mkdir -p "$out" build
-nvcc -arch=sm_90a -O3 -std=c++17 -Iinclude -Isrc -o build/loaded_latency bench/probes/loaded_latency.cu
+nvcc -arch=sm_90a -O3 -std=c++17 -DFMT_HEADER_ONLY=1 -Iinclude -Isrc -Ibench \
+  -o build/loaded_latency bench/probes/loaded_latency.cu
 timeout 120 build/loaded_latency | tee "$out/loaded_latency.txt"
