@@ -69,6 +69,7 @@ std::string g_trace_dir;        // FLASHMOE_BENCH_TRACE_DIR: one traced forward 
 bool g_programmatic = false;    // ForwardOptions::programmatic_launch of the timed forwards
 bool g_caller_routing = false;  // FLASHMOE_BENCH_CALLER_ROUTING (main)
 int g_one_token = -1;  // testing::set_one_token_gateup of every benchmarked Layer (-1: default)
+int g_table_free = -1;  // testing::set_table_free of every benchmarked Layer (-1: default)
 int g_layers = 1;      // FLASHMOE_BENCH_LAYERS: layers the timed forwards cycle over (main)
 // Its timing: as many rounds of kInputs forwards as FlashMoE had iterations, at least
 // kCublasRounds, stopping early once they add up to kCublasBudgetMs (Mixtral at T = 4096 takes
@@ -132,6 +133,7 @@ struct LayerWeights {
     flashmoe::testing::set_down_lead(layer, g_down_lead);
     flashmoe::testing::set_gather_parts(layer, g_gather_parts);
     if (g_one_token >= 0) flashmoe::testing::set_one_token_gateup(layer, g_one_token == 1);
+    if (g_table_free >= 0) flashmoe::testing::set_table_free(layer, g_table_free == 1);
     return s;
   }
   flashmoe::Weights weights(const flashmoe::Config& c) const {
@@ -744,6 +746,13 @@ int main(int argc, char** argv) {
     bool on = false;
     if (!read_switch("FLASHMOE_BENCH_ONE_TOKEN", on)) return 1;
     g_one_token = on ? 1 : 0;
+  }
+  // FLASHMOE_BENCH_TABLE_FREE=0 or 1: decode forwards of 2 to BM live tokens with the table-free
+  // tile lookup off or on (the library's default: off), measuring it against the tile table's.
+  if (const char* v = std::getenv("FLASHMOE_BENCH_TABLE_FREE"); v != nullptr && *v) {
+    bool on = false;
+    if (!read_switch("FLASHMOE_BENCH_TABLE_FREE", on)) return 1;
+    g_table_free = on ? 1 : 0;
   }
   // FLASHMOE_BENCH_LAYERS=8: each benchmark's timed forwards cycle over 8 layers of its shape,
   // each with its own weights and router (input i on layer i % 8), as an engine's consecutive MoE

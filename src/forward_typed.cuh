@@ -372,6 +372,7 @@ void fill_params(const Layer::Impl& impl, const KernelVariantInfo& info, const v
   p.timeout_ns = static_cast<std::uint64_t>(impl.options.watchdog_ms) * 1000000ull;
   p.fault = impl.fault;
   p.one_token_gateup = impl.one_token_gateup;
+  p.table_free = impl.table_free;
   if (impl.trace_buffer != nullptr) {
     auto* tb = static_cast<unsigned char*>(impl.trace_buffer);
     p.trace.blocks = reinterpret_cast<RawTraceBlock*>(tb);

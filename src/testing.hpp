@@ -85,6 +85,13 @@ inline void set_one_token_gateup(Layer& layer, bool on) {
   if (layer.valid()) layer.impl()->one_token_gateup = on;
 }
 
+// Decode forwards of 2 to BM live tokens that route themselves: whether their blocks find their
+// tiles from the pairs (tile_table.cuh, LiveExperts) instead of a published tile table. For
+// measuring the two paths and testing both on the same forward.
+inline void set_table_free(Layer& layer, bool on) {
+  if (layer.valid()) layer.impl()->table_free = on;
+}
+
 // Whether ForwardOptions::programmatic_launch takes effect for this Layer (an sm_90+ device
 // running kernels built with the wait; otherwise the launch is an ordinary one).
 inline bool has_programmatic_launch(Layer& layer) {

@@ -120,6 +120,19 @@ inline constexpr int kThinDecodeTileM = 16;
 inline constexpr int kTallDecodeTileM = 48;
 static_assert(kThinDecodeTileM >= kMinTileM && kTallDecodeTileM <= kMaxTileM,
               "the workspace tables are sized for kMinTileM .. kMaxTileM");
+// Decode launches of 2 to tile_m live tokens that the kernel routes, at most one (token, expert)
+// pair a thread of the decode kernels' 256: each live expert is then one m-tile, so no tile
+// table is built; every block finds its tiles from the pairs (tile_table.cuh, LiveExperts).
+// Not the tall kernels: they run where experts average near 32 rows, far more live tokens than
+// 48, and the path's code would only cost them registers.
+inline constexpr int kTableFreeMaxPairs = 256;
+FLASHMOE_HOST_DEVICE constexpr bool table_free_height(int tile_m) {
+  return tile_m <= kDecodeTileM;
+}
+FLASHMOE_HOST_DEVICE inline bool table_free_tiles(std::int64_t live, int top_k, int tile_m) {
+  return table_free_height(tile_m) && live >= 2 && live <= tile_m &&
+         live * top_k <= kTableFreeMaxPairs;
+}
 inline constexpr std::int64_t kLargeExpertBytes = std::int64_t{128} << 20;
 // Experts whose weights (gate, up and down at 2 bytes) reach kLargeExpertBytes.
 FLASHMOE_HOST_DEVICE inline bool large_experts(int hidden, int intermediate) {

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <cstdio>
 #include <random>
 #include <set>
@@ -698,6 +699,143 @@ TEST_F(Forward, OneTokenGateUpFailuresAreReportedAndTheLayerRecovers) {
     ForwardRun after = make_run(c, 1, rng_);
     ASSERT_TRUE(run_forward(layer, after, stream.get()));
     check_output(m, after, {0});
+  }
+}
+
+// testing::set_table_free: decode launches of 2 to BM live tokens of their own routing, whose
+// blocks find their m-tiles from the pairs instead of a tile table. Against the table's path on
+// the same inputs, the same bits: K from 1 to 32, E from 1 to 1024 (every word of the live
+// mask, up to 256 pairs), I off the tile, fp16, T on both sides of the m-tile height, the
+// 32-row kernels too (forced), every token on the same experts (full m-tiles), a padded batch,
+// grid sizes from one block up, and consecutive launches (the experts' gate/up counts start at
+// zero again). Traced forwards show which launches took the path: no tile-table event.
+TEST_F(Forward, TableFreeTilesGiveTheTablePathsBits) {
+  SCOPED_TRACE(seed_);
+  std::vector<Model> models;
+  models.push_back(small_model());
+  for (const Shape& s : {kKEqualsE, kOddTiles, kManyExperts, kMaxExperts, kOneExpert}) {
+    models.push_back(make_model(make_config(s, DType::BF16, 64), rng_));
+  }
+  models.push_back(make_model(make_config(kOddTiles, DType::FP16, 64), rng_));
+  StreamGuard stream;
+  std::map<int, int> table_free_runs;  // by m-tile height
+  // A traced forward of T tokens on `layer` with the path on or off: one routing event per
+  // router chunk, and the table's unless the launch was table-free.
+  auto check_path = [&](Layer& layer, const Config& c, int T, bool on) {
+    ASSERT_TRUE(layer.set_tracing(1 << 12).ok());
+    flashmoe::testing::set_table_free(layer, on);
+    ForwardRun run = make_run(c, T, rng_);
+    ASSERT_TRUE(run_forward(layer, run, stream.get()));
+    flashmoe::Trace trace;
+    ASSERT_TRUE(layer.read_trace(stream.get(), trace).ok());
+    ASSERT_TRUE(layer.set_tracing(0).ok());
+    int routing = 0;
+    for (const auto& e : trace.events) routing += e.kind == flashmoe::TraceKind::Routing ? 1 : 0;
+    const int chunks = (T + flashmoe::detail::kRouterTokens - 1) / flashmoe::detail::kRouterTokens;
+    const bool table_free = on && flashmoe::detail::table_free_tiles(T, c.top_k, trace.tile_m);
+    EXPECT_EQ(routing, chunks + (table_free ? 0 : 1)) << trace.tile_m << "-row m-tiles, on " << on;
+    if (table_free) ++table_free_runs[trace.tile_m];
+  };
+  for (const Model& m : models) {
+    const Config& c = m.config;
+    SCOPED_TRACE(::testing::Message() << "E " << c.experts << " K " << c.top_k << " H " << c.hidden
+                                      << " I " << c.intermediate);
+    std::vector<Layer> layers;
+    for (int blocks : {0, 1, 3}) {
+      flashmoe::LayerOptions o;
+      o.max_blocks = blocks;
+      layers.emplace_back();
+      ASSERT_TRUE(Layer::create(c, m.device_weights(), layers.back(), o).ok());
+    }
+    Layer rows32;  // the 32-row kernels at every T, checked against themselves
+    ASSERT_TRUE(Layer::create(c, m.device_weights(), rows32).ok());
+    flashmoe::testing::set_decode_height(rows32, flashmoe::detail::kDecodeTileM);
+    for (int T : {2, 3, 8, 16, 17, 2}) {
+      SCOPED_TRACE(::testing::Message() << "T = " << T);
+      ForwardRun table = make_run(c, T, rng_);
+      flashmoe::testing::set_table_free(layers[0], false);
+      ASSERT_TRUE(run_forward(layers[0], table, stream.get()));
+      check_output(m, table, sample_tokens(T, 4, rng_));
+      for (Layer& layer : layers) {
+        flashmoe::testing::set_table_free(layer, true);
+        for (int rep = 0; rep < 2; ++rep) {
+          ForwardRun derived = table;
+          ASSERT_TRUE(run_forward(layer, derived, stream.get()));
+          ASSERT_EQ(derived.y, table.y) << "max_blocks " << layer.options().max_blocks;
+          EXPECT_EQ(derived.ids, table.ids);
+          EXPECT_EQ(derived.weights, table.weights);
+        }
+      }
+      ForwardRun table32 = table;
+      flashmoe::testing::set_table_free(rows32, false);
+      ASSERT_TRUE(run_forward(rows32, table32, stream.get()));
+      check_output(m, table32, sample_tokens(T, 4, rng_));
+      flashmoe::testing::set_table_free(rows32, true);
+      ForwardRun derived32 = table;
+      ASSERT_TRUE(run_forward(rows32, derived32, stream.get()));
+      ASSERT_EQ(derived32.y, table32.y) << "32-row m-tiles";
+      for (bool on : {false, true}) {
+        ASSERT_NO_FATAL_FAILURE(check_path(layers[0], c, T, on));
+        ASSERT_NO_FATAL_FAILURE(check_path(rows32, c, T, on));
+      }
+    }
+    // A padded batch: capacity 8, three live tokens; the other rows stay as they were.
+    ForwardRun padded = make_run(c, 8, rng_);
+    std::vector<std::vector<std::uint16_t>> ys;
+    for (bool on : {false, true}) {
+      flashmoe::testing::set_table_free(layers[0], on);
+      ys.push_back(padded_forward(layers[0], padded, 3, c, stream.get()));
+    }
+    EXPECT_FALSE(ys[0].empty());
+    EXPECT_EQ(ys[1], ys[0]) << "padded batch";
+  }
+  EXPECT_GT(table_free_runs[flashmoe::detail::kThinDecodeTileM], 0);
+  EXPECT_GT(table_free_runs[flashmoe::detail::kDecodeTileM], 0);
+  // Every token on experts 0..K-1: the m-tiles are full at T = 16, the thin kernels' height.
+  Model rigged = small_model();
+  rig_router_to_the_first_experts(rigged);
+  Layer layer;
+  ASSERT_TRUE(Layer::create(rigged.config, rigged.device_weights(), layer).ok());
+  for (int T : {2, 16}) {
+    SCOPED_TRACE(::testing::Message() << "rigged, T = " << T);
+    ForwardRun table = make_run(rigged.config, T, rng_);
+    make_inputs_positive(table, rigged.config.dtype);
+    flashmoe::testing::set_table_free(layer, false);
+    ASSERT_TRUE(run_forward(layer, table, stream.get()));
+    check_output(rigged, table, sample_tokens(T, 4, rng_));
+    flashmoe::testing::set_table_free(layer, true);
+    ForwardRun derived = table;
+    ASSERT_TRUE(run_forward(layer, derived, stream.get()));
+    EXPECT_EQ(derived.y, table.y);
+  }
+}
+
+// A table-free launch whose gate/up tile never counts ends in DeviceTimeout at the down tile that
+// waits for it; the next forward is right (the last block out zeroed the experts' counts).
+TEST_F(Forward, TableFreeFailureIsReportedAndTheLayerRecovers) {
+  SCOPED_TRACE(seed_);
+  const Model m = small_model();
+  const Config& c = m.config;
+  flashmoe::LayerOptions options;
+  options.watchdog_ms = 100;
+  Layer layer;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer, options).ok());
+  StreamGuard stream;
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE(::testing::Message() << "round " << round);
+    flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::DropMTileSignal);
+    ForwardRun hung = make_run(c, 3, rng_);
+    DeviceBuffer dx = upload(hung.x), dy = upload(hung.y_in);
+    ASSERT_TRUE(flashmoe::forward(layer, dx.get(), dy.get(), 3, stream.get()).ok());
+    const flashmoe::Status s = layer.device_status(stream.get());
+    EXPECT_EQ(s.code(), StatusCode::DeviceTimeout) << s.to_string();
+    EXPECT_NE(s.message().find("down tile"), std::string::npos) << s.message();
+    flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::None);
+    for (int T : {3, 5}) {
+      ForwardRun good = make_run(c, T, rng_);
+      ASSERT_TRUE(run_forward(layer, good, stream.get()));
+      check_output(m, good, sample_tokens(T, T, rng_));
+    }
   }
 }
 

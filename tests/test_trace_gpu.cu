@@ -46,6 +46,7 @@ class TraceGpu : public ::testing::Test {
     model_ = make_model(c, rng_);
     layer_ = Layer();
     ASSERT_TRUE(Layer::create(c, model_.device_weights(), layer_).ok());
+    flashmoe::testing::set_table_free(layer_, true);  // its launches are traced too
   }
 
   // Forward on fresh x; returns y and fills ids.
@@ -126,13 +127,15 @@ class TraceGpu : public ::testing::Test {
     EXPECT_EQ(trace.router_tasks, chunks * eslices * trace.router_k_slices);
     EXPECT_EQ(count[TraceKind::Router], trace.router_tasks);
     // The top-k of each chunk (decode) or select ticket (prefill, each with its row-map
-    // ticket), and the tile table.
+    // ticket), and the tile table, which table-free decode launches do not build.
     const int selects =
         decode ? chunks
                : flashmoe::detail::router_split(T, c.hidden, c.experts, false, true,
                                                 trace.router_tile_m, trace.router_tile_n, 64)
                      .selects;
-    EXPECT_EQ(count[TraceKind::Routing], (decode ? selects : 2 * selects) + 1);
+    const bool table_free =
+        decode && flashmoe::detail::table_free_tiles(T, c.top_k, trace.tile_m);
+    EXPECT_EQ(count[TraceKind::Routing], (decode ? selects : 2 * selects) + (table_free ? 0 : 1));
     EXPECT_EQ(count[TraceKind::GateUp], mtiles * ng);
     // The warp-specialised kernel first copies each m-tile's token rows into expert order, in
     // gather_parts jobs (1 to kMaxGatherParts) an m-tile.
@@ -208,10 +211,10 @@ class TraceGpu : public ::testing::Test {
 
 TEST_F(TraceGpu, OneEventPerTaskInOrderAndWritersAgree) {
   SCOPED_TRACE(seed_);
-  // Decode on 16-row m-tiles (1, 37), 32-row (200: 20 rows per expert) and 48-row (276: 27.6),
-  // then 310 (31 rows: the warp-specialised engine where the device has it, else 48-row decode)
-  // and prefill (600).
-  for (int T : {1, 37, 200, 276, 310, 600}) {
+  // Decode on 16-row m-tiles (1, 5: no tile table, 37), 32-row (200: 20 rows per expert) and
+  // 48-row (276: 27.6), then 310 (31 rows: the warp-specialised engine where the device has it,
+  // else 48-row decode) and prefill (600).
+  for (int T : {1, 5, 37, 200, 276, 310, 600}) {
     SCOPED_TRACE(::testing::Message() << "T = " << T);
     check_traced_forward(T);
     if (HasFatalFailure()) return;

@@ -27,11 +27,13 @@ struct TileSmem {
 // h[rows of m-tile, n0 : n0 + BN] = act(x W1^T) * (x W3^T) for the expert of the m-tile, then
 // counted in `done` (the m-tile's gate/up counter). `token0_row`: the m-tile is one pair of
 // token 0, whose row needs no lookup in sorted_pair (the one-token tiles that start before
-// routing has written it). Returns false (nothing written or counted) when the tile was
-// abandoned.
+// routing has written it). `local_pairs`: the m-tile's pairs in shared memory (a table-free
+// launch, LiveExperts) instead of sorted_pair's rows. Returns false (nothing written or counted)
+// when the tile was abandoned.
 template <class S, typename T, class Tr>
 __device__ bool gateup_tile(const KernelParams<T>& p, unsigned char* smem, const MTile mt,
-                            int ntile, int ntiles, std::uint32_t* done, bool token0_row, Tr& tr) {
+                            int ntile, int ntiles, std::uint32_t* done, bool token0_row, Tr& tr,
+                            const std::int32_t* local_pairs = nullptr) {
   __shared__ TileSmem<S, T> ts;
   const std::uint64_t t0 = tr.now();
   const std::uint32_t slot = mt.slot;
@@ -44,7 +46,9 @@ __device__ bool gateup_tile(const KernelParams<T>& p, unsigned char* smem, const
   for (int r = threadIdx.x; r < S::BM; r += kThreads) {
     const T* row = nullptr;
     if (r < static_cast<int>(mt.rows)) {
-      const int pair = token0_row ? 0 : __ldcg(p.sorted_pair + mt.row0 + r);
+      const int pair = token0_row             ? 0
+                       : local_pairs != nullptr ? local_pairs[r]
+                                                : __ldcg(p.sorted_pair + mt.row0 + r);
       row = p.x + static_cast<std::int64_t>(pair / p.top_k) * H;
     }
     ts.a_rows[r] = row;
@@ -150,11 +154,12 @@ __device__ void discard_summed_parts(const KernelParams<T>& p, const std::int32_
 // activation type as the engine's (half the bytes of fp32 rows: bench/NOTES.md, rows 154-156);
 // then, for every token whose top-k pairs and K slices of this column range are now all
 // present, y = sum over k, then over slices, in order, in fp32 (+ beta * y). h is read once
-// `done` (the m-tile's gate/up counter) reaches gateup_ntiles. Returns false when the launch is
-// being abandoned.
+// `done` (the m-tile's gate/up counter) reaches gateup_ntiles. `local_pairs`: as gateup_tile's.
+// Returns false when the launch is being abandoned.
 template <class S, typename T, class Tr>
 __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, const MTile mt, int ntile,
-                          int kslice, int ntiles, int gateup_ntiles, std::uint32_t* done, Tr& tr) {
+                          int kslice, int ntiles, int gateup_ntiles, std::uint32_t* done, Tr& tr,
+                          const std::int32_t* local_pairs = nullptr) {
   __shared__ TileSmem<S, T> ts;
   __shared__ float s_weight[S::BM];  // the rows' routing weights, read while the weights stream
   __shared__ bool s_ready;
@@ -176,7 +181,9 @@ __device__ bool down_tile(const KernelParams<T>& p, unsigned char* smem, const M
   for (int r = threadIdx.x; r < S::BM; r += kThreads) {
     const bool live = r < static_cast<int>(mt.rows);
     ts.a_rows[r] = live ? p.h + static_cast<std::int64_t>(mt.row0 + r) * I + k0 : nullptr;
-    const std::int32_t pair = live ? __ldcg(p.sorted_pair + mt.row0 + r) : -1;
+    const std::int32_t pair = !live                   ? -1
+                              : local_pairs != nullptr ? local_pairs[r]
+                                                       : __ldcg(p.sorted_pair + mt.row0 + r);
     ts.pair[r] = pair;
     s_weight[r] = live ? __ldcg(p.pair_weight + pair) : 0.0f;
   }

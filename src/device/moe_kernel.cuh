@@ -12,6 +12,10 @@
 // is known at launch; gate/up tile k waits only for the token's experts (released by the
 // routing ticket before it writes the table; with caller routing, for nothing) and counts into
 // its own word; down tiles still wait for the table. Those waits are on smaller tickets too.
+// 2 to BM live tokens of the kernel's own routing (decode kernels, `table_free`): no table; the
+// tiles wait for every routing ticket's count, and each block derives the total and its
+// m-tiles from the pairs (tile_table.cuh, LiveExperts). Gate/up tiles count into their expert's
+// word of expert_count, which the last block out zeroes.
 // A task waits only on tasks with smaller tickets, and a ticket is taken only by a running
 // block, so the kernel cannot deadlock whatever number of blocks is resident. Counters are
 // reset inside the kernel (by the last block to exit, or by their last user), so consecutive
@@ -54,6 +58,8 @@ struct KernelConfig {
   using Down0 = Down0_;
   using Down1 = Down1_;
   using Down2 = Down2_;
+  // Decode kernels whose launches may find their tiles without a tile table (LiveExperts).
+  static constexpr bool table_free = !TILE_ROUTER && table_free_height(BM_);
   static constexpr bool single_shape = std::is_same_v<GateUp, GateUpWide> &&
                                        std::is_same_v<Down0, Down1> && std::is_same_v<Down1, Down2>;
   static_assert(BM_ == GateUp::BM && BM_ == GateUpWide::BM && BM_ == Down0::BM &&
@@ -106,7 +112,7 @@ using TallDecodeConfig =
                  TileShape<48, 128, false, 1, 4, 2, 4, 64>>;
 static_assert(TallDecodeConfig::BM == kTallDecodeTileM, "tall_decode_min_tokens uses it");
 // Two blocks per SM (__launch_bounds__ below) need both blocks' shared memory in the 228 KB of
-// an sm_90 SM, with the static tile state (up to 3968 bytes, by ptxas) and 1 KB reserved per
+// an sm_90 SM, with the static tile state (up to 4480 bytes, by ptxas) and 1 KB reserved per
 // block besides. Only the dynamic part is checked here; a kernel whose static state grew past
 // the rest would silently run one block per SM (the host sizes its grid from the occupancy it
 // reads).
@@ -183,6 +189,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   // experts and the table, and the expert of the block's gate/up tile.
   __shared__ bool s_one_token, s_experts_seen, s_tables_seen;
   __shared__ int s_expert;
+  // Table-free launch: whether it is one, and what the block derived from the pairs (an empty
+  // struct in the kernels that never are).
+  __shared__ bool s_table_free;
+  __shared__ std::conditional_t<Cfg::table_free, LiveExperts, NoLiveExperts> s_live_experts;
 
   wait_for_prior_grids();
   const RouterSplit rs = p.rsplit;  // router_split() for this kernel, by the host
@@ -200,6 +210,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     s_one_token = !Cfg::tile_router && p.one_token_gateup && s_live == 1;
     s_experts_seen = false;
     s_tables_seen = false;
+    s_table_free = table_free_launch<Cfg>(p, s_live);
     if (s_one_token) {
       // What finish_routing publishes for one live token, known before it runs.
       s_mtiles = static_cast<std::uint32_t>(p.top_k);
@@ -216,10 +227,16 @@ __global__ void __launch_bounds__(kThreads, 2)
     // prefill kernel's first tile also waits for the row map (routing_ticket.cuh).
     std::uint32_t claimed = 0;
     if (threadIdx.x == 0) {
-      std::uint32_t row_maps = 0;
-      if constexpr (Cfg::tile_router) row_maps = rs.live_selects(s_live);
+      std::uint32_t row_maps = 0, routing_counts = 0;
+      if constexpr (Cfg::tile_router) {
+        row_maps = rs.live_selects(s_live);
+      } else if (s_table_free) {
+        const int chunks = (s_live + rs.chunk_tokens - 1) / rs.chunk_tokens;
+        routing_counts = static_cast<std::uint32_t>(chunks);
+      }
       claimed = claim_ticket<Cfg::tile_router>(p, routing_tickets, tasks_per_mtile,
-                                               {s_claim, s_total, s_mtiles}, tr, row_maps);
+                                               {s_claim, s_total, s_mtiles}, tr, row_maps,
+                                               routing_counts);
     }
     // Everyone is done with the previous ticket's shared state, and its ordinary writes are
     // ordered before the copy engine's next writes to the same bytes.
@@ -238,14 +255,35 @@ __global__ void __launch_bounds__(kThreads, 2)
       continue;
     }
 
+    if constexpr (Cfg::table_free) {
+      if (s_total == kTotalToDerive) {
+        // Table-free: the block's first tile ticket, past every routing ticket's count.
+        load_live_experts(p, s_live_experts, s_live * p.top_k);
+        if (threadIdx.x == 0) {
+          s_mtiles = s_live_experts.count;
+          s_total = routing_tickets + s_live_experts.count * tasks_per_mtile;
+        }
+        __syncthreads();
+      }
+    }
     if (ticket >= s_total) break;  // s_total is set: thread 0 waited for it above
 
     const std::uint32_t mtiles = s_mtiles;  // set with s_total
     const std::uint32_t task = ticket - routing_tickets;
     int ntile = 0;
     const bool one_token = s_one_token;
+    const bool table_free = s_table_free;  // false in the kernels that never are
     if (task < mtiles * ng) {
-      if (one_token) {
+      if (table_free) {
+        if constexpr (Cfg::table_free) {
+          const MTile mt = locate_live_tile(s_live_experts, task / ng, s_live * p.top_k);
+          ntile = static_cast<int>(task % ng);
+          if (!gateup_tile<GateUp>(p, smem, mt, ntile, ng, &p.expert_count[mt.expert], false, tr,
+                                   s_live_experts.pairs)) {
+            break;
+          }
+        }
+      } else if (one_token) {
         // Pair k = m-tile k: one row, token 0's, h row k (register_pair's layout).
         const std::uint32_t k = task / ng;
         if (!one_token_expert(p, k, s_experts_seen, s_expert, s_flag, tr)) break;
@@ -262,10 +300,24 @@ __global__ void __launch_bounds__(kThreads, 2)
       if (one_token && !await_tables(p, s_tables_seen, s_flag, tr)) break;
       // Down tasks per m-tile: column tiles x K slices, the slices of a column tile adjacent.
       const int ks = p.dsplit.kslices;
-      const MTile mt = locate_tile<Cfg::BM>(p, task - mtiles * ng, nd * ks, ntile);
-      std::uint32_t* done =
-          one_token ? p.ctl.word(kOneTokenDone) + mt.slot : &p.mtile_done[mt.slot];
-      if (!down_tile<Down>(p, smem, mt, ntile / ks, ntile % ks, nd, ng, done, tr)) break;
+      const std::uint32_t i = task - mtiles * ng;
+      MTile mt{};
+      std::uint32_t* done = nullptr;
+      const std::int32_t* local_pairs = nullptr;
+      if (table_free) {
+        if constexpr (Cfg::table_free) {
+          mt = locate_live_tile(s_live_experts, i / (nd * ks), s_live * p.top_k);
+          ntile = static_cast<int>(i % (nd * ks));
+          done = &p.expert_count[mt.expert];
+          local_pairs = s_live_experts.pairs;
+        }
+      } else {
+        mt = locate_tile<Cfg::BM>(p, i, nd * ks, ntile);
+        done = one_token ? p.ctl.word(kOneTokenDone) + mt.slot : &p.mtile_done[mt.slot];
+      }
+      if (!down_tile<Down>(p, smem, mt, ntile / ks, ntile % ks, nd, ng, done, tr, local_pairs)) {
+        break;
+      }
     }
   }
   allow_dependent_grids();

@@ -42,6 +42,9 @@ struct KernelParams {
   // Decode kernels, one live token: gate/up tiles start once the token's experts are chosen
   // instead of after the tile table (moe_kernel.cuh).
   bool one_token_gateup;
+  // Decode kernels, 2 to BM live tokens of their own routing: no tile table (tile_table.cuh,
+  // LiveExperts).
+  bool table_free;
   float scaling;
   RouterSplit rsplit;  // router tasks of this launch (workspace.hpp)
   DownSplit dsplit;    // K slices of this launch's down tiles (workspace.hpp)

@@ -147,6 +147,9 @@ enum class PairRow {
 __device__ __forceinline__ bool table_counts_pairs(int live, int top_k) {
   return live > 1 && live * top_k <= kThreads;
 }
+// Table-free launches (table_free_tiles) rely on it: their selects must not count into
+// expert_count, which their gate/up tiles count into instead.
+static_assert(kTableFreeMaxPairs == kThreads, "table-free launches register their pairs uncounted");
 
 // Registers pair (t, k) -> expert e with weight w. Its row among e's rows comes from a
 // counter, the expert's or the table builder's (order varies run to run, results do not: rows

@@ -24,18 +24,31 @@ __device__ __forceinline__ std::uint32_t one_token_total(std::uint32_t routing_t
   return routing_tickets + static_cast<std::uint32_t>(top_k) * tasks_per_mtile;
 }
 
+// Whether a decode launch is table-free (table_free_tiles; tile_table.cuh, LiveExperts): only
+// with the kernel's own routing, whose K experts of a token are distinct.
+template <class Cfg, typename T>
+__device__ __forceinline__ bool table_free_launch(const KernelParams<T>& p, int live) {
+  if constexpr (Cfg::table_free) {
+    return p.table_free && p.user_ids == nullptr && table_free_tiles(live, p.top_k, Cfg::BM);
+  } else {
+    return false;
+  }
+}
+
 // The end of a ticket that routed tokens [t0, t_end): their combine counters zeroed, the ticket
 // counted, and the tile table built by the last of `live_tickets` (`own_mtiles`: the pairs
-// wrote it as they were registered, and only its count is published). `start`: the routing event's
-// start. `chunks_to_reset`: router_done words the table's builder clears (the prefill kernels'
-// select tickets read them until then; 0 in decode, where each chunk's last task clears its own).
+// wrote it as they were registered, and only its count is published; `table_free`: no table,
+// the tiles wait for every ticket's count). `start`: the routing event's start.
+// `chunks_to_reset`: router_done words the table's builder clears (the prefill kernels' select
+// tickets read them until then; 0 in decode, where each chunk's last task clears its own).
 template <class Cfg, typename T, class Tr>
 __device__ __forceinline__ void finish_routing(const KernelParams<T>& p, unsigned char* smem,
                                                int t0, int t_end, int nd, int live,
                                                int live_tickets, int trace_tile,
                                                int chunks_to_reset, std::uint32_t routing_tickets,
                                                std::uint32_t tasks_per_mtile, bool own_mtiles,
-                                               bool& s_flag, std::uint64_t start, Tr& tr) {
+                                               bool table_free, bool& s_flag,
+                                               std::uint64_t start, Tr& tr) {
   // The combine counters of the tokens start at zero: they live in the scratch, which other
   // Layers' forwards also write. Ordered before every down tile by the routing-done count and
   // the tile table's release.
@@ -43,6 +56,11 @@ __device__ __forceinline__ void finish_routing(const KernelParams<T>& p, unsigne
     p.combine_done[(t0 + i / nd) * p.combine_stride + i % nd] = 0;
   }
   team_sync();
+  if (table_free) {
+    if (threadIdx.x == 0) add_release(p.ctl.word(kRoutingDone), 1);
+    tr.record(TraceKind::Routing, start, -1, trace_tile);
+    return;
+  }
   if (threadIdx.x == 0) {
     // Decided by thread 0 alone: the abort flag may change while the block reads it.
     // One ticket: this block is the last, and its own writes need no hand-off, so the
@@ -171,7 +189,7 @@ __device__ __forceinline__ void run_tile_routing_ticket(const KernelParams<T>& p
   }
   finish_routing<Cfg>(p, smem, t0, t_end, nd, live, live_selects, select,
                       user_routing ? 0 : live_chunks, routing_tickets, tasks_per_mtile, false,
-                      s_flag, start, tr);
+                      false, s_flag, start, tr);
 }
 
 template <class Cfg, class Down, typename T, class Tr>
@@ -236,7 +254,8 @@ __device__ __forceinline__ void run_routing_ticket(const KernelParams<T>& p, uns
       if (threadIdx.x == 0) store_release(p.ctl.word(kRoutingDone), 1u);
     }
     finish_routing<Cfg>(p, smem, t0, t_end, nd, live, live_chunks, chunk, 0, routing_tickets,
-                        tasks_per_mtile, own_mtiles, s_flag, start, tr);
+                        tasks_per_mtile, own_mtiles, table_free_launch<Cfg>(p, live), s_flag,
+                        start, tr);
   }
 }
 

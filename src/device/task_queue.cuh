@@ -13,6 +13,9 @@
 namespace flashmoe::detail {
 
 inline constexpr std::uint32_t kNoTicket = 0xffffffffu;
+// The ticket total of a table-free launch once its routing is counted: each block derives the
+// real one from the pairs (LiveExperts, tile_table.cuh).
+inline constexpr std::uint32_t kTotalToDerive = 0xfffffffeu;
 // A block's scratch claim: taken with its first ticket (kClaimPending until then).
 enum ScratchClaim : std::uint32_t { kClaimPending, kClaimOwned, kClaimRefused };
 
@@ -26,12 +29,14 @@ struct QueueState {
 // abandoned, the block was refused the scratch, or the wait for the tile table ended).
 // kRowMaps (prefill kernels): the block's first tile also waits for the `row_maps` row-map
 // tickets, whose part of the table every tile reads, directly or through its m-tile's earlier
-// tiles.
+// tiles. `routing_counts` > 0: a table-free launch, whose first tile waits for that many
+// routing tickets' counts instead, and leaves the total to derive (kTotalToDerive).
 template <bool kRowMaps = false, typename T, class Tr>
 __device__ __forceinline__ std::uint32_t claim_ticket(const KernelParams<T>& p,
                                                       std::uint32_t routing_tickets,
                                                       std::uint32_t tasks_per_mtile, QueueState q,
-                                                      Tr& tr, std::uint32_t row_maps = 0) {
+                                                      Tr& tr, std::uint32_t row_maps = 0,
+                                                      std::uint32_t routing_counts = 0) {
   std::uint32_t t = p.ctl.aborted() ? kNoTicket : fetch_add_relaxed(p.ctl.word(kQueueHead), 1);
   if (q.claim == kClaimPending) {
     // The block's first ticket: the scratch claim's round trip runs beside the ticket's.
@@ -48,8 +53,15 @@ __device__ __forceinline__ std::uint32_t claim_ticket(const KernelParams<T>& p,
     const std::uint64_t t0 = tr.now();
     bool spun = false;
     std::uint32_t total = 0;
-    if (wait_at_least(p.ctl, p.ctl.word(kTasksTotal), 1, p.timeout_ns, kSiteTasksTotal, spun,
-                      total)) {
+    if (routing_counts > 0) {
+      if (wait_at_least(p.ctl, p.ctl.word(kRoutingDone), routing_counts, p.timeout_ns,
+                        kSiteTasksTotal, spun)) {
+        q.total = kTotalToDerive;
+      } else {
+        t = kNoTicket;  // abandoned
+      }
+    } else if (wait_at_least(p.ctl, p.ctl.word(kTasksTotal), 1, p.timeout_ns, kSiteTasksTotal,
+                             spun, total)) {
       q.mtiles = (total - routing_tickets) / tasks_per_mtile;
       q.total = total;
     } else {
