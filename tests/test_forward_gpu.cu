@@ -820,6 +820,7 @@ TEST_F(Forward, TableFreeFailureIsReportedAndTheLayerRecovers) {
   options.watchdog_ms = 100;
   Layer layer;
   ASSERT_TRUE(Layer::create(c, m.device_weights(), layer, options).ok());
+  flashmoe::testing::set_table_free(layer, true);
   StreamGuard stream;
   for (int round = 0; round < 2; ++round) {
     SCOPED_TRACE(::testing::Message() << "round " << round);
