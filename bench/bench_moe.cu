@@ -748,7 +748,7 @@ int main(int argc, char** argv) {
     g_one_token = on ? 1 : 0;
   }
   // FLASHMOE_BENCH_TABLE_FREE=0 or 1: decode forwards of 2 to BM live tokens with the table-free
-  // tile lookup off or on (the library's default: off), measuring it against the tile table's.
+  // tile lookup off or on (the library's default: on), measuring it against the tile table's.
   if (const char* v = std::getenv("FLASHMOE_BENCH_TABLE_FREE"); v != nullptr && *v) {
     bool on = false;
     if (!read_switch("FLASHMOE_BENCH_TABLE_FREE", on)) return 1;

@@ -55,9 +55,9 @@ struct Layer::Impl {
   // that compare the two paths (testing.hpp).
   bool one_token_gateup = true;
   // Decode launches of 2 to BM live tokens that route themselves find their tiles without a tile
-  // table (tile_table.cuh, LiveExperts). Off until measured on a GPU (bench/NOTES.md row 185):
-  // tests and benchmarks turn it on (testing.hpp).
-  bool table_free = false;
+  // table (tile_table.cuh, LiveExperts; bench/NOTES.md row 185). Off only in tests and benchmarks
+  // that compare the two paths (testing.hpp).
+  bool table_free = true;
   // Test- and bench-only (testing.hpp): > 0 runs the prefill kernels once experts average more
   // than this many rows, instead of runs_prefill_kernel's rule.
   int prefill_rows = 0;
