@@ -117,6 +117,9 @@ class Forward : public ::testing::Test {
   }
   // One y for every run and every grid size, at T = 1, 64 and 1024.
   void check_bitwise_identical(const Model& m);
+  // A forward of T tokens on `layer` (a short watchdog) whose first gate/up tile never counts:
+  // DeviceTimeout, reported at the down tile that waits for it. Clears the fault after.
+  void expect_dropped_count_times_out(Layer& layer, const Config& c, int T, cudaStream_t stream);
   std::uint64_t seed_ = 0;
   std::mt19937_64 rng_;
 };
@@ -670,14 +673,7 @@ TEST_F(Forward, OneTokenGateUpFailuresAreReportedAndTheLayerRecovers) {
   StreamGuard stream;
   for (int round = 0; round < 2; ++round) {
     SCOPED_TRACE(::testing::Message() << "round " << round);
-    flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::DropMTileSignal);
-    ForwardRun hung = make_run(c, 1, rng_);
-    DeviceBuffer dx = upload(hung.x), dy = upload(hung.y_in);
-    ASSERT_TRUE(flashmoe::forward(layer, dx.get(), dy.get(), 1, stream.get()).ok());
-    const flashmoe::Status s = layer.device_status(stream.get());
-    EXPECT_EQ(s.code(), StatusCode::DeviceTimeout) << s.to_string();
-    EXPECT_NE(s.message().find("down tile"), std::string::npos) << s.message();
-    flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::None);
+    ASSERT_NO_FATAL_FAILURE(expect_dropped_count_times_out(layer, c, 1, stream.get()));
     ForwardRun good = make_run(c, 1, rng_);
     ASSERT_TRUE(run_forward(layer, good, stream.get()));
     check_output(m, good, {0});
@@ -824,20 +820,26 @@ TEST_F(Forward, TableFreeFailureIsReportedAndTheLayerRecovers) {
   StreamGuard stream;
   for (int round = 0; round < 2; ++round) {
     SCOPED_TRACE(::testing::Message() << "round " << round);
-    flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::DropMTileSignal);
-    ForwardRun hung = make_run(c, 3, rng_);
-    DeviceBuffer dx = upload(hung.x), dy = upload(hung.y_in);
-    ASSERT_TRUE(flashmoe::forward(layer, dx.get(), dy.get(), 3, stream.get()).ok());
-    const flashmoe::Status s = layer.device_status(stream.get());
-    EXPECT_EQ(s.code(), StatusCode::DeviceTimeout) << s.to_string();
-    EXPECT_NE(s.message().find("down tile"), std::string::npos) << s.message();
-    flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::None);
+    ASSERT_NO_FATAL_FAILURE(expect_dropped_count_times_out(layer, c, 3, stream.get()));
     for (int T : {3, 5}) {
       ForwardRun good = make_run(c, T, rng_);
       ASSERT_TRUE(run_forward(layer, good, stream.get()));
       check_output(m, good, sample_tokens(T, T, rng_));
     }
   }
+}
+
+void Forward::expect_dropped_count_times_out(Layer& layer, const Config& c, int T,
+                                             cudaStream_t stream) {
+  flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::DropMTileSignal);
+  ForwardRun hung = make_run(c, T, rng_);
+  DeviceBuffer dx = upload(hung.x), dy = upload(hung.y_in);
+  const bool launched = flashmoe::forward(layer, dx.get(), dy.get(), T, stream).ok();
+  const flashmoe::Status s = layer.device_status(stream);
+  flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::None);
+  ASSERT_TRUE(launched);
+  EXPECT_EQ(s.code(), StatusCode::DeviceTimeout) << s.to_string();
+  EXPECT_NE(s.message().find("down tile"), std::string::npos) << s.message();
 }
 
 TEST_F(Forward, BitwiseIdenticalAcrossRunsAndGridSizes) {
