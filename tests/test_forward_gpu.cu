@@ -120,9 +120,18 @@ class Forward : public ::testing::Test {
   // A forward of T tokens on `layer` (a short watchdog) whose first gate/up tile never counts:
   // DeviceTimeout, reported at the down tile that waits for it. Clears the fault after.
   void expect_dropped_count_times_out(Layer& layer, const Config& c, int T, cudaStream_t stream);
+  // A traced forward of T tokens on `layer`: its routing events (one a router chunk, and the
+  // tile table's unless the launch was table-free), its m-tile height in `tile_m`; -1 on failure.
+  int traced_routing_events(Layer& layer, const Config& c, int T, cudaStream_t stream,
+                            int& tile_m);
   std::uint64_t seed_ = 0;
   std::mt19937_64 rng_;
 };
+
+// A decode launch's router chunks of T tokens: one routing event each in its trace.
+int router_chunks(int T) {
+  return (T + flashmoe::detail::kRouterTokens - 1) / flashmoe::detail::kRouterTokens;
+}
 
 // Router rows: experts 0..K-1 get (K - e) * 0.05 in every column, the others 0. With x > 0
 // (make_inputs_positive) every token's logits rank experts 0..K-1 first, in that order; experts
@@ -718,19 +727,14 @@ TEST_F(Forward, TableFreeTilesGiveTheTablePathsBits) {
   // A traced forward of T tokens on `layer` with the path on or off: one routing event per
   // router chunk, and the table's unless the launch was table-free.
   auto check_path = [&](Layer& layer, const Config& c, int T, bool on) {
-    ASSERT_TRUE(layer.set_tracing(1 << 12).ok());
     flashmoe::testing::set_table_free(layer, on);
-    ForwardRun run = make_run(c, T, rng_);
-    ASSERT_TRUE(run_forward(layer, run, stream.get()));
-    flashmoe::Trace trace;
-    ASSERT_TRUE(layer.read_trace(stream.get(), trace).ok());
-    ASSERT_TRUE(layer.set_tracing(0).ok());
-    int routing = 0;
-    for (const auto& e : trace.events) routing += e.kind == flashmoe::TraceKind::Routing ? 1 : 0;
-    const int chunks = (T + flashmoe::detail::kRouterTokens - 1) / flashmoe::detail::kRouterTokens;
-    const bool table_free = on && flashmoe::detail::table_free_tiles(T, c.top_k, trace.tile_m);
-    EXPECT_EQ(routing, chunks + (table_free ? 0 : 1)) << trace.tile_m << "-row m-tiles, on " << on;
-    if (table_free) ++table_free_runs[trace.tile_m];
+    int tile_m = 0;
+    const int routing = traced_routing_events(layer, c, T, stream.get(), tile_m);
+    ASSERT_GE(routing, 0);
+    const bool table_free = on && flashmoe::detail::table_free_tiles(T, c.top_k, tile_m);
+    EXPECT_EQ(routing, router_chunks(T) + (table_free ? 0 : 1))
+        << tile_m << "-row m-tiles, on " << on;
+    if (table_free) ++table_free_runs[tile_m];
   };
   for (const Model& m : models) {
     const Config& c = m.config;
@@ -818,6 +822,10 @@ TEST_F(Forward, TableFreeFailureIsReportedAndTheLayerRecovers) {
   ASSERT_TRUE(Layer::create(c, m.device_weights(), layer, options).ok());
   flashmoe::testing::set_table_free(layer, true);
   StreamGuard stream;
+  // The failing launches take the path: a traced one of the same T builds no tile table.
+  int tile_m = 0;
+  ASSERT_EQ(traced_routing_events(layer, c, 3, stream.get(), tile_m), router_chunks(3));
+  ASSERT_TRUE(flashmoe::detail::table_free_tiles(3, c.top_k, tile_m)) << tile_m;
   for (int round = 0; round < 2; ++round) {
     SCOPED_TRACE(::testing::Message() << "round " << round);
     ASSERT_NO_FATAL_FAILURE(expect_dropped_count_times_out(layer, c, 3, stream.get()));
@@ -840,6 +848,21 @@ void Forward::expect_dropped_count_times_out(Layer& layer, const Config& c, int 
   ASSERT_TRUE(launched);
   EXPECT_EQ(s.code(), StatusCode::DeviceTimeout) << s.to_string();
   EXPECT_NE(s.message().find("down tile"), std::string::npos) << s.message();
+}
+
+int Forward::traced_routing_events(Layer& layer, const Config& c, int T, cudaStream_t stream,
+                                   int& tile_m) {
+  EXPECT_TRUE(layer.set_tracing(1 << 12).ok());
+  ForwardRun run = make_run(c, T, rng_);
+  flashmoe::Trace trace;
+  const bool traced = run_forward(layer, run, stream) && layer.read_trace(stream, trace).ok();
+  EXPECT_TRUE(layer.set_tracing(0).ok());
+  EXPECT_TRUE(traced);
+  if (!traced) return -1;
+  tile_m = trace.tile_m;
+  int routing = 0;
+  for (const auto& e : trace.events) routing += e.kind == flashmoe::TraceKind::Routing ? 1 : 0;
+  return routing;
 }
 
 TEST_F(Forward, BitwiseIdenticalAcrossRunsAndGridSizes) {

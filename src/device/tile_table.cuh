@@ -69,8 +69,9 @@ __device__ void load_live_experts(const KernelParams<T>& p, LiveExperts& le, int
   __syncthreads();
   if (threadIdx.x < pairs) {
     const int e = __ldcg(p.pair_expert + threadIdx.x);
-    // A select that failed (the launch is then abandoned) may leave any value: keep it off the
-    // mask, whose words it would otherwise index.
+    // A select that failed (the launch is then abandoned) may leave any value: one out of range
+    // is kept off the mask, whose words it would otherwise index (a stale one in range may
+    // repeat an expert: locate_live_tile bounds the rows it writes).
     if (e >= 0 && e < p.experts) {
       le.expert[threadIdx.x] = static_cast<std::uint16_t>(e);
       atomicOr(&le.mask[e >> 5], 1u << (e & 31));
@@ -111,7 +112,10 @@ __device__ inline MTile locate_live_tile(LiveExperts& le, std::uint32_t m, int p
       const int id = q < pairs ? le.expert[q] : 0xffff;
       const unsigned same = __ballot_sync(0xffffffffu, id == e);
       row0 += __popc(__ballot_sync(0xffffffffu, id < e));
-      if (id == e) le.pairs[rows + __popc(same & ((1u << lane) - 1u))] = q;
+      const std::uint32_t row = rows + __popc(same & ((1u << lane) - 1u));
+      // A token has each expert once, so an m-tile never holds more than live <= BM rows; only
+      // a launch already abandoned (a select that failed) could repeat an expert: keep it inside.
+      if (id == e && row < kMaxTileM) le.pairs[row] = q;
       rows += __popc(same);
     }
     if (lane == 0) le.tile = {m, static_cast<std::uint32_t>(e), row0, rows};
