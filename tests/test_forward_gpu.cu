@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <initializer_list>
 #include <map>
 #include <cstdio>
 #include <random>
@@ -127,6 +128,18 @@ class Forward : public ::testing::Test {
   std::uint64_t seed_ = 0;
   std::mt19937_64 rng_;
 };
+
+// One Layer of `m` for each grid size (LayerOptions::max_blocks; 0 is the library's choice),
+// appended to `layers`.
+void create_layer_per_grid(const Model& m, std::initializer_list<int> grids,
+                           std::vector<Layer>& layers) {
+  for (int blocks : grids) {
+    flashmoe::LayerOptions o;
+    o.max_blocks = blocks;
+    layers.emplace_back();
+    ASSERT_TRUE(Layer::create(m.config, m.device_weights(), layers.back(), o).ok());
+  }
+}
 
 // A decode launch's router chunks of T tokens: one routing event each in its trace.
 int router_chunks(int T) {
@@ -610,12 +623,7 @@ TEST_F(Forward, OneTokenGateUpTilesGiveTheTablePathsBits) {
     SCOPED_TRACE(::testing::Message() << "E " << c.experts << " K " << c.top_k << " H " << c.hidden
                                       << " I " << c.intermediate);
     std::vector<Layer> layers;
-    for (int blocks : {0, 1, 3}) {
-      flashmoe::LayerOptions o;
-      o.max_blocks = blocks;
-      layers.emplace_back();
-      ASSERT_TRUE(Layer::create(c, m.device_weights(), layers.back(), o).ok());
-    }
+    ASSERT_NO_FATAL_FAILURE(create_layer_per_grid(m, {0, 1, 3}, layers));
     for (int T : {1, 3, 1}) {
       SCOPED_TRACE(::testing::Message() << "T = " << T);
       ForwardRun table = make_run(c, T, rng_);
@@ -741,12 +749,7 @@ TEST_F(Forward, TableFreeTilesGiveTheTablePathsBits) {
     SCOPED_TRACE(::testing::Message() << "E " << c.experts << " K " << c.top_k << " H " << c.hidden
                                       << " I " << c.intermediate);
     std::vector<Layer> layers;
-    for (int blocks : {0, 1, 3}) {
-      flashmoe::LayerOptions o;
-      o.max_blocks = blocks;
-      layers.emplace_back();
-      ASSERT_TRUE(Layer::create(c, m.device_weights(), layers.back(), o).ok());
-    }
+    ASSERT_NO_FATAL_FAILURE(create_layer_per_grid(m, {0, 1, 3}, layers));
     Layer rows32;  // the 32-row kernels at every T, checked against themselves
     ASSERT_TRUE(Layer::create(c, m.device_weights(), rows32).ok());
     flashmoe::testing::set_decode_height(rows32, flashmoe::detail::kDecodeTileM);
@@ -876,12 +879,7 @@ void Forward::check_bitwise_identical(const Model& m) {
   const Config& c = m.config;
   SCOPED_TRACE(::testing::Message() << "I = " << c.intermediate);
   std::vector<Layer> layers;
-  for (int blocks : {0, 1, 3, 17, 50}) {
-    flashmoe::LayerOptions o;
-    o.max_blocks = blocks;
-    layers.emplace_back();
-    ASSERT_TRUE(Layer::create(c, m.device_weights(), layers.back(), o).ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(create_layer_per_grid(m, {0, 1, 3, 17, 50}, layers));
   for (int T : {1, 64, 1024}) {
     ForwardRun first = make_run(c, T, rng_);
     ASSERT_TRUE(run_forward(layers[0], first, nullptr));
