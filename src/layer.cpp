@@ -282,6 +282,8 @@ Status Layer::device_status(cudaStream_t stream) {
       : site == detail::kSiteRowMap     ? "a prefill tile waiting for the tile table's row map"
       : site == detail::kSiteSelectsDone
           ? "a prefill row map waiting for every token's top-k selection"
+      : site == detail::kSiteRoutingDone
+          ? "a decode tile waiting for routing to choose its tokens' experts"
           : "an unknown site";
   if (code == static_cast<std::uint32_t>(StatusCode::DeviceTimeout)) {
     return {StatusCode::DeviceTimeout,

@@ -13,6 +13,9 @@ enum class Fault : int {
   // The first weight stage of one down tile is never requested: its wait runs into the
   // watchdog (sm_90 copy-engine path only).
   StallWeightCopy = detail::kFaultStallWeightCopy,
+  // Routing never announces its choice to the decode tiles that start without a tile table (one
+  // live token's gate/up tiles, table-free launches): they wait until the watchdog fires.
+  DropRoutingSignal = detail::kFaultDropRoutingSignal,
 };
 
 inline void inject_fault(Layer& layer, Fault fault) {

@@ -212,7 +212,12 @@ FLASHMOE_HOST_DEVICE inline std::int64_t mtile_bound(std::int64_t pairs, std::in
 }
 
 // Test-only faults (testing.hpp).
-enum Fault : int { kFaultNone = 0, kFaultDropMTileSignal = 1, kFaultStallWeightCopy = 2 };
+enum Fault : int {
+  kFaultNone = 0,
+  kFaultDropMTileSignal = 1,
+  kFaultStallWeightCopy = 2,
+  kFaultDropRoutingSignal = 3,
+};
 
 // Control words of a Layer's state, one per 128-byte line so that spinning on one never slows
 // another.
@@ -235,15 +240,16 @@ inline constexpr int kControlStride = 32;  // uint32 words per 128-byte line
 // Where a device error happened (kErrorSite); reported by Layer::device_status.
 enum ErrorSite : std::uint32_t {
   kSiteNone = 0,
-  kSiteTasksTotal = 1,   // waiting for routing to publish the task count
-  kSiteMTileDone = 2,    // a down tile waiting for its gate/up tiles
-  kSiteRoutingIds = 3,   // caller-supplied routing id out of range
-  kSiteWeightCopy = 4,   // a tile waiting for its weight boxes (TMA)
-  kSiteScratchBusy = 5,  // the scratch was owned by another launch
-  kSiteJobRing = 6,      // a warp-specialised block's roles waiting for each other (job ring)
-  kSiteRouterDone = 7,   // a select ticket waiting for its chunk's router tasks
-  kSiteRowMap = 8,       // a prefill tile waiting for the row map of the tile table
-  kSiteSelectsDone = 9,  // a prefill row-map ticket waiting for every top-k selection
+  kSiteTasksTotal = 1,    // waiting for routing to publish the task count
+  kSiteMTileDone = 2,     // a down tile waiting for its gate/up tiles
+  kSiteRoutingIds = 3,    // caller-supplied routing id out of range
+  kSiteWeightCopy = 4,    // a tile waiting for its weight boxes (TMA)
+  kSiteScratchBusy = 5,   // the scratch was owned by another launch
+  kSiteJobRing = 6,       // a warp-specialised block's roles waiting for each other (job ring)
+  kSiteRouterDone = 7,    // a select ticket waiting for its chunk's router tasks
+  kSiteRowMap = 8,        // a prefill tile waiting for the row map of the tile table
+  kSiteSelectsDone = 9,   // a prefill row-map ticket waiting for every top-k selection
+  kSiteRoutingDone = 10,  // a decode tile waiting for routing's choice (no tile table yet)
 };
 
 // The scratch's first line: which launch owns it. 0 when idle; a launch's id (from %gridid)

@@ -1052,6 +1052,46 @@ TEST_F(Forward, WatchdogTurnsAHangIntoDeviceTimeoutAndTheLayerRecovers) {
   }
 }
 
+// Decode tiles that start before any tile table wait for routing's own signal: one live token's
+// gate/up tiles for its experts, a table-free launch's tiles for every router chunk's count.
+// Routing that never signals ends the forward in DeviceTimeout at that wait; the Layer recovers.
+TEST_F(Forward, WatchdogEndsAMissingRoutingSignalAndTheLayerRecovers) {
+  SCOPED_TRACE(seed_);
+  const Model m = small_model();
+  const Config& c = m.config;
+  flashmoe::LayerOptions options;
+  options.watchdog_ms = 100;
+  Layer layer;
+  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer, options).ok());
+  flashmoe::testing::set_one_token_gateup(layer, true);
+  flashmoe::testing::set_table_free(layer, true);
+  StreamGuard stream;
+  int tile_m = 0;  // T = 3 takes the table-free path: a traced forward builds no tile table
+  ASSERT_EQ(traced_routing_events(layer, c, 3, stream.get(), tile_m), router_chunks(3));
+  for (int round = 0; round < 2; ++round) {
+    for (int T : {1, 3}) {
+      SCOPED_TRACE(::testing::Message() << "round " << round << " T = " << T);
+      flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::DropRoutingSignal);
+      ForwardRun hung = make_run(c, T, rng_);
+      DeviceBuffer dx = upload(hung.x), dy = upload(hung.y_in);
+      const bool launched = flashmoe::forward(layer, dx.get(), dy.get(), T, stream.get()).ok();
+      const flashmoe::Status s = layer.device_status(stream.get());
+      flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::None);
+      ASSERT_TRUE(launched);
+      EXPECT_EQ(s.code(), StatusCode::DeviceTimeout) << s.to_string();
+      // T = 1 publishes a tile table too: its down tiles then wait for gate/up tiles that never
+      // ran, and either wait may reach the watchdog first.
+      const bool at_routing = s.message().find("choose its tokens' experts") != std::string::npos;
+      const bool at_down = s.message().find("down tile") != std::string::npos;
+      EXPECT_TRUE(at_routing || (T == 1 && at_down)) << s.message();
+
+      ForwardRun good = make_run(c, T, rng_);
+      ASSERT_TRUE(run_forward(layer, good, stream.get()));
+      check_output(m, good, sample_tokens(T, T, rng_));
+    }
+  }
+}
+
 // A copy-engine wait that never completes (one down tile's first weight stage is never
 // requested) ends the forward with DeviceTimeout after one watchdog period, not one per later
 // wait on that stage: I = 4096 gives the down tiles 32 (decode) and 64 (prefill) K steps over

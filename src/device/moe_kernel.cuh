@@ -133,13 +133,15 @@ using PrefillConfig = KernelConfig<64, true, PrefillGateUp, PrefillGateUp,
                                    TileShape<64, 64, false, 4, 2, 1, 4, 64, true>>;
 
 // Thread 0 of a one-token launch's block: waits until control word `w` is set, once per block
-// (`seen` remembers it). False when the launch is being abandoned.
+// (`seen` remembers it); `site` names the wait if it times out. False when the launch is being
+// abandoned.
 template <typename T, class Tr>
-__device__ bool wait_once(const KernelParams<T>& p, ControlWord w, bool& seen, Tr& tr) {
+__device__ bool wait_once(const KernelParams<T>& p, ControlWord w, ErrorSite site, bool& seen,
+                          Tr& tr) {
   if (!seen) {
     const std::uint64_t w0 = tr.now();
     bool spun = false;
-    seen = wait_at_least(p.ctl, p.ctl.word(w), 1, p.timeout_ns, kSiteTasksTotal, spun);
+    seen = wait_at_least(p.ctl, p.ctl.word(w), 1, p.timeout_ns, site, spun);
     if (spun) tr.record(TraceKind::Wait, w0, -1, -1);
   }
   return seen;
@@ -157,7 +159,7 @@ __device__ bool one_token_expert(const KernelParams<T>& p, std::uint32_t k, bool
       expert = __ldg(p.user_ids + k);
       ok = expert >= 0 && expert < p.experts;
     } else {
-      ok = wait_once(p, kRoutingDone, seen, tr);
+      ok = wait_once(p, kRoutingDone, kSiteRoutingDone, seen, tr);
       // Written by another block this launch: through L2, after the acquire.
       if (ok) expert = __ldcg(p.pair_expert + k);
     }
@@ -171,7 +173,7 @@ __device__ bool one_token_expert(const KernelParams<T>& p, std::uint32_t k, bool
 // of other launches do in claim_ticket. False when the launch is being abandoned.
 template <typename T, class Tr>
 __device__ bool await_tables(const KernelParams<T>& p, bool& seen, bool& ok, Tr& tr) {
-  if (threadIdx.x == 0) ok = wait_once(p, kTasksTotal, seen, tr);
+  if (threadIdx.x == 0) ok = wait_once(p, kTasksTotal, kSiteTasksTotal, seen, tr);
   __syncthreads();
   return ok;
 }

@@ -57,7 +57,9 @@ __device__ __forceinline__ void finish_routing(const KernelParams<T>& p, unsigne
   }
   team_sync();
   if (table_free) {
-    if (threadIdx.x == 0) add_release(p.ctl.word(kRoutingDone), 1);
+    if (threadIdx.x == 0 && p.fault != kFaultDropRoutingSignal) {
+      add_release(p.ctl.word(kRoutingDone), 1);
+    }
     tr.record(TraceKind::Routing, start, -1, trace_tile);
     return;
   }
@@ -251,7 +253,9 @@ __device__ __forceinline__ void run_routing_ticket(const KernelParams<T>& p, uns
       // wait for (moe_kernel.cuh): released now, ahead of the table's writes and barriers. The
       // word stays set until the launch ends, unlike the chunk's count.
       __syncwarp();
-      if (threadIdx.x == 0) store_release(p.ctl.word(kRoutingDone), 1u);
+      if (threadIdx.x == 0 && p.fault != kFaultDropRoutingSignal) {
+        store_release(p.ctl.word(kRoutingDone), 1u);
+      }
     }
     finish_routing<Cfg>(p, smem, t0, t_end, nd, live, live_chunks, chunk, 0, routing_tickets,
                         tasks_per_mtile, own_mtiles, table_free_launch<Cfg>(p, live), s_flag,

@@ -55,7 +55,7 @@ __device__ __forceinline__ std::uint32_t claim_ticket(const KernelParams<T>& p,
     std::uint32_t total = 0;
     if (routing_counts > 0) {
       if (wait_at_least(p.ctl, p.ctl.word(kRoutingDone), routing_counts, p.timeout_ns,
-                        kSiteTasksTotal, spun)) {
+                        kSiteRoutingDone, spun)) {
         q.total = kTotalToDerive;
       } else {
         t = kNoTicket;  // abandoned
