@@ -141,6 +141,13 @@ void create_layer_per_grid(const Model& m, std::initializer_list<int> grids,
   }
 }
 
+// A Layer of `m` whose device-side waits end in DeviceTimeout after 100 ms: the failure tests.
+void create_short_watchdog_layer(const Model& m, Layer& layer) {
+  flashmoe::LayerOptions options;
+  options.watchdog_ms = 100;
+  ASSERT_TRUE(Layer::create(m.config, m.device_weights(), layer, options).ok());
+}
+
 // A decode launch's router chunks of T tokens: one routing event each in its trace.
 int router_chunks(int T) {
   return (T + flashmoe::detail::kRouterTokens - 1) / flashmoe::detail::kRouterTokens;
@@ -682,10 +689,8 @@ TEST_F(Forward, OneTokenGateUpFailuresAreReportedAndTheLayerRecovers) {
   SCOPED_TRACE(seed_);
   const Model m = small_model();
   const Config& c = m.config;
-  flashmoe::LayerOptions options;
-  options.watchdog_ms = 100;
   Layer layer;
-  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer, options).ok());
+  ASSERT_NO_FATAL_FAILURE(create_short_watchdog_layer(m, layer));
   flashmoe::testing::set_one_token_gateup(layer, true);
   StreamGuard stream;
   for (int round = 0; round < 2; ++round) {
@@ -819,10 +824,8 @@ TEST_F(Forward, TableFreeFailureIsReportedAndTheLayerRecovers) {
   SCOPED_TRACE(seed_);
   const Model m = small_model();
   const Config& c = m.config;
-  flashmoe::LayerOptions options;
-  options.watchdog_ms = 100;
   Layer layer;
-  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer, options).ok());
+  ASSERT_NO_FATAL_FAILURE(create_short_watchdog_layer(m, layer));
   flashmoe::testing::set_table_free(layer, true);
   StreamGuard stream;
   // The failing launches take the path: a traced one of the same T builds no tile table.
@@ -1027,10 +1030,8 @@ TEST_F(Forward, TwoLayersConcurrentlyOnTwoStreams) {
 TEST_F(Forward, WatchdogTurnsAHangIntoDeviceTimeoutAndTheLayerRecovers) {
   SCOPED_TRACE(seed_);
   const Model m = small_model();
-  flashmoe::LayerOptions options;
-  options.watchdog_ms = 100;
   Layer layer;
-  ASSERT_TRUE(Layer::create(m.config, m.device_weights(), layer, options).ok());
+  ASSERT_NO_FATAL_FAILURE(create_short_watchdog_layer(m, layer));
   StreamGuard stream;
   for (int round = 0; round < 2; ++round) {
     for (int T : {1, 4, 700}) {  // 1: the pairs are the m-tiles
@@ -1059,10 +1060,8 @@ TEST_F(Forward, WatchdogEndsAMissingRoutingSignalAndTheLayerRecovers) {
   SCOPED_TRACE(seed_);
   const Model m = small_model();
   const Config& c = m.config;
-  flashmoe::LayerOptions options;
-  options.watchdog_ms = 100;
   Layer layer;
-  ASSERT_TRUE(Layer::create(c, m.device_weights(), layer, options).ok());
+  ASSERT_NO_FATAL_FAILURE(create_short_watchdog_layer(m, layer));
   flashmoe::testing::set_one_token_gateup(layer, true);
   flashmoe::testing::set_table_free(layer, true);
   StreamGuard stream;
@@ -1104,10 +1103,8 @@ TEST_F(Forward, WatchdogEndsAStalledWeightCopyOnceAndTheLayerRecovers) {
   ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
   if (major < 9) GTEST_SKIP() << "the weight copies use the copy engine from sm_90 on";
   const Model m = small_model(DType::BF16, 1024, 4096);
-  flashmoe::LayerOptions options;
-  options.watchdog_ms = 100;
   Layer layer;
-  ASSERT_TRUE(Layer::create(m.config, m.device_weights(), layer, options).ok());
+  ASSERT_NO_FATAL_FAILURE(create_short_watchdog_layer(m, layer));
   StreamGuard stream;
   for (int T : {1, 4, 700}) {  // decode (1: the pairs are the m-tiles) and prefill kernels
     for (bool in_place : {false, true}) {
@@ -1129,7 +1126,7 @@ TEST_F(Forward, WatchdogEndsAStalledWeightCopyOnceAndTheLayerRecovers) {
       const flashmoe::Status s = layer.device_status(stream.get());
       EXPECT_EQ(s.code(), StatusCode::DeviceTimeout) << s.to_string();
       EXPECT_NE(s.message().find("weight copies"), std::string::npos) << s.message();
-      EXPECT_LT(ms, 1.8 * options.watchdog_ms) << "the stalled stage ran into the watchdog again";
+      EXPECT_LT(ms, 1.8 * layer.options().watchdog_ms) << "the stalled stage ran into the watchdog again";
       const std::vector<std::uint16_t> after = download<std::uint16_t>(y, before.size());
       std::size_t untouched = 0, complete = 0;
       for (std::size_t i = 0; i < after.size(); ++i) {
