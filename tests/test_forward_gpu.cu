@@ -121,6 +121,10 @@ class Forward : public ::testing::Test {
   // A forward of T tokens on `layer` (a short watchdog) whose first gate/up tile never counts:
   // DeviceTimeout, reported at the down tile that waits for it. Clears the fault after.
   void expect_dropped_count_times_out(Layer& layer, const Config& c, int T, cudaStream_t stream);
+  // A forward of T tokens on `layer` with `fault` injected (cleared after): the launch's error,
+  // or else the device status it left.
+  flashmoe::Status faulty_forward(Layer& layer, const Config& c, int T,
+                                  flashmoe::testing::Fault fault, cudaStream_t stream);
   // A traced forward of T tokens on `layer`: its routing events (one a router chunk, and the
   // tile table's unless the launch was table-free), its m-tile height in `tile_m`; -1 on failure.
   int traced_routing_events(Layer& layer, const Config& c, int T, cudaStream_t stream,
@@ -845,15 +849,21 @@ TEST_F(Forward, TableFreeFailureIsReportedAndTheLayerRecovers) {
 
 void Forward::expect_dropped_count_times_out(Layer& layer, const Config& c, int T,
                                              cudaStream_t stream) {
-  flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::DropMTileSignal);
-  ForwardRun hung = make_run(c, T, rng_);
-  DeviceBuffer dx = upload(hung.x), dy = upload(hung.y_in);
-  const bool launched = flashmoe::forward(layer, dx.get(), dy.get(), T, stream).ok();
-  const flashmoe::Status s = layer.device_status(stream);
-  flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::None);
-  ASSERT_TRUE(launched);
+  const flashmoe::Status s =
+      faulty_forward(layer, c, T, flashmoe::testing::Fault::DropMTileSignal, stream);
   EXPECT_EQ(s.code(), StatusCode::DeviceTimeout) << s.to_string();
   EXPECT_NE(s.message().find("down tile"), std::string::npos) << s.message();
+}
+
+flashmoe::Status Forward::faulty_forward(Layer& layer, const Config& c, int T,
+                                         flashmoe::testing::Fault fault, cudaStream_t stream) {
+  flashmoe::testing::inject_fault(layer, fault);
+  ForwardRun run = make_run(c, T, rng_);
+  DeviceBuffer dx = upload(run.x), dy = upload(run.y_in);
+  flashmoe::Status s = flashmoe::forward(layer, dx.get(), dy.get(), T, stream);
+  if (s.ok()) s = layer.device_status(stream);
+  flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::None);
+  return s;
 }
 
 int Forward::traced_routing_events(Layer& layer, const Config& c, int T, cudaStream_t stream,
@@ -1036,16 +1046,9 @@ TEST_F(Forward, WatchdogTurnsAHangIntoDeviceTimeoutAndTheLayerRecovers) {
   for (int round = 0; round < 2; ++round) {
     for (int T : {1, 4, 700}) {  // 1: the pairs are the m-tiles
       SCOPED_TRACE(::testing::Message() << "round " << round << " T = " << T);
-      flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::DropMTileSignal);
-      ForwardRun hung = make_run(m.config, T, rng_);
-      DeviceBuffer dx = upload(hung.x), dy = upload(hung.y_in);
-      ASSERT_TRUE(flashmoe::forward(layer, dx.get(), dy.get(), T, stream.get()).ok());
-      const flashmoe::Status s = layer.device_status(stream.get());
-      EXPECT_EQ(s.code(), StatusCode::DeviceTimeout) << s.to_string();
-      EXPECT_NE(s.message().find("down tile"), std::string::npos) << s.message();
+      ASSERT_NO_FATAL_FAILURE(expect_dropped_count_times_out(layer, m.config, T, stream.get()));
       EXPECT_TRUE(layer.device_status(stream.get()).ok()) << "status is cleared once read";
 
-      flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::None);
       ForwardRun good = make_run(m.config, T, rng_);
       ASSERT_TRUE(run_forward(layer, good, stream.get()));
       check_output(m, good, sample_tokens(T, 32, rng_));
@@ -1070,13 +1073,8 @@ TEST_F(Forward, WatchdogEndsAMissingRoutingSignalAndTheLayerRecovers) {
   for (int round = 0; round < 2; ++round) {
     for (int T : {1, 3}) {
       SCOPED_TRACE(::testing::Message() << "round " << round << " T = " << T);
-      flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::DropRoutingSignal);
-      ForwardRun hung = make_run(c, T, rng_);
-      DeviceBuffer dx = upload(hung.x), dy = upload(hung.y_in);
-      const bool launched = flashmoe::forward(layer, dx.get(), dy.get(), T, stream.get()).ok();
-      const flashmoe::Status s = layer.device_status(stream.get());
-      flashmoe::testing::inject_fault(layer, flashmoe::testing::Fault::None);
-      ASSERT_TRUE(launched);
+      const flashmoe::Status s =
+          faulty_forward(layer, c, T, flashmoe::testing::Fault::DropRoutingSignal, stream.get());
       EXPECT_EQ(s.code(), StatusCode::DeviceTimeout) << s.to_string();
       // T = 1 publishes a tile table too: its down tiles then wait for gate/up tiles that never
       // ran, and either wait may reach the watchdog first.
@@ -1126,7 +1124,8 @@ TEST_F(Forward, WatchdogEndsAStalledWeightCopyOnceAndTheLayerRecovers) {
       const flashmoe::Status s = layer.device_status(stream.get());
       EXPECT_EQ(s.code(), StatusCode::DeviceTimeout) << s.to_string();
       EXPECT_NE(s.message().find("weight copies"), std::string::npos) << s.message();
-      EXPECT_LT(ms, 1.8 * layer.options().watchdog_ms) << "the stalled stage ran into the watchdog again";
+      EXPECT_LT(ms, 1.8 * layer.options().watchdog_ms)
+          << "the stalled stage ran into the watchdog again";
       const std::vector<std::uint16_t> after = download<std::uint16_t>(y, before.size());
       std::size_t untouched = 0, complete = 0;
       for (std::size_t i = 0; i < after.size(); ++i) {
